@@ -1,0 +1,30 @@
+"""attnlab: every attention mechanism made real — exact, fast, visible, tested, learnable.
+
+The public face. NumPy arrays in, NumPy arrays out; PyTorch tensors and other array-API arrays work too.
+
+>>> import numpy as np, attnlab
+>>> q = k = v = np.eye(3, dtype=np.float32)
+>>> attnlab.scaled_dot_product_attention(q, k, v, mask=attnlab.masks.causal()).shape
+(3, 3)
+"""
+
+from . import masks, scores
+from .attention import additive_attention, attention, scaled_dot_product_attention
+from .layers import KVCache, MultiHeadAttention
+from .merge import merge_attention
+from .softmax import logsumexp, softmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KVCache",
+    "MultiHeadAttention",
+    "additive_attention",
+    "attention",
+    "logsumexp",
+    "masks",
+    "merge_attention",
+    "scaled_dot_product_attention",
+    "scores",
+    "softmax",
+]

@@ -1,0 +1,93 @@
+"""Array-API helpers: one place that decides which namespace an input belongs to.
+
+attnlab's reference path is written against the Python array API standard, so the same code runs on NumPy
+(the default), PyTorch (gradients flow), array-api-strict, CuPy or JAX. Plain Python lists and scalars are
+turned into NumPy arrays: NumPy-first simplicity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+import numpy as np
+
+
+def is_array(x) -> bool:
+    """True when ``x`` is an array of a library that array-api-compat knows."""
+    return array_api_compat.is_array_api_obj(x)
+
+
+def as_array(x, name: str):
+    """Return ``x`` as an array; lists, tuples and scalars become NumPy arrays.
+
+    >>> as_array([[1.0, 2.0]], "query").shape
+    (1, 2)
+    """
+    if is_array(x):
+        return x
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be an array or nested list of numbers, got {type(x).__name__}: {err}") from None
+
+
+def namespace(*arrays):
+    """The array-API namespace shared by ``arrays`` (``None`` entries are ignored)."""
+    present = [a for a in arrays if a is not None]
+    try:
+        return array_api_compat.array_namespace(*present)
+    except TypeError as err:
+        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in present})
+        raise TypeError(f"inputs come from different array libraries ({', '.join(kinds)}): {err}") from None
+
+
+def device(x):
+    return array_api_compat.device(x)
+
+
+def to_namespace(x_np, xp, like):
+    """Move a NumPy array (a materialized mask, a bias) into namespace ``xp`` on ``like``'s device."""
+    if array_api_compat.is_numpy_array(like):
+        return x_np
+    return xp.asarray(x_np, device=device(like))
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copy any supported array to NumPy (detaching PyTorch tensors)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(array_api_compat.to_device(x, "cpu")) if hasattr(x, "__dlpack__") else np.asarray(x)
+
+
+def is_floating(xp, x) -> bool:
+    return xp.isdtype(x.dtype, "real floating")
+
+
+def require_floating(xp, x, name: str) -> None:
+    """Raise a TypeError naming ``name`` unless ``x`` has a real floating dtype."""
+    if not is_floating(xp, x):
+        raise TypeError(
+            f"{name} must have a floating dtype (float16/32/64), got {x.dtype}; "
+            f"cast it first, e.g. {name}.astype(float32)"
+        )
+
+
+def require_ndim(x, name: str, at_least: int, what: str) -> None:
+    if x.ndim < at_least:
+        raise ValueError(f"{name} must have shape {what} (at least {at_least} dims), got shape {tuple(x.shape)}")
+
+
+def broadcast_shapes(*shapes) -> tuple[int, ...]:
+    """NumPy broadcasting of shapes, raising ValueError with the shapes named."""
+    try:
+        return tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
+    except ValueError:
+        raise ValueError(f"shapes {' and '.join(str(tuple(s)) for s in shapes)} do not broadcast") from None
+
+
+def default_scale(head_dim: int) -> float:
+    """1/sqrt(d_k), Vaswani et al. 2017, eq. 1."""
+    return 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0

@@ -1,0 +1,249 @@
+"""Multi-head attention (MHA, GQA, MQA) with a KV cache, parameters as plain arrays.
+
+Vaswani et al. 2017, section 3.2.2: project x to queries, keys and values, split them into heads, attend in each
+head, concatenate, project back. Grouped-query attention (Ainslie et al. 2023) gives the keys/values only
+G = n_kv_heads heads, each shared by n_heads // G query heads; multi-query attention (Shazeer 2019) is G = 1.
+The KV cache keeps the keys and values of past positions so a decoder computes one new position per step.
+
+Weights follow PyTorch's Linear convention (out_features, in_features): q = x @ w_q.T + b_q.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._array import as_array, namespace, require_floating, to_namespace
+from .attention import scaled_dot_product_attention
+from .scores import rotary
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, (B, G, T, Dh) each.
+
+    NumPy caches grow in place with amortized doubling (an append costs O(new tokens)); other array libraries
+    concatenate. ``nbytes`` is the memory the cached keys and values occupy; ``bytes_per_token`` what one more
+    position adds.
+    """
+
+    def __init__(self):
+        self._k = self._v = None      # (B, G, capacity, Dh) buffers (NumPy) or exact arrays (others)
+        self.length = 0
+        self.static = False           # True for cross-attention: keys/values of a fixed context, computed once
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        return f"KVCache(length={self.length}, nbytes={self.nbytes})"
+
+    @property
+    def keys(self):
+        return None if self._k is None else self._k[..., : self.length, :]
+
+    @property
+    def values(self):
+        return None if self._v is None else self._v[..., : self.length, :]
+
+    @property
+    def nbytes(self) -> int:
+        if self._k is None:
+            return 0
+        return _nbytes(self.keys) + _nbytes(self.values)
+
+    @property
+    def bytes_per_token(self) -> int:
+        return 0 if self.length == 0 else self.nbytes // self.length
+
+    def append(self, k, v):
+        """Add keys/values (B, G, t, Dh) and return all of them, (B, G, T + t, Dh)."""
+        if self._k is None:
+            self._k, self._v = _grow(k, k.shape[-2]), _grow(v, v.shape[-2])
+        else:
+            if k.shape[:-2] != self._k.shape[:-2] or k.shape[-1] != self._k.shape[-1]:
+                raise ValueError(f"cache holds keys of shape (..., {self._k.shape[-1]}) with leading dims "
+                                 f"{self._k.shape[:-2]}, got {tuple(k.shape)}")
+            need = self.length + k.shape[-2]
+            if isinstance(self._k, np.ndarray):
+                if need > self._k.shape[-2]:
+                    cap = max(need, 2 * self._k.shape[-2])
+                    self._k, self._v = _grow(self.keys, cap), _grow(self.values, cap)
+                self._k[..., self.length: need, :] = k
+                self._v[..., self.length: need, :] = v
+            else:
+                xp = namespace(k)
+                self._k = xp.concat([self.keys, k], axis=-2)
+                self._v = xp.concat([self.values, v], axis=-2)
+            self.length = need
+            return self.keys, self.values
+        self.length = k.shape[-2]
+        return self.keys, self.values
+
+    def clear(self) -> None:
+        self.__init__()
+
+
+def _grow(x, capacity):
+    """A NumPy buffer of ``capacity`` positions holding ``x`` at the start (other libraries: ``x`` itself)."""
+    if not isinstance(x, np.ndarray):
+        return x
+    buf = np.empty(x.shape[:-2] + (capacity, x.shape[-1]), dtype=x.dtype)
+    buf[..., : x.shape[-2], :] = x
+    return buf
+
+
+def _nbytes(x) -> int:
+    itemsize = x.element_size() if hasattr(x, "element_size") else np.dtype(str(x.dtype).split(".")[-1]).itemsize
+    return int(np.prod(x.shape)) * itemsize
+
+
+class MultiHeadAttention:
+    """Multi-head attention; MHA when n_kv_heads == n_heads, MQA at 1, GQA between.
+
+    Parameters (plain NumPy arrays, PyTorch Linear layout):
+      w_q (H*Dh, d_model), w_k (G*Dh, kdim), w_v (G*Dh, vdim), w_o (d_model, H*Dh), b_q, b_k, b_v, b_o.
+
+    ``rope_base``: apply rotary position embedding to q and k (Llama family); positions continue across KV-cache
+    steps.
+
+    >>> mha = MultiHeadAttention(8, n_heads=4, n_kv_heads=2, seed=0)
+    >>> mha(np.ones((2, 5, 8), np.float32)).shape
+    (2, 5, 8)
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, bias: bool = True,
+                 seed: int | None = None, kdim: int | None = None, vdim: int | None = None,
+                 head_dim: int | None = None, rope_base: float | None = None, dtype=np.float32):
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        for name, value in (("d_model", d_model), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if head_dim is None and d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not a multiple of n_heads={n_heads}")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}")
+        self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
+        self.head_dim = head_dim or d_model // n_heads
+        self.kdim, self.vdim = kdim or d_model, vdim or d_model
+        self.rope_base = rope_base
+        self.scale = None
+        rng = np.random.default_rng(seed)
+        H, G, Dh = n_heads, n_kv_heads, self.head_dim
+        self.w_q = _xavier(rng, H * Dh, d_model, dtype)
+        self.w_k = _xavier(rng, G * Dh, self.kdim, dtype)
+        self.w_v = _xavier(rng, G * Dh, self.vdim, dtype)
+        self.w_o = _xavier(rng, d_model, H * Dh, dtype)
+        zeros = (lambda n: np.zeros(n, dtype)) if bias else (lambda n: None)
+        self.b_q, self.b_k, self.b_v, self.b_o = zeros(H * Dh), zeros(G * Dh), zeros(G * Dh), zeros(d_model)
+
+    def __repr__(self) -> str:
+        kind = "MHA" if self.n_kv_heads == self.n_heads else ("MQA" if self.n_kv_heads == 1 else "GQA")
+        return (f"MultiHeadAttention({kind}, d_model={self.d_model}, n_heads={self.n_heads}, "
+                f"n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim})")
+
+    @property
+    def kind(self) -> str:
+        return "MHA" if self.n_kv_heads == self.n_heads else ("MQA" if self.n_kv_heads == 1 else "GQA")
+
+    def kv_bytes_per_token(self, itemsize: int = 4) -> int:
+        """Bytes of keys plus values one position adds to the cache of this layer (per sequence)."""
+        return 2 * self.n_kv_heads * self.head_dim * itemsize
+
+    def __call__(self, x, context=None, mask=None, cache: KVCache | None = None, return_weights: bool = False,
+                 bias=None):
+        """x (B, Lq, d_model) or (Lq, d_model); context (B, Lk, kdim) for cross-attention (default: x).
+
+        ``mask``: boolean (..., Lq, Lk) or an attnlab.masks.Mask; pass ``masks.causal()`` for a decoder. With a
+        ``cache``, keys/values of x are appended to it and the queries attend to everything cached (bottom-right
+        aligned masks then do the right thing); for cross-attention the context is projected once and cached.
+        Returns (B, Lq, d_model) [, weights (B, H, Lq, Lk)].
+        """
+        x = as_array(x, "x")
+        xp = namespace(x)
+        require_floating(xp, x, "x")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[None, ...]
+        if x.ndim != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (B, L, d_model={self.d_model}) or (L, d_model), "
+                             f"got {tuple(x.shape)}")
+        B, Lq, _ = x.shape
+        H, G, Dh = self.n_heads, self.n_kv_heads, self.head_dim
+        past = 0 if cache is None or cache.static else cache.length
+        q = self._heads(xp, self._project(xp, x, self.w_q, self.b_q), H)               # (B, H, Lq, Dh)
+        if self.rope_base is not None:
+            q = rotary(q, np.arange(past, past + Lq), base=self.rope_base)
+        k, v = self._keys_values(xp, x, context, cache, unbatched)                      # (B, G, Lk, Dh)
+        out = scaled_dot_product_attention(q, k, v, mask, scale=self.scale, bias=bias,
+                                           return_weights=return_weights)
+        out, weights = out if return_weights else (out, None)
+        out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (B, Lq, H * Dh))          # (B, Lq, H*Dh)
+        out = self._project(xp, out, self.w_o, self.b_o)                                # (B, Lq, d_model)
+        if unbatched:
+            out = out[0]
+            weights = None if weights is None else weights[0]
+        return (out, weights) if return_weights else out
+
+    def _keys_values(self, xp, x, context, cache, unbatched):
+        G = self.n_kv_heads
+        if context is not None:
+            context = as_array(context, "context")
+            context = context[None, ...] if unbatched and context.ndim == 2 else context
+            if context.ndim != 3 or context.shape[0] != x.shape[0]:
+                raise ValueError(f"context must have shape (B={x.shape[0]}, Lk, kdim={self.kdim}), "
+                                 f"got {tuple(context.shape)}")
+            if cache is not None and cache.length:
+                cache.static = True
+                return cache.keys, cache.values
+        source = x if context is None else context
+        if source.shape[-1] != self.kdim:
+            raise ValueError(f"{'context' if context is not None else 'x'} has feature dim {source.shape[-1]} "
+                             f"but the layer expects kdim={self.kdim}")
+        k = self._heads(xp, self._project(xp, source, self.w_k, self.b_k), G)           # (B, G, Lk, Dh)
+        v = self._heads(xp, self._project(xp, source, self.w_v, self.b_v), G)           # (B, G, Lk, Dh)
+        if self.rope_base is not None and context is None:
+            past = 0 if cache is None else cache.length
+            k = rotary(k, np.arange(past, past + k.shape[-2]), base=self.rope_base)
+        if cache is None:
+            return k, v
+        cache.static = context is not None
+        return cache.append(k, v)
+
+    @staticmethod
+    def _project(xp, x, w, b):
+        y = xp.matmul(x, xp.matrix_transpose(to_namespace(w, xp, x)))
+        return y if b is None else y + to_namespace(b, xp, x)
+
+    def _heads(self, xp, y, n):
+        B, L, _ = y.shape
+        return xp.permute_dims(xp.reshape(y, (B, L, n, self.head_dim)), (0, 2, 1, 3))  # (B, n, L, Dh)
+
+    @classmethod
+    def from_torch(cls, module) -> "MultiHeadAttention":
+        """Copy the weights of a ``torch.nn.MultiheadAttention`` (biases, kdim/vdim included)."""
+        import torch.nn as nn
+
+        if not isinstance(module, nn.MultiheadAttention):
+            raise TypeError(f"expected torch.nn.MultiheadAttention, got {type(module).__name__}")
+        if module.bias_k is not None or module.add_zero_attn:
+            raise ValueError("add_bias_kv and add_zero_attn are not supported")
+        d = module.embed_dim
+        has_bias = module.in_proj_bias is not None
+        dtype = np.dtype(str(module.out_proj.weight.dtype).replace("torch.", ""))
+        layer = cls(d, module.num_heads, bias=has_bias, kdim=module.kdim, vdim=module.vdim, dtype=dtype)
+        grab = lambda t: t.detach().cpu().numpy().copy()
+        if module.in_proj_weight is not None:
+            layer.w_q, layer.w_k, layer.w_v = (grab(w) for w in module.in_proj_weight.chunk(3))
+        else:
+            layer.w_q, layer.w_k, layer.w_v = (grab(module.q_proj_weight), grab(module.k_proj_weight),
+                                               grab(module.v_proj_weight))
+        if has_bias:
+            layer.b_q, layer.b_k, layer.b_v = (grab(b) for b in module.in_proj_bias.chunk(3))
+        layer.w_o = grab(module.out_proj.weight)
+        layer.b_o = grab(module.out_proj.bias) if module.out_proj.bias is not None else None
+        return layer
+
+
+def _xavier(rng, fan_out, fan_in, dtype):
+    """Xavier/Glorot uniform initialization (Glorot & Bengio 2010), PyTorch's default for attention weights."""
+    bound = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-bound, bound, size=(fan_out, fan_in)).astype(dtype)

@@ -1,0 +1,1 @@
+"""Learning material built on the library: the tour, worked examples, practice, experiments, cheat sheet."""

@@ -1,0 +1,227 @@
+"""Scoring functions and score modifiers.
+
+Scorers map queries (..., Lq, Dq) and keys (..., Lk, Dk) to raw scores (..., Lq, Lk):
+
+- dot:         q . k                                   (Luong et al. 2015)
+- scaled_dot:  q . k / sqrt(d_k)                       (Vaswani et al. 2017)
+- general:     q^T W k,  W of shape (Dq, Dk)           (Luong et al. 2015)
+- additive:    w_v . tanh(W_q q + W_k k)               (Bahdanau et al. 2015), W_q (A, Dq), W_k (A, Dk), w_v (A,)
+
+Score modifiers change scores after scaling, one small function per idea (FlexAttention's ``score_mod``):
+ALiBi (Press et al. 2022), tanh soft-capping (Gemma 2), a learned relative position bias (Shaw et al. 2018 / T5).
+They are objects with ``apply(scores, b, h, q_idx, kv_idx, Lq, Lk)`` so the reference path can apply them to the
+whole matrix and the tiled kernel to one tile. Rotary position embedding (Su et al. 2021) transforms q and k
+instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from ._array import as_array, default_scale, namespace, to_namespace
+
+
+# --- scorers ---------------------------------------------------------------------------------------------------
+def dot(q, k):
+    """Raw dot products q . k: (..., Lq, D) x (..., Lk, D) -> (..., Lq, Lk)."""
+    xp = namespace(q, k)
+    return xp.matmul(q, xp.matrix_transpose(k))
+
+
+def scaled_dot(q, k, scale: float | None = None):
+    """q . k * scale, scale defaulting to 1/sqrt(D)."""
+    return dot(q, k) * (default_scale(q.shape[-1]) if scale is None else scale)
+
+
+def general(q, k, weight):
+    """Luong's "general" score q^T W k with W of shape (Dq, Dk)."""
+    xp = namespace(q, k, weight)
+    if weight.ndim != 2 or weight.shape != (q.shape[-1], k.shape[-1]):
+        raise ValueError(f"weight must have shape (Dq, Dk) = ({q.shape[-1]}, {k.shape[-1]}), "
+                         f"got {tuple(weight.shape)}")
+    return xp.matmul(xp.matmul(q, weight), xp.matrix_transpose(k))
+
+
+def additive(q, k, w_q, w_k, w_v):
+    """Bahdanau's score w_v . tanh(W_q q + W_k k).
+
+    q (..., Lq, Dq), k (..., Lk, Dk), w_q (A, Dq), w_k (A, Dk), w_v (A,) -> (..., Lq, Lk).
+    Memory is O(Lq * Lk * A): this is the readable form of the paper's formula.
+    """
+    xp = namespace(q, k, w_q, w_k, w_v)
+    A = w_v.shape[0] if w_v.ndim == 1 else -1
+    if w_v.ndim != 1 or w_q.shape != (A, q.shape[-1]) or w_k.shape != (A, k.shape[-1]):
+        raise ValueError(f"additive attention needs w_q (A, Dq), w_k (A, Dk), w_v (A,) with Dq={q.shape[-1]}, "
+                         f"Dk={k.shape[-1]}; got w_q {tuple(w_q.shape)}, w_k {tuple(w_k.shape)}, "
+                         f"w_v {tuple(w_v.shape)}")
+    qp = xp.matmul(q, xp.matrix_transpose(w_q))                  # (..., Lq, A)
+    kp = xp.matmul(k, xp.matrix_transpose(w_k))                  # (..., Lk, A)
+    hidden = xp.tanh(qp[..., :, None, :] + kp[..., None, :, :])  # (..., Lq, Lk, A)
+    return xp.sum(hidden * w_v, axis=-1)                         # (..., Lq, Lk)
+
+
+SCORERS = {"dot": dot, "scaled_dot": scaled_dot, "general": general, "additive": additive}
+
+
+def get_scorer(score, **params) -> Callable:
+    """Resolve ``score`` (a name in SCORERS or a callable (q, k) -> scores) with its parameters bound."""
+    if callable(score):
+        if params:
+            raise TypeError(f"a callable score takes no extra parameters, got {sorted(params)}")
+        return score
+    if score not in SCORERS:
+        raise ValueError(f"score must be one of {sorted(SCORERS)} or a callable, got {score!r}")
+    needed = {"general": {"weight"}, "additive": {"w_q", "w_k", "w_v"}}.get(score, set())
+    allowed = needed | ({"scale"} if score == "scaled_dot" else set())
+    missing, extra = needed - set(params), set(params) - allowed
+    if missing or extra:
+        raise TypeError(f"score={score!r} needs parameters {sorted(needed) or 'none'}"
+                        + (f"; missing {sorted(missing)}" if missing else "")
+                        + (f"; unexpected {sorted(extra)}" if extra else ""))
+    fn = SCORERS[score]
+    return lambda q, k: fn(q, k, **params)
+
+
+# --- score modifiers ---------------------------------------------------------------------------------------
+class ScoreMod:
+    """A function ``fn(scores, b, h, q_idx, kv_idx, Lq, Lk) -> scores`` applied after scaling.
+
+    ``scores`` has shape (..., H, lq, lk) for a tile (or the whole matrix); h has shape (H, 1, 1) (or is 0 when
+    there is no head axis), q_idx (lq, 1) and kv_idx (1, lk) hold absolute indices. Positions follow the
+    bottom-right alignment of attnlab.masks: query i sits at key position i + Lk - Lq.
+    """
+
+    def __init__(self, fn, name: str):
+        self.fn = fn
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def apply(self, scores, b, h, q_idx, kv_idx, Lq: int, Lk: int):
+        return self.fn(scores, b, h, q_idx, kv_idx, Lq, Lk)
+
+    def then(self, other: "ScoreMod") -> "ScoreMod":
+        """Apply ``self`` then ``other``."""
+        return ScoreMod(lambda s, *a: other.fn(self.fn(s, *a), *a), f"{self.name} -> {other.name}")
+
+
+def alibi_slopes(n_heads: int) -> np.ndarray:
+    """ALiBi head slopes: the geometric series 2^(-8/n), 2^(-16/n), ... (Press et al. 2022, section 3).
+
+    For n not a power of two the paper takes the slopes of the closest lower power of two and fills in every other
+    slope of the next one.
+
+    >>> alibi_slopes(4).tolist()
+    [0.25, 0.0625, 0.015625, 0.00390625]
+    """
+    if not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
+        raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
+
+    def power_of_two(n):
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return np.array(power_of_two(n_heads))
+    lower = 2 ** math.floor(math.log2(n_heads))
+    return np.array(power_of_two(lower) + power_of_two(2 * lower)[0::2][: n_heads - lower])
+
+
+def alibi(n_heads: int, *, symmetric: bool = False) -> ScoreMod:
+    """ALiBi: add -slope_h * (query position - key position) to the scores.
+
+    Causal form as in the paper (future keys are masked anyway); ``symmetric=True`` uses -slope * |distance| for
+    bidirectional encoders.
+    """
+    slopes = alibi_slopes(n_heads)
+
+    def fn(scores, b, h, q_idx, kv_idx, Lq, Lk):
+        xp = namespace(scores)
+        dist = (q_idx + (Lk - Lq)) - kv_idx                   # (lq, lk)
+        dist = np.abs(dist) if symmetric else dist
+        bias = -slopes[np.asarray(h) % n_heads] * dist        # (H, lq, lk) or (lq, lk)
+        return scores + to_namespace(bias.astype(_np_dtype(scores)), xp, scores)
+
+    return ScoreMod(fn, f"alibi({n_heads}{', symmetric' if symmetric else ''})")
+
+
+def softcap(cap: float) -> ScoreMod:
+    """Soft-capping cap * tanh(scores / cap) keeps logits in (-cap, cap) (Gemma 2 uses cap = 50)."""
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0, got {cap!r}")
+
+    def fn(scores, b, h, q_idx, kv_idx, Lq, Lk):
+        xp = namespace(scores)
+        return cap * xp.tanh(scores / cap)
+
+    return ScoreMod(fn, f"softcap({cap})")
+
+
+def relative_bias(table, max_distance: int | None = None) -> ScoreMod:
+    """A learned bias per head and relative distance (Shaw et al. 2018; T5 buckets distances, here each
+    distance has its own entry).
+
+    ``table`` has shape (H, 2 * max_distance + 1); entry [h, max_distance + d] is added for distance
+    d = key position - query position, clipped to [-max_distance, max_distance].
+    """
+    table = np.asarray(table)
+    if table.ndim != 2 or table.shape[1] % 2 != 1:
+        raise ValueError(f"table must have shape (H, 2 * max_distance + 1), got {table.shape}")
+    max_d = table.shape[1] // 2 if max_distance is None else max_distance
+
+    def fn(scores, b, h, q_idx, kv_idx, Lq, Lk):
+        xp = namespace(scores)
+        dist = np.clip(kv_idx - (q_idx + (Lk - Lq)), -max_d, max_d) + max_d    # (lq, lk)
+        bias = table[np.asarray(h) % table.shape[0], dist]                    # (H, lq, lk)
+        return scores + to_namespace(bias.astype(_np_dtype(scores)), xp, scores)
+
+    return ScoreMod(fn, f"relative_bias({table.shape[0]} heads, max_distance={max_d})")
+
+
+def score_mod(fn, name: str | None = None) -> ScoreMod:
+    """Wrap a FlexAttention-style ``fn(scores, b, h, q_idx, kv_idx)`` (vectorized) as a ScoreMod."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    return ScoreMod(lambda s, b, h, q, kv, Lq, Lk: fn(s, b, h, q, kv), name or getattr(fn, "__name__", "custom"))
+
+
+def _np_dtype(x):
+    """The NumPy dtype matching array ``x``'s dtype (float16/32/64)."""
+    name = str(x.dtype).split(".")[-1]
+    return np.dtype(name)
+
+
+# --- rotary position embedding -----------------------------------------------------------------------------
+def rotary(x, positions=None, *, base: float = 10000.0, style: str = "half"):
+    """Rotate pairs of features of q or k by position-dependent angles (RoPE, Su et al. 2021).
+
+    x: (..., L, D) with D even; positions: (L,) integers (default 0..L-1). Pair i is rotated by
+    positions * base^(-2i/D). ``style="half"`` pairs feature i with i + D/2 (GPT-NeoX, Hugging Face Llama);
+    ``style="interleaved"`` pairs 2i with 2i+1 (the paper, GPT-J). The dot product of two rotated vectors depends
+    only on their relative position.
+    """
+    x = as_array(x, "x")
+    xp = namespace(x)
+    L, D = x.shape[-2], x.shape[-1]
+    if D % 2:
+        raise ValueError(f"rotary embedding needs an even feature dim, got D={D}")
+    if style not in ("half", "interleaved"):
+        raise ValueError(f"style must be 'half' or 'interleaved', got {style!r}")
+    pos = np.arange(L) if positions is None else np.asarray(positions)
+    if pos.shape != (L,):
+        raise ValueError(f"positions must have shape (L,) = ({L},), got {pos.shape}")
+    inv_freq = base ** (-np.arange(0, D, 2, dtype=np.float64) / D)                # (D/2,)
+    angles = pos[:, None].astype(np.float64) * inv_freq[None, :]                   # (L, D/2)
+    dt = _np_dtype(x)
+    cos = to_namespace(np.cos(angles).astype(dt), xp, x)
+    sin = to_namespace(np.sin(angles).astype(dt), xp, x)
+    if style == "half":
+        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+        return xp.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    rotated = xp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)      # (..., L, D/2, 2)
+    return xp.reshape(rotated, x.shape)

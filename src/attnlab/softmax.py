@@ -1,0 +1,76 @@
+"""Stable, masked softmax and log-sum-exp.
+
+softmax(x)_i = exp(x_i - m) / sum_j exp(x_j - m) with m = max_j x_j: subtracting the row maximum changes
+nothing mathematically and keeps exp() from overflowing. Masked entries (mask False) get weight exactly 0; a row
+whose every entry is masked gets all zeros (and log-sum-exp -inf), never NaN.
+"""
+
+from __future__ import annotations
+
+from ._array import as_array, broadcast_shapes, namespace, to_namespace, to_numpy
+
+
+def _prepare(x, mask):
+    x = as_array(x, "x")
+    xp = namespace(x)
+    if not xp.isdtype(x.dtype, "real floating"):
+        if xp.isdtype(x.dtype, ("integral", "bool")):
+            x = xp.astype(x, xp.float64)  # integers are promoted, as NumPy's exp would
+        else:
+            raise TypeError(f"x must be a real floating or integer array, got {x.dtype}")
+    if mask is not None:
+        mask = as_array(mask, "mask")
+        if namespace(mask) is not xp:
+            mask = to_namespace(to_numpy(mask), xp, x)
+        if mask.dtype != xp.bool:
+            raise TypeError(f"mask must be boolean (True = keep), got dtype {mask.dtype}")
+        broadcast_shapes(mask.shape, x.shape)
+    return xp, x, mask
+
+
+def _masked_max(xp, x, axis):
+    """Row maximum with -inf rows (fully masked) replaced by 0 so that x - m stays -inf, not NaN."""
+    m = xp.max(x, axis=axis, keepdims=True)
+    return xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+
+
+def softmax(x, axis: int = -1, mask=None):
+    """Numerically stable softmax along ``axis``; masked entries and fully masked rows are 0.
+
+    x: any shape (integers are promoted to float64). mask: boolean, broadcastable to x, True = keep.
+
+    >>> softmax([1.0, 2.0, 3.0]).round(4)
+    array([0.09  , 0.2447, 0.6652])
+    >>> softmax([[1.0, 2.0], [3.0, 4.0]], mask=[[True, False], [False, False]])
+    array([[1., 0.],
+           [0., 0.]])
+    """
+    xp, x, mask = _prepare(x, mask)
+    if x.ndim == 0 or x.shape[axis] == 0:
+        return xp.zeros_like(x)
+    if mask is not None:
+        x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
+    e = xp.exp(x - _masked_max(xp, x, axis))
+    if mask is not None:
+        e = xp.where(mask, e, xp.zeros_like(e))  # exp(-inf) is already 0; this also clears masked NaN
+    total = xp.sum(e, axis=axis, keepdims=True)
+    return e / xp.where(total == 0, xp.ones_like(total), total)
+
+
+def logsumexp(x, axis: int = -1, mask=None, keepdims: bool = False):
+    """log(sum(exp(x))) along ``axis``, stable; a fully masked (or empty) row gives -inf.
+
+    >>> float(logsumexp([0.0, 0.0]))  # log 2
+    0.6931471805599453
+    """
+    xp, x, mask = _prepare(x, mask)
+    if mask is not None:
+        x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
+    if x.shape[axis] == 0:
+        shape = list(x.shape)
+        shape[axis] = 1
+        out = xp.full(tuple(shape), -xp.inf, dtype=x.dtype)
+        return out if keepdims else xp.squeeze(out, axis=axis)
+    m = _masked_max(xp, x, axis)
+    out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else xp.squeeze(out, axis=axis)
