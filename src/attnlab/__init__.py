@@ -8,7 +8,7 @@ The public face. NumPy arrays in, NumPy arrays out; PyTorch tensors and other ar
 (3, 3)
 """
 
-from . import masks, scores
+from . import cost, masks, scores
 from .attention import additive_attention, attention, scaled_dot_product_attention
 from .layers import KVCache, MultiHeadAttention
 from .merge import merge_attention
@@ -21,6 +21,7 @@ __all__ = [
     "MultiHeadAttention",
     "additive_attention",
     "attention",
+    "cost",
     "logsumexp",
     "masks",
     "merge_attention",

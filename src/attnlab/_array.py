@@ -27,9 +27,13 @@ def as_array(x, name: str):
     if is_array(x):
         return x
     try:
-        return np.asarray(x)
+        arr = np.asarray(x)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be an array or nested list of numbers, got {type(x).__name__}: {err}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be an array or nested list of numbers, got {type(x).__name__} "
+                        f"(NumPy dtype {arr.dtype})")
+    return arr
 
 
 def namespace(*arrays):
@@ -39,7 +43,8 @@ def namespace(*arrays):
         return array_api_compat.array_namespace(*present)
     except TypeError as err:
         kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in present})
-        raise TypeError(f"inputs come from different array libraries ({', '.join(kinds)}): {err}") from None
+        raise TypeError(f"inputs come from different array libraries ({', '.join(kinds)}); convert them to one "
+                        f"library first") from None
 
 
 def device(x):
@@ -59,7 +64,17 @@ def to_numpy(x) -> np.ndarray:
         return x
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
-    return np.asarray(array_api_compat.to_device(x, "cpu")) if hasattr(x, "__dlpack__") else np.asarray(x)
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)     # CPU arrays of any DLPack library (array-api-strict, JAX, ...)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            x = array_api_compat.to_device(x, "cpu")     # a GPU array (CuPy): copy it to the host first
+    return np.asarray(x)
+
+
+def is_real_number(x) -> bool:
+    """True for a Python or NumPy int/float scalar (not a bool, a string or an array)."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def is_floating(xp, x) -> bool:

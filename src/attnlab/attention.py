@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import masks as masks_mod
-from ._array import (as_array, broadcast_shapes, namespace, require_floating, require_ndim, to_namespace,
-                     to_numpy)
+from ._array import (as_array, broadcast_shapes, is_real_number, namespace, require_floating, require_ndim,
+                     to_namespace, to_numpy)
 from .scores import ScoreMod, get_scorer, scaled_dot
 from .softmax import logsumexp, softmax
 
@@ -42,6 +42,18 @@ def scaled_dot_product_attention(q, k, v, mask=None, *, scale=None, bias=None, s
     nothing to attend to; ``attnlab.merge_attention`` combines partial results with it.
     Returns ``output``, then ``weights`` if asked, then ``lse`` if asked.
 
+    Edge cases (tested in tests/test_errors.py):
+
+    - q, k, v must share one real floating dtype: mixed dtypes and integer inputs raise TypeError (cast first);
+      arrays from different libraries raise TypeError.
+    - an empty key sequence (Lk = 0) gives output zeros (..., Lq, Dv), weights (..., Lq, 0) and lse -inf;
+      Lq = 0 gives an empty output.
+    - a fully masked query row gives output 0, weights 0 and lse -inf, never NaN; a bias of -inf masks like
+      ``mask`` False does.
+    - NaN/Inf in a masked key or value never reaches the output. A non-finite value v[j, c] makes out[i, c] NaN
+      exactly in the rows i that give key j a non-zero weight; NaN in query row i makes only row i NaN; NaN in an
+      attended key j makes every row that attends to j NaN.
+
     >>> import numpy as np
     >>> q = np.array([[1.0, 0.0]]); k = np.array([[1.0, 0.0], [0.0, 1.0]]); v = np.array([[1.0], [3.0]])
     >>> out, w = scaled_dot_product_attention(q, k, v, return_weights=True)
@@ -51,7 +63,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, *, scale=None, bias=None, s
     p = _prepare(q, k, v, "scaled_dot_product_attention")
     if p.k.shape[-1] != p.q.shape[-1]:
         raise ValueError(f"key has head dim {p.k.shape[-1]} but query has {p.q.shape[-1]}")
-    if scale is not None and not np.isscalar(scale):
+    if scale is not None and not is_real_number(scale):
         raise TypeError(f"scale must be a number, got {type(scale).__name__}")
     return _attend(p, lambda q_, k_: scaled_dot(q_, k_, scale), mask, bias, score_mod, return_weights, return_lse)
 
@@ -64,6 +76,8 @@ def attention(q, k, v, score="scaled_dot", mask=None, *, bias=None, score_mod=No
     Shapes, masks and GQA as in ``scaled_dot_product_attention``.
     """
     p = _prepare(q, k, v, "attention")
+    if isinstance(score, str) and score in ("dot", "scaled_dot") and p.k.shape[-1] != p.q.shape[-1]:
+        raise ValueError(f"key has head dim {p.k.shape[-1]} but query has {p.q.shape[-1]}")
     params = {name: as_array(value, name) if name != "scale" else value for name, value in score_params.items()}
     return _attend(p, get_scorer(score, **params), mask, bias, score_mod, return_weights)
 
@@ -166,6 +180,8 @@ def resolve_mask(mask, scores_shape, xp, like, name="mask"):
         arr = mask.to_array(Lq, Lk, batch=batch, heads=heads)
         if arr.ndim == 4 and len(scores_shape) < 4:
             arr = arr[:, 0] if mask.heads is None else arr[0]   # drop the axis the scores do not have
+        while arr.ndim > len(scores_shape) and arr.shape[0] == 1:
+            arr = arr[0]                                          # padding([n]) on unbatched (Lq, Lk) scores
         mask = to_namespace(arr, xp, like)
     else:
         mask = as_array(mask, name)
@@ -192,7 +208,11 @@ def _resolve_bias(bias, p: _Prepared):
     if not xp.isdtype(bias.dtype, "real floating"):
         raise TypeError(f"bias must be a floating array added to the scores, got dtype {bias.dtype}; "
                         f"pass boolean masks as mask=")
-    if broadcast_shapes(bias.shape, p.scores_shape) != tuple(p.scores_shape):
+    try:
+        fits = broadcast_shapes(bias.shape, p.scores_shape) == tuple(p.scores_shape)
+    except ValueError:
+        fits = False
+    if not fits:
         raise ValueError(f"bias of shape {tuple(bias.shape)} does not broadcast to scores {p.scores_shape}")
     return xp.astype(bias, p.q.dtype)
 
@@ -213,6 +233,9 @@ def _attend(p: _Prepared, scorer, mask, bias, score_mod, return_weights, return_
     xp = p.xp
     scores = scorer(p.q, p.k)                                                  # (..., [G, r,] Lq, Lk)
     Lq, Lk = p.scores_shape[-2:]
+    if tuple(scores.shape[-2:]) != (Lq, Lk):
+        raise ValueError(f"the score function returned shape {tuple(scores.shape)}, expected (..., Lq={Lq}, "
+                         f"Lk={Lk})")
     if bias is not None:
         scores = scores + _split_heads(xp, _resolve_bias(bias, p), p.groups)
     if score_mod is not None:

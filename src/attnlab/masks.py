@@ -408,12 +408,22 @@ def from_array(array) -> Mask:
     return Mask(fn, f"from_array({'x'.join(map(str, arr.shape))})", batch=batch, heads=heads)
 
 
-def from_function(fn, name: str | None = None) -> Mask:
-    """Wrap a FlexAttention-style ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (vectorized over NumPy arrays)."""
+def from_function(fn, name: str | None = None, *, batch: int | None = None, heads: int | None = None) -> Mask:
+    """Wrap a FlexAttention-style ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (vectorized over NumPy arrays).
+
+    A function that reads ``b`` or ``h`` must say how many batch rows / heads it covers with ``batch=`` /
+    ``heads=``; without them the mask is materialized once, at b = 0 and h = 0, and shared by every row and head.
+
+    >>> from_function(lambda b, h, q, kv: (q + h) % 2 == kv % 2, heads=2).to_array(2, 2)[0, 1].tolist()
+    [[False, True], [True, False]]
+    """
     if not callable(fn):
         raise TypeError(f"fn must be callable (b, h, q_idx, kv_idx) -> bool, got {type(fn).__name__}")
+    for value, what in ((batch, "batch"), (heads, "heads")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{what} must be a positive integer or None, got {value!r}")
     return Mask(lambda b, h, q, kv, Lq, Lk: np.asarray(fn(b, h, q, kv), dtype=bool),
-                name or getattr(fn, "__name__", "custom"))
+                name or getattr(fn, "__name__", "custom"), batch=batch, heads=heads)
 
 
 def materialize(mask, Lq: int, Lk: int, *, batch: int | None = None, heads: int | None = None) -> np.ndarray:

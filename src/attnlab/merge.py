@@ -12,7 +12,7 @@ ring attention). A part with nothing to attend to has lse = -inf and weight 0.
 
 from __future__ import annotations
 
-from ._array import as_array, namespace
+from ._array import as_array, namespace, require_floating
 
 
 def merge_attention(out_a, lse_a, out_b, lse_b):
@@ -29,6 +29,8 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
     out_a, lse_a, out_b, lse_b = (as_array(x, n) for x, n in
                                   ((out_a, "out_a"), (lse_a, "lse_a"), (out_b, "out_b"), (lse_b, "lse_b")))
     xp = namespace(out_a, lse_a, out_b, lse_b)
+    for x, name in ((out_a, "out_a"), (lse_a, "lse_a"), (out_b, "out_b"), (lse_b, "lse_b")):
+        require_floating(xp, x, name)
     if out_a.shape != out_b.shape:
         raise ValueError(f"out_a has shape {tuple(out_a.shape)} but out_b has {tuple(out_b.shape)}")
     for lse, name in ((lse_a, "lse_a"), (lse_b, "lse_b")):

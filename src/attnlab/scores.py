@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._array import as_array, default_scale, namespace, to_namespace
+from ._array import as_array, default_scale, is_real_number, namespace, to_namespace
 
 
 # --- scorers ---------------------------------------------------------------------------------------------------
@@ -81,6 +81,8 @@ def get_scorer(score, **params) -> Callable:
         raise TypeError(f"score={score!r} needs parameters {sorted(needed) or 'none'}"
                         + (f"; missing {sorted(missing)}" if missing else "")
                         + (f"; unexpected {sorted(extra)}" if extra else ""))
+    if params.get("scale") is not None and not is_real_number(params["scale"]):
+        raise TypeError(f"scale must be a number, got {type(params['scale']).__name__}")
     fn = SCORERS[score]
     return lambda q, k: fn(q, k, **params)
 
@@ -140,6 +142,7 @@ def alibi(n_heads: int, *, symmetric: bool = False) -> ScoreMod:
     slopes = alibi_slopes(n_heads)
 
     def fn(scores, b, h, q_idx, kv_idx, Lq, Lk):
+        _check_heads(h, n_heads, f"alibi({n_heads})")
         xp = namespace(scores)
         dist = (q_idx + (Lk - Lq)) - kv_idx                   # (lq, lk)
         dist = np.abs(dist) if symmetric else dist
@@ -174,6 +177,7 @@ def relative_bias(table, max_distance: int | None = None) -> ScoreMod:
     max_d = table.shape[1] // 2 if max_distance is None else max_distance
 
     def fn(scores, b, h, q_idx, kv_idx, Lq, Lk):
+        _check_heads(h, table.shape[0], f"relative_bias with a table of {table.shape[0]} heads")
         xp = namespace(scores)
         dist = np.clip(kv_idx - (q_idx + (Lk - Lq)), -max_d, max_d) + max_d    # (lq, lk)
         bias = table[np.asarray(h) % table.shape[0], dist]                    # (H, lq, lk)
@@ -187,6 +191,14 @@ def score_mod(fn, name: str | None = None) -> ScoreMod:
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     return ScoreMod(lambda s, b, h, q, kv, Lq, Lk: fn(s, b, h, q, kv), name or getattr(fn, "__name__", "custom"))
+
+
+def _check_heads(h, n_heads, what):
+    """A per-head modifier must not silently reuse head 0's parameters for head n_heads and beyond."""
+    top = int(np.max(h)) if np.size(h) else 0
+    if top >= n_heads:
+        raise ValueError(f"{what} has parameters for {n_heads} heads but the scores have head index {top} "
+                         f"(query heads on axis -3); build it for the number of query heads")
 
 
 def _np_dtype(x):

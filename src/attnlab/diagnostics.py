@@ -1,0 +1,370 @@
+"""Diagnostics of attention weights: how spread out, how concentrated, where the mass goes.
+
+Every function takes a weights array of shape (..., H, Lq, Lk) (rows sum to 1 over the keys a query may see, or
+are all 0 for a fully masked query) from any model or from ``scaled_dot_product_attention(..., return_weights=True)``
+and returns NumPy float64 arrays. PyTorch tensors and other array-API arrays are copied to NumPy first.
+
+``mask`` (optional, everywhere): which keys each query was allowed to see, True = may attend (attnlab's one
+polarity). Either a boolean array broadcastable to the weights or an ``attnlab.masks.Mask``. It matters for
+normalization: a causal row i can only spread over i + 1 keys, so its entropy is normalized by log(i + 1), not
+log(Lk). Without a mask every key counts as allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._array import as_array, to_numpy
+from .masks import Mask
+
+
+def _weights(weights) -> np.ndarray:
+    """(..., H, Lq, Lk) float64 NumPy copy of ``weights``, checked."""
+    w = np.asarray(to_numpy(as_array(weights, "weights")), dtype=np.float64)
+    if w.ndim < 3:
+        raise ValueError(f"weights must have shape (..., H, Lq, Lk) (at least 3 dims), got shape {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("weights must be finite and non-negative (attention probabilities)")
+    return w
+
+
+def _allowed(mask, w: np.ndarray) -> np.ndarray:
+    """Boolean array broadcast to w's shape: True where a query may attend a key."""
+    Lq, Lk = w.shape[-2:]
+    if mask is None:
+        return np.ones(w.shape, dtype=bool)
+    if isinstance(mask, Mask):
+        mask = mask.to_array(Lq, Lk)
+    m = np.asarray(to_numpy(as_array(mask, "mask")))
+    if m.dtype != bool:
+        raise TypeError(f"mask must be boolean (True = may attend) or an attnlab.masks.Mask, got dtype {m.dtype}")
+    try:
+        return np.broadcast_to(m, w.shape)
+    except ValueError:
+        raise ValueError(f"mask of shape {m.shape} does not broadcast to weights of shape {w.shape}") from None
+
+
+def row_entropy(weights, mask=None, normalized: bool = True) -> np.ndarray:
+    """Entropy of each attention row, shape (..., H, Lq), in nats (0 log 0 = 0).
+
+    With ``normalized=True`` each row is divided by log(n) where n is the number of keys that row may attend, so
+    1 means uniform over the allowed keys and 0 means all mass on one key. A row with n <= 1 allowed keys has no
+    choice to make and gets 0.
+
+    >>> row_entropy([[[0.5, 0.5], [1.0, 0.0]]]).round(3)
+    array([[1., 0.]])
+    """
+    w = _weights(weights)
+    allowed = _allowed(mask, w)
+    p = np.where(allowed, w, 0.0)
+    h = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1) + 0.0  # (..., H, Lq)
+    if not normalized:
+        return h
+    n = allowed.sum(axis=-1)  # (..., H, Lq)
+    return np.where(n > 1, h / np.log(np.maximum(n, 2)), 0.0)
+
+
+def entropy(weights, mask=None, normalized: bool = True) -> np.ndarray:
+    """Mean row entropy per head, shape (..., H), for weights (..., H, Lq, Lk).
+
+    Row entropies as in :func:`row_entropy` (normalized by log of the number of allowed keys per row; rows with
+    <= 1 allowed key count as 0). The mean runs over the query rows that may attend at least one key: fully
+    masked rows (padded queries) are left out; a head whose every row is fully masked gets 0.
+
+    >>> w = [[[0.5, 0.5], [1.0, 0.0]], [[0.25, 0.75], [0.5, 0.5]]]   # (H=2, Lq=2, Lk=2)
+    >>> entropy(w).round(4)
+    array([0.5   , 0.9056])
+    >>> import attnlab
+    >>> entropy([[[1.0, 0.0], [0.5, 0.5]]], mask=attnlab.masks.causal()).round(4)   # row 0 sees 1 key: 0
+    array([0.5])
+    """
+    w = _weights(weights)
+    rows = row_entropy(w, mask, normalized)  # (..., H, Lq)
+    live = _allowed(mask, w).any(axis=-1)  # (..., H, Lq)
+    count = live.sum(axis=-1)
+    return np.where(count > 0, np.where(live, rows, 0.0).sum(axis=-1) / np.maximum(count, 1), 0.0)
+
+
+# --- per-row statistics, averaged per head -------------------------------------------------------------------
+def _live(w, mask) -> np.ndarray:
+    """(..., H, Lq) True for query rows that may attend at least one key."""
+    return _allowed(mask, w).any(axis=-1)
+
+
+def _mean_rows(values, live) -> np.ndarray:
+    """Mean of per-row values (..., H, Lq) over the rows where ``live``; 0 where no row is."""
+    live = np.broadcast_to(live, values.shape)
+    count = live.sum(axis=-1)
+    return np.where(count > 0, np.where(live, values, 0.0).sum(axis=-1) / np.maximum(count, 1), 0.0)
+
+
+def _query_positions(Lq: int, Lk: int) -> np.ndarray:
+    """Key-axis position of each query: the last Lq of Lk (attnlab's bottom-right alignment)."""
+    return np.arange(Lq) + (Lk - Lq)
+
+
+def effective_tokens(weights, mask=None) -> np.ndarray:
+    """exp(entropy in nats) of each row, averaged per head: (..., H). 1 = one key, n = uniform over n keys.
+
+    >>> effective_tokens([[[0.5, 0.5, 0.0]]]).round(3)
+    array([2.])
+    """
+    w = _weights(weights)
+    return _mean_rows(np.exp(row_entropy(w, mask, normalized=False)), _live(w, mask))
+
+
+def top1_mass(weights, mask=None) -> np.ndarray:
+    """Largest weight of each row, averaged per head: (..., H).
+
+    >>> top1_mass([[[0.7, 0.3], [0.1, 0.9]]]).round(3)
+    array([0.8])
+    """
+    w = _weights(weights)
+    return _mean_rows(w.max(axis=-1), _live(w, mask))
+
+
+def sink_score(weights, indices=(0,), mask=None) -> np.ndarray:
+    """Mass each row puts on the key positions ``indices`` (the first token, [CLS], [SEP]; negative indices
+    count from the end), averaged per head: (..., H). Xiao et al. 2023 call such keys attention sinks.
+
+    >>> sink_score([[[0.6, 0.3, 0.1], [0.5, 0.0, 0.5]]], indices=(0, -1)).round(3)
+    array([0.85])
+    """
+    w = _weights(weights)
+    Lk = w.shape[-1]
+    idx = sorted({int(i) % Lk for i in _indices(indices, Lk)})
+    return _mean_rows(w[..., idx].sum(axis=-1), _live(w, mask))
+
+
+def _indices(indices, Lk):
+    idx = np.atleast_1d(np.asarray(indices))
+    if idx.size == 0 or not np.issubdtype(idx.dtype, np.integer) or (idx >= Lk).any() or (idx < -Lk).any():
+        raise ValueError(f"indices must be key positions in [-{Lk}, {Lk}), got {indices!r}")
+    return idx
+
+
+def mean_distance(weights, mask=None) -> np.ndarray:
+    """Expected |query position - key position| under each row's weights, averaged per head: (..., H).
+
+    >>> mean_distance([[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]]).round(3)   # 0, 0.5, 0
+    array([0.167])
+    """
+    w = _weights(weights)
+    Lq, Lk = w.shape[-2:]
+    dist = np.abs(_query_positions(Lq, Lk)[:, None] - np.arange(Lk)[None, :])     # (Lq, Lk)
+    return _mean_rows((w * dist).sum(axis=-1), _live(w, mask))
+
+
+def offset_score(weights, offset: int, mask=None) -> np.ndarray:
+    """Weight on the key at (query position + offset), averaged over the rows where that key exists: (..., H).
+    offset -1: previous token, 0: same token, +1: next token.
+
+    >>> offset_score([[[1.0, 0.0], [0.8, 0.2]]], -1).round(3)   # only row 1 has a previous token
+    array([0.8])
+    """
+    w = _weights(weights)
+    Lq, Lk = w.shape[-2:]
+    target = _query_positions(Lq, Lk) + int(offset)                                # (Lq,)
+    exists = (target >= 0) & (target < Lk)
+    where = np.broadcast_to(np.clip(target, 0, Lk - 1)[:, None], w.shape[:-1] + (1,))
+    picked = np.take_along_axis(w, where, axis=-1)[..., 0]                          # (..., H, Lq)
+    return _mean_rows(picked, _live(w, mask) & exists)
+
+
+def previous_token_score(weights, mask=None) -> np.ndarray:
+    return offset_score(weights, -1, mask)
+
+
+def next_token_score(weights, mask=None) -> np.ndarray:
+    return offset_score(weights, +1, mask)
+
+
+def same_token_score(weights, mask=None) -> np.ndarray:
+    return offset_score(weights, 0, mask)
+
+
+# --- flags and the per-head table ----------------------------------------------------------------------------
+DIFFUSE_ENTROPY = 0.85      # normalized entropy >= this: the head spreads weight nearly uniformly ("diffuse")
+CONCENTRATED_TOP1 = 0.8     # mean top-1 mass >= this: nearly one-hot rows ("over_concentrated")
+SINK_MASS = 0.5             # mass on the sink positions >= this: more than half the weight parks there ("sink")
+
+
+@dataclass
+class HeadStats:
+    """One row of the diagnostic table: the statistics of one head (averaged over its live query rows)."""
+    layer: int
+    head: int
+    entropy: float            # normalized, 0 (one key) .. 1 (uniform over allowed keys)
+    effective_tokens: float   # exp(entropy in nats)
+    top1: float
+    sink: float
+    distance: float
+    previous: float
+    next: float
+    same: float
+    flags: tuple[str, ...]
+
+
+def flags(entropy_, top1, sink, *, diffuse=DIFFUSE_ENTROPY, concentrated=CONCENTRATED_TOP1,
+          sink_mass=SINK_MASS) -> tuple[str, ...]:
+    """The failure-mode flags of one head from its normalized entropy, top-1 mass and sink score.
+
+    >>> flags(0.9, 0.1, 0.2), flags(0.1, 0.95, 0.7)
+    (('diffuse',), ('over_concentrated', 'sink'))
+    """
+    out = []
+    if entropy_ >= diffuse:
+        out.append("diffuse")
+    if top1 >= concentrated:
+        out.append("over_concentrated")
+    if sink >= sink_mass:
+        out.append("sink")
+    return tuple(out)
+
+
+def head_table(weights, mask=None, sink_indices=(0,), **thresholds) -> list[HeadStats]:
+    """Statistics and flags of every head of a model: weights (layers, H, Lq, Lk) or (H, Lq, Lk) (layer 0).
+
+    ``sink_indices``: key positions counted as sinks (e.g. (0, -1) for [CLS] and [SEP]); ``thresholds``:
+    diffuse=, concentrated=, sink_mass= override the module defaults.
+    """
+    w = _weights(weights)
+    if w.ndim == 3:
+        w = w[None]
+    if w.ndim != 4:
+        raise ValueError(f"weights must have shape (layers, H, Lq, Lk) or (H, Lq, Lk), got {w.shape}")
+    cols = dict(entropy=entropy(w, mask), effective_tokens=effective_tokens(w, mask), top1=top1_mass(w, mask),
+                sink=sink_score(w, sink_indices, mask), distance=mean_distance(w, mask),
+                previous=offset_score(w, -1, mask), next=offset_score(w, 1, mask), same=offset_score(w, 0, mask))
+    rows = []
+    for layer in range(w.shape[0]):
+        for head in range(w.shape[1]):
+            v = {k: float(c[layer, head]) for k, c in cols.items()}
+            rows.append(HeadStats(layer, head, **v, flags=flags(v["entropy"], v["top1"], v["sink"], **thresholds)))
+    return rows
+
+
+def format_table(rows: list[HeadStats]) -> str:
+    """The table as aligned plain text (one line per head)."""
+    head = f"{'layer':>5} {'head':>4} {'entropy':>7} {'eff.tok':>7} {'top1':>5} {'sink':>5} {'dist':>5} " \
+           f"{'prev':>5} {'next':>5} {'same':>5}  flags"
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r.layer:>5} {r.head:>4} {r.entropy:>7.3f} {r.effective_tokens:>7.2f} {r.top1:>5.2f} "
+                     f"{r.sink:>5.2f} {r.distance:>5.1f} {r.previous:>5.2f} {r.next:>5.2f} {r.same:>5.2f}  "
+                     f"{','.join(r.flags) or '-'}")
+    return "\n".join(lines)
+
+
+# --- head types on token patterns (Olsson et al. 2022) -------------------------------------------------------
+def _ids(ids, L):
+    ids = np.asarray(ids)
+    if ids.shape != (L,):
+        raise ValueError(f"ids must have shape (L,) = ({L},) matching the weights, got {ids.shape}")
+    return ids
+
+
+def duplicate_token_score(weights, ids) -> np.ndarray:
+    """Mass a query puts on EARLIER occurrences of its own token, averaged over the queries that have one:
+    (..., H). Self-attention weights (..., H, L, L) over the token ids (L,).
+
+    >>> duplicate_token_score([[[1, 0, 0], [0.5, 0.5, 0], [0.7, 0.2, 0.1]]], [4, 5, 4]).round(3)
+    array([0.7])
+    """
+    w = _weights(weights)
+    L = w.shape[-1]
+    ids = _ids(ids, L)
+    j, i = np.meshgrid(np.arange(L), np.arange(L))
+    target = (ids[None, :] == ids[:, None]) & (j < i)                              # (L, L) [query, key]
+    return _mean_rows((w * target).sum(axis=-1), target.any(axis=-1))
+
+
+def induction_score(weights, ids) -> np.ndarray:
+    """Mass a query puts on the token right AFTER an earlier occurrence of its own token (the induction
+    pattern [A][B] ... [A] -> [B], Olsson et al. 2022), averaged over the queries that have one: (..., H).
+
+    >>> induction_score([[[1, 0, 0, 0], [0.5, 0.5, 0, 0], [0.1, 0.8, 0.1, 0], [0, 0, 0.9, 0.1]]], [7, 8, 7, 8]
+    ...                 ).round(3)   # query 2 (token 7) -> key 1; query 3 (token 8) -> key 2
+    array([0.85])
+    """
+    w = _weights(weights)
+    L = w.shape[-1]
+    ids = _ids(ids, L)
+    j, i = np.meshgrid(np.arange(L), np.arange(L))
+    prev_same = np.zeros((L, L), dtype=bool)
+    prev_same[:, 1:] = ids[None, :-1] == ids[:, None]                              # key j follows a copy of q's token
+    target = prev_same & (j <= i)                                                   # the copy is earlier
+    return _mean_rows((w * target).sum(axis=-1), target.any(axis=-1))
+
+
+def repeated_random_tokens(vocab_size: int, n: int, seed: int = 0, prefix=()) -> np.ndarray:
+    """``prefix`` + n random token ids + the same n again: the probe sequence for induction heads."""
+    if n < 2 or vocab_size < 2:
+        raise ValueError(f"need n >= 2 and vocab_size >= 2, got n={n}, vocab_size={vocab_size}")
+    half = np.random.default_rng(seed).integers(0, vocab_size, size=n)
+    return np.concatenate([np.asarray(prefix, dtype=np.int64), half, half]).astype(np.int64)
+
+
+HEAD_TYPE_THRESHOLD = 0.4   # a score >= this names the head type
+
+
+@dataclass
+class HeadType:
+    layer: int
+    head: int
+    previous: float
+    duplicate: float
+    induction: float
+    types: tuple[str, ...]
+
+
+def head_types(weights, ids, threshold: float = HEAD_TYPE_THRESHOLD) -> list[HeadType]:
+    """Previous-token, duplicate-token and induction scores of every head, weights (layers, H, L, L) over ids
+    (L,) (use ``repeated_random_tokens``), with the types whose score is >= ``threshold``."""
+    w = _weights(weights)
+    if w.ndim != 4:
+        raise ValueError(f"weights must have shape (layers, H, L, L), got {w.shape}")
+    scores = {"previous": offset_score(w, -1), "duplicate": duplicate_token_score(w, ids),
+              "induction": induction_score(w, ids)}
+    out = []
+    for layer in range(w.shape[0]):
+        for head in range(w.shape[1]):
+            s = {k: float(v[layer, head]) for k, v in scores.items()}
+            out.append(HeadType(layer, head, **s, types=tuple(k for k, v in s.items() if v >= threshold)))
+    return out
+
+
+def detect_head_types(model, n: int = 20, seed: int = 0, threshold: float = HEAD_TYPE_THRESHOLD,
+                      prefix=()) -> list[HeadType]:
+    """Run ``model`` (an attnlab.models model) on a repeated random token sequence and type its heads."""
+    ids = repeated_random_tokens(model.vocab_size, n, seed, prefix)
+    _, w = model.attentions(ids)
+    return head_types(w, ids, threshold)
+
+
+# --- attention rollout (Abnar & Zuidema 2020) ----------------------------------------------------------------
+def rollout(weights, residual: float = 0.5) -> np.ndarray:
+    """Attention rollout: weights (layers, ..., H, L, L) -> (..., L, L), how much each input token flows into
+    each position through all layers.
+
+    Per layer: A = mean over heads, A' = (1 - residual) * A + residual * I (the residual connection), rows
+    renormalized to sum 1; rollout = A'_last @ ... @ A'_first (Abnar & Zuidema 2020, eq. 1 with 0.5/0.5).
+
+    >>> rollout([[[[0.0, 1.0], [0.0, 1.0]]]]).round(3)   # one layer, one head: 0.5 * A + 0.5 * I
+    array([[0.5, 0.5],
+           [0. , 1. ]])
+    """
+    w = _weights(weights)
+    if w.ndim < 4 or w.shape[-1] != w.shape[-2]:
+        raise ValueError(f"weights must have shape (layers, ..., H, L, L) with square L x L, got {w.shape}")
+    if not 0.0 <= residual <= 1.0:
+        raise ValueError(f"residual must lie in [0, 1], got {residual}")
+    L = w.shape[-1]
+    out = None
+    for a in w.mean(axis=-3):                                                     # (..., L, L) per layer
+        a = (1.0 - residual) * a + residual * np.eye(L)
+        a = a / np.where(a.sum(axis=-1, keepdims=True) > 0, a.sum(axis=-1, keepdims=True), 1.0)
+        out = a if out is None else a @ out
+    return out

@@ -1,0 +1,320 @@
+"""Exact ring attention (context parallelism) on torch.distributed.
+
+Each of the P ranks holds a shard of the sequence: its queries q (B, H, Lq_r, D) and its keys/values k (B, G, Lk_r,
+D), v (B, G, Lk_r, Dv) at the global positions ``layout.positions(rank, P, L, layout)``. Key/value blocks travel
+around the ring (rank r sends to r+1, receives from r-1); after P-1 shifts every query shard has met every key
+block. Each step runs attnlab's reference attention on (local queries, visiting block) and returns its log-sum-exp;
+the partial results are merged exactly with ``attnlab.merge_attention`` in float32 (float64 for float64 inputs):
+
+    step t (t = 0..P-1) on rank r:  block of rank s = (r - t) mod P
+        post send(block -> r+1), recv(next block <- r-1)      the transfer overlaps the compute below
+        o_s, lse_s = attention(q_r, k_s, v_s, mask[pos_r, pos_s], return_lse=True)   (skipped if that mask is empty)
+        (out, lse) = merge_attention(out, lse, o_s, lse_s)
+        wait for the transfer (timeout -> RingError naming the peer)
+
+Ring attention: Liu, Zaharia & Abbeel 2023 ("Ring Attention with Blockwise Transformers"); the merge is the
+online-softmax rescaling (Milakov & Gimelshein 2018). The zigzag layout balances causal work (Brandon et al. 2023).
+
+Backward (exact, by recomputation from the saved log-sum-exp, as FlashAttention does per tile): with
+w_s = exp(lse_s - lse), the merged output is out = sum_s w_s o_s, so dL/do_s = w_s dout and
+dL/dlse_s = w_s (dout . (o_s - out) + dlse). Each step recomputes (o_s, lse_s) with autograd on the reference
+path and pulls dq, dk_s, dv_s through it; the dk/dv accumulator of a block travels around the ring with the block
+and is back at its owner after P shifts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .. import masks as masks_mod
+from .._array import default_scale, to_numpy
+from ..attention import scaled_dot_product_attention
+from ..merge import merge_attention
+from . import layout as layout_mod
+from .comm import Ring, RingError
+
+EMPTY = "empty"          # a block whose mask is all False: skipped, no compute
+
+
+def ring_attention(q, k, v, *, mask=None, causal=False, group=None, layout="zigzag", scale=None, timeout=None,
+                   return_lse=False, stats=None):
+    """Exact attention over the whole sequence, with q, k, v sharded over the ranks of ``group``.
+
+    q (B, H, Lq_r, D), k (B, G, Lk_r, D), v (B, G, Lk_r, Dv): this rank's shard in ``layout`` ("zigzag" or
+    "contiguous", see ``attnlab.distributed.layout``); H % G == 0 (grouped-query attention). Self-attention: the
+    query and key shards hold the same positions. ``mask``: an ``attnlab.masks.Mask`` (or a boolean (L, L)
+    array) over *global* positions; ``causal=True`` adds ``masks.causal()``. ``timeout``: seconds (default 60)
+    that any wait on a peer may take before a ``RingError`` naming that peer is raised.
+    ``stats``: a dict to fill with this rank's work and traffic (blocks computed/skipped, score cells, bytes
+    sent, key/value bytes held at the peak, seconds computing/waiting).
+
+    Returns this rank's output shard (B, H, Lq_r, Dv) in q's dtype [, its log-sum-exp (B, H, Lq_r) in the merge
+    dtype]. Gradients flow to q, k and v across the ring.
+    """
+    plan = _Plan(q, k, v, mask, causal, group, layout, scale, timeout, stats)
+    out, lse = _RingAttention.apply(q, k, v, plan)
+    return (out, lse) if return_lse else out
+
+
+# --- the plan: who holds what, and which blocks the mask empties ---------------------------------------------
+class _Plan:
+    def __init__(self, q, k, v, mask, causal, group, layout, scale, timeout, stats):
+        _check_tensors(q, k, v)
+        self.layout = layout_mod.check_layout(layout)
+        self.ring = Ring(group, timeout)
+        B, H, Lq, D = q.shape
+        G, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
+        if Lq != Lk:
+            raise ValueError(f"ring attention is self-attention over one sharded sequence: the query shard has "
+                             f"{Lq} positions but the key shard has {Lk}")
+        self.B, self.H, self.D, self.device = B, H, D, q.device
+        self.lengths = self._agree(q, (Lq, B, H, G, D, Dv))
+        self.L = sum(self.lengths)
+        P = self.ring.world
+        expected = layout_mod.local_lengths(P, self.L, self.layout) if self.L >= layout_mod.n_chunks(P, layout) else None
+        if self.lengths != expected:
+            raise ValueError(f"the ranks hold shards of lengths {self.lengths} (L={self.L}), but the {layout} layout "
+                             f"over {P} ranks needs {expected}: cut the sequence with "
+                             f"attnlab.distributed.shard(x, rank, world, {layout!r})")
+        self.positions = [layout_mod.positions(r, P, self.L, self.layout) for r in range(P)]
+        self.mask = _combined_mask(mask, causal, self.L, B, H)
+        self.scale = default_scale(D) if scale is None else float(scale)
+        self.acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        self.stats = stats
+        self._blocks = {}
+
+    def _agree(self, q, meta) -> list[int]:
+        """All-gather (L_r, B, H, G, D, Dv); every rank must agree on all but L_r. Returns every rank's L_r."""
+        rows = self.ring.all_gather(torch.tensor(meta, dtype=torch.int64, device=q.device), "shard shapes")
+        rows = [tuple(int(x) for x in r) for r in rows]
+        for r, row in enumerate(rows):
+            if row[1:] != tuple(meta[1:]):
+                raise RingError(f"ring attention: rank {r} has (B, H, G, D, Dv) = {row[1:]} but rank "
+                                f"{self.ring.rank} has {tuple(meta[1:])}; every rank must shard the same tensors",
+                                peer=r)
+        return [r[0] for r in rows]
+
+    def block_mask(self, src: int):
+        """Mask of (this rank's queries, rank ``src``'s keys): None (all allowed), EMPTY, or a bool tensor."""
+        if src not in self._blocks:
+            self._blocks[src] = block_mask(self.mask, self.L, self.positions[self.ring.rank], self.positions[src],
+                                           self.B, self.H, self.device)
+        return self._blocks[src]
+
+    def block_buffers(self, src: int, like, dtype=None) -> tuple:
+        """Empty (k, v) buffers (B, G, L_src, D), (B, G, L_src, Dv) for rank ``src``'s block."""
+        return tuple(torch.empty(x.shape[:2] + (self.lengths[src],) + x.shape[3:], dtype=dtype or x.dtype,
+                                 device=x.device) for x in like)
+
+
+def _check_tensors(q, k, v) -> None:
+    for x, name, what in ((q, "q", "(B, H, Lq, D)"), (k, "k", "(B, G, Lk, D)"), (v, "v", "(B, G, Lk, Dv)")):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"ring_attention needs torch tensors; {name} is {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"{name} must have shape {what}, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must agree on (B, G, Lk)")
+    if k.shape[3] != q.shape[3] or k.shape[0] != q.shape[0]:
+        raise ValueError(f"k {tuple(k.shape)} must match q {tuple(q.shape)} in batch and head dim")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"q has {q.shape[1]} heads but k/v have {k.shape[1]}: the query heads must be a multiple "
+                         f"of the key/value heads")
+
+
+def _combined_mask(mask, causal: bool, L: int, B: int, H: int):
+    if mask is not None and not isinstance(mask, masks_mod.Mask):
+        arr = to_numpy(mask)
+        if arr.shape[-2:] != (L, L):
+            raise ValueError(f"a mask array must cover the whole sequence, shape (..., {L}, {L}); got {arr.shape}")
+        mask = masks_mod.from_array(arr)
+    if causal:
+        mask = masks_mod.causal() if mask is None else mask & masks_mod.causal()
+    if mask is not None:
+        for size, need, what in ((mask.batch, B, "batch size"), (mask.heads, H, "query heads")):
+            if size is not None and size != need:
+                raise ValueError(f"mask {mask.name} is defined for {what} {size}, but q has {need}")
+    return mask
+
+
+def block_mask(mask, L: int, q_pos: np.ndarray, k_pos: np.ndarray, B: int = 1, H: int = 1, device=None):
+    """The mask between queries at global positions ``q_pos`` and keys at ``k_pos`` of a length-L sequence:
+    None when every cell is allowed, EMPTY when none is, else a boolean tensor (Lq, Lk) or (B|1, H|1, Lq, Lk)."""
+    if mask is None:
+        return None
+    b = np.arange(B)[:, None, None, None] if mask.batch is not None else 0
+    h = np.arange(H)[None, :, None, None] if mask.heads is not None else 0
+    arr = mask.evaluate(L, L, q_pos[:, None], k_pos[None, :], b, h)     # Lq = Lk = L: positions are global
+    if not arr.any():
+        return EMPTY
+    return None if arr.all() else torch.from_numpy(np.array(arr, dtype=bool)).to(device)
+
+
+def _cells(blk, B: int, H: int, Lq: int, Lk: int) -> int:
+    """Allowed score cells of a block, over all batch rows and heads."""
+    if blk is EMPTY:
+        return 0
+    if blk is None:
+        return B * H * Lq * Lk
+    return int(blk.sum()) * (B * H) // (int(np.prod(blk.shape[:-2])) if blk.ndim == 4 else 1)
+
+
+def work_balance(L: int, world: int, layout: str = "zigzag", mask=None, causal: bool = False, B: int = 1,
+                 H: int = 1) -> dict:
+    """Per-rank work of ring attention without running it: blocks computed (of ``world``) and allowed score
+    cells, and the imbalance max/mean of the cells (1.0 = perfectly balanced).
+
+    >>> work_balance(8, 2, "contiguous", causal=True)["cells"], work_balance(8, 2, "zigzag", causal=True)["cells"]
+    ([10, 26], [18, 18])
+    """
+    m = _combined_mask(mask, causal, L, B, H)
+    pos = [layout_mod.positions(r, world, L, layout) for r in range(world)]
+    cells, blocks = [], []
+    for r in range(world):
+        per = [block_mask(m, L, pos[r], pos[s], B, H) for s in range(world)]
+        cells.append(sum(_cells(blk, B, H, len(pos[r]), len(pos[s])) for blk, s in zip(per, range(world))))
+        blocks.append(sum(blk is not EMPTY for blk in per))
+    mean = sum(cells) / world
+    return {"layout": layout, "world": world, "L": L, "blocks": blocks, "cells": cells,
+            "imbalance": (max(cells) / mean) if mean else 1.0}
+
+
+# --- forward and backward around the ring ----------------------------------------------------------------------
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan):
+        out, lse = _ring_forward(plan, q, (k, v))
+        ctx.plan = plan
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out.to(q.dtype), lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, (dk, dv) = _ring_backward(ctx.plan, q, (k, v), out, lse, dout, dlse)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
+
+
+def _ring_forward(plan: _Plan, q, own):
+    """own = (k, v) of this rank. Returns (out, lse) in the merge dtype."""
+    ring, P = plan.ring, plan.ring.world
+    out = lse = None
+    cur = own
+    tally = _Tally(plan, own)
+    for t in range(P):
+        src = (ring.rank - t) % P
+        shift = nxt = None
+        if t < P - 1:                                             # post the next transfer before computing
+            nxt = plan.block_buffers((src - 1) % P, own)
+            shift = ring.shift(list(cur), list(nxt), tag=0, what="key/value block")
+            tally.sent(cur, own, nxt)
+        blk = plan.block_mask(src)
+        tally.block(blk, q.shape[2], cur[0].shape[2])
+        if blk is not EMPTY:
+            o, l = scaled_dot_product_attention(q, *cur, blk, scale=plan.scale, return_lse=True)  # (B,H,Lq_r,Dv)
+            o, l = o.to(plan.acc), l.to(plan.acc)                                                  # (B,H,Lq_r)
+            out, lse = (o, l) if out is None else merge_attention(out, lse, o, l)
+        tally.computed()
+        if shift is not None:
+            shift.wait()
+            tally.waited()
+            cur = nxt
+    if out is None:                                               # every block empty: rows attend to nothing
+        out = q.new_zeros(q.shape[:3] + own[1].shape[3:], dtype=plan.acc)
+        lse = q.new_full(q.shape[:3], -float("inf"), dtype=plan.acc)
+    tally.finish()
+    return out, lse
+
+
+def _ring_backward(plan: _Plan, q, own, out, lse, dout, dlse):
+    """dq and (dk, dv) of this rank's shard; each block's (dk, dv) travels with it and ends at its owner."""
+    ring, P = plan.ring, plan.ring.world
+    dout = dout.to(plan.acc)
+    dlse = torch.zeros_like(lse) if dlse is None else dlse.to(plan.acc)
+    dq = torch.zeros(q.shape, dtype=plan.acc, device=q.device)
+    cur, incoming, grad_shift = own, None, None
+    for t in range(P):
+        src = (ring.rank - t) % P
+        kv_shift = nxt = None
+        if t < P - 1:
+            nxt = plan.block_buffers((src - 1) % P, own)
+            kv_shift = ring.shift(list(cur), list(nxt), tag=0, what="key/value block")
+        blk = plan.block_mask(src)
+        if blk is EMPTY:
+            grad = tuple(torch.zeros(x.shape, dtype=plan.acc, device=x.device) for x in cur)
+        else:
+            gq, grad = _block_grads(plan, q, cur, blk, out, lse, dout, dlse)
+            dq += gq
+        if grad_shift is not None:                                # add what earlier ranks gave this block
+            grad_shift.wait()
+            grad = tuple(g + i for g, i in zip(grad, incoming))
+        if P > 1:                        # pass the block's gradient on; the one sent at t = P-1 reaches its owner
+            incoming = plan.block_buffers((src - 1) % P, own, plan.acc)
+            grad_shift = ring.shift(list(grad), list(incoming), tag=2, what="key/value gradient")
+        if kv_shift is not None:
+            kv_shift.wait()
+            cur = nxt
+    if P == 1:
+        return dq, grad
+    grad_shift.wait()
+    return dq, incoming
+
+
+def _block_grads(plan: _Plan, q, kv, blk, out, lse, dout, dlse):
+    """dq and (dk, dv) of one block by recomputation: out = sum_s w_s o_s with w_s = exp(lse_s - lse)."""
+    with torch.enable_grad():
+        qd, kd, vd = (x.detach().requires_grad_() for x in (q, *kv))
+        o, l = scaled_dot_product_attention(qd, kd, vd, blk, scale=plan.scale, return_lse=True)
+        lb = l.detach().to(plan.acc)
+        w = torch.where(torch.isfinite(lb), torch.exp(lb - lse), torch.zeros_like(lb))         # (B, H, Lq_r)
+        g_out = (w[..., None] * dout).to(o.dtype)                                               # dL/do_s
+        g_lse = (w * ((dout * (o.detach().to(plan.acc) - out)).sum(-1) + dlse)).to(l.dtype)   # dL/dlse_s
+        gq, gk, gv = torch.autograd.grad([o, l], [qd, kd, vd], [g_out, g_lse])
+    return gq.to(plan.acc), (gk.to(plan.acc), gv.to(plan.acc))
+
+
+class _Tally:
+    """Fills the caller's ``stats`` dict: work done, bytes sent, key/value bytes held, time computing/waiting."""
+
+    def __init__(self, plan: _Plan, own):
+        self.stats, self.plan = plan.stats, plan
+        self.s = {"rank": plan.ring.rank, "world": plan.ring.world, "layout": plan.layout, "L": plan.L,
+                  "L_local": own[0].shape[2], "blocks_computed": 0, "blocks_skipped": 0, "cells": 0,
+                  "bytes_sent": 0, "kv_bytes_own": _nbytes(own), "kv_bytes_peak": _nbytes(own),
+                  "compute_s": 0.0, "wait_s": 0.0}
+        self.t = time.perf_counter()
+
+    def sent(self, cur, own, nxt):
+        self.s["bytes_sent"] += _nbytes(cur)
+        held = _nbytes(own) + (_nbytes(cur) if cur is not own else 0) + _nbytes(nxt)  # own, visiting, arriving
+        self.s["kv_bytes_peak"] = max(self.s["kv_bytes_peak"], held)
+
+    def block(self, blk, Lq, Lk):
+        self.s["blocks_skipped" if blk is EMPTY else "blocks_computed"] += 1
+        self.s["cells"] += _cells(blk, self.plan.B, self.plan.H, Lq, Lk)
+
+    def computed(self):
+        now = time.perf_counter()
+        self.s["compute_s"] += now - self.t
+        self.t = now
+
+    def waited(self):
+        now = time.perf_counter()
+        self.s["wait_s"] += now - self.t
+        self.t = now
+
+    def finish(self):
+        if self.stats is not None:
+            self.stats.update(self.s)
+
+
+def _nbytes(tensors) -> int:
+    return sum(x.numel() * x.element_size() for x in tensors)

@@ -1,0 +1,451 @@
+"""The tiled online-softmax kernel: exact attention without the Lq x Lk score matrix (FlashAttention on the CPU).
+
+For one block of queries the kernel walks over the key tiles keeping, per query row, the running maximum m, the
+running sum l of exp(score - m) and the running output acc (Milakov & Gimelshein 2018, "Online normalizer
+calculation for softmax"; Dao et al. 2022, "FlashAttention", Algorithm 1):
+
+    S     = (q * scale) k_j^T            (R, bk)   R = r * block_q rows: the r query heads sharing key/value head
+    m_new = max(m, rowmax(S))
+    P     = exp(S - m_new)
+    l     = l * exp(m - m_new) + rowsum(P)
+    acc   = acc * exp(m - m_new) + P v_j   (R, Dv)
+    out   = acc / l,  lse = m + log(l)     after the last tile
+
+Tiles the mask leaves empty are skipped, full tiles never evaluate the mask, partial tiles evaluate it on the
+tile's indices only (``attnlab.planner.TileMaps``). Score modifiers (ALiBi, soft-capping, relative bias) see each
+tile with its absolute indices. Tasks (key/value head group, query block[, key split]) run on a thread pool: NumPy
+releases the GIL inside BLAS and ufuncs, and BLAS itself is held to one thread so the pool does not oversubscribe
+the cores. When there are fewer tasks than threads (decoding one token) the keys are split and the partial results
+merged exactly by their log-sum-exp (``attnlab.merge_attention``).
+
+Extra memory: per thread a few (R, block_k) tiles and (R, D) rows, plus the (..., Lq) log-sum-exp; never Lq x Lk.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import masks as masks_mod
+from . import planner
+from ._array import as_array, broadcast_shapes, default_scale
+from .attention import _prepare, resolve_mask
+from .masks import EMPTY, FULL, PARTIAL
+from .merge import merge_attention
+from .scores import ScoreMod
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+LOG2E, LN2 = 1.0 / math.log(2.0), math.log(2.0)
+FOLD_MIN_ROWS = 16      # fold the running max into the score matmul from this many rows per tile (not when decoding)
+
+
+@dataclass
+class RunStats:
+    """What one ``flash_attention`` call did; pass ``stats=RunStats()`` to have it filled in."""
+
+    tiles: planner.TileCounts = field(default_factory=planner.TileCounts)
+    block_q: int = 0
+    block_k: int = 0
+    threads: int = 0
+    tasks: int = 0
+    kv_splits: int = 1
+
+
+def flash_attention(q, k, v, mask=None, *, scale=None, bias_fn=None, bias=None, block_q=None, block_k=None,
+                    return_lse=False, threads=None, stats: RunStats | None = None):
+    """Exact softmax(q k^T * scale [+ bias], masked) @ v computed tile by tile, on NumPy arrays.
+
+    Same shapes and semantics as ``attnlab.scaled_dot_product_attention``: q (..., Lq, D), k (..., Lk, D),
+    v (..., Lk, Dv) -> (..., Lq, Dv) with broadcasting leading dims and grouped-query heads; ``mask`` a Mask or a
+    boolean array (True = may attend); a row with nothing to attend to gives 0 (lse -inf). ``bias_fn``: an
+    ``attnlab.scores.ScoreMod`` applied to each tile; ``bias``: an additive float array broadcastable to the
+    scores (sliced per tile). ``block_q``/``block_k``: tile sizes (default: ``attnlab.planner.default_blocks``);
+    ``threads``: worker threads (default: the usable cores). ``return_lse``: also return the log-sum-exp of each
+    row, (..., Lq). ``stats``: a ``RunStats`` to fill with tile counts.
+
+    >>> import numpy as np, attnlab
+    >>> rng = np.random.default_rng(0); q, k, v = (rng.standard_normal((2, 50, 8)) for _ in range(3))
+    >>> ref = attnlab.scaled_dot_product_attention(q, k, v, mask=attnlab.masks.causal())
+    >>> out = flash_attention(q, k, v, mask=attnlab.masks.causal(), block_q=16, block_k=16)
+    >>> float(np.abs(out - ref).max()) < 1e-12
+    True
+    """
+    pb = _problem(q, k, v, mask, scale, bias_fn, bias, "flash_attention")
+    lay = pb.lay
+    threads = planner.default_threads() if threads is None else planner.check_threads(threads)
+    bq, bk = planner.default_blocks(lay.r, lay.Lq, lay.Lk)
+    pb.block_q = planner.check_block(block_q, "block_q") or bq
+    pb.block_k = planner.check_block(block_k, "block_k") or bk
+    pb.maps = planner.TileMaps(mask, lay, pb.block_q, pb.block_k)
+    tasks, splits = _tasks(pb, threads)
+    out = np.empty((splits,) + lay.lead + (lay.r, lay.Lq, pb.Dv), pb.dtype)     # (S, *lead, r, Lq, Dv)
+    lse = np.empty((splits,) + lay.lead + (lay.r, lay.Lq), pb.dtype)            # (S, *lead, r, Lq)
+    counts = _run(pb, tasks, out, lse, threads)
+    final_out, final_lse = out[0], lse[0]
+    for s in range(1, splits):
+        final_out, final_lse = merge_attention(final_out, final_lse, out[s], lse[s])
+    if stats is not None:
+        stats.tiles = planner.TileCounts(*map(int, counts))
+        stats.block_q, stats.block_k, stats.threads = pb.block_q, pb.block_k, min(threads, max(len(tasks), 1))
+        stats.tasks, stats.kv_splits = len(tasks), splits
+    outer = lay.scores_shape[:-2]
+    final_out = final_out.reshape(outer + (lay.Lq, pb.Dv))
+    return (final_out, final_lse.reshape(outer + (lay.Lq,))) if return_lse else final_out
+
+
+def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, bias_fn=None, bias=None):
+    """The attention weights of chosen query rows, recomputed from the stored log-sum-exp.
+
+    weights[i, j] = exp(score[i, j] - lse[i]) for the rows ``rows`` (an int, a slice or a list of row indices)
+    with ``lse`` (..., Lq) as returned by ``flash_attention(..., return_lse=True)``; masked keys and fully masked
+    rows get 0. Memory is O(len(rows) * Lk): the full matrix is never built. Returns (..., len(rows), Lk).
+
+    >>> import numpy as np, attnlab
+    >>> rng = np.random.default_rng(0); q, k, v = (rng.standard_normal((6, 4)) for _ in range(3))
+    >>> out, lse = flash_attention(q, k, v, return_lse=True)
+    >>> w = attention_weights_for(q, k, rows=[0, 5], lse=lse)
+    >>> _, ref = attnlab.scaled_dot_product_attention(q, k, v, return_weights=True)
+    >>> bool(np.allclose(w, ref[[0, 5]]))
+    True
+    """
+    pb = _problem(q, k, k, mask, scale, bias_fn, bias, "attention_weights_for")
+    lay = pb.lay
+    rows = _rows(rows, lay.Lq)
+    lse = as_array(lse, "lse")
+    if not isinstance(lse, np.ndarray) or tuple(lse.shape) != lay.scores_shape[:-1]:
+        raise ValueError(f"lse must be a NumPy array of shape {lay.scores_shape[:-1]} (the scores without the key "
+                         f"axis), got {type(lse).__name__} of shape {tuple(getattr(lse, 'shape', ()))}")
+    lse = lse.reshape(lay.lead + (lay.r, lay.Lq))                                 # (*lead, r, Lq)
+    n = len(rows)
+    weights = np.zeros(lay.lead + (lay.r, n, lay.Lk), pb.dtype)                  # (*lead, r, n, Lk)
+    for idx in np.ndindex(*lay.lead):
+        state, allowed = pb.classify(idx, rows, rows, 0, lay.Lk, FULL if mask is None else PARTIAL)
+        if state == EMPTY:
+            continue
+        s = np.matmul(pb.q[idx][:, rows] * pb.scale, np.swapaxes(pb.k[idx], -1, -2))   # (r, n, Lk)
+        s = pb.modify(s, idx, rows, rows, 0, lay.Lk, allowed)
+        row_lse = lse[idx][:, rows, None]                                          # (r, n, 1)
+        finite = np.isfinite(row_lse)
+        np.exp(s - np.where(finite, row_lse, 0), out=weights[idx], where=finite)
+    return weights.reshape(lay.scores_shape[:-2] + (n, lay.Lk))
+
+
+# --- the problem: inputs in the kernel's layout, with their mask and score modifiers --------------------------------
+class _Problem:
+    """Inputs broadcast to the kernel layout (views) plus how to mask and modify one tile of scores."""
+
+    def __init__(self, lay, mask, mask_arr, scale, bias_fn, bias_arr):
+        shape = lambda x: lay.lead + x.shape[-3:]
+        self.lay = lay
+        self.q, self.k, self.v = (np.broadcast_to(x, shape(x)) for x in (lay.q, lay.k, lay.v))
+        self.dtype = lay.q.dtype
+        self.D, self.Dv = lay.q.shape[-1], lay.v.shape[-1]
+        self.scale = self.dtype.type(scale)
+        self.mask, self.mask_arr, self.bias_fn, self.bias_arr = mask, mask_arr, bias_fn, bias_arr
+        self.mods = None if bias_fn is None and bias_arr is None else (bias_fn, bias_arr)
+        self.q_scale = self.dtype.type(scale if self.mods else scale * LOG2E)   # modifiers need natural units
+        self.v_finite = bool(np.isfinite(lay.v).all())
+        self.block_q = self.block_k = 0
+        self.maps = None
+        self._heads = {}
+
+    def heads(self, idx):
+        """(b, h) of the task's r heads, shaped (r, 1, 1) for score modifiers and for masks."""
+        if idx not in self._heads:
+            b, h = self.lay.heads_of(idx)
+            mods = (b[:, None, None], h[:, None, None])
+            masks = None
+            if isinstance(self.mask, masks_mod.Mask):
+                mb, mh = planner.mask_heads(self.mask, self.lay, b, h)
+                masks = (mb[:, None, None] if self.mask.batch else 0, mh[:, None, None] if self.mask.heads else 0)
+            self._heads[idx] = (mods, masks)
+        return self._heads[idx]
+
+    def classify(self, idx, q_sel, q_pos, ks, ke, state):
+        """(state, allowed) of one tile: allowed is the boolean (r or 1, rows, cols) mask of a PARTIAL tile."""
+        if state != PARTIAL:
+            return state, None
+        if self.mask_arr is not None:
+            m = self.mask_arr[idx]                                             # (r, Lq, Lk), maybe stride 0 on r
+            tile = (m[:1] if m.strides[0] == 0 else m)[:, q_sel, ks:ke]
+            if not tile.any():
+                return EMPTY, None
+            return (FULL, None) if tile.all() else (PARTIAL, tile)
+        b, h = self.heads(idx)[1]
+        allowed = self.mask.evaluate(self.lay.Lq, self.lay.Lk, q_pos[:, None], np.arange(ks, ke)[None, :], b, h)
+        return PARTIAL, allowed
+
+    def modify(self, s3, idx, q_sel, q_pos, ks, ke, allowed):
+        """Add the bias, apply the score modifier and the mask to a tile of scaled scores s3 (r, rows, cols)."""
+        if self.bias_arr is not None:
+            b = self.bias_arr[idx]
+            np.add(s3, (b[:1] if b.strides[0] == 0 else b)[:, q_sel, ks:ke], out=s3, casting="same_kind")
+        if self.bias_fn is not None:
+            (b, h), _ = self.heads(idx)
+            modified = self.bias_fn.apply(s3, b, h, q_pos[:, None], np.arange(ks, ke)[None, :], self.lay.Lq,
+                                          self.lay.Lk)
+            np.copyto(s3, modified, casting="same_kind")
+        if allowed is not None:
+            np.copyto(s3, -np.inf, where=~allowed)
+        return s3
+
+
+def _problem(q, k, v, mask, scale, bias_fn, bias, fn_name) -> _Problem:
+    p = _prepare(q, k, v, fn_name)
+    if p.xp.__name__.split(".")[-1] != "numpy" or not all(isinstance(x, np.ndarray) for x in (p.q, p.k, p.v)):
+        raise TypeError(f"{fn_name} runs on NumPy arrays, got {type(p.q).__module__}.{type(p.q).__name__}; "
+                        f"use attnlab.scaled_dot_product_attention(..., impl='reference') for other arrays")
+    if p.q.dtype not in DTYPES:
+        raise TypeError(f"{fn_name} supports float32 and float64, got {p.q.dtype}; cast the inputs or use "
+                        f"impl='reference'")
+    if p.k.shape[-1] != p.q.shape[-1]:
+        raise ValueError(f"key has head dim {p.k.shape[-1]} but query has {p.q.shape[-1]}")
+    if scale is not None and (isinstance(scale, bool) or not np.isscalar(scale)):
+        raise TypeError(f"scale must be a number, got {type(scale).__name__}")
+    if bias_fn is not None and not isinstance(bias_fn, ScoreMod):
+        raise TypeError(f"bias_fn must be an attnlab.scores.ScoreMod (alibi, softcap, relative_bias, score_mod), "
+                        f"got {type(bias_fn).__name__}")
+    lay = planner.layout(p)
+    mask_arr = None
+    if isinstance(mask, masks_mod.Mask):
+        planner.check_mask_axes(mask, lay.scores_shape)
+    elif mask is not None:
+        mask_arr = lay.to_internal(resolve_mask(mask, lay.scores_shape, np, p.q))
+    bias_arr = None if bias is None else lay.to_internal(_check_bias(bias, lay.scores_shape))
+    scale = default_scale(p.q.shape[-1]) if scale is None else scale
+    return _Problem(lay, mask, mask_arr, scale, bias_fn, bias_arr)
+
+
+def _check_bias(bias, scores_shape):
+    bias = as_array(bias, "bias")
+    if not isinstance(bias, np.ndarray) or bias.dtype.kind != "f":
+        raise TypeError(f"bias must be a floating NumPy array added to the scores, got "
+                        f"{type(bias).__name__} of dtype {bias.dtype}; pass boolean masks as mask=")
+    if broadcast_shapes(bias.shape, scores_shape) != tuple(scores_shape):
+        raise ValueError(f"bias of shape {tuple(bias.shape)} does not broadcast to scores {tuple(scores_shape)}")
+    return bias
+
+
+def _rows(rows, Lq):
+    try:
+        picked = np.arange(Lq)[rows]
+    except (IndexError, TypeError) as err:
+        raise ValueError(f"rows must be an int, a slice or a list of query indices in [0, {Lq}), got {rows!r}: "
+                         f"{err}") from None
+    return np.atleast_1d(picked)
+
+
+# --- tasks and threads ---------------------------------------------------------------------------------------------
+def _tasks(pb, threads):
+    """Tasks (idx, query block, first key block, last key block, split), biggest first for load balance.
+
+    When there are fewer (head group, query block) pairs than threads, the key blocks are split among tasks."""
+    nqb, nkb = pb.maps.nqb, pb.maps.nkb
+    pairs = [(idx, i) for idx in np.ndindex(*pb.lay.lead) for i in range(nqb)]
+    splits = min(nkb, math.ceil(threads / len(pairs))) if pairs and nkb > 1 and len(pairs) < threads else 1
+    bounds = [(s * nkb // splits, (s + 1) * nkb // splits) for s in range(splits)]
+    tasks = [(idx, i, lo, hi, s) for idx, i in pairs for s, (lo, hi) in enumerate(bounds)]
+    work = lambda t: int(np.count_nonzero(pb.maps[t[0]][t[1], t[2]:t[3]] != EMPTY))
+    return sorted(tasks, key=work, reverse=True), splits
+
+
+class _TaskQueue:
+    def __init__(self, tasks):
+        self._it, self._lock, self.stopped = iter(tasks), threading.Lock(), False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._lock:
+            if self.stopped:
+                raise StopIteration
+            return next(self._it)
+
+
+def _run(pb, tasks, out, lse, threads) -> np.ndarray:
+    """Run the tasks on ``threads`` threads (the caller's plus pool workers); returns [empty, partial, full]."""
+    queue = _TaskQueue(tasks)
+
+    def work():
+        ws, counts = _Workspace(pb), np.zeros(3, np.int64)
+        try:
+            for task in queue:
+                _task(pb, ws, task, out, lse, counts)
+        except BaseException:
+            queue.stopped = True
+            raise
+        return counts
+
+    n = min(threads, len(tasks))
+    with _blas_single_thread():
+        futures = [_pool(n - 1).submit(work) for _ in range(n - 1)] if n > 1 else []
+        try:
+            mine = work() if tasks else np.zeros(3, np.int64)
+        finally:
+            wait(futures)
+        return mine + sum((f.result() for f in futures), np.zeros(3, np.int64))
+
+
+_POOL = {"executor": None, "size": 0}
+
+
+def _pool(size: int) -> ThreadPoolExecutor:
+    """A process-wide pool with at least ``size`` workers (created on first use, grown when needed)."""
+    if _POOL["size"] < size:
+        old = _POOL["executor"]
+        _POOL["executor"], _POOL["size"] = ThreadPoolExecutor(size, thread_name_prefix="attnlab-flash"), size
+        if old is not None:
+            old.shutdown(wait=False)
+    return _POOL["executor"]
+
+
+_BLAS = {"controller": None}
+
+
+def _blas_single_thread():
+    """Limit BLAS (OpenBLAS, MKL, BLIS) to one thread while the kernel's own threads run."""
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS["controller"] is None:
+        _BLAS["controller"] = ThreadpoolController()
+    return _BLAS["controller"].limit(limits=1, user_api="blas")
+
+
+# --- one task -----------------------------------------------------------------------------------------------------
+class _Workspace:
+    """Preallocated per-thread buffers, viewed at the size of each tile."""
+
+    def __init__(self, pb):
+        rows = pb.lay.r * min(pb.block_q, max(pb.lay.Lq, 1))
+        cols = min(pb.block_k, max(pb.lay.Lk, 1))
+        D, Dv = pb.D, pb.Dv
+        self.s = np.empty(rows * cols, pb.dtype)                      # scores, then probabilities (R, bk)
+        self.qa = np.empty(rows * (D + 1), pb.dtype)                  # [scaled q | -shift]       (R, D + 1)
+        self.ka = np.ones((cols, D + 1), pb.dtype)                    # [k tile | 1]              (bk, D + 1)
+        self.acc, self.pv, self.tmp = np.empty((3, rows * (Dv + 1)), pb.dtype)   # [sum p v | sum p] (R, Dv + 1)
+        self.m, self.m_new, self.alpha = np.empty((3, rows), pb.dtype)
+        self.ones = np.ones(cols, pb.dtype)
+
+
+def _task(pb, ws, task, out, lse, counts):
+    """One (head group, query block[, key split]): the online softmax over its key tiles, in base 2.
+
+    Scores are kept in log2 units (q is scaled by scale * log2(e) once) so that probabilities are exp2(), which
+    NumPy computes twice as fast as exp(). Row statistics live beside the output: acc[:, :Dv] is sum p v and
+    acc[:, Dv] is l = sum p. Once every row has a finite running max m, -m is folded into the score matmul as an
+    extra column of q (against a column of ones beside the keys) and tiles skip the max/subtract/rescale passes;
+    a tile whose exponentials would overflow falls back to the rescaling step, so the result stays exact.
+    """
+    idx, i, j_lo, j_hi, split = task
+    lay, r, D, Dv, bk = pb.lay, pb.lay.r, pb.D, pb.Dv, pb.block_k
+    qs, qe = i * pb.block_q, min(lay.Lq, (i + 1) * pb.block_q)
+    q_sel, q_pos, R = slice(qs, qe), np.arange(qs, qe), r * (qe - qs)
+    qa = ws.qa[:R * (D + 1)].reshape(R, D + 1)
+    np.multiply(pb.q[idx][:, q_sel], pb.q_scale, out=qa[:, :D].reshape(r, qe - qs, D))
+    qa[:, D] = 0
+    K, V = pb.k[idx][0], pb.v[idx][0]                                           # (Lk, D), (Lk, Dv)
+    st = _RowState(ws, R, Dv, pb.dtype)
+    fold = pb.mods is None and R >= FOLD_MIN_ROWS          # tall enough to pay for copying the key tile
+    row_map = pb.maps[idx][i]
+    for j in range(j_lo, j_hi):
+        ks, ke = j * bk, min(lay.Lk, (j + 1) * bk)
+        state, allowed = pb.classify(idx, q_sel, q_pos, ks, ke, row_map[j])
+        counts[state] += 1
+        if state == EMPTY:
+            continue
+        S = ws.s[:R * (ke - ks)].reshape(R, ke - ks)
+        if fold:
+            ka = ws.ka[:ke - ks]
+            np.copyto(ka[:, :D], K[ks:ke])
+            np.matmul(qa, ka.T, out=S)                                          # S - shift, (R, bk)
+        else:
+            np.matmul(qa[:, :D], K[ks:ke].T, out=S)                              # S, (R, bk)
+        if st.shifted:
+            if allowed is not None:
+                np.copyto(S.reshape(r, qe - qs, ke - ks), -np.inf, where=~allowed)
+            if st.add_unshifted(S, V[ks:ke], pb.v_finite):
+                continue
+            qa[:, D] = 0                                                        # overflow: redo this tile
+            st.shifted = False
+            np.matmul(qa, ka.T, out=S)
+        if pb.mods is not None:
+            pb.modify(S.reshape(r, qe - qs, ke - ks), idx, q_sel, q_pos, ks, ke, allowed)
+            S *= LOG2E
+        elif allowed is not None:
+            np.copyto(S.reshape(r, qe - qs, ke - ks), -np.inf, where=~allowed)
+        st.add_rescaled(S, V[ks:ke], pb.v_finite)
+        if fold and st.all_started():
+            qa[:, D] = -st.m
+            st.shifted = True
+    dest_out, dest_lse = out[split][idx][:, q_sel], lse[split][idx][:, q_sel]   # (r, rows, Dv), (r, rows)
+    st.finish(dest_out, dest_lse)
+
+
+class _RowState:
+    """Running max m (log2 units), and acc = [sum p v | l] (R, Dv + 1) relative to it, for one task."""
+
+    def __init__(self, ws, R, Dv, dtype):
+        self.Dv, self.lowest = Dv, np.finfo(dtype).min
+        self.acc, self.pv, self.tmp = (b[:R * (Dv + 1)].reshape(R, Dv + 1) for b in (ws.acc, ws.pv, ws.tmp))
+        self.m, self.m_new, self.alpha = ws.m[:R], ws.m_new[:R], ws.alpha[:R]
+        self.ones = ws.ones
+        self.m.fill(-np.inf)
+        self.acc.fill(0)
+        self.shifted = False
+
+    def _products(self, P, v, v_finite):
+        _pv(P, v, self.pv[:, :self.Dv], v_finite)                              # sum p v   (R, Dv)
+        np.matmul(P, self.ones[:P.shape[1]], out=self.pv[:, self.Dv])         # sum p (R,): BLAS beats np.sum
+
+    def add_rescaled(self, S, v, v_finite):
+        """The online-softmax step for a tile of scores S (R, bk), log2 units; S is overwritten with P."""
+        m_tile = np.max(S, axis=1, out=self.m_new)
+        np.maximum(m_tile, self.m, out=m_tile)
+        np.maximum(m_tile, self.lowest, out=m_tile)                             # fully masked so far: stay finite
+        np.subtract(S, m_tile[:, None], out=S)
+        np.exp2(S, out=S)                                                       # P = 2^(S - m_new)
+        self._products(S, v, v_finite)
+        np.subtract(self.m, m_tile, out=self.alpha)
+        np.exp2(self.alpha, out=self.alpha)                                     # 2^(m_old - m_new)
+        np.multiply(self.acc, self.alpha[:, None], out=self.acc)
+        self.acc += self.pv
+        self.m, self.m_new = self.m_new, self.m
+
+    def add_unshifted(self, S, v, v_finite) -> bool:
+        """Add a tile of already shifted scores S - m; False (state untouched) if it would overflow."""
+        np.exp2(S, out=S)
+        self._products(S, v, v_finite)
+        np.add(self.acc, self.pv, out=self.tmp)
+        if not math.isfinite(float(np.sum(self.tmp))):
+            return False
+        self.acc, self.tmp = self.tmp, self.acc
+        return True
+
+    def all_started(self) -> bool:
+        return bool((self.m > self.lowest).all())
+
+    def finish(self, dest_out, dest_lse):
+        """out = acc / l (0 for a row with nothing to attend to), lse = (m + log2 l) * ln 2."""
+        l = self.acc[:, self.Dv]
+        empty = ~(l > 0)
+        np.divide(self.acc[:, :self.Dv], np.where(empty & ~np.isnan(l), 1, l)[:, None],
+                  out=self.acc[:, :self.Dv])
+        dest_out[...] = self.acc[:, :self.Dv].reshape(dest_out.shape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row_lse = (np.maximum(self.m, self.lowest) + np.log2(l)) * LN2
+        dest_lse[...] = np.where(empty & ~np.isnan(l), -np.inf, row_lse).reshape(dest_lse.shape)
+
+
+def _pv(p, v, out, v_finite):
+    """out = p @ v, where a non-finite value in v only reaches rows that put weight on it (as the reference)."""
+    if v_finite or np.isfinite(v).all():
+        np.matmul(p, v, out=out)
+        return
+    bad = ~np.isfinite(v)
+    np.matmul(p, np.where(bad, 0, v), out=out)
+    out[np.matmul(p > 0, bad.astype(p.dtype)) > 0] = np.nan

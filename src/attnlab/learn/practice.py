@@ -1,0 +1,509 @@
+"""Exercises generated from a seed and checked, with feedback at the first step that went wrong.
+
+Every expected answer comes from attnlab itself (softmax, masks, scaled_dot_product_attention, the
+MultiHeadAttention layer, the cost model), so an exercise can never disagree with the library. A wrong answer is
+compared with the answers that common mistakes produce (no scaling, no exponentials, no normalisation, the wrong
+mask polarity, query heads instead of key/value heads, ...) and the feedback names the first step that differs.
+
+>>> ex = make("softmax", 0)
+>>> ex.parts[0].check(ex.parts[0].solution).correct
+True
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .. import cost, masks
+from ..attention import scaled_dot_product_attention
+from ..layers import MultiHeadAttention
+from ..softmax import softmax
+
+
+class InvalidAnswer(ValueError):
+    """The answer could not be read (not a wrong answer): the prompt asks again."""
+
+
+@dataclass
+class Verdict:
+    correct: bool
+    message: str
+
+
+@dataclass
+class Part:
+    prompt: str
+    check: Callable[[str], Verdict]     # raises InvalidAnswer when the text cannot be read
+    solution: str                       # a correct answer, as the learner would type it
+
+
+@dataclass
+class Exercise:
+    kind: str
+    title: str
+    setup: str
+    parts: list
+
+
+def _g(x) -> str:
+    return f"{float(x):.4g}"
+
+
+def _vec(a) -> str:
+    return "[" + ", ".join(_g(x) for x in np.ravel(a)) + "]"
+
+
+def parse_numbers(text: str, count: int | None = None) -> np.ndarray:
+    """Numbers separated by commas, spaces or semicolons; brackets are ignored.
+
+    >>> parse_numbers("[0.2, 0.8]").tolist()
+    [0.2, 0.8]
+    """
+    tokens = [t for t in re.split(r"[\s,;]+", text.strip().strip("[]()")) if t]
+    try:
+        values = np.array([float(t) for t in tokens], dtype=np.float64)
+    except ValueError:
+        bad = next(t for t in tokens if not _is_number(t))
+        raise InvalidAnswer(f"{bad!r} is not a number; type numbers separated by commas") from None
+    if count is not None and len(values) != count:
+        raise InvalidAnswer(f"expected {count} numbers, got {len(values)}")
+    if not np.isfinite(values).all():
+        raise InvalidAnswer("type finite numbers")
+    return values
+
+
+def _is_number(t: str) -> bool:
+    try:
+        float(t)
+        return True
+    except ValueError:
+        return False
+
+
+def _first_mistake(answer, expected, mistakes, atol=None, rtol=None, explain_right=""):
+    """Verdict: right, or the message of the first known mistake the answer matches, or None."""
+    close = lambda a, b: np.allclose(a, b, atol=atol or 0.0, rtol=rtol or 0.0)
+    if close(answer, expected):
+        return Verdict(True, explain_right)
+    for candidate, message in mistakes:
+        if candidate is not None and close(answer, candidate) and not close(candidate, expected):
+            return Verdict(False, message)
+    return None
+
+
+# --- softmax weights by hand -----------------------------------------------------------------------------------
+def _softmax_exercise(rng) -> Exercise:
+    d = int(rng.choice([4, 9, 16]))
+    n = int(rng.integers(2, 5))
+    while True:
+        scores = rng.integers(-2, 5, size=n).astype(np.float64) * math.sqrt(d) / 2   # scaled = multiples of 1/2
+        if len(set(scores)) == n and _softmax_unambiguous(scores, d):
+            break
+    scaled = scores / math.sqrt(d)
+    weights = softmax(scaled)
+    setup = (f"A query has dot products q.k = {_vec(scores)} with {n} keys; the head dim is d_k = {d}.\n"
+             f"Give the attention weights (softmax of the scaled scores), {n} numbers, 2 decimals are enough.")
+
+    def check(text):
+        answer = parse_numbers(text, n)
+        e = np.exp(scaled - scaled.max())
+        steps = (f"1. scale: q.k / sqrt({d}) = {_vec(scaled)}; 2. subtract the max {_g(scaled.max())} and "
+                 f"exponentiate: {_vec(e)}; 3. sum Z = {_g(e.sum())}; 4. divide: {_vec(weights)}")
+        mistakes = [
+            (scaled / scaled.sum() if scaled.sum() else None,
+             f"Step 2 is missing: you normalised the scaled scores directly, softmax exponentiates first. {steps}"),
+            (softmax(scores), f"Step 1 is missing: you forgot to scale by 1/sqrt(d_k) = 1/{_g(math.sqrt(d))}. "
+                              f"Without it the weights are too peaked. {steps}"),
+            (softmax(scores / d), f"Step 1: you divided by d_k = {d}; scale by 1/sqrt(d_k) = 1/{_g(math.sqrt(d))}. "
+                                  f"{steps}"),
+            (np.exp(scaled), f"Step 3 is missing: you exponentiated but did not divide by the sum. {steps}"),
+            (e, f"Step 3 is missing: you subtracted the max and exponentiated, but did not divide by the sum Z. "
+                f"Subtracting the max does not normalise anything (and does not change the weights: exp(-max) "
+                f"cancels between numerator and sum); it only keeps exp from overflowing. {steps}"),
+        ]
+        verdict = _first_mistake(answer, weights, mistakes, atol=0.011, explain_right=steps)
+        if verdict:
+            return verdict
+        total = answer.sum()
+        if abs(total - 1) > 0.02:
+            return Verdict(False, f"Your weights sum to {_g(total)}: softmax weights always sum to 1. {steps}")
+        if np.argmax(answer) != np.argmax(weights):
+            return Verdict(False, f"The largest score must get the largest weight (key {np.argmax(weights)}): "
+                                  f"softmax keeps the order of the scores. {steps}")
+        j = int(np.argmax(np.abs(answer - weights)))
+        return Verdict(False, f"Your weight for key {j} is {_g(answer[j])}, it should be {_g(weights[j])}. {steps}")
+
+    return Exercise("softmax", "softmax weights by hand", setup,
+                    [Part("weights", check, ", ".join(f"{w:.3f}" for w in weights))])
+
+
+def _softmax_unambiguous(scores, d):
+    """Every common mistake gives a clearly different answer (else the feedback could blame the wrong step)."""
+    right = softmax(scores / math.sqrt(d))
+    wrongs = [softmax(scores), softmax(scores / d)]
+    return all(np.abs(w - right).max() > 0.05 for w in wrongs)
+
+
+# --- mark the blocked cells of a mask --------------------------------------------------------------------------
+def parse_cells(text: str, n: int) -> set:
+    """Blocked cells as "row,col" pairs ("0,1 0,2"), a 0/1 grid with rows split by ';' or spaces (1 = blocked),
+    or "none".
+
+    >>> sorted(parse_cells("0,1 1,2", 3)), sorted(parse_cells("010;000;000", 3))
+    ([(0, 1), (1, 2)], [(0, 1)])
+    """
+    text = text.strip().lower()
+    if text in ("none", "no", "empty", "-"):
+        return set()
+    if "," in text:
+        cells = set()
+        for pair in re.split(r"[\s;]+", text):
+            m = re.fullmatch(r"\(?(\d+),(\d+)\)?", pair)
+            if not m:
+                raise InvalidAnswer(f"could not read {pair!r}: type blocked cells as row,col pairs like \"0,1 0,2\"")
+            i, j = int(m.group(1)), int(m.group(2))
+            if i >= n or j >= n:
+                raise InvalidAnswer(f"cell {i},{j} is outside the {n}x{n} matrix (rows and columns 0..{n - 1})")
+            cells.add((i, j))
+        return cells
+    rows = [r.replace(" ", "") for r in re.split(r"[;/]", text)] if re.search(r"[;/]", text) else text.split()
+    if len(rows) != n or any(len(r) != n or set(r) - {"0", "1"} for r in rows):
+        raise InvalidAnswer(f"type row,col pairs like \"0,1 0,2\", or a {n}x{n} grid of 0/1 with rows split by ';' "
+                            f"(1 = blocked), or none")
+    return {(i, j) for i, r in enumerate(rows) for j, c in enumerate(r) if c == "1"}
+
+
+def _mask_exercise(rng) -> Exercise:
+    n = int(rng.integers(4, 6))
+    kind = str(rng.choice(["causal", "window", "padding"]))
+    if kind == "causal":
+        mask, words = masks.causal(), "a causal mask (no looking at future tokens)"
+    elif kind == "window":
+        left = int(rng.integers(1, 3))
+        mask = masks.sliding_window(left)
+        words = (f"a causal sliding window, masks.sliding_window({left}): each query sees itself and the {left} "
+                 f"key(s) before it")
+    else:
+        length = int(rng.integers(2, n))
+        mask = masks.padding([length])
+        words = f"a padding mask: the sequence has {length} real tokens, the last {n - length} key(s) are padding"
+    allowed = np.asarray(mask.to_array(n, n)).reshape(n, n)
+    blocked = {(int(i), int(j)) for i, j in zip(*np.nonzero(~allowed))}
+    setup = (f"A toy {n}x{n} self-attention matrix (rows = queries q0..q{n - 1}, columns = keys k0..k{n - 1}) under "
+             f"{words}.\nWhich cells are blocked? Type row,col pairs (\"0,1 0,2\"), a 0/1 grid with rows split by ';' "
+             f"(1 = blocked), or none.")
+    drawing = mask.show(n, n)
+
+    def check(text):
+        answer = parse_cells(text, n)
+        if answer == blocked:
+            return Verdict(True, f"{len(blocked)} blocked cells.\n{drawing}")
+        everything = {(i, j) for i in range(n) for j in range(n)}
+        causal_blocked = {(i, j) for i, j in everything if j > i}
+        mistakes = [(everything - blocked, "You marked the cells that MAY attend; list the blocked ones "
+                                           "(in attnlab a mask's True means may attend, the rest is blocked).")]
+        if kind == "causal":
+            mistakes += [({(j, i) for i, j in blocked}, "You blocked the past: a causal mask blocks the future, "
+                                                        "key j > query i (above the diagonal)."),
+                         (blocked | {(i, i) for i in range(n)}, "The diagonal is allowed: a token may attend to "
+                                                                "itself.")]
+        elif kind == "window":
+            mistakes += [(causal_blocked, "You blocked the future but forgot the window: keys further back than "
+                                          f"{left} position(s) are blocked too."),
+                         (blocked - causal_blocked, "You blocked the far past but forgot the future: this sliding "
+                                                    "window is causal, keys after the query are blocked too.")]
+        else:
+            padded_rows = {(i, j) for i, j in everything if i >= length}
+            mistakes += [(blocked | padded_rows, "Only the padded KEYS (columns) are hidden; the padded query rows "
+                                                 "still compute (their outputs are discarded later)."),
+                         ({(j, i) for i, j in blocked}, "You blocked rows: padding hides keys, i.e. columns "
+                                                        f"k{length}..k{n - 1} in every row.")]
+        for candidate, message in mistakes:
+            if answer == candidate:
+                return Verdict(False, f"{message}\n{drawing}")
+        for i in range(n):
+            want = sorted(j for r, j in blocked if r == i)
+            got = sorted(j for r, j in answer if r == i)
+            if want != got:
+                missing, extra = len(blocked - answer), len(answer - blocked)
+                return Verdict(False, f"Row q{i} first differs: blocked keys are {_keys(want)}, you marked "
+                                      f"{_keys(got)} ({missing} blocked cell(s) missing, {extra} extra overall).\n"
+                                      f"{drawing}")
+        raise AssertionError("unreachable: sets differ but no row differs")
+
+    solution = " ".join(f"{i},{j}" for i, j in sorted(blocked)) or "none"
+    return Exercise("mask", f"mark the blocked cells ({kind})", setup, [Part("blocked cells", check, solution)])
+
+
+def _keys(js):
+    return ", ".join(f"k{j}" for j in js) or "none"
+
+
+# --- predict one attention row --------------------------------------------------------------------------------
+def _row_exercise(rng) -> Exercise:
+    while True:
+        q = rng.integers(-2, 3, size=(1, 4)).astype(np.float64)
+        k = rng.integers(-2, 3, size=(3, 4)).astype(np.float64)
+        v = rng.integers(0, 10, size=(3, 2)).astype(np.float64)
+        out, w = scaled_dot_product_attention(q, k, v, return_weights=True)
+        if np.ptp(w) > 0.2 and np.abs(softmax(q @ k.T) @ v - out).max() > 0.1:
+            break
+    raw = (q @ k.T)[0]
+    setup = (f"One query q = {_vec(q)} (d = 4) attends to three keys and values:\n"
+             + "\n".join(f"  k{j} = {_vec(k[j])}   v{j} = {_vec(v[j])}" for j in range(3))
+             + "\nWhat is the output for this query (2 numbers)? Use attnlab's default scale 1/sqrt(d).")
+    steps = (f"scores q.k_j = {_vec(raw)}; / sqrt(4) = {_vec(raw / 2)}; weights = softmax = {_vec(w[0])}; "
+             f"output = sum_j w_j v_j = {_vec(out[0])}")
+
+    def check(text):
+        answer = parse_numbers(text, 2)
+        mistakes = [
+            (softmax(raw) @ v, f"You forgot to scale the scores by 1/sqrt(d) = 0.5 before the softmax. {steps}"),
+            (v.mean(axis=0), f"You averaged the values: the weights come from the scores, they are not uniform. "
+                             f"{steps}"),
+            (v[int(np.argmax(raw))], f"Attention is soft: you took the value of the best key only, but every key "
+                                     f"gets some weight. {steps}"),
+            (np.exp(raw / 2) @ v, f"You did not normalise: divide the exponentials by their sum. {steps}"),
+            (raw @ v, f"You weighted the values by the raw scores: softmax turns them into weights first. {steps}"),
+        ]
+        verdict = _first_mistake(answer, out[0], mistakes, atol=0.021, explain_right=steps)
+        return verdict or Verdict(False, f"Not quite. {steps}")
+
+    return Exercise("row", "predict one attention row", setup,
+                    [Part("output", check, ", ".join(f"{x:.3f}" for x in out[0]))])
+
+
+# --- shapes in multi-head attention ---------------------------------------------------------------------------
+def parse_shape(text: str) -> tuple:
+    """"(2, 4, 5, 8)", "2,4,5,8" or "2x4x5x8" -> a tuple of ints."""
+    tokens = [t for t in re.split(r"[\s,x×*]+", text.strip().strip("()[]")) if t]
+    if not tokens or not all(t.isdigit() for t in tokens):
+        raise InvalidAnswer(f"type a shape like (2, 4, 5, 8), got {text!r}")
+    return tuple(int(t) for t in tokens)
+
+
+def mha_shapes(B: int, L: int, d_model: int, H: int) -> dict:
+    """Shapes of every step of multi-head self-attention, taken from running attnlab's layer on zeros."""
+    layer = MultiHeadAttention(d_model, H, seed=0)
+    x = np.zeros((B, L, d_model), np.float32)                                      # (B, L, d_model)
+    q = layer._heads(np, layer._project(np, x, layer.w_q, layer.b_q), H)           # (B, H, L, Dh)
+    heads, weights = scaled_dot_product_attention(q, q, q, return_weights=True)    # (B, H, L, Dh), (B, H, L, L)
+    y = layer(x)                                                                   # (B, L, d_model)
+    return {"q": q.shape, "weights": weights.shape, "heads": heads.shape, "output": y.shape}
+
+
+def _shapes_exercise(rng) -> Exercise:
+    B, L = int(rng.choice([2, 3])), int(rng.choice([5, 6, 7]))
+    H, Dh = int(rng.choice([4, 8])), int(rng.choice([16, 32]))
+    d_model = H * Dh
+    shapes = mha_shapes(B, L, d_model, H)
+    setup = (f"Multi-head self-attention: a batch of B={B} sequences of L={L} tokens, d_model={d_model}, H={H} heads.\n"
+             f"Give the shape after each step, like (2, 4, 5, 8).")
+    prompts = {"q": "queries after the projection and the split into heads",
+               "weights": "attention weights",
+               "heads": "per-head outputs (weights @ v)",
+               "output": "after concatenating the heads and the output projection"}
+    right_words = {"q": f"(B, H, L, Dh) with Dh = d_model / H = {Dh}", "weights": "(B, H, Lq, Lk): every query "
+                   "against every key, per head", "heads": "(B, H, L, Dh)", "output": "(B, L, d_model): H * Dh = "
+                   "d_model again"}
+
+    def checker(step):
+        expected = tuple(shapes[step])
+
+        def check(text):
+            answer = parse_shape(text)
+            if answer == expected:
+                return Verdict(True, f"{right_words[step]}.")
+            if len(answer) != len(expected):
+                return Verdict(False, f"This tensor has {len(expected)} axes: {right_words[step]} = {expected}.")
+            hints = [((B, L, H, Dh), "The heads axis comes before the length: attention runs per head over "
+                                     "(L, Dh) matrices, so transpose to (B, H, L, Dh)."),
+                     ((B, H, L, d_model), f"Each head works in a subspace of Dh = d_model / H = {Dh}, not the "
+                                          f"full d_model = {d_model}."),
+                     ((B, H, L, L) if step != "weights" else (B, H, L, Dh),
+                      "The scores/weights compare every query with every key: (B, H, Lq, Lk); the outputs mix "
+                      "the values: (B, H, L, Dh)."),
+                     ((B, L, H * d_model), f"Concatenating H heads of Dh = {Dh} gives H * Dh = d_model = {d_model}.")]
+            for candidate, message in hints:
+                if answer == candidate:
+                    return Verdict(False, f"{message} Expected {expected}.")
+            return Verdict(False, f"Expected {right_words[step]} = {expected}.")
+        return check
+
+    parts = [Part(prompts[s], checker(s), str(tuple(shapes[s]))) for s in prompts]
+    return Exercise("shapes", "shapes in multi-head attention", setup, parts)
+
+
+# --- cost when n doubles ----------------------------------------------------------------------------------------
+def _ratio_check(expected, mistakes, why):
+    def check(text):
+        answer = parse_numbers(text.lower().replace("x", " "), 1)
+        verdict = _first_mistake(answer, [expected], [([c], m) for c, m in mistakes], rtol=0.1,
+                                 explain_right=why)
+        return verdict or Verdict(False, f"The model says {_g(expected)}x. {why}")
+    return check
+
+
+def _cost_exercise(rng) -> Exercise:
+    n, w, D = int(rng.choice([1024, 2048, 4096])), int(rng.choice([128, 256])), 64
+    cfg = cost.model_config(n_heads=8, head_dim=D)
+    dense = cost.doubling(cfg, n, mask="dense", dtype="float32").ratios
+    window = cost.doubling(cfg, n, mask=f"window:{w}", dtype="float32").ratios
+    setup = (f"One attention layer, 8 heads of D={D}, float32. The sequence doubles from n={n} to {2 * n}. "
+             f"By what factor does each quantity grow? (a number like 4 or 2.0)")
+    quadratic = "Every query scores every key: n^2 cells, and (2n)^2 = 4 n^2."
+    parts = [
+        Part("dense attention: FLOPs", _ratio_check(dense["useful FLOPs"], [
+            (2, f"Twice the queries AND twice the keys each. {quadratic}"),
+            (8, "Attention is quadratic in n (n^2 d), not cubic.")], quadratic), _g(dense["useful FLOPs"])),
+        Part("dense attention: memory of the naive n x n score matrix", _ratio_check(dense["naive peak memory"], [
+            (2, f"The score matrix is n x n. {quadratic}")], quadratic), _g(dense["naive peak memory"])),
+        Part(f"sliding window of w={w} keys: FLOPs of the tiled kernel", _ratio_check(window["tiled FLOPs"], [
+            (4, f"Each query only sees w={w} keys: the work is about n*w, linear in n (the kernel skips the empty "
+                f"tiles).")], f"n*w grows like n: {_g(window['tiled FLOPs'])}x."), _g(window["tiled FLOPs"])),
+        Part("dense attention: peak memory of the tiled (FlashAttention) kernel", _ratio_check(
+            dense["tiled peak memory"], [(4, "The tiled kernel never stores the n x n matrix: fixed-size tiles plus "
+                                             "O(n D) for the output and row statistics, so memory grows like n.")],
+            "Fixed-size tiles plus O(n D) output and statistics: linear in n."), _g(dense["tiled peak memory"])),
+    ]
+    return Exercise("cost", "cost when n doubles", setup, parts)
+
+
+# --- KV-cache bytes of a GQA model ---------------------------------------------------------------------------
+UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(text: str) -> float:
+    """"1.5 GiB", "512MiB", "1e9" -> bytes.
+
+    >>> parse_bytes("2 KiB")
+    2048.0
+    """
+    m = re.fullmatch(r"\s*([0-9.eE+_,]+)\s*([a-zA-Z]*)\s*", text)
+    unit = (m.group(2).lower() if m else "") or "b"
+    if not m or unit not in UNITS or not _is_number(m.group(1).replace(",", "").replace("_", "")):
+        raise InvalidAnswer(f"type a number of bytes, optionally with a unit ({', '.join(u for u in UNITS)}), "
+                            f"got {text!r}")
+    return float(m.group(1).replace(",", "").replace("_", "")) * UNITS[unit]
+
+
+def _kv_exercise(rng) -> Exercise:
+    layers, H, G = int(rng.choice([24, 32, 48])), int(rng.choice([32, 64])), int(rng.choice([4, 8]))
+    dtype = str(rng.choice(["float16", "float32"]))
+    n = int(rng.choice([4096, 8192, 32768]))
+    cfg = cost.model_config(n_heads=H, head_dim=128, n_kv_heads=G, n_layers=layers, mask="causal")
+    est = cost.estimate(cfg, n, dtype=dtype)
+    expected, size = est.kv_cache_bytes, cost.DTYPE_BYTES[dtype]
+    setup = (f"A GQA decoder: {layers} layers, {H} query heads, {G} key/value heads, head dim 128, {dtype}. "
+             f"How many bytes does the KV cache of ONE sequence of {n} tokens take? (e.g. 1.5 GiB or 1610612736)")
+    why = (f"2 (K and V) x {layers} layers x {G} kv heads x 128 x {size} bytes = {est.kv_bytes_per_token:,} bytes "
+           f"per token; x {n} tokens = {expected:,} bytes = {expected / 2**30:.4g} GiB")
+
+    def check(text):
+        answer = parse_bytes(text)
+        if 0.93 < answer / expected < 1.08 and not 0.99 < answer / expected < 1.01:
+            return Verdict(False, f"Close, but mind the unit: 1 GiB = 2^30 bytes, 1 GB = 10^9 bytes. {why}")
+        both = " (or the bytes per element)" if size == 2 else ""
+        mistakes = [(expected * H / G, f"GQA caches only the {G} key/value heads, not the {H} query heads. {why}"),
+                    (expected / 2, f"The cache holds keys AND values: x2{both}. {why}"),
+                    (expected / size, f"Multiply by the bytes per element: {dtype} is {size} bytes. {why}"),
+                    (expected / layers, f"Every layer keeps its own cache: x {layers} layers. {why}"),
+                    (expected / n, f"That is the cache per token; multiply by the {n} tokens. {why}")]
+        verdict = _first_mistake([answer], [expected], [([c], m) for c, m in mistakes], rtol=0.01,
+                                 explain_right=why)
+        return verdict or Verdict(False, f"Not quite. {why}")
+
+    return Exercise("kvcache", "KV-cache bytes of a GQA model", setup,
+                    [Part("bytes", check, str(expected))])
+
+
+# --- written answers --------------------------------------------------------------------------------------------
+WRITTEN = {
+    "multihead": (
+        "Explain in your own words how multi-head attention differs from single-head attention.",
+        "Multi-head attention runs several attention operations in parallel, each with its own learned projections "
+        "into a smaller subspace (d_model / H per head). Each head can then specialise in a different relationship "
+        "(local syntax, long-range dependencies, coreference), where a single head must squeeze everything into one "
+        "softmax pattern. The heads' outputs are concatenated and projected back to d_model, at about the same cost "
+        "as one full-width head.",
+        [("several heads run in parallel", r"parallel|several|multiple|many heads|each head|per.head|\bh heads"),
+         ("each head has its own projections / lower-dimensional subspace",
+          r"subspace|own (learned )?(projection|weight|q|quer)|different projection|lower.dim|smaller|split|"
+          r"d_?model ?/ ?h|divid"),
+         ("heads specialise in different relationships",
+          r"speciali[sz]|different (relation|pattern|kind|type|aspect|feature|thing|dependenc)|syntax|corefer|"
+          r"long.range|focus on different|attend to different"),
+         ("outputs are concatenated and projected back",
+          r"concat|combin|merg|project(ed|ion)? back|output projection|w_?o\b|joined"),
+         ("one head gives one pattern (an average); same total cost",
+          r"one (pattern|softmax|distribution|attention)|single (pattern|distribution)|averag|only one|limited|"
+          r"same (cost|compute|number of param)")]),
+    "additive": (
+        "Compare additive attention and dot-product attention in one paragraph.",
+        "Additive (Bahdanau) attention scores a query and a key with a small feed-forward network, "
+        "w_v . tanh(W_q q + W_k k); it works when query and key sizes differ and was used in early RNN "
+        "encoder-decoders, but it is slower. Dot-product attention scores with q . k, scaled by 1/sqrt(d_k) so the "
+        "softmax does not saturate; it is one matrix multiplication, fast on modern hardware, and the standard in "
+        "transformers.",
+        [("additive uses a small learned feed-forward scorer (tanh)",
+          r"feed.?forward|mlp|tanh|neural net|hidden layer|learn(ed|s) (a )?(scor|layer|network|weight)|w_v|"
+          r"one.layer"),
+         ("dot-product scores by the dot product of q and k",
+          r"dot.product|inner product|q ?[.·] ?k|\bqk|similarity"),
+         ("dot-product is scaled by sqrt(d_k) to keep the softmax stable", r"sqrt|square root|scal"),
+         ("dot-product is faster: matrix multiplication on modern hardware",
+          r"fast|efficient|matmul|matrix mult|gpu|hardware|cheap|optimi[sz]ed|parallel"),
+         ("additive: early seq2seq (Bahdanau), flexible but slower; dot-product: transformers",
+          r"bahdanau|rnn|seq2seq|encoder.decoder|transformer|vaswani|luong|slow|flexib|different (size|dim)")]),
+}
+
+
+def check_written(topic: str, text: str) -> Verdict:
+    """Compare a free-text answer with the checklist of points (keywords and synonyms)."""
+    question, model_answer, points = WRITTEN[topic]
+    words = text.lower()
+    if len(words.split()) < 5:
+        raise InvalidAnswer("write at least a sentence (5 words or more)")
+    hit = [(label, bool(re.search(pattern, words))) for label, pattern in points]
+    covered = sum(ok for _, ok in hit)
+    passed = covered >= len(points) - 2
+    lines = [f"{'Good' if passed else 'Not yet'}: your answer covers {covered} of {len(points)} points."]
+    lines += [f"  [{'x' if ok else ' '}] {label}" for label, ok in hit]
+    missing = [label for label, ok in hit if not ok]
+    if missing:
+        lines.append("Missing: " + "; ".join(missing) + ".")
+    lines.append(f"Model answer: {model_answer}")
+    return Verdict(passed, "\n".join(lines))
+
+
+def _written_exercise(rng) -> Exercise:
+    topic = str(rng.choice(sorted(WRITTEN)))
+    question, model_answer, _ = WRITTEN[topic]
+    return Exercise("written", f"in your own words ({topic})", question + " (one line; Enter to submit)",
+                    [Part("answer", lambda text: check_written(topic, text), model_answer)])
+
+
+# --- sessions ------------------------------------------------------------------------------------------------
+KINDS = {"softmax": _softmax_exercise, "mask": _mask_exercise, "row": _row_exercise, "shapes": _shapes_exercise,
+         "cost": _cost_exercise, "kvcache": _kv_exercise, "written": _written_exercise}
+
+
+def make(kind: str, seed: int) -> Exercise:
+    """One exercise of ``kind``, the same for the same seed."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return KINDS[kind](np.random.default_rng([seed, list(KINDS).index(kind)]))
+
+
+def exercises(seed: int, kinds=None, count: int | None = None) -> list:
+    """``count`` exercises cycling through ``kinds`` (default: one of each kind, in the study guide's order)."""
+    kinds = list(kinds or KINDS)
+    count = len(kinds) if count is None else count
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    return [make(kinds[i % len(kinds)], seed + i // len(kinds)) for i in range(count)]

@@ -1,0 +1,86 @@
+"""Measure a callable: median wall time over repeated runs, and peak memory with tracemalloc.
+
+Small and general on purpose: the benchmarks and the experiments share these two functions so that every number
+they print is taken the same way.
+
+- ``time_call(fn)``: warm-up runs first (caches, lazy imports, BLAS buffers), then the median of ``repeat >= 5``
+  timed runs with ``time.perf_counter``. The median resists the outliers a busy machine produces.
+- ``peak_memory(fn)``: the highest number of bytes allocated through Python's allocator hooks during one call,
+  above what was allocated when the call started. NumPy reports its array buffers to tracemalloc, so for NumPy code
+  this is the extra memory the call needed, its output included. PyTorch tensors are not seen. A warm-up call runs
+  first, outside the measurement, so one-time allocations do not count.
+
+>>> t = time_call(lambda: sum(range(100)), repeat=5)
+>>> len(t.runs), t.median_s > 0
+(5, True)
+>>> import numpy as np
+>>> peak_memory(lambda: np.ones(1_000_000)) >= 8_000_000
+True
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+import tracemalloc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock times of the timed runs, in seconds."""
+
+    runs: tuple[float, ...]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.runs)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: how noisy the runs were."""
+        return (max(self.runs) - min(self.runs)) / self.median_s if self.median_s > 0 else 0.0
+
+
+def time_call(fn, *, repeat: int = 5, warmup: int = 1) -> Timing:
+    """Run ``fn()`` ``warmup`` times untimed, then ``repeat`` (>= 5) times timed; return the times."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 5:
+        raise ValueError(f"repeat must be an integer >= 5 (the median needs enough runs), got {repeat!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return Timing(tuple(runs))
+
+
+def peak_memory(fn, *, warmup: bool = True) -> int:
+    """Peak bytes allocated (as tracemalloc sees them) during one call of ``fn()``, above the level at its start."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if warmup:
+        fn()
+    gc.collect()
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return max(0, tracemalloc.get_traced_memory()[1] - base)
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()

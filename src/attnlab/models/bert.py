@@ -1,0 +1,117 @@
+"""BERT-family encoders (BERT, MiniLM, all-MiniLM-L6-v2) in NumPy on attnlab.MultiHeadAttention.
+
+Devlin et al. 2019. Embeddings (word + position + token type, LayerNorm), then per layer the post-LN block:
+
+    x = LN(x + MHA(x, padding mask))      attention.self.{query,key,value} -> w_q/w_k/w_v, attention.output.dense -> w_o
+    x = LN(x + W2 gelu(W1 x))             intermediate.dense, output.dense
+
+Sentence embeddings as sentence-transformers' all-MiniLM-L6-v2 makes them (Reimers & Gurevych 2019): mean of the
+last hidden states over the real (non-padding) tokens, then L2-normalized.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..layers import MultiHeadAttention
+from ._base import Transformer
+from ._blocks import activation, layer_norm, linear
+from ._checkpoint import Weights
+
+
+class BertEncoder(Transformer):
+    family = "bert"
+
+    def __init__(self, folder: Path, config: dict, name: str, dtype=np.float32):
+        super().__init__(folder, config, name, config.get("max_position_embeddings", 512))
+        if config.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"position_embedding_type {config['position_embedding_type']!r} is not supported "
+                             f"(absolute only)")
+        w = Weights(folder, ("bert.",), dtype)
+        d, H = config["hidden_size"], config["num_attention_heads"]
+        self.eps = config.get("layer_norm_eps", 1e-12)
+        self.act = activation(config.get("hidden_act", "gelu"))
+        self.emb = {n: w(f"embeddings.{n}") for n in ("word_embeddings.weight", "position_embeddings.weight",
+                                                       "token_type_embeddings.weight", "LayerNorm.weight",
+                                                       "LayerNorm.bias")}
+        self.blocks = []
+        for i in range(config["num_hidden_layers"]):
+            p = f"encoder.layer.{i}."
+            mha = MultiHeadAttention(d, H, dtype=dtype)
+            mha.w_q, mha.b_q = w(p + "attention.self.query.weight"), w(p + "attention.self.query.bias")
+            mha.w_k, mha.b_k = w(p + "attention.self.key.weight"), w(p + "attention.self.key.bias")
+            mha.w_v, mha.b_v = w(p + "attention.self.value.weight"), w(p + "attention.self.value.bias")
+            mha.w_o, mha.b_o = w(p + "attention.output.dense.weight"), w(p + "attention.output.dense.bias")
+            self.attn.append(mha)
+            self.blocks.append({n: w(p + n) for n in (
+                "attention.output.LayerNorm.weight", "attention.output.LayerNorm.bias",
+                "intermediate.dense.weight", "intermediate.dense.bias", "output.dense.weight", "output.dense.bias",
+                "output.LayerNorm.weight", "output.LayerNorm.bias")})
+        cls = self.tokenizer.token_id("[CLS]") if self.tokenizer else None
+        sep = self.tokenizer.token_id("[SEP]") if self.tokenizer else None
+        self.cls_id, self.sep_id = cls, sep
+        self.pad_id = int(config.get("pad_token_id", 0) or 0)
+
+    def _truncate(self, ids: np.ndarray) -> np.ndarray:
+        """Keep the first max_length - 1 tokens and the closing [SEP]."""
+        return np.concatenate([ids[: self.max_length - 1], ids[-1:]])
+
+    def _embed(self, ids):
+        e = self.emb
+        L = ids.shape[1]
+        x = (e["word_embeddings.weight"][ids] + e["position_embeddings.weight"][:L]
+             + e["token_type_embeddings.weight"][0])                                # (B, L, d)
+        return layer_norm(x, e["LayerNorm.weight"], e["LayerNorm.bias"], self.eps)
+
+    def embed_words(self, ids) -> np.ndarray:
+        """The word embeddings (B, L, d) of ids: the "input" of gradient x input (attnlab.faithfulness)."""
+        return self.emb["word_embeddings.weight"][np.asarray(ids)]
+
+    def forward_from_words(self, words, lengths=None) -> np.ndarray:
+        """Hidden states (B, L, d) from word embeddings (B, L, d) instead of ids (position/type added here)."""
+        e = self.emb
+        L = words.shape[1]
+        x = words + e["position_embeddings.weight"][:L] + e["token_type_embeddings.weight"][0]
+        x = layer_norm(x, e["LayerNorm.weight"], e["LayerNorm.bias"], self.eps)
+        mask = self.mask(L, lengths)
+        for layer in range(self.n_layers):
+            x, _, _ = self._block(layer, x, mask, False)
+        return x
+
+    def _block(self, layer, x, mask, return_weights):
+        p = self.blocks[layer]
+        a = self.attn[layer](x, mask=mask, return_weights=return_weights)
+        a, w = a if return_weights else (a, None)
+        h = layer_norm(x + a, p["attention.output.LayerNorm.weight"], p["attention.output.LayerNorm.bias"],
+                       self.eps)
+        f = linear(self.act(linear(h, p["intermediate.dense.weight"], p["intermediate.dense.bias"])),
+                   p["output.dense.weight"], p["output.dense.bias"])
+        return layer_norm(h + f, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], self.eps), w, x
+
+    def _final(self, x):
+        return x
+
+    def encode(self, texts, batch_size: int = 16, truncate: bool = False) -> np.ndarray:
+        """Sentence embeddings (N, d): mean over real tokens of the last hidden states, L2-normalized.
+        A single str gives (d,). Batches are padded; padding is hidden by the padding mask and left out of the
+        mean."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = []
+        for start in range(0, len(texts), batch_size):
+            ids, lengths = self.batch(texts[start: start + batch_size], truncate)
+            h, _, _ = self.forward(ids, lengths)
+            out.append(pool(h, lengths))
+        emb = np.concatenate(out) if out else np.zeros((0, self.attn[0].d_model), np.float32)
+        return emb[0] if single else emb
+
+
+def pool(hidden, lengths) -> np.ndarray:
+    """Mean over the first lengths[b] positions of hidden (B, L, d), then L2-normalized: (B, d)."""
+    keep = (np.arange(hidden.shape[1])[None, :] < np.asarray(lengths)[:, None])[..., None]   # (B, L, 1)
+    mean = (hidden * keep).sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
+    return mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)

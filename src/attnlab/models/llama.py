@@ -1,0 +1,81 @@
+"""The Llama family (Touvron et al. 2023) in NumPy on attnlab.MultiHeadAttention: GQA + RoPE, RMSNorm, SwiGLU.
+
+    x = x + MHA(RMSNorm(x), causal)           q/k/v/o_proj, rotary "half" style (Hugging Face rotate_half)
+    x = x + down(silu(gate(h)) * up(h)),  h = RMSNorm(x)
+    logits = RMSNorm(x) @ lm_head^T
+
+RoPE pairs feature i with i + D/2 (``attnlab.scores.rotary(style="half")``, what MultiHeadAttention uses with
+``rope_base``). Only the default RoPE (no "llama3"/"yarn"/... scaling) is supported, and refused otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..layers import MultiHeadAttention
+from ._base import Decoder
+from ._blocks import activation, linear, rms_norm
+from ._checkpoint import Weights
+
+
+def rope_theta(config: dict) -> float:
+    """The RoPE base from config.json (transformers 5: rope_parameters; older: rope_theta / rope_scaling)."""
+    params = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or {}
+    kind = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    if kind != "default":
+        raise ValueError(f"RoPE type {kind!r} is not supported (default RoPE only)")
+    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+class Llama(Decoder):
+    family = "llama"
+
+    def __init__(self, folder: Path, config: dict, name: str, dtype=np.float32):
+        super().__init__(folder, config, name, config.get("max_position_embeddings", 2048))
+        w = Weights(folder, ("model.",), dtype)
+        d, H = config["hidden_size"], config["num_attention_heads"]
+        G = config.get("num_key_value_heads") or H
+        head_dim = config.get("head_dim") or d // H
+        self.eps = config.get("rms_norm_eps", 1e-6)
+        self.act = activation(config.get("hidden_act", "silu"))
+        self.embed = w("embed_tokens.weight")
+        self.norm = w("norm.weight")
+        self.lm_head = self.embed if config.get("tie_word_embeddings", False) else w("lm_head.weight")
+        bias = bool(config.get("attention_bias", False))
+        self.blocks = []
+        for i in range(config["num_hidden_layers"]):
+            p = f"layers.{i}."
+            mha = MultiHeadAttention(d, H, G, bias=bias, head_dim=head_dim, rope_base=rope_theta(config),
+                                     dtype=dtype)
+            for x in "qkvo":
+                setattr(mha, f"w_{x}", w(f"{p}self_attn.{x}_proj.weight"))
+                if bias:
+                    setattr(mha, f"b_{x}", w(f"{p}self_attn.{x}_proj.bias"))
+            self.attn.append(mha)
+            self.blocks.append({n: w(p + n) for n in (
+                "input_layernorm.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+                "mlp.up_proj.weight", "mlp.down_proj.weight")})
+        self.pad_id = int(config.get("pad_token_id") or 0)
+
+    def _embed(self, ids):
+        return self.embed[ids]                                                       # (B, L, d)
+
+    def _block(self, layer, x, mask, return_weights):
+        p = self.blocks[layer]
+        h = rms_norm(x, p["input_layernorm.weight"], self.eps)
+        a = self.attn[layer](h, mask=mask, return_weights=return_weights)
+        a, w = a if return_weights else (a, None)
+        x = x + a
+        g = rms_norm(x, p["post_attention_layernorm.weight"], self.eps)
+        f = linear(self.act(linear(g, p["mlp.gate_proj.weight"])) * linear(g, p["mlp.up_proj.weight"]),
+                   p["mlp.down_proj.weight"])
+        return x + f, w, h
+
+    def _final(self, x):
+        return rms_norm(x, self.norm, self.eps)
+
+    def _lm_head(self, h):
+        return h @ self.lm_head.T

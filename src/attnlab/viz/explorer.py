@@ -1,0 +1,362 @@
+"""The offline attention explorer: one self-contained HTML page (no network, opens from file://).
+
+``ExplorerData`` holds what the page shows: tokens, the scaled scores of every layer and head *before* masking
+(the page recomputes the softmax under the mask the learner picks), an optional base mask the model itself applied
+(padding), and optionally the queries, keys and values for the step panel. ``explorer_html(data)`` renders the
+page, ``write_explorer(data, path)`` writes it, ``serve(page, port)`` serves it on 127.0.0.1.
+
+How the data travels: one ``<script type="application/json">`` block, read with ``JSON.parse`` (never pasted into
+code), every ``<``, ``>`` and ``&`` escaped as ``\\u003c``-style escapes so no text can close the block. The big
+arrays are float32, little-endian, base64-encoded, one string per (layer, head): exact float32 values at 5.3
+characters per number (a decimal JSON list with 6 significant digits needs about 10), decoded lazily per head by the
+page. The page's Content-Security-Policy allows only its own inline script and style (by hash) and no requests at
+all, so it cannot load anything even by mistake. User text (tokens, title, meta) is inserted with ``textContent``.
+
+>>> import numpy as np
+>>> data = ExplorerData.from_qkv(np.eye(3), np.eye(3), np.eye(3), ["a", "b", "c"])
+>>> data.scores.shape, data.weights(mask=None).sum(-1).round(6).tolist()
+((1, 1, 3, 3), [[[1.0, 1.0, 1.0]]])
+>>> "<script type=\\"application/json\\" id=\\"attnlab-data\\">" in explorer_html(data)
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import http.server
+import json
+import threading
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .. import masks as masks_mod
+from .._array import as_array, default_scale, to_numpy
+from ..scores import scaled_dot
+from ..softmax import softmax
+
+FORMAT = "attnlab-explorer/1"
+_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+@dataclass
+class ExplorerData:
+    """Everything the explorer page shows, checked and normalized to (layers, heads, ...) arrays.
+
+    tokens: labels of the query positions, and of the key positions too unless ``k_tokens`` is given (cross
+        attention: ``tokens`` are the queries, ``k_tokens`` the keys).
+    scores: scaled attention logits before masking, (Lq, Lk), (heads, Lq, Lk) or (layers, heads, Lq, Lk);
+        stored as float32, exactly what the page receives.
+    base_mask: bool, True = may attend, (Lq, Lk) or (heads | layers x heads, Lq, Lk): the mask the model applied
+        (padding); the page always applies it on top of the mask the learner picks.
+    queries, keys: (..., Lq, D) / (..., Lk, D) for the raw dot products of the step panel; values (..., Lk, Dv)
+        for its weighted sum. Leading dims broadcast to (layers, heads). Stored as float32, like the scores.
+    scale: the factor that turned q.k into the scores (1/sqrt(D) by default when queries are given).
+    title, layer_names, head_names, meta: text shown in the page (always as text, never as markup).
+    """
+
+    tokens: list
+    scores: np.ndarray
+    base_mask: np.ndarray | None = None
+    queries: np.ndarray | None = None
+    keys: np.ndarray | None = None
+    values: np.ndarray | None = None
+    scale: float | None = None
+    title: str = "attention explorer"
+    layer_names: list | None = None
+    head_names: list | None = None
+    meta: dict = field(default_factory=dict)
+    k_tokens: list | None = None
+
+    def __post_init__(self):
+        self.scores = _as_4d(self.scores, "scores", float_=True).astype(np.float32)
+        n_layers, n_heads, Lq, Lk = self.scores.shape
+        self.tokens = _texts(self.tokens, Lq, "tokens")
+        self.k_tokens = _texts(self.k_tokens if self.k_tokens is not None else
+                               (self.tokens if Lq == Lk else None), Lk, "k_tokens")
+        self.base_mask = None if self.base_mask is None else _mask_4d(self.base_mask, self.scores.shape)
+        lead = (n_layers, n_heads)
+        self.queries = _vectors(self.queries, "queries", lead, Lq)
+        self.keys = _vectors(self.keys, "keys", lead, Lk)
+        self.values = _vectors(self.values, "values", lead, Lk)
+        if (self.queries is None) != (self.keys is None):
+            raise ValueError("queries and keys come together (the step panel shows their dot products); "
+                             "give both or neither")
+        if self.queries is not None and self.queries.shape[-1] != self.keys.shape[-1]:
+            raise ValueError(f"keys have dim {self.keys.shape[-1]} but queries have {self.queries.shape[-1]}")
+        if self.scale is None and self.queries is not None:
+            self.scale = default_scale(self.queries.shape[-1])
+        if self.scale is not None and not np.isfinite(float(self.scale)):
+            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
+        self.scale = None if self.scale is None else float(self.scale)
+        self.title = str(self.title)
+        self.layer_names = _texts(self.layer_names, n_layers, "layer_names") if self.layer_names is not None \
+            else [f"layer {i}" for i in range(n_layers)]
+        self.head_names = _texts(self.head_names, n_heads, "head_names") if self.head_names is not None \
+            else [f"head {i}" for i in range(n_heads)]
+        if not isinstance(self.meta, dict):
+            raise TypeError(f"meta must be a dict of label -> text, got {type(self.meta).__name__}")
+        self.meta = {str(k): str(v) for k, v in self.meta.items()}
+
+    @classmethod
+    def from_qkv(cls, q, k, v, tokens, *, k_tokens=None, scale=None, base_mask=None, title="attention explorer",
+                 layer_names=None, head_names=None, meta=None):
+        """Build the data from toy vectors: scores = q.k * scale computed with ``attnlab.scores.scaled_dot``.
+
+        q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv) with optional leading (heads) or (layers, heads) axes.
+        """
+        q, k, v = (to_numpy(as_array(x, name)) for x, name in ((q, "q"), (k, "k"), (v, "v")))
+        if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
+            raise ValueError(f"q, k, v must be at least 2-D (positions, dim), got {q.shape}, {k.shape}, {v.shape}")
+        scale = default_scale(q.shape[-1]) if scale is None else float(scale)
+        return cls(tokens=tokens, scores=scaled_dot(q, k, scale), base_mask=base_mask, queries=q, keys=k,
+                   values=v, scale=scale, title=title, layer_names=layer_names, head_names=head_names,
+                   meta=dict(meta or {}), k_tokens=k_tokens)
+
+    @classmethod
+    def from_parts(cls, parts, *, title=None):
+        """Build the data from an object with ``tokens, scores, base_mask, queries, keys, values, scale`` and
+        ``meta`` attributes, such as ``attnlab.models``' ``model.attention_parts(text)``."""
+        meta = dict(getattr(parts, "meta", {}) or {})
+        return cls(tokens=parts.tokens, scores=parts.scores, base_mask=parts.base_mask, queries=parts.queries,
+                   keys=parts.keys, values=parts.values, scale=parts.scale, meta=meta,
+                   title=title or str(meta.get("model", "attention explorer")))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(layers, heads, Lq, Lk)."""
+        return self.scores.shape
+
+    def allowed(self, mask=None) -> np.ndarray:
+        """Where each query may attend under ``mask`` (a Mask, a bool array or None) and the base mask;
+        shape broadcastable to (layers, heads, Lq, Lk)."""
+        Lq, Lk = self.scores.shape[-2:]
+        out = np.ones((1, 1, Lq, Lk), bool) if self.base_mask is None else self.base_mask
+        if mask is None:
+            return out
+        extra = mask.to_array(Lq, Lk) if isinstance(mask, masks_mod.Mask) else np.asarray(mask)
+        if extra.dtype != bool:
+            raise TypeError(f"mask must be an attnlab.masks.Mask or a bool array, got dtype {extra.dtype}")
+        return out & extra
+
+    def weights(self, mask=None) -> np.ndarray:
+        """The weights the page shows under ``mask``: ``attnlab.softmax`` of the stored scores (float64),
+        blocked cells 0, fully masked rows 0. Shape (layers, heads, Lq, Lk)."""
+        return softmax(self.scores.astype(np.float64), axis=-1, mask=self.allowed(mask))
+
+    def to_json(self) -> str:
+        """The page's data block: JSON, with every character that could end a <script> block escaped."""
+        text = json.dumps(self._payload(), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        for ch, escaped in _ESCAPES.items():   # these only occur inside JSON strings, where \uXXXX is the same
+            text = text.replace(ch, escaped)
+        return text
+
+    def _payload(self) -> dict:
+        n_layers, n_heads, Lq, Lk = self.scores.shape
+        return {
+            "format": FORMAT, "title": self.title, "meta": [[k, v] for k, v in self.meta.items()],
+            "q_tokens": self.tokens, "k_tokens": self.k_tokens, "layers": n_layers, "heads": n_heads,
+            "Lq": Lq, "Lk": Lk, "scale": self.scale, "layer_names": self.layer_names,
+            "head_names": self.head_names,
+            "scores": _per_head(self.scores, np.float32),
+            "base_mask": None if self.base_mask is None else _mask_payload(self.base_mask, self.scores.shape),
+            "D": None if self.queries is None else int(self.queries.shape[-1]),
+            "Dv": None if self.values is None else int(self.values.shape[-1]),
+            "queries": None if self.queries is None else _per_head(self.queries, np.float32),
+            "keys": None if self.keys is None else _per_head(self.keys, np.float32),
+            "values": None if self.values is None else _per_head(self.values, np.float32),
+        }
+
+    def _repr_html_(self) -> str:
+        """Inline display in notebooks: the same offline page in a sandboxed iframe (scripts only)."""
+        return (f'<iframe srcdoc="{html.escape(explorer_html(self), quote=True)}" sandbox="allow-scripts" '
+                f'style="width:100%;height:760px;border:1px solid #ddd" title="attnlab explorer"></iframe>')
+
+
+# --- normalization --------------------------------------------------------------------------------------------
+def _as_4d(x, name, float_=False) -> np.ndarray:
+    arr = to_numpy(as_array(x, name))
+    if arr.ndim not in (2, 3, 4):
+        raise ValueError(f"{name} must have shape (Lq, Lk), (heads, Lq, Lk) or (layers, heads, Lq, Lk), "
+                         f"got {arr.shape}")
+    if float_ and not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if float_ and not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite (pass blocked cells as base_mask, not as -inf scores)")
+    return arr.reshape((1,) * (4 - arr.ndim) + arr.shape)
+
+
+def _mask_4d(mask, shape) -> np.ndarray:
+    arr = _as_4d(mask, "base_mask")
+    if arr.dtype != bool:
+        raise TypeError(f"base_mask must be boolean (True = may attend), got dtype {arr.dtype}")
+    try:
+        np.broadcast_shapes(arr.shape, shape)
+        if arr.shape[-2:] != shape[-2:]:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"base_mask of shape {arr.shape} does not fit scores of shape {shape}") from None
+    return arr
+
+
+def _vectors(x, name, lead, length):
+    if x is None:
+        return None
+    arr = to_numpy(as_array(x, name)).astype(np.float32)   # what the page receives
+    if arr.ndim not in (2, 3, 4) or arr.shape[-2] != length:
+        raise ValueError(f"{name} must have shape (..., {length}, dim) with up to two leading axes "
+                         f"(layers, heads), got {arr.shape}")
+    try:
+        return np.broadcast_to(arr.reshape((1,) * (4 - arr.ndim) + arr.shape), lead + arr.shape[-2:])
+    except ValueError:
+        raise ValueError(f"{name} of shape {arr.shape} does not broadcast to (layers, heads) = {lead}") from None
+
+
+def _texts(items, n, name) -> list[str]:
+    if items is None:
+        raise ValueError(f"{name} is required when the query and key lengths differ")
+    if isinstance(items, str) or not hasattr(items, "__len__"):
+        raise TypeError(f"{name} must be a list of strings, got {type(items).__name__}")
+    if len(items) != n:
+        raise ValueError(f"{name} has {len(items)} entries but the scores need {n}")
+    return [str(t) for t in items]
+
+
+def _b64(arr: np.ndarray, dtype) -> str:
+    return base64.b64encode(np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode()
+
+
+def _per_head(arr: np.ndarray, dtype) -> list[list[str]]:
+    """[[base64 of arr[l, h]] for each head] for each layer."""
+    return [[_b64(arr[l, h], dtype) for h in range(arr.shape[1])] for l in range(arr.shape[0])]
+
+
+def _mask_payload(mask: np.ndarray, shape) -> dict:
+    """A base mask once when it is the same for every layer and head, else per head (uint8 0/1)."""
+    if (mask == mask[:1, :1]).all():
+        return {"shared": _b64(mask[0, 0], np.uint8)}
+    return {"per_head": _per_head(np.broadcast_to(mask, shape), np.uint8)}
+
+
+# --- the page -------------------------------------------------------------------------------------------------
+def _asset(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
+
+
+def explorer_html(data: ExplorerData) -> str:
+    """The whole page as one string: HTML, CSS, JavaScript and data inline; it makes no requests."""
+    if not isinstance(data, ExplorerData):
+        raise TypeError(f"data must be an ExplorerData, got {type(data).__name__}")
+    style, script = _asset("explorer.css"), _asset("explorer.js")
+    csp = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
+           "base-uri 'none'; form-action 'none'")
+    page = _asset("explorer.html")
+    for marker, value in (("/*ATTNLAB-CSP*/", csp), ("/*ATTNLAB-STYLE*/", style), ("/*ATTNLAB-SCRIPT*/", script)):
+        if page.count(marker) != 1:
+            raise RuntimeError(f"explorer template must contain {marker} exactly once")
+        page = page.replace(marker, value)
+    head, tail = page.split("/*ATTNLAB-DATA*/")
+    return head + data.to_json() + tail
+
+
+def write_explorer(data: ExplorerData, path) -> Path:
+    """Write the explorer page to ``path`` (UTF-8) and return the path."""
+    path = Path(path)
+    path.write_text(explorer_html(data), encoding="utf-8")
+    return path
+
+
+def serve(path_or_html, port: int = 8000, host: str = "127.0.0.1", *, block: bool = True):
+    """Serve one page at ``http://host:port/`` (``port=0`` picks a free port).
+
+    ``path_or_html``: a path to an HTML file, or the page itself (a string starting with "<"). With
+    ``block=True`` this serves until Ctrl-C; with ``block=False`` it returns the running server (its
+    ``server_address`` holds the port; call ``shutdown()`` and ``server_close()`` to stop it).
+    """
+    page = _page_bytes(path_or_html)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.split("?")[0] not in ("/", "/index.html"):
+                self.send_error(404, "only / is served")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):   # quiet: the CLI prints the address once
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
+    if not block:
+        threading.Thread(target=server.serve_forever, name="attnlab-explorer", daemon=True).start()
+        return server
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return server
+
+
+def _page_bytes(path_or_html) -> bytes:
+    if isinstance(path_or_html, str) and path_or_html.lstrip().startswith("<"):
+        return path_or_html.encode("utf-8")
+    if not isinstance(path_or_html, (str, Path)):
+        raise TypeError(f"path_or_html must be a path or an HTML string, got {type(path_or_html).__name__}")
+    path = Path(path_or_html)
+    if not path.is_file():
+        raise FileNotFoundError(f"no page to serve at {str(path)!r}")
+    return path.read_bytes()
+
+
+# --- the demo -------------------------------------------------------------------------------------------------
+DEMO_TEXT = "the cat sat on the mat because it was tired and the dog next door barked at it"
+
+
+def demo_data(n_tokens: int | None = None, seed: int = 0) -> ExplorerData:
+    """Seeded toy vectors, 2 layers x 4 heads, built so that layer 0's heads do recognisable things.
+
+    Layer 0: head 0 attends to the previous token, head 1 to the first token (a "sink"), head 2 to the same
+    word, head 3 is random. Layer 1: random queries and keys at temperatures 0.5, 1, 2 and 4 (from diffuse to
+    sharp). D = 32, Dv = 4. ``n_tokens`` repeats the demo sentence to that length (512 for a long input).
+
+    >>> demo_data().shape
+    (2, 4, 18, 18)
+    """
+    words = DEMO_TEXT.split()
+    n = len(words) if n_tokens is None else int(n_tokens)
+    if n < 1:
+        raise ValueError(f"n_tokens must be a positive integer, got {n_tokens!r}")
+    tokens = [words[i % len(words)] for i in range(n)]
+    rng = np.random.default_rng(seed)
+    D, Dv, sharp = 32, 4, 6.0 * np.sqrt(32)      # sharp: a matching pair scores about 6 after 1/sqrt(D)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    pos = unit(rng.normal(size=(n + 1, D)))                                        # near-orthogonal positions
+    vocab = {w: unit(rng.normal(size=D)) for w in sorted(set(words))}
+    emb = np.stack([vocab[t] for t in tokens])                                    # (n, D)
+    sink = np.zeros((n, D))
+    sink[0] = unit(rng.normal(size=D))
+    noise = lambda scale: scale * rng.normal(size=(n, D)) / np.sqrt(D)
+    # query i carries position i and key j position j + 1: they match when j = i - 1 (previous token)
+    q0 = np.stack([sharp * pos[:n], sharp * np.broadcast_to(sink[0], (n, D)) + noise(1.0), sharp * emb,
+                   rng.normal(size=(n, D))])                                      # (4, n, D)
+    k0 = np.stack([pos[1:], sink + noise(0.3), emb, rng.normal(size=(n, D))])      # (4, n, D)
+    temps = np.array([0.5, 1.0, 2.0, 4.0])[:, None, None]
+    q1, k1 = temps * rng.normal(size=(4, n, D)), rng.normal(size=(4, n, D))
+    v = rng.normal(size=(2, 4, n, Dv))
+    return ExplorerData.from_qkv(np.stack([q0, q1]), np.stack([k0, k1]), v, tokens,
+                                 title=f"attnlab demo: toy vectors, {n} tokens",
+                                 meta={"seed": seed, "layer 0": "head 0 previous token, head 1 first-token sink, "
+                                       "head 2 same word, head 3 random",
+                                       "layer 1": "random q, k at temperatures 0.5, 1, 2, 4"})

@@ -1,0 +1,64 @@
+"""``heatmap``: one attention weight matrix with token labels, a colour bar and the blocked cells marked."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.colors import Normalize
+
+from .. import masks as masks_mod
+from ._figure import (WEIGHT_CMAP, as_matrix, blocked_legend_handle, draw_matrix, matrix_size, new_figure,
+                      token_labels)
+
+
+def blocked_cells(mask, Lq: int, Lk: int) -> np.ndarray:
+    """The cells a mask blocks, as a boolean (Lq, Lk) array (True = blocked); ``mask`` is a Mask or a bool array
+    with True = may attend."""
+    if mask is None:
+        return np.zeros((Lq, Lk), bool)
+    if isinstance(mask, masks_mod.Mask):
+        allowed = mask.to_array(Lq, Lk)
+    else:
+        allowed = np.asarray(mask)
+        if allowed.dtype != bool:
+            raise TypeError(f"mask must be boolean (True = may attend) or an attnlab.masks.Mask, "
+                            f"got dtype {allowed.dtype}")
+    if allowed.shape != (Lq, Lk):
+        raise ValueError(f"mask must have shape (Lq, Lk) = ({Lq}, {Lk}) for one heatmap, got {allowed.shape}")
+    return ~allowed
+
+
+def heatmap(weights, q_tokens=None, k_tokens=None, mask=None, annotate="auto", ax=None, title=None):
+    """Draw an attention weight matrix (Lq, Lk) and return the Figure.
+
+    Rows are queries, columns keys. ``mask`` (an ``attnlab.masks.Mask`` or a bool array, True = may attend)
+    marks blocked cells with grey and a cross. ``annotate``: write the weights in the cells (True / False /
+    "auto" = when both sides are at most 16). Long inputs get every k-th token label (with its index) so labels
+    never overlap. ``ax``: draw into an existing Axes instead of a new figure.
+
+    >>> fig = heatmap([[1.0, 0.0], [0.4, 0.6]], ["a", "b"], mask=masks_mod.causal())
+    >>> fig.axes[0].get_title()
+    'attention weights'
+    """
+    w = as_matrix(weights, "weights")
+    Lq, Lk = w.shape
+    blocked = blocked_cells(mask, Lq, Lk)
+    q_labels = token_labels(q_tokens, Lq, "q", "q_tokens")
+    k_labels = token_labels(k_tokens if k_tokens is not None else (q_tokens if Lq == Lk else None), Lk, "k",
+                            "k_tokens")
+    if ax is None:
+        fig = new_figure(*matrix_size(Lq, Lk))
+        ax = fig.add_subplot()
+    fig = ax.figure
+    allowed = w[~blocked & np.isfinite(w)]
+    vmax = float(allowed.max()) if allowed.size and allowed.max() > 0 else 1.0
+    vmin = min(0.0, float(allowed.min())) if allowed.size else 0.0
+    image = draw_matrix(ax, w, blocked=blocked, cmap=WEIGHT_CMAP, norm=Normalize(vmin, vmax), annotate=annotate,
+                        q_labels=q_labels, k_labels=k_labels)
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+    ax.set_title(title or "attention weights", loc="left", fontsize=11)
+    if blocked.any():
+        ax.legend(handles=[blocked_legend_handle()], loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8,
+                  frameon=False, borderaxespad=0.2, handlelength=1.4)
+    fig.colorbar(image, ax=ax, shrink=0.85, label="weight", pad=0.02)
+    return fig

@@ -1,0 +1,64 @@
+"""attnlab.measure: timing bookkeeping and tracemalloc peaks (no timing assertions)."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from attnlab.measure import Timing, peak_memory, time_call
+
+
+def test_time_call_runs_warmup_then_repeat():
+    calls = []
+    t = time_call(lambda: calls.append(1), repeat=6, warmup=2)
+    assert len(calls) == 8 and len(t.runs) == 6
+    assert t.min_s <= t.median_s and t.spread >= 0
+
+
+def test_timing_median():
+    t = Timing((3.0, 1.0, 2.0, 100.0, 2.5))
+    assert t.median_s == 2.5 and t.min_s == 1.0
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(repeat=4), ValueError), (dict(repeat=True), ValueError), (dict(warmup=-1), ValueError),
+])
+def test_time_call_rejects_bad_arguments(kwargs, error):
+    with pytest.raises(error, match="repeat|warmup"):
+        time_call(lambda: None, **kwargs)
+
+
+def test_non_callables_are_rejected():
+    with pytest.raises(TypeError, match="callable"):
+        time_call(3)
+    with pytest.raises(TypeError, match="callable"):
+        peak_memory("f")
+
+
+def test_peak_memory_sees_a_numpy_buffer():
+    n = 1_000_000
+    peak = peak_memory(lambda: np.ones(n))
+    assert n * 8 <= peak <= n * 8 * 1.01
+
+
+def test_peak_memory_counts_temporaries_freed_before_return():
+    n = 500_000
+
+    def f():
+        a = np.ones(n)
+        b = a + 1.0          # two arrays alive at once
+        del a, b
+        return np.zeros(10)
+
+    assert 2 * n * 8 <= peak_memory(f) <= 2.05 * n * 8
+
+
+def test_peak_memory_leaves_outer_tracing_alone():
+    tracemalloc.start()
+    try:
+        peak_memory(lambda: np.ones(1000), warmup=False)
+        assert tracemalloc.is_tracing()
+    finally:
+        tracemalloc.stop()
+    peak_memory(lambda: None)
+    assert not tracemalloc.is_tracing()

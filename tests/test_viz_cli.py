@@ -1,0 +1,66 @@
+"""`attnlab mask` and `attnlab plot`: text drawings on stdout, pictures where --out says (or the default)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from attnlab import masks
+from attnlab.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_mask_causal_prints_the_drawing_and_writes_the_default_png(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "mask", "causal", "--n", "8")
+    assert code == 0
+    assert masks.causal().show(8, 8) in out
+    assert "wrote mask-causal.png" in out
+    assert (tmp_path / "mask-causal.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv, mask, shape", [
+    (["window", "--n", "16", "--left", "3"], masks.sliding_window(3), (16, 16)),
+    (["causal", "--lq", "3", "--lk", "7", "--align", "top_left"], masks.causal("top_left"), (3, 7)),
+    (["prefix", "--n", "6", "--prefix", "2"], masks.prefix_lm(2), (6, 6)),
+    (["document", "--n", "5", "--docs", "0,0,1,1,1"], masks.document([0, 0, 1, 1, 1]), (5, 5)),
+    (["global", "--n", "6", "--tokens", "0,3"], masks.global_tokens([0, 3]), (6, 6)),
+    (["padding", "--n", "5", "--length", "3"], masks.padding([3]), (5, 5)),
+])
+def test_mask_kinds_with_parameters(argv, mask, shape, tmp_path, capsys):
+    out_file = tmp_path / "m.svg"
+    code, out, _ = run(capsys, "mask", *argv, "--block", "2", "--out", str(out_file))
+    assert code == 0 and mask.show(*shape) in out
+    assert out_file.read_text().lstrip().startswith("<?xml")
+
+
+def test_mask_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    code, out, err = run(capsys, "mask", "causal", "--out", str(tmp_path / "m.jpg"))
+    assert code == 2 and not out and err.count("\n") == 1 and ".png, .svg, .pdf" in err
+    code, _, err = run(capsys, "mask", "document", "--docs", "a,b")
+    assert code == 2 and "--docs must be comma-separated integers" in err
+
+
+@pytest.mark.parametrize("figure", ["heatmap", "causal", "heads", "entropy", "cost"])
+def test_plot_writes_each_figure(figure, tmp_path, capsys):
+    out_file = tmp_path / f"{figure}.pdf"
+    code, out, _ = run(capsys, "plot", figure, "--out", str(out_file))
+    assert code == 0 and f"wrote {out_file}" in out
+    assert out_file.read_bytes().startswith(b"%PDF-")
+
+
+def test_plot_reads_given_data(tmp_path, capsys):
+    np.save(tmp_path / "w.npy", np.full((2, 3, 3), 1 / 3))
+    assert run(capsys, "plot", "heads", "--weights", str(tmp_path / "w.npy"), "--out", str(tmp_path / "h.png"))[0] == 0
+    spec = {"predicted": {"naive": [[256, 512], [1.0, 4.0]]}, "measured": {"naive": [[256, 512], [1.1, 3.9]]}}
+    (tmp_path / "cost.json").write_text(json.dumps(spec))
+    code, _, _ = run(capsys, "plot", "cost", "--data", str(tmp_path / "cost.json"), "--out", str(tmp_path / "c.png"))
+    assert code == 0
+    code, _, err = run(capsys, "plot", "heatmap", "--weights", str(tmp_path / "missing.npy"),
+                       "--out", str(tmp_path / "x.png"))
+    assert code == 2 and "no such file" in err
