@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import attnlab
-from attnlab import masks
+from attnlab import masks, planner
 from attnlab.distributed import (gather, launch, local_lengths, positions, ring_attention, scatter, shard, unshard,
                                  work_balance)
 
@@ -49,9 +49,20 @@ GRAD_CASES = [(name, 13, "zigzag") for name in ("dense", "causal", "window", "do
              [("document", 13, "contiguous"), ("causal", 12, "contiguous")]
 
 
-def _rank_checks():
-    """All forward / backward checks for this world size; returns max errors and stats for the parent."""
-    rank, world = dist.get_rank(), dist.get_world_size()
+def _all_world_sizes():
+    """In one world of 4 processes, run the checks on the subgroups of the first P = 1..4 ranks."""
+    results = {}
+    for world in WORLDS:
+        group = dist.new_group(list(range(world)))              # every rank takes part in creating each group
+        if dist.get_rank() < world:
+            results[world] = _rank_checks(group)
+        dist.barrier()
+    return results
+
+
+def _rank_checks(group):
+    """All forward / backward checks for this group; returns max errors and stats for the parent."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
     errors, stats_out = {}, {}
     for name, L, layout in forward_cases():
         q32, k32, v32 = full_inputs(L, torch.float32)
@@ -60,8 +71,10 @@ def _rank_checks():
         single, single_lse = attnlab.scaled_dot_product_attention(q32, k32, v32, mask, return_lse=True)
         stats = {}
         parts = [shard(x, rank, world, layout) for x in (q32, k32, v32)]
-        out, lse = ring_attention(*parts, mask=mask, layout=layout, return_lse=True, timeout=30, stats=stats)
-        whole, whole_lse = gather(out, layout, length=L), gather(lse, layout, dim=-1, length=L)
+        out, lse = ring_attention(*parts, mask=mask, layout=layout, return_lse=True, timeout=30, stats=stats,
+                                  group=group)
+        whole = gather(out, layout, length=L, group=group)
+        whole_lse = gather(lse, layout, dim=-1, length=L, group=group)
         key = f"{name}/L{L}/{layout}"
         errors[key] = {"vs_single": float((whole - single).abs().max()),
                        "lse_vs_single": float((whole_lse - single_lse).abs().max()),
@@ -71,26 +84,47 @@ def _rank_checks():
                           "kv_bytes_own": stats["kv_bytes_own"], "kv_bytes_peak": stats["kv_bytes_peak"]}
     for name, L, layout in GRAD_CASES:
         q, k, v = (x.double() for x in full_inputs(L, torch.float32))
-        errors[f"{name}/L{L}/{layout}/grad"] = _grad_error(q, k, v, mask_cases(L)[name], L, rank, world, layout)
+        errors[f"{name}/L{L}/{layout}/grad"] = _grad_error(q, k, v, mask_cases(L)[name], L, layout, group)
+    errors["striped"] = _striped_error(group)
     if world == 2:
-        errors["gradcheck"] = _gradcheck()
-    errors["causal_flag"] = _causal_flag_error(rank, world)
+        errors["gradcheck"] = _gradcheck(group)
+    errors["causal_flag"] = _causal_flag_error(group)
     return {"errors": errors, "stats": stats_out}
 
 
-def _grad_error(q, k, v, mask, L, rank, world, layout):
-    """Gradients of sum(W * out) through the ring vs PyTorch autograd on the whole sequence (float64)."""
+def _grad_error(q, k, v, mask, L, layout, group):
+    """Output and gradients of sum(W * out) through the ring vs PyTorch on the whole sequence (float64)."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
     W = torch.randn(q.shape, generator=torch.Generator().manual_seed(7), dtype=q.dtype)
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
     (torch_oracle(*leaves, mask, L) * W).sum().backward()
     parts = [shard(x, rank, world, layout).requires_grad_() for x in (q, k, v)]
-    out = ring_attention(*parts, mask=mask, layout=layout, timeout=30)
+    out = ring_attention(*parts, mask=mask, layout=layout, timeout=30, group=group)
     (out * shard(W, rank, world, layout)).sum().backward()
-    return max(float((gather(p.grad, layout, length=L) - leaf.grad).abs().max())
-               for p, leaf in zip(parts, leaves))
+    errors = [float((gather(p.grad, layout, length=L, group=group) - leaf.grad).abs().max())
+              for p, leaf in zip(parts, leaves)]
+    whole = gather(out, layout, length=L, group=group)
+    return max(errors + [float((whole - torch_oracle(q, k, v, mask, L)).abs().max())])
 
 
-def _gradcheck():
+def _striped_error(group):
+    """With a tiny memory budget every block runs in stripes of one or two query rows: outputs and gradients
+    unchanged (float64)."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    saved = planner.MEMORY_BUDGET
+    longest = max(local_lengths(world, 13, "zigzag"))
+    planner.MEMORY_BUDGET = int(planner.REFERENCE_COPIES[1] * B * H * longest * 8)    # one row of the longest block
+    try:
+        q, k, v = (x.double() for x in full_inputs(13, torch.float32))
+        stats = {}
+        ring_attention(*(shard(x, rank, world) for x in (q, k, v)), causal=True, group=group, stats=stats)
+        assert stats["stripes"] > stats["blocks_computed"] >= 1, stats        # blocks did run in stripes
+        return _grad_error(q, k, v, masks.causal(), 13, "zigzag", group)
+    finally:
+        planner.MEMORY_BUDGET = saved
+
+
+def _gradcheck(group):
     """torch.autograd.gradcheck of the whole distributed function (scatter -> ring -> gather), float64."""
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -98,34 +132,38 @@ def _gradcheck():
     ok = {}
     for layout, mask, fast in (("zigzag", masks.causal(), False), ("contiguous", masks.sliding_window(2), True)):
         def f(q, k, v):
-            parts = [scatter(x, layout) for x in (q, k, v)]
-            return gather(ring_attention(*parts, mask=mask, layout=layout, timeout=30), layout)
+            parts = [scatter(x, layout, group=group) for x in (q, k, v)]
+            return gather(ring_attention(*parts, mask=mask, layout=layout, timeout=30, group=group), layout,
+                          group=group)
         ok[layout] = bool(torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-6, fast_mode=fast))
     return ok
 
 
-def _causal_flag_error(rank, world):
+def _causal_flag_error(group):
     """causal=True is the same as mask=masks.causal()."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
     q, k, v = (shard(x, rank, world) for x in full_inputs(13, torch.float32))
-    a = gather(ring_attention(q, k, v, causal=True), "zigzag")
-    b = gather(ring_attention(q, k, v, mask=masks.causal()), "zigzag")
+    a = gather(ring_attention(q, k, v, causal=True, group=group), "zigzag", group=group)
+    b = gather(ring_attention(q, k, v, mask=masks.causal(), group=group), "zigzag", group=group)
     return float((a - b).abs().max())
 
 
-_RUNS = {}
+WORLDS = (1, 2, 3, 4)
+_RUN = []
 
 
 def checks_for(world):
-    if world not in _RUNS:
-        results = launch.run_local(_rank_checks, world, timeout=RUN_TIMEOUT)
+    """Per-rank results of the checks on a group of ``world`` ranks (one spawned run of 4 processes for all)."""
+    if not _RUN:
+        results = launch.run_local(_all_world_sizes, max(WORLDS), timeout=RUN_TIMEOUT, init_timeout=RUN_TIMEOUT)
         failed = [f"rank {r.rank}: {r.error}" for r in results if not r.ok]
         assert not failed, "\n".join(failed)
-        _RUNS[world] = [r.value for r in results]
-    return _RUNS[world]
+        _RUN.append([r.value for r in results])
+    return [per_rank[world] for per_rank in _RUN[0] if world in per_rank]
 
 
 # --- the spawned checks ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("world", WORLDS)
 def test_ring_equals_single_process_attention(world):
     per_rank = checks_for(world)
     errors = per_rank[0]["errors"]
@@ -138,11 +176,12 @@ def test_ring_equals_single_process_attention(world):
     grads = {k: e for k, e in errors.items() if k.endswith("/grad")}
     assert len(grads) == len(GRAD_CASES) and max(grads.values()) <= 1e-10, grads
     assert errors["causal_flag"] == 0.0
+    assert errors["striped"] <= 1e-10
     if world == 2:
         assert errors["gradcheck"] == {"zigzag": True, "contiguous": True}
 
 
-@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize("world", WORLDS)
 def test_work_and_memory_stats(world):
     per_rank = checks_for(world)
     for key in per_rank[0]["stats"]:
@@ -165,7 +204,7 @@ def test_work_and_memory_stats(world):
 
 def test_error_does_not_grow_with_world_size():
     """Against the float64 truth the ring is as accurate as single-process float32 attention for every P."""
-    for world in (1, 2, 3, 4):
+    for world in WORLDS:
         for key, e in checks_for(world)[0]["errors"].items():
             if key.count("/") == 2:
                 assert e["vs_truth"] <= 2 * e["single_vs_truth"] + 1e-6, (world, key, e)

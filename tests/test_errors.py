@@ -41,6 +41,9 @@ def test_attention_shape_messages(rng):
          ValueError, r"^mask padding\(lengths=\[1, 2\]\) is defined for batch size 2, but the input has 3$"),
         (lambda: sdpa(np.ones((1, 4, 5, 4)), np.ones((1, 4, 6, 4)), np.ones((1, 4, 6, 4)), score_mod=S.alibi(2)),
          ValueError, r"^alibi\(2\) has parameters for 2 heads but the scores have head index 3"),
+        (lambda: sdpa(np.ones((3, 4, 2)), np.ones((3, 5, 2)), np.ones((3, 5, 2)),
+                      M.from_array(np.ones((2, 3, 4, 5), bool))), ValueError,
+         r"^mask from_array\(2x3x4x5\) depends on batch and head, but the scores \(3, 4, 5\) have no batch axis$"),
         (lambda: attention(q, k, v, "general", weight=np.ones((3, 2))), ValueError,
          r"^weight must have shape \(Dq, Dk\) = \(3, 3\), got \(3, 2\)$"),
         (lambda: additive_attention(q, k, v, np.ones((2, 3)), np.ones((3, 3)), np.ones(2)), ValueError,
@@ -196,6 +199,8 @@ def test_empty_key_sequence_gives_zeros(rng):
     out, w, lse = sdpa(q, np.zeros((2, 0, 4)), np.zeros((2, 0, 5)), return_weights=True, return_lse=True)
     assert out.shape == (2, 3, 5) and (out == 0).all()
     assert w.shape == (2, 3, 0) and lse.shape == (2, 3) and (lse == -np.inf).all()
+    out, lse = sdpa(q, np.zeros((2, 0, 4)), np.zeros((2, 0, 5)), M.causal(), return_lse=True, impl="tiled")
+    assert out.shape == (2, 3, 5) and (out == 0).all() and (lse == -np.inf).all()
     out = attention(q, np.zeros((2, 0, 4)), np.zeros((2, 0, 5)), "dot", M.causal())
     assert out.shape == (2, 3, 5) and (out == 0).all()
     layer = MultiHeadAttention(4, 2)
@@ -212,45 +217,54 @@ def test_fully_masked_row_gives_zero_output_zero_weights_and_minus_inf_lse(rng):
     assert np.isfinite(out).all() and np.isfinite(lse[[0, 1, 3]]).all()
     out2 = sdpa(q, k, v, bias=np.where(keep, 0.0, -np.inf))                       # -inf bias masks the same
     np.testing.assert_array_equal(out2, out)
+    tiled, tiled_lse = sdpa(q, k, v, keep, return_lse=True, impl="tiled")
+    assert (tiled[2] == 0).all() and tiled_lse[2] == -np.inf
+    np.testing.assert_allclose(tiled, out, rtol=1e-13, atol=1e-15)
 
 
-def test_nan_in_masked_keys_and_values_never_leaks(rng):
+IMPLS = ["reference", "tiled"]                    # the documented behaviour holds on both paths
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nan_in_masked_keys_and_values_never_leaks(rng, impl):
     q, k, v = _qkv(rng)
     keep = np.ones((4, 5), bool)
     keep[:, 3] = False
     k_bad, v_bad = k.copy(), v.copy()
     k_bad[3], v_bad[3] = np.nan, np.inf
     want = sdpa(q, k, v, keep)
-    np.testing.assert_array_equal(sdpa(q, k_bad, v_bad, keep), want)
-    np.testing.assert_allclose(sdpa(q, k_bad, v_bad, M.padding([3])), sdpa(q, k[:3], v[:3]), rtol=1e-14)
+    np.testing.assert_allclose(sdpa(q, k_bad, v_bad, keep, impl=impl), want, rtol=1e-13)
+    np.testing.assert_allclose(sdpa(q, k_bad, v_bad, M.padding([3]), impl=impl), sdpa(q, k[:3], v[:3]), rtol=1e-13)
 
 
-def test_nan_in_an_attended_value_reaches_only_the_rows_that_attend_to_it(rng):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nan_in_an_attended_value_reaches_only_the_rows_that_attend_to_it(rng, impl):
     q, k, v = _qkv(rng, Lq=5, Lk=5)
     v_bad = v.copy()
     v_bad[2, 1] = np.nan                                                          # key 2, value column 1
-    out = sdpa(q, k, v_bad, M.causal())                                           # rows 0, 1 cannot see key 2
+    out = sdpa(q, k, v_bad, M.causal(), impl=impl)                                # rows 0, 1 cannot see key 2
     clean = sdpa(q, k, v, M.causal())
-    np.testing.assert_array_equal(out[:2], clean[:2])
+    np.testing.assert_allclose(out[:2], clean[:2], rtol=1e-13)
     assert np.isnan(out[2:, 1]).all()
-    np.testing.assert_array_equal(out[2:, 0], clean[2:, 0])                       # other value columns intact
+    np.testing.assert_allclose(out[2:, 0], clean[2:, 0], rtol=1e-13)              # other value columns intact
     v_inf = v.copy()
-    v_inf[4, 0] = np.inf
-    out = sdpa(q, k, v_inf, M.causal())
-    assert np.isnan(out[4, 0]) and np.isfinite(out[:4]).all() and out[4, 1] == clean[4, 1]
+    v_inf[4, 0] = np.inf                                                          # Inf reached: NaN, as documented
+    out = sdpa(q, k, v_inf, M.causal(), impl=impl)
+    assert np.isnan(out[4, 0]) and np.isfinite(out[:4]).all() and out[4, 1] == pytest.approx(clean[4, 1])
 
 
-def test_nan_in_queries_and_attended_keys(rng):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_nan_in_queries_and_attended_keys(rng, impl):
     q, k, v = _qkv(rng, Lq=5, Lk=5)
     q_bad = q.copy()
     q_bad[1, 0] = np.nan
-    out = sdpa(q_bad, k, v)
+    out = sdpa(q_bad, k, v, impl=impl)
     assert np.isnan(out[1]).all()
-    np.testing.assert_array_equal(np.delete(out, 1, 0), np.delete(sdpa(q, k, v), 1, 0))
+    np.testing.assert_allclose(np.delete(out, 1, 0), np.delete(sdpa(q, k, v), 1, 0), rtol=1e-13)
     k_bad = k.copy()
     k_bad[3, 2] = np.nan
-    out = sdpa(q, k_bad, v, M.causal())
-    np.testing.assert_array_equal(out[:3], sdpa(q, k, v, M.causal())[:3])        # rows before key 3
+    out = sdpa(q, k_bad, v, M.causal(), impl=impl)
+    np.testing.assert_allclose(out[:3], sdpa(q, k, v, M.causal())[:3], rtol=1e-13)   # rows before key 3
     assert np.isnan(out[3:]).all()
 
 

@@ -24,6 +24,7 @@ def test_quick_run_writes_json_and_png(quick_run):
     assert len(result["ratios"]) == 2 * len(cost_doubling.VARIANTS)
     saved = json.loads((out / "cost.json").read_text())
     assert saved["rows"] == result["rows"] and saved["config"]["seed"] == 3
+    assert result["files"] == ["cost.json", "cost.png"]
     assert (out / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("quadruples" in line for line in lines) and any("cost.json" in line for line in lines)
     for row in result["rows"]:

@@ -68,7 +68,7 @@ def test_importances_match_transformers_and_autograd(minilm64, hf64):
         tangent = torch.zeros_like(words)
         tangent[0, i] = words[0, i]
         _, jvp = torch.func.jvp(lambda w: _hf_embedding(hf64, words=w), (words,), (tangent,))
-        grads.append(float(jvp.norm()))
+        grads.append(float(jvp.detach().norm()))
     np.testing.assert_allclose(imp.scores["grad_input"], grads, rtol=1e-5)
 
 
@@ -98,3 +98,17 @@ def test_importance_rejects_decoders_and_too_short_texts(minilm64):
 def test_project_sentences():
     s = data.sentences()
     assert len(s) >= 50 and len(set(s)) == len(s)
+
+
+def test_faithfulness_command(tmp_path, capsys):
+    import json
+
+    from attnlab import cli
+
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("# two sentences\nThe dog chased a red ball.\nA storm knocked out the power.\n")
+    assert cli.main(["faithfulness", "--sentences", str(sentences), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 sentences" in out and "Jain & Wallace" in out
+    summary = json.loads((tmp_path / "faithfulness.json").read_text())
+    assert len(summary["pairs"]) == 15 and (tmp_path / "faithfulness.png").stat().st_size > 1000

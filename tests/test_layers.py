@@ -118,6 +118,20 @@ def test_cache_decoding_equals_full_causal_pass(rng, H, G, rope):
     assert len(cache) == 9 and cache.keys.shape == (2, G, 9, 2)
 
 
+def test_cache_decoding_with_padding_and_window_masks(rng):
+    layer = _layer(8, 4, 2)
+    x = rng.standard_normal((2, 7, 8))
+    mask = M.causal() & M.sliding_window(3) & M.padding([7, 5])       # right-padded second row
+    full = layer(x, mask=mask)
+    cache = KVCache()
+    steps = [layer(x[:, :2], mask=mask, cache=cache)] + [layer(x[:, t:t + 1], mask=mask, cache=cache)
+                                                         for t in range(2, 7)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, **TOL)
+    for b, n in enumerate([7, 5]):
+        allowed = lambda b_, h, i, j, Lq, Lk, n=n: i - 3 <= j <= i and j < n                  # noqa: E731
+        np.testing.assert_allclose(full[b], O.multi_head_attention(x[b], x[b], layer, allowed)[0], **TOL)
+
+
 def test_cache_sizes_and_growth():
     cache = KVCache()
     assert len(cache) == 0 and cache.nbytes == 0 and cache.bytes_per_token == 0 and cache.keys is None

@@ -235,6 +235,17 @@ def test_names_describe_the_mask():
     assert repr(M.prefix_lm(4)) == "prefix_lm(4)"
 
 
+def test_from_function_reading_batch_and_head_declares_their_sizes():
+    fn = lambda b, h, q, kv: (kv <= q + h) & (kv >= b)                               # noqa: E731
+    arr = M.from_function(fn, batch=2, heads=3).to_array(3, 4)
+    assert arr.shape == (2, 3, 3, 4)
+    for b in range(2):
+        for h in range(3):
+            np.testing.assert_array_equal(arr[b, h], O.grid(lambda b_, h_, i, j, Lq, Lk: fn(b_, h_, i, j), 3, 4, b, h))
+    undeclared = M.from_function(fn).to_array(3, 4)                               # documented: b = h = 0
+    np.testing.assert_array_equal(undeclared, arr[0, 0])
+
+
 def test_evaluate_on_index_arrays():
     m = M.causal()
     got = m.evaluate(4, 6, np.array([0, 3]), np.array([2, 5]))                    # pairs (0,2) and (3,5)

@@ -221,3 +221,20 @@ def test_mha_without_bias_and_unbatched_sequence_first(rng):
     got = layer(x.transpose(1, 0, 2))                                               # attnlab is batch-first
     _close(got.transpose(1, 0, 2), want, np.float64)
     _close(layer(x[:, 0]), want[:, 0], np.float64)                                  # (L, E): unbatched
+
+
+# --- the tiled kernel behind impl="auto" at large sizes, against PyTorch directly ---------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Lq, Lk", [(7, 97), (97, 7), (1023, 1023)])
+def test_tiled_kernel_matches_torch(rng, dtype, Lq, Lk):
+    q, k, v = _qkv(rng, dtype, 1, 4, 2, Lq, Lk, 16, 8)
+    keep = rng.random((1, 4, Lq, Lk)) < 0.7
+    keep[..., 0, :] = False                                                   # a fully masked row: zeros in both
+    want = F.scaled_dot_product_attention(*_t(q, k, v), attn_mask=torch.from_numpy(keep), enable_gqa=True)
+    _close(scaled_dot_product_attention(q, k, v, keep, impl="tiled"), want, dtype)
+    bias = rng.standard_normal((4, Lq, Lk)).astype(dtype)
+    want = F.scaled_dot_product_attention(*_t(q, k, v), attn_mask=torch.from_numpy(bias), enable_gqa=True, scale=0.5)
+    _close(scaled_dot_product_attention(q, k, v, bias=bias, scale=0.5, impl="tiled"), want, dtype)
+    lower_right = torch.ones(Lq, Lk, dtype=torch.bool).tril(diagonal=Lk - Lq)
+    want = F.scaled_dot_product_attention(*_t(q, k, v), attn_mask=lower_right, enable_gqa=True)
+    _close(scaled_dot_product_attention(q, k, v, M.causal(), impl="tiled"), want, dtype)

@@ -94,6 +94,15 @@ def test_long_inputs_get_thinned_labels_that_do_not_overlap(n, rng):
         assert first.startswith("0 ") and first.endswith("token0")             # thinned labels carry the index
 
 
+def test_heatmap_draws_into_a_given_axes_and_takes_torch_tensors():
+    fig = _figure.new_figure(8, 4)
+    left, right = fig.subplots(1, 2)
+    w = torch.full((3, 3), 1 / 3)
+    assert viz.heatmap(w, ax=right, title="right") is fig
+    assert right.get_title(loc="left") == "right" and not left.images
+    np.testing.assert_allclose(right.images[0].get_array(), np.full((3, 3), 1 / 3), rtol=1e-7)   # float32 in
+
+
 def test_heatmap_checks_its_inputs():
     with pytest.raises(ValueError, match="weights must be 2-D"):
         viz.heatmap(np.ones(3))

@@ -10,6 +10,8 @@ The public face. NumPy arrays in, NumPy arrays out; PyTorch tensors and other ar
 
 from . import cost, masks, scores
 from .attention import additive_attention, attention, scaled_dot_product_attention
+from .flash import attention_weights_for, flash_attention
+from .planner import plan
 from .layers import KVCache, MultiHeadAttention
 from .merge import merge_attention
 from .softmax import logsumexp, softmax
@@ -21,10 +23,13 @@ __all__ = [
     "MultiHeadAttention",
     "additive_attention",
     "attention",
+    "attention_weights_for",
     "cost",
+    "flash_attention",
     "logsumexp",
     "masks",
     "merge_attention",
+    "plan",
     "scaled_dot_product_attention",
     "scores",
     "softmax",

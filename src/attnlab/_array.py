@@ -41,7 +41,7 @@ def namespace(*arrays):
     present = [a for a in arrays if a is not None]
     try:
         return array_api_compat.array_namespace(*present)
-    except TypeError as err:
+    except TypeError:
         kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in present})
         raise TypeError(f"inputs come from different array libraries ({', '.join(kinds)}); convert them to one "
                         f"library first") from None

@@ -32,7 +32,7 @@ from .softmax import logsumexp, softmax
 
 
 def scaled_dot_product_attention(q, k, v, mask=None, *, scale=None, bias=None, score_mod=None,
-                                 return_weights=False, return_lse=False):
+                                 return_weights=False, return_lse=False, impl="auto"):
     """softmax(q k^T * scale + bias, masked) @ v.
 
     q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv) -> output (..., Lq, Dv) [, weights (..., Lq, Lk)].
@@ -41,6 +41,9 @@ def scaled_dot_product_attention(q, k, v, mask=None, *, scale=None, bias=None, s
     ``return_lse``: also return the log-sum-exp of each row's (masked) scores, (..., Lq), -inf for a row with
     nothing to attend to; ``attnlab.merge_attention`` combines partial results with it.
     Returns ``output``, then ``weights`` if asked, then ``lse`` if asked.
+    ``impl``: "reference" (this module), "tiled" (``attnlab.flash_attention``: NumPy float32/float64, no full
+    weights) or "auto", which picks by size and never lets the reference path exceed
+    ``attnlab.planner.MEMORY_BUDGET``; ``attnlab.plan(...)`` explains the choice.
 
     Edge cases (tested in tests/test_errors.py):
 
@@ -65,6 +68,14 @@ def scaled_dot_product_attention(q, k, v, mask=None, *, scale=None, bias=None, s
         raise ValueError(f"key has head dim {p.k.shape[-1]} but query has {p.q.shape[-1]}")
     if scale is not None and not is_real_number(scale):
         raise TypeError(f"scale must be a number, got {type(scale).__name__}")
+    from . import planner        # imported here: the planner and the kernel build on this module
+
+    chosen = planner.decide(p, mask, impl=impl, return_weights=return_weights, count_tiles=False,
+                            numpy=all(isinstance(x, np.ndarray) for x in (p.q, p.k, p.v))).require()
+    if chosen == "tiled":
+        from .flash import flash_attention
+
+        return flash_attention(q, k, v, mask, scale=scale, bias_fn=score_mod, bias=bias, return_lse=return_lse)
     return _attend(p, lambda q_, k_: scaled_dot(q_, k_, scale), mask, bias, score_mod, return_weights, return_lse)
 
 
@@ -73,7 +84,8 @@ def attention(q, k, v, score="scaled_dot", mask=None, *, bias=None, score_mod=No
     """Attention with any scorer: "dot", "scaled_dot" (``scale=``), "general" (``weight=`` of shape (Dq, Dk)),
     "additive" (``w_q=, w_k=, w_v=``) or a callable (q, k) -> scores (..., Lq, Lk).
 
-    Shapes, masks and GQA as in ``scaled_dot_product_attention``.
+    Shapes, masks, GQA and edge cases (dtypes, Lk = 0, fully masked rows, NaN/Inf) as in
+    ``scaled_dot_product_attention``.
     """
     p = _prepare(q, k, v, "attention")
     if isinstance(score, str) and score in ("dot", "scaled_dot") and p.k.shape[-1] != p.q.shape[-1]:
@@ -179,7 +191,11 @@ def resolve_mask(mask, scores_shape, xp, like, name="mask"):
             batch, heads = heads, None
         arr = mask.to_array(Lq, Lk, batch=batch, heads=heads)
         if arr.ndim == 4 and len(scores_shape) < 4:
-            arr = arr[:, 0] if mask.heads is None else arr[0]   # drop the axis the scores do not have
+            drop = 1 if mask.heads is None else 0               # drop the axis the scores do not have
+            if arr.shape[drop] != 1:
+                raise ValueError(f"{name} {mask.name} depends on batch and head, but the scores "
+                                 f"{tuple(scores_shape)} have no batch axis")
+            arr = arr[:, 0] if drop == 1 else arr[0]
         while arr.ndim > len(scores_shape) and arr.shape[0] == 1:
             arr = arr[0]                                          # padding([n]) on unbatched (Lq, Lk) scores
         mask = to_namespace(arr, xp, like)

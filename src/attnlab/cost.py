@@ -444,8 +444,9 @@ def explain(before: Cost, ratios: dict) -> str:
 # --- formatting --------------------------------------------------------------------------------------------------
 def format_cost(c: Cost) -> str:
     cfg = c.config
+    queries = f"{c.q_len} quer{'y' if c.q_len == 1 else 'ies'}"
     head = [cfg.describe(),
-            f"batch {c.batch}, {c.q_len} quer{'y' if c.q_len == 1 else 'ies'} x {c.kv_len} keys, {c.dtype}, mask {mask_name(c.mask)} "
+            f"batch {c.batch}, {queries} x {c.kv_len} keys, {c.dtype}, mask {mask_name(c.mask)} "
             f"({c.allowed_cells / (c.q_len * c.kv_len):.1%} of cells allowed); tiled: {c.block_q}x{c.block_k} "
             f"tiles, {c.threads} thread{'s' if c.threads > 1 else ''}",
             f"{'quantity':<34} {'naive':>12} {'tiled':>12}"]

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import masks as masks_mod
 from . import planner
-from ._array import as_array, broadcast_shapes, default_scale
+from ._array import as_array, broadcast_shapes, default_scale, is_real_number
 from .attention import _prepare, resolve_mask
 from .masks import EMPTY, FULL, PARTIAL
 from .merge import merge_attention
@@ -40,6 +40,7 @@ from .scores import ScoreMod
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 LOG2E, LN2 = 1.0 / math.log(2.0), math.log(2.0)
+SCORES_PER_THREAD = 2**18  # a smaller problem runs on the calling thread: waking a worker costs more than it saves
 FOLD_MIN_ROWS = 16      # fold the running max into the score matmul from this many rows per tile (not when decoding)
 
 
@@ -134,6 +135,11 @@ def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, bias_fn=Non
     return weights.reshape(lay.scores_shape[:-2] + (n, lay.Lk))
 
 
+def supports_tiled(*arrays) -> bool:
+    """True when the tiled kernel accepts these arrays: NumPy, float32 or float64."""
+    return all(isinstance(x, np.ndarray) and x.dtype in DTYPES for x in arrays)
+
+
 # --- the problem: inputs in the kernel's layout, with their mask and score modifiers --------------------------------
 class _Problem:
     """Inputs broadcast to the kernel layout (views) plus how to mask and modify one tile of scores."""
@@ -148,7 +154,6 @@ class _Problem:
         self.mask, self.mask_arr, self.bias_fn, self.bias_arr = mask, mask_arr, bias_fn, bias_arr
         self.mods = None if bias_fn is None and bias_arr is None else (bias_fn, bias_arr)
         self.q_scale = self.dtype.type(scale if self.mods else scale * LOG2E)   # modifiers need natural units
-        self.v_finite = bool(np.isfinite(lay.v).all())
         self.block_q = self.block_k = 0
         self.maps = None
         self._heads = {}
@@ -204,7 +209,7 @@ def _problem(q, k, v, mask, scale, bias_fn, bias, fn_name) -> _Problem:
                         f"impl='reference'")
     if p.k.shape[-1] != p.q.shape[-1]:
         raise ValueError(f"key has head dim {p.k.shape[-1]} but query has {p.q.shape[-1]}")
-    if scale is not None and (isinstance(scale, bool) or not np.isscalar(scale)):
+    if scale is not None and not is_real_number(scale):
         raise TypeError(f"scale must be a number, got {type(scale).__name__}")
     if bias_fn is not None and not isinstance(bias_fn, ScoreMod):
         raise TypeError(f"bias_fn must be an attnlab.scores.ScoreMod (alibi, softcap, relative_bias, score_mod), "
@@ -281,7 +286,7 @@ def _run(pb, tasks, out, lse, threads) -> np.ndarray:
             raise
         return counts
 
-    n = min(threads, len(tasks))
+    n = min(threads, len(tasks), max(1, math.prod(pb.lay.scores_shape) // SCORES_PER_THREAD))
     with _blas_single_thread():
         futures = [_pool(n - 1).submit(work) for _ in range(n - 1)] if n > 1 else []
         try:
@@ -326,7 +331,7 @@ class _Workspace:
         D, Dv = pb.D, pb.Dv
         self.s = np.empty(rows * cols, pb.dtype)                      # scores, then probabilities (R, bk)
         self.qa = np.empty(rows * (D + 1), pb.dtype)                  # [scaled q | -shift]       (R, D + 1)
-        self.ka = np.ones((cols, D + 1), pb.dtype)                    # [k tile | 1]              (bk, D + 1)
+        self.ka = np.ones((cols, D + 1), pb.dtype) if rows >= FOLD_MIN_ROWS else None   # [k tile | 1] (bk, D+1)
         self.acc, self.pv, self.tmp = np.empty((3, rows * (Dv + 1)), pb.dtype)   # [sum p v | sum p] (R, Dv + 1)
         self.m, self.m_new, self.alpha = np.empty((3, rows), pb.dtype)
         self.ones = np.ones(cols, pb.dtype)
@@ -368,7 +373,7 @@ def _task(pb, ws, task, out, lse, counts):
         if st.shifted:
             if allowed is not None:
                 np.copyto(S.reshape(r, qe - qs, ke - ks), -np.inf, where=~allowed)
-            if st.add_unshifted(S, V[ks:ke], pb.v_finite):
+            if st.add_unshifted(S, V[ks:ke]):
                 continue
             qa[:, D] = 0                                                        # overflow: redo this tile
             st.shifted = False
@@ -378,7 +383,7 @@ def _task(pb, ws, task, out, lse, counts):
             S *= LOG2E
         elif allowed is not None:
             np.copyto(S.reshape(r, qe - qs, ke - ks), -np.inf, where=~allowed)
-        st.add_rescaled(S, V[ks:ke], pb.v_finite)
+        st.add_rescaled(S, V[ks:ke])
         if fold and st.all_started():
             qa[:, D] = -st.m
             st.shifted = True
@@ -398,28 +403,28 @@ class _RowState:
         self.acc.fill(0)
         self.shifted = False
 
-    def _products(self, P, v, v_finite):
-        _pv(P, v, self.pv[:, :self.Dv], v_finite)                              # sum p v   (R, Dv)
+    def _products(self, P, v):
+        _pv(P, v, self.pv[:, :self.Dv])                              # sum p v   (R, Dv)
         np.matmul(P, self.ones[:P.shape[1]], out=self.pv[:, self.Dv])         # sum p (R,): BLAS beats np.sum
 
-    def add_rescaled(self, S, v, v_finite):
+    def add_rescaled(self, S, v):
         """The online-softmax step for a tile of scores S (R, bk), log2 units; S is overwritten with P."""
         m_tile = np.max(S, axis=1, out=self.m_new)
         np.maximum(m_tile, self.m, out=m_tile)
         np.maximum(m_tile, self.lowest, out=m_tile)                             # fully masked so far: stay finite
         np.subtract(S, m_tile[:, None], out=S)
         np.exp2(S, out=S)                                                       # P = 2^(S - m_new)
-        self._products(S, v, v_finite)
+        self._products(S, v)
         np.subtract(self.m, m_tile, out=self.alpha)
         np.exp2(self.alpha, out=self.alpha)                                     # 2^(m_old - m_new)
         np.multiply(self.acc, self.alpha[:, None], out=self.acc)
         self.acc += self.pv
         self.m, self.m_new = self.m_new, self.m
 
-    def add_unshifted(self, S, v, v_finite) -> bool:
+    def add_unshifted(self, S, v) -> bool:
         """Add a tile of already shifted scores S - m; False (state untouched) if it would overflow."""
         np.exp2(S, out=S)
-        self._products(S, v, v_finite)
+        self._products(S, v)
         np.add(self.acc, self.pv, out=self.tmp)
         if not math.isfinite(float(np.sum(self.tmp))):
             return False
@@ -441,10 +446,13 @@ class _RowState:
         dest_lse[...] = np.where(empty & ~np.isnan(l), -np.inf, row_lse).reshape(dest_lse.shape)
 
 
-def _pv(p, v, out, v_finite):
-    """out = p @ v, where a non-finite value in v only reaches rows that put weight on it (as the reference)."""
-    if v_finite or np.isfinite(v).all():
+def _pv(p, v, out):
+    """out = p @ v, where a non-finite value in v only reaches rows that put weight on it (as the reference).
+
+    BLAS turns 0 * inf into NaN, so a non-finite product is the (cheap, (R, Dv)) sign that v needs care."""
+    with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf: detected and repaired just below, no warning
         np.matmul(p, v, out=out)
+    if np.isfinite(out).all():
         return
     bad = ~np.isfinite(v)
     np.matmul(p, np.where(bad, 0, v), out=out)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ._array import as_array, namespace, require_floating, to_namespace
 from .attention import scaled_dot_product_attention
+from .flash import supports_tiled
 from .scores import rotary
 
 
@@ -181,8 +182,9 @@ class MultiHeadAttention:
         if self.rope_base is not None:
             q = rotary(q, np.arange(past, past + Lq), base=self.rope_base)
         k, v = self._keys_values(xp, x, context, cache, unbatched)                      # (B, G, Lk, Dh)
-        out = scaled_dot_product_attention(q, k, v, mask, scale=self.scale, bias=bias,
-                                           return_weights=return_weights)
+        decode = cache is not None and Lq == 1 and not return_weights and supports_tiled(q, k, v)
+        out = scaled_dot_product_attention(q, k, v, mask, scale=self.scale, bias=bias, return_weights=return_weights,
+                                           impl="tiled" if decode else "auto")   # one new token: O(context) kernel
         out, weights = out if return_weights else (out, None)
         out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (B, Lq, H * Dh))          # (B, Lq, H*Dh)
         out = self._project(xp, out, self.w_o, self.b_o)                                # (B, Lq, d_model)
@@ -246,7 +248,7 @@ class MultiHeadAttention:
     def _project(xp, x, w, b):
         # (B, L, in) -> (B*L, in) first: one 2-D GEMM; NumPy runs a 3-D @ 2-D matmul ~10x slower (per-batch loop)
         flat = xp.reshape(x, (-1, x.shape[-1]))
-        y = xp.reshape(xp.matmul(flat, xp.matrix_transpose(to_namespace(w, xp, x))), tuple(x.shape[:-1]) + (-1,))
+        y = xp.reshape(xp.matmul(flat, xp.matrix_transpose(to_namespace(w, xp, x))), tuple(x.shape[:-1]) + (w.shape[0],))
         return y if b is None else y + to_namespace(b, xp, x)
 
     def _heads(self, xp, y, n):

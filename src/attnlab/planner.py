@@ -33,7 +33,8 @@ from .masks import EMPTY, FULL, PARTIAL
 
 MEMORY_BUDGET = 256 * 2**20          # bytes the reference path may use for score-sized intermediates
 TILED_FROM_SCORES = 2**21            # impl="auto" on NumPy picks the tiled kernel from this many scores (B*H*Lq*Lk)
-REFERENCE_COPIES = 4                 # score-sized float arrays alive at once in the reference path (measured peak)
+REFERENCE_COPIES = (3.25, 5.0)       # score-sized float arrays alive at once in the reference path, without / with
+                                     # a mask (tracemalloc peaks, B=2 H=4 n=1024 float32, see tests/test_plan.py)
 TILE_SCORES = 2**17                  # target scores per tile: (r*block_q) x block_k, 512 KiB in float32 (L2-sized)
 IMPLS = ("auto", "reference", "tiled")
 
@@ -118,7 +119,7 @@ def check_mask_axes(mask, scores_shape) -> None:
         if size is None:
             continue
         actual = outer[axis] if present else None
-        if actual != size:
+        if actual != size and not (actual is None and size == 1):     # padding([n]) fits unbatched scores
             raise ValueError(f"mask {mask.name} is defined for {what} {size}, but the scores "
                              f"{tuple(scores_shape)} have {actual if actual is not None else 'no such axis'}")
 
@@ -281,8 +282,8 @@ def plan(q_shape, k_shape, v_shape=None, *, mask=None, dtype="float32", impl: st
 
 
 def decide(p, mask, *, impl="auto", return_weights=False, numpy=True, threads=None, block_q=None,
-           block_k=None, budget=None) -> Plan:
-    """The plan for inputs prepared by ``attention._prepare``."""
+           block_k=None, budget=None, count_tiles=True) -> Plan:
+    """The plan for inputs prepared by ``attention._prepare`` (``count_tiles=False``: skip the tile census)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     budget = MEMORY_BUDGET if budget is None else budget
@@ -292,11 +293,12 @@ def decide(p, mask, *, impl="auto", return_weights=False, numpy=True, threads=No
     bq, bk = default_blocks(lay.r, lay.Lq, lay.Lk)
     bq, bk = check_block(block_q, "block_q") or bq, check_block(block_k, "block_k") or bk
     n_scores = math.prod(lay.scores_shape)
-    ref_bytes = REFERENCE_COPIES * n_scores * itemsize + (n_scores if mask is not None else 0)
+    ref_bytes = int(REFERENCE_COPIES[mask is not None] * n_scores * itemsize)
     tiled_bytes = tiled_memory(lay, bq, bk, threads, itemsize)
-    chosen, reason = _choose(impl, return_weights, numpy, ref_bytes, n_scores, budget)
+    blocker = _tiled_blocker(numpy, p.q.dtype)
+    chosen, reason = _choose(impl, return_weights, blocker, ref_bytes, n_scores, budget)
     tiles = None
-    if chosen == "tiled" and (mask is None or isinstance(mask, masks_mod.Mask)):
+    if count_tiles and chosen == "tiled" and (mask is None or isinstance(mask, masks_mod.Mask)):
         if isinstance(mask, masks_mod.Mask):
             check_mask_axes(mask, lay.scores_shape)
         tiles = TileMaps(mask, lay, bq, bk).counts()
@@ -318,7 +320,16 @@ def tiled_memory(lay: Layout, block_q: int, block_k: int, threads: int, itemsize
     return threads * per_thread + math.prod(lay.scores_shape[:-1]) * itemsize
 
 
-def _choose(impl, return_weights, numpy, ref_bytes, n_scores, budget):
+def _tiled_blocker(numpy, dtype):
+    """Why the tiled kernel cannot run these inputs, or None."""
+    if not numpy:
+        return "the tiled kernel runs on NumPy arrays only"
+    if str(dtype) not in ("float32", "float64"):
+        return f"the tiled kernel supports float32 and float64, not {dtype}"
+    return None
+
+
+def _choose(impl, return_weights, blocker, ref_bytes, n_scores, budget):
     fits = ref_bytes <= budget
     size = f"the reference path needs ~{_mib(ref_bytes)} for its score matrices, budget {_mib(budget)}"
     raise_hint = "or raise attnlab.planner.MEMORY_BUDGET"
@@ -332,16 +343,16 @@ def _choose(impl, return_weights, numpy, ref_bytes, n_scores, budget):
                       f"(return_lse=True) and recompute chosen rows with attnlab.attention_weights_for, "
                       f"{raise_hint}")
     if impl == "tiled":
-        if not numpy:
-            return None, ("impl='tiled' runs on NumPy arrays only; convert the inputs to NumPy or use "
-                          "impl='reference'")
+        if blocker:
+            return None, f"impl='tiled' was asked for, but {blocker}; use impl='reference' or convert the inputs"
         return "tiled", "impl='tiled' was asked for"
-    if impl == "reference" or not numpy:
-        why = "impl='reference' was asked for" if impl == "reference" else \
-            "the tiled kernel runs on NumPy arrays only, so impl='auto' uses the reference path for these inputs"
+    if impl == "reference" or blocker:
+        why = "impl='reference' was asked for" if impl == "reference" else f"{blocker}, so impl='auto' uses the " \
+            f"reference path"
         if fits:
             return "reference", f"{why}; {size}"
-        hint = "use impl='auto' or 'tiled'" if numpy else "convert the inputs to NumPy for the tiled kernel"
+        hint = "use impl='auto' or 'tiled'" if not blocker else "convert the inputs to NumPy float32/float64 " \
+            "for the tiled kernel"
         return None, f"{why}, but {size}; {hint}, {raise_hint}"
     if not fits:
         return "tiled", f"{size}, so the tiled kernel runs"

@@ -54,6 +54,8 @@ class Ring:
         require_initialized()
         self.group = group
         self.rank = dist.get_rank(group)
+        if self.rank < 0:
+            raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of the group passed")
         self.world = dist.get_world_size(group)
         self.next = (self.rank + 1) % self.world
         self.prev = (self.rank - 1) % self.world

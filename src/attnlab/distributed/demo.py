@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from .. import masks
 from ..attention import scaled_dot_product_attention
+from ..planner import plan
 from . import launch
 from .comm import gather
 from .layout import LAYOUTS, positions, shard
@@ -103,14 +104,14 @@ def run(args) -> dict | None:
     row = dict(stats, forward_ms=1e3 * statistics.median(times[1:]),
                backward_ms=1e3 * statistics.median(back_times[1:]) if args.backward else None,
                rss_growth_mib=(_max_rss() - rss0) / 2**20)
-    error, ref_ms = _check(args, full, out.detach(), mask) if not args.no_check else (None, None)
+    error, ref_ms, ref_impl = _check(args, full, out.detach(), mask) if not args.no_check else (None, None, None)
     rows = [None] * world
     dist.all_gather_object(rows, row)
     if rank != 0:
         return None
     balance = work_balance(args.seq, world, args.layout, mask, B=args.batch, H=args.heads)
     summary = {"args": {k: v for k, v in vars(args).items() if k != "json"}, "world": world,
-               "backend": dist.get_backend(), "rows": rows, "max_abs_error": error, "single_process_ms": ref_ms,
+               "backend": dist.get_backend(), "rows": rows, "max_abs_error": error, "single_process_ms": ref_ms, "single_process_impl": ref_impl,
                "imbalance": balance["imbalance"]}
     print(report(summary))
     return summary
@@ -119,11 +120,13 @@ def run(args) -> dict | None:
 def _check(args, full, out, mask):
     whole = gather(out, args.layout, timeout=args.timeout)
     if dist.get_rank() != 0:
-        return None, None
+        return None, None, None
+    arrays = [x.numpy() for x in full]                    # NumPy: impl="auto" may pick the tiled kernel
+    impl = plan(*(x.shape for x in arrays), mask=mask, dtype=args.dtype).impl
     t0 = time.perf_counter()
-    ref = scaled_dot_product_attention(*full, mask)
+    ref = scaled_dot_product_attention(*arrays, mask)
     ms = 1e3 * (time.perf_counter() - t0)
-    return float((whole - ref).abs().max()), ms
+    return float(np.abs(whole.numpy() - ref).max()), ms, impl
 
 
 def _max_rss() -> int:
@@ -147,7 +150,8 @@ def report(summary: dict) -> str:
     lines.append(f"work imbalance (max/mean allowed cells): {summary['imbalance']:.3f}")
     if summary["max_abs_error"] is not None:
         lines.append(f"max |ring - single-process attnlab| = {summary['max_abs_error']:.3e}   "
-                     f"(single process: {summary['single_process_ms']:.1f} ms)")
+                     f"(single process, impl={summary['single_process_impl']}: "
+                     f"{summary['single_process_ms']:.1f} ms)")
     return "\n".join(lines)
 
 

@@ -57,8 +57,10 @@ def init(backend: str | None = None, timeout=None, *, rank: int | None = None, w
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1))))
     seconds = timeout_seconds(timeout)
+    explicit = master_addr is not None or master_port is not None
+    init_method = f"tcp://{addr}:{port}" if explicit else "env://"      # env://: torchrun's own store
     try:
-        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world_size,
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=seconds))
     except RuntimeError as err:              # DistStoreError and gloo connection errors are RuntimeErrors
         raise RingError(f"rank {rank} of {world_size}: the process group at {addr}:{port} did not form within "

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .. import masks as masks_mod
+from .. import planner
 from .._array import default_scale, to_numpy
 from ..attention import scaled_dot_product_attention
 from ..merge import merge_attention
@@ -49,7 +50,10 @@ def ring_attention(q, k, v, *, mask=None, causal=False, group=None, layout="zigz
     array) over *global* positions; ``causal=True`` adds ``masks.causal()``. ``timeout``: seconds (default 60)
     that any wait on a peer may take before a ``RingError`` naming that peer is raised.
     ``stats``: a dict to fill with this rank's work and traffic (blocks computed/skipped, score cells, bytes
-    sent, key/value bytes held at the peak, seconds computing/waiting).
+    sent, key/value bytes held at the peak, seconds computing/waiting, reference-path calls ("stripes")).
+
+    Each step runs attnlab's reference path (``impl="reference"``: torch tensors, autograd) on the visiting
+    block, in stripes of query rows small enough for ``attnlab.planner.MEMORY_BUDGET``.
 
     Returns this rank's output shard (B, H, Lq_r, Dv) in q's dtype [, its log-sum-exp (B, H, Lq_r) in the merge
     dtype]. Gradients flow to q, k and v across the ring.
@@ -71,28 +75,32 @@ class _Plan:
             raise ValueError(f"ring attention is self-attention over one sharded sequence: the query shard has "
                              f"{Lq} positions but the key shard has {Lk}")
         self.B, self.H, self.D, self.device = B, H, D, q.device
-        self.lengths = self._agree(q, (Lq, B, H, G, D, Dv))
+        self.lengths = self._agree(q, (Lq, B, H, G, D, Dv, q.element_size()))
         self.L = sum(self.lengths)
         P = self.ring.world
-        expected = layout_mod.local_lengths(P, self.L, self.layout) if self.L >= layout_mod.n_chunks(P, layout) else None
+        long_enough = self.L >= layout_mod.n_chunks(P, self.layout)
+        expected = layout_mod.local_lengths(P, self.L, self.layout) if long_enough else None
         if self.lengths != expected:
             raise ValueError(f"the ranks hold shards of lengths {self.lengths} (L={self.L}), but the {layout} layout "
                              f"over {P} ranks needs {expected}: cut the sequence with "
                              f"attnlab.distributed.shard(x, rank, world, {layout!r})")
         self.positions = [layout_mod.positions(r, P, self.L, self.layout) for r in range(P)]
         self.mask = _combined_mask(mask, causal, self.L, B, H)
+        if self.mask is not None:                  # a mask that cannot be evaluated fails here, before any transfer
+            self.mask.evaluate(self.L, self.L, np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64))
         self.scale = default_scale(D) if scale is None else float(scale)
         self.acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        self.itemsize = q.element_size()
         self.stats = stats
         self._blocks = {}
 
     def _agree(self, q, meta) -> list[int]:
-        """All-gather (L_r, B, H, G, D, Dv); every rank must agree on all but L_r. Returns every rank's L_r."""
+        """All-gather (L_r, B, H, G, D, Dv, itemsize); every rank must agree on all but L_r. Returns every L_r."""
         rows = self.ring.all_gather(torch.tensor(meta, dtype=torch.int64, device=q.device), "shard shapes")
         rows = [tuple(int(x) for x in r) for r in rows]
         for r, row in enumerate(rows):
             if row[1:] != tuple(meta[1:]):
-                raise RingError(f"ring attention: rank {r} has (B, H, G, D, Dv) = {row[1:]} but rank "
+                raise RingError(f"ring attention: rank {r} has (B, H, G, D, Dv, itemsize) = {row[1:]} but rank "
                                 f"{self.ring.rank} has {tuple(meta[1:])}; every rank must shard the same tensors",
                                 peer=r)
         return [r[0] for r in rows]
@@ -219,8 +227,7 @@ def _ring_forward(plan: _Plan, q, own):
         blk = plan.block_mask(src)
         tally.block(blk, q.shape[2], cur[0].shape[2])
         if blk is not EMPTY:
-            o, l = scaled_dot_product_attention(q, *cur, blk, scale=plan.scale, return_lse=True)  # (B,H,Lq_r,Dv)
-            o, l = o.to(plan.acc), l.to(plan.acc)                                                  # (B,H,Lq_r)
+            o, l = _attend_block(plan, q, cur, blk)                  # (B, H, Lq_r, Dv), (B, H, Lq_r)
             out, lse = (o, l) if out is None else merge_attention(out, lse, o, l)
         tally.computed()
         if shift is not None:
@@ -268,17 +275,50 @@ def _ring_backward(plan: _Plan, q, own, out, lse, dout, dlse):
     return dq, incoming
 
 
+def _stripes(plan: _Plan, Lq: int, Lk: int) -> list[tuple[int, int]]:
+    """Query rows per reference-path call, so that a (B, H, rows, Lk) block of scores stays within
+    ``attnlab.planner.MEMORY_BUDGET`` (the budget the reference path enforces; blockwise attention as in Liu &
+    Abbeel 2023, which ring attention builds on)."""
+    per_row = planner.REFERENCE_COPIES[1] * plan.B * plan.H * max(Lk, 1) * plan.itemsize
+    rows = max(1, int(planner.MEMORY_BUDGET // per_row))
+    return [(a, min(a + rows, Lq)) for a in range(0, Lq, rows)]
+
+
+def _rows(blk, a: int, b: int):
+    return blk if blk is None else blk[..., a:b, :]
+
+
+def _attend_block(plan: _Plan, q, kv, blk):
+    """Attention of this rank's queries over one key/value block, stripe by stripe, in the merge dtype."""
+    outs, lses = [], []
+    for a, b in _stripes(plan, q.shape[2], kv[0].shape[2]):
+        o, l = scaled_dot_product_attention(q[:, :, a:b], *kv, _rows(blk, a, b), scale=plan.scale,
+                                            return_lse=True, impl="reference")
+        outs.append(o.to(plan.acc))
+        lses.append(l.to(plan.acc))
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
 def _block_grads(plan: _Plan, q, kv, blk, out, lse, dout, dlse):
     """dq and (dk, dv) of one block by recomputation: out = sum_s w_s o_s with w_s = exp(lse_s - lse)."""
-    with torch.enable_grad():
-        qd, kd, vd = (x.detach().requires_grad_() for x in (q, *kv))
-        o, l = scaled_dot_product_attention(qd, kd, vd, blk, scale=plan.scale, return_lse=True)
-        lb = l.detach().to(plan.acc)
-        w = torch.where(torch.isfinite(lb), torch.exp(lb - lse), torch.zeros_like(lb))         # (B, H, Lq_r)
-        g_out = (w[..., None] * dout).to(o.dtype)                                               # dL/do_s
-        g_lse = (w * ((dout * (o.detach().to(plan.acc) - out)).sum(-1) + dlse)).to(l.dtype)   # dL/dlse_s
-        gq, gk, gv = torch.autograd.grad([o, l], [qd, kd, vd], [g_out, g_lse])
-    return gq.to(plan.acc), (gk.to(plan.acc), gv.to(plan.acc))
+    dq = torch.zeros(q.shape, dtype=plan.acc, device=q.device)
+    dkv = [torch.zeros(x.shape, dtype=plan.acc, device=x.device) for x in kv]
+    for a, b in _stripes(plan, q.shape[2], kv[0].shape[2]):
+        rows = slice(a, b)
+        with torch.enable_grad():
+            qd, kd, vd = (x.detach().requires_grad_() for x in (q[:, :, rows], *kv))
+            o, l = scaled_dot_product_attention(qd, kd, vd, _rows(blk, a, b), scale=plan.scale, return_lse=True,
+                                                impl="reference")
+            lb, ls = l.detach().to(plan.acc), lse[:, :, rows]
+            w = torch.where(torch.isfinite(lb), torch.exp(lb - ls), torch.zeros_like(lb))     # (B, H, rows)
+            g_out = (w[..., None] * dout[:, :, rows]).to(o.dtype)                               # dL/do_s
+            d_term = (dout[:, :, rows] * (o.detach().to(plan.acc) - out[:, :, rows])).sum(-1)
+            g_lse = (w * (d_term + dlse[:, :, rows])).to(l.dtype)                             # dL/dlse_s
+            gq, gk, gv = torch.autograd.grad([o, l], [qd, kd, vd], [g_out, g_lse])
+        dq[:, :, rows] = gq
+        dkv[0] += gk
+        dkv[1] += gv
+    return dq, tuple(dkv)
 
 
 class _Tally:
@@ -287,7 +327,7 @@ class _Tally:
     def __init__(self, plan: _Plan, own):
         self.stats, self.plan = plan.stats, plan
         self.s = {"rank": plan.ring.rank, "world": plan.ring.world, "layout": plan.layout, "L": plan.L,
-                  "L_local": own[0].shape[2], "blocks_computed": 0, "blocks_skipped": 0, "cells": 0,
+                  "L_local": own[0].shape[2], "blocks_computed": 0, "blocks_skipped": 0, "cells": 0, "stripes": 0,
                   "bytes_sent": 0, "kv_bytes_own": _nbytes(own), "kv_bytes_peak": _nbytes(own),
                   "compute_s": 0.0, "wait_s": 0.0}
         self.t = time.perf_counter()
@@ -300,6 +340,7 @@ class _Tally:
     def block(self, blk, Lq, Lk):
         self.s["blocks_skipped" if blk is EMPTY else "blocks_computed"] += 1
         self.s["cells"] += _cells(blk, self.plan.B, self.plan.H, Lq, Lk)
+        self.s["stripes"] += 0 if blk is EMPTY else len(_stripes(self.plan, Lq, Lk))
 
     def computed(self):
         now = time.perf_counter()

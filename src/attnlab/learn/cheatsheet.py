@@ -203,7 +203,7 @@ def _draw_masks(fig, gallery):
 
 
 def _draw_heads(fig, sheet):
-    fig.text(0.60, 0.395, f"MHA / GQA / MQA: which kv head each query head reads", fontsize=10, weight="bold",
+    fig.text(0.60, 0.395, "MHA / GQA / MQA: which kv head each query head reads", fontsize=10, weight="bold",
              va="top")
     H = 8
     for col, (kind, G) in enumerate((("MHA", 8), ("GQA", 2), ("MQA", 1))):
@@ -220,13 +220,11 @@ def _draw_heads(fig, sheet):
         for g in range(G):
             ax.add_patch(_box(g * group + (group - 1) / 2, 0.0, f"C{g}", width=min(group, 1.6) * 0.7))
         ax.set_title(f"{kind}: H={H}, G={G}", fontsize=7.5, pad=1)
-    ax = fig.axes[-1]
     fig.text(0.60, 0.225, "top: query heads, bottom: key/value heads", fontsize=6.5, color="#555", va="top")
     lines = [f"{'kind':<6}{'G':>4}{'KV/token':>11}{'KV cache':>11}"]
     lines += [f"{k:<6}{g:>4}{b:>11}{t:>11}" for k, g, b, t in sheet.heads]
     fig.text(0.60, 0.195, sheet.heads_setting + ":\n" + "\n".join(lines), linespacing=1.4,
              family="DejaVu Sans Mono", fontsize=7.2, va="top")
-    return ax
 
 
 def _box(x, y, color, width=0.7):

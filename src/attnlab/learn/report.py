@@ -122,6 +122,13 @@ class Report:
         self._add("image", filename)
         self.console.print(f"  figure: {self.out_dir / filename}", style="green", markup=False)
 
+    def link(self, filename: str, text: str) -> None:
+        """A link to a page another function wrote into the output folder (the explorer)."""
+        if not (self.out_dir / filename).is_file():
+            raise FileNotFoundError(f"expected the page {self.out_dir / filename}")
+        self._add("link", (filename, text))
+        self.console.print(f"  page: {self.out_dir / filename}  ({text})", style="green", markup=False)
+
     def missing(self, what: str, how: str) -> None:
         """A dependency this part needs is not installed: say so (never a silent skip)."""
         text = f"{what} not installed: {how}"
@@ -166,6 +173,8 @@ def _block_html(kind, payload) -> str:
         return f"<table><caption>{e(title)}</caption><tr>{head}</tr>{body}</table>"
     if kind == "image":
         return f'<img src="{e(payload)}" alt="{e(payload)}">'
+    if kind == "link":
+        return f'<p><a href="{e(payload[0])}">{e(payload[1])}</a></p>'
     if kind == "missing":
         return f'<p class="missing">{e(payload)}</p>'
     if kind == "next":

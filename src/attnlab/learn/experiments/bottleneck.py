@@ -47,7 +47,7 @@ class Config:
     max_len: int = 60
     embed: int = 32            # E
     hidden: int = 64           # per encoder direction; the decoder state has 2 * hidden
-    attn_dim: int = 64         # A, the additive scorer's hidden size and the dot-product q/k size
+    attn_dim: int = 32         # A, the additive scorer's hidden size and the dot-product q/k size
     batch: int = 64
     steps: int = 1000          # training batches per model
     lr: float = 3e-3

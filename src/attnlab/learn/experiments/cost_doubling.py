@@ -3,7 +3,8 @@
 The study guide says "doubling the sequence roughly quadruples the cost". This experiment checks it on this
 machine: it times and measures the peak memory of attention at n, 2n and 4n for
 
-- ``naive``:        the reference path ``attnlab.scaled_dot_product_attention`` (builds the n x n matrix),
+- ``naive``:        the reference path ``attnlab.scaled_dot_product_attention(..., impl="reference")`` (builds
+                    the n x n matrix; the memory budget that guards it is raised for the measurement),
 - ``tiled``:        ``attnlab.flash_attention`` (online softmax, tile by tile, never n x n),
 - ``window``:       the tiled kernel with a sliding window of ``window`` keys (skips empty tiles),
 - ``naive-window``: the reference path with the same window mask (it still builds the n x n matrix),
@@ -14,25 +15,26 @@ path's memory; it does *not* quadruple the tiled path's memory (linear) or a win
 
 Entry point, called by ``attnlab experiment cost``::
 
-    run(n=512, out="attnlab-experiments/cost", seed=0, quick=False, *, heads=4, head_dim=64, window=128,
+    run(n=512, out="attnlab-experiments", seed=0, quick=False, *, heads=4, head_dim=64, window=128,
         block=128, repeat=5, echo=print) -> dict
 
 ``n``: the smallest length (the run uses n, 2n, 4n). ``out``: folder for ``cost.json`` and ``cost.png``
 (created). ``seed``: the random q, k, v (everything but the timings is deterministic given it). ``quick``: tiny
 sizes for the test suite (n=64, 2 heads of 16, window 16, tiles of 32). ``echo``: where lines are printed.
 The returned dict is what ``cost.json`` holds: ``config``, ``sizes``, ``rows`` (one per variant and n),
-``ratios`` (measured vs predicted for each step), ``conclusion`` (lines of text) and ``files``.
+``ratios`` (measured vs predicted for each step), ``conclusion`` (lines of text) and ``files`` (names inside ``out``).
 """
 
 from __future__ import annotations
 
 import json
 import platform
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ... import cost
+from ... import cost, planner
 from ...attention import scaled_dot_product_attention
 from ...measure import peak_memory, time_call
 
@@ -52,7 +54,7 @@ def attention_call(variant: str, q, k, v, *, window: int, block: int):
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     mask = cost.to_mask(("window", window)) if variant.endswith("window") else None
     if variant.startswith("naive"):
-        return lambda: scaled_dot_product_attention(q, k, v, mask=mask)
+        return lambda: scaled_dot_product_attention(q, k, v, mask=mask, impl="reference")
     try:
         from ...flash import flash_attention
     except ImportError as err:
@@ -76,15 +78,27 @@ def measure(variant: str, n: int, *, heads: int, head_dim: int, window: int, blo
     """
     q, k, v = inputs(n, heads, head_dim, seed)
     call = attention_call(variant, q, k, v, window=window, block=block)
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        timing = time_call(call, repeat=repeat)
-        peak = peak_memory(call)
     model = predict(variant, n, heads=heads, head_dim=head_dim, window=window, block=block)
     path = model.naive if variant.startswith("naive") else model.tiled
+    with _blas_controller().limit(limits=1, user_api="blas"), memory_budget(2 * model.naive.peak_bytes):
+        timing = time_call(call, repeat=repeat)
+        peak = peak_memory(call)
     return {"variant": variant, "n": n, "time_s": timing.median_s, "time_min_s": timing.min_s,
             "time_runs_s": list(timing.runs),
             "peak_bytes": peak, "predicted_flops": path.flops, "useful_flops": model.useful_flops,
             "predicted_peak_bytes": path.peak_bytes}
+
+
+@contextmanager
+def memory_budget(nbytes: int):
+    """Raise ``attnlab.planner.MEMORY_BUDGET`` to at least ``nbytes`` for the block, so that the reference path,
+    asked for explicitly, runs at sizes where it would otherwise refuse (it is the thing being measured)."""
+    old = planner.MEMORY_BUDGET
+    planner.MEMORY_BUDGET = max(old, nbytes)
+    try:
+        yield
+    finally:
+        planner.MEMORY_BUDGET = old
 
 
 def _blas_controller():
@@ -113,7 +127,7 @@ def step_ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def run(n: int = 512, out="attnlab-experiments/cost", seed: int = 0, quick: bool = False, *, heads: int = 4,
+def run(n: int = 512, out="attnlab-experiments", seed: int = 0, quick: bool = False, *, heads: int = 4,
         head_dim: int = 64, window: int = 128, block: int = 128, repeat: int = 5, echo=print) -> dict:
     """Measure n, 2n, 4n for every variant, print the table and conclusion, write cost.json and cost.png."""
     if quick:
@@ -145,7 +159,7 @@ def run(n: int = 512, out="attnlab-experiments/cost", seed: int = 0, quick: bool
                                                    dtype="float32", batch=1, threads=1,
                                                    machine=f"{platform.machine()} {platform.processor()}".strip()),
               "sizes": sizes, "rows": rows, "ratios": ratios, "conclusion": conclusion,
-              "files": {"json": str(out / "cost.json"), "png": str(out / "cost.png")}}
+              "files": ["cost.json", "cost.png"]}
     plot(rows, out / "cost.png")
     (out / "cost.json").write_text(json.dumps(result, indent=2))
     echo(f"wrote {out / 'cost.json'} and {out / 'cost.png'}")
@@ -191,24 +205,35 @@ def _growth(ratio: float) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """Log-log time and peak memory against n for each variant, with n^2 and n reference slopes."""
+    """Log-log time and peak memory against n for each variant (dots: measured, crosses: the cost model; the
+    model's time is scaled to the first measured point), with n^2 and n reference slopes."""
     from ...viz._figure import new_figure, save
 
-    fig = new_figure(10, 4)
+    fig = new_figure(12, 4)
     axes = fig.subplots(1, 2)
-    for ax, key, label in ((axes[0], "time_s", "time (s)"), (axes[1], "peak_bytes", "peak memory (MiB)")):
-        scale = 1.0 if key == "time_s" else 2.0 ** -20
+    panels = ((axes[0], "time_s", "time (s, median)", 1.0), (axes[1], "peak_bytes", "peak memory (MiB)", 2.0 ** -20))
+    for ax, key, label, scale in panels:
         for variant in VARIANTS:
             mine = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["n"])
-            ax.loglog([r["n"] for r in mine], [r[key] * scale for r in mine], "o-", label=variant)
+            ns = [r["n"] for r in mine]
+            line, = ax.loglog(ns, [r[key] * scale for r in mine], "o-", label=variant)
+            if key == "time_s":
+                model = [mine[0]["time_s"] * r["predicted_flops"] / mine[0]["predicted_flops"] for r in mine]
+            else:
+                model = [r["predicted_peak_bytes"] * scale for r in mine]
+            ax.loglog(ns, model, "x:", color=line.get_color(), alpha=0.7, ms=8)
         ns = np.array(sorted({r["n"] for r in rows}), dtype=float)
-        top = max(r[key] for r in rows if r["n"] == ns[0]) * scale
-        ax.loglog(ns, top * (ns / ns[0]) ** 2, "k--", lw=0.8, label="slope n^2 (doubling = 4x)")
-        ax.loglog(ns, top * (ns / ns[0]), "k:", lw=0.8, label="slope n (doubling = 2x)")
+        top = 1.6 * max(r[key] for r in rows if r["n"] == ns[0]) * scale        # the guides run above the data
+        for power, style, name in ((2, "--", "n^2"), (1, ":", "n")):
+            ax.loglog(ns, top * (ns / ns[0]) ** power, "k" + style, lw=0.8,
+                      label=f"slope {name} (doubling = {2 ** power}x)")
+            ax.annotate(name, (ns[-1], top * (ns[-1] / ns[0]) ** power), fontsize=8, xytext=(3, 0),
+                        textcoords="offset points", va="center")
         ax.set_xlabel("sequence length n")
         ax.set_ylabel(label)
+        ax.minorticks_off()
         ax.set_xticks(ns, [str(int(x)) for x in ns])
-    axes[0].set_title("time: measured")
-    axes[1].set_title("peak memory (tracemalloc)")
-    axes[1].legend(fontsize=7)
+    axes[0].set_title("time: measured (o) and cost model (x)")
+    axes[1].set_title("peak memory (tracemalloc, o) and cost model (x)")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save(fig, path)

@@ -95,12 +95,12 @@ def run(out=None, seed: int = 0, quick: bool = False, bottleneck=None, ns=None, 
         if bottleneck is not None and not source.is_file():
             raise FileNotFoundError(f"bottleneck results {source} not found; write them with "
                                     f"`attnlab experiment bottleneck --out DIR`")
+    accuracy = bottleneck_accuracy(source) if source is not None else None
     rng = np.random.default_rng(seed)
     with threadpool_limits(limits=1):            # one BLAS thread: both scorers on equal terms, steadier times
         rows = [measure(n, d, rng) for d in ds for n in ns]
     result = {"experiment": "scorers", "seed": seed, "repeat": REPEAT, "dtype": "float32", "blas_threads": 1,
-              "rows": rows,
-              "accuracy": bottleneck_accuracy(source) if source is not None else None}
+              "rows": rows, "accuracy": accuracy}
     if result["accuracy"] is None:
         result["accuracy_note"] = (f"no bottleneck results at {source}" if source is not None else
                                    "no bottleneck results given") + \

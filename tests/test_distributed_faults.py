@@ -1,0 +1,70 @@
+"""A rank that dies, stalls or never joins makes the others raise RingError, naming the peer and the timeout,
+within a bounded time: never a hang. Each scenario is one spawned world on 127.0.0.1 (gloo)."""
+
+import os
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+
+from attnlab.distributed import RingError, launch, ring_attention
+
+TIMEOUT = 3.0          # the ring's timeout in these drills, seconds
+SLACK = 6.0            # scheduling slack on a busy 2-core machine
+
+
+def _attend_unless_victim(victim, mode):
+    """The victim rank dies (SIGKILL) or stalls; every other rank runs ring attention and reports what it saw."""
+    if dist.get_rank() == victim:
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(3 * TIMEOUT)                                   # stalled: alive but never sends
+        return "stalled"
+    q = torch.randn(1, 2, 8, 4)                                   # L = 24 over 3 ranks: 8 positions each
+    start = time.perf_counter()
+    try:
+        ring_attention(q, q, q, causal=True, timeout=TIMEOUT)
+    except RingError as err:
+        return {"message": str(err), "peer": err.peer, "timeout_s": err.timeout_s,
+                "seconds": time.perf_counter() - start}
+    return {"message": None}
+
+
+def test_killed_rank_fails_the_others_quickly():
+    results = launch.run_local(_attend_unless_victim, 3, 1, "kill", timeout=120)
+    victim = results[1]
+    assert not victim.ok and victim.exitcode == -signal.SIGKILL
+    for r in (results[0], results[2]):
+        assert r.ok, r.error
+        seen = r.value
+        assert seen["message"] is not None, f"rank {r.rank} did not notice the dead rank"
+        assert seen["timeout_s"] == TIMEOUT and f"timeout {TIMEOUT:g} s" in seen["message"]
+        assert seen["seconds"] < TIMEOUT + SLACK
+    seen = results[2].value                        # rank 2 receives from rank 1: it names the dead rank
+    assert seen["peer"] == 1 and "peer rank 1" in seen["message"], seen["message"]
+
+
+def test_stalled_rank_times_out_the_others():
+    results = launch.run_local(_attend_unless_victim, 3, 0, "stall", timeout=120)
+    assert results[0].value == "stalled"
+    for r in (results[1], results[2]):             # rank 1 receives from 0, rank 2 sends to 0
+        assert r.ok, r.error
+        seen = r.value
+        assert seen["peer"] == 0 and "peer rank 0" in seen["message"], seen["message"]
+        assert f"timeout {TIMEOUT:g} s" in seen["message"]
+        assert TIMEOUT * 0.9 <= seen["seconds"] < TIMEOUT + SLACK
+
+
+def _never_reached():
+    return "the group formed"
+
+
+def test_rank_that_never_joins_fails_the_rendezvous():
+    start = time.monotonic()
+    results = launch.run_local(_never_reached, 3, ranks=[0, 1], init_timeout=TIMEOUT, timeout=120)
+    for r in results:
+        assert not r.ok
+        assert r.error.startswith("RingError") and f"did not form within {TIMEOUT:g} s" in r.error, r.error
+        assert r.seconds < TIMEOUT + SLACK
+    assert time.monotonic() - start < 120
