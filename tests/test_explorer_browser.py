@@ -11,6 +11,8 @@ import pytest
 from attnlab import masks, scaled_dot_product_attention
 from attnlab.viz.explorer import ExplorerData, demo_data, serve, write_explorer
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -80,7 +82,8 @@ def step_column(page, name):
 def table(page, attr="w"):
     """The all-weights table as a (Lq, Lk) array."""
     cells = page.eval_on_selector_all(
-        "[data-testid=weight-cell]", f"cs => cs.map(c => [Number(c.dataset.q), Number(c.dataset.k), Number(c.dataset.{attr})])")
+        "[data-testid=weight-cell]",
+        f"cs => cs.map(c => [Number(c.dataset.q), Number(c.dataset.k), Number(c.dataset.{attr})])")
     cells = np.array(cells)
     out = np.zeros((int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1))
     out[cells[:, 0].astype(int), cells[:, 1].astype(int)] = cells[:, 2]
@@ -109,6 +112,12 @@ def test_clicking_a_token_selects_and_shows_its_row(open_page, rng):
     assert selected == ["4"]
     assert p.page.get_attribute("body", "data-row") == "4"
     assert p.page.text_content("[data-testid=selected-token]") == "w4"
+    outline = p.page.evaluate("""() => {            // the matrix outlines row 4 in the accent colour
+        const m = document.querySelector('[data-testid=matrix]'), g = m.dataset, cs = Number(g.cell);
+        const at = (y) => Array.from(m.getContext('2d').getImageData(Number(g.left) + 1, y, 1, 1).data.slice(0, 3));
+        return [at(Number(g.top) + 4.5 * cs), at(Number(g.top) + 2.5 * cs)];
+    }""")
+    assert outline[0] == [209, 73, 91] and outline[1] != [209, 73, 91]
     np.testing.assert_allclose(step_column(p.page, "weight"), p.data.weights()[0, 0, 4], rtol=0, atol=1e-12)
     key_weights = p.page.eval_on_selector_all("[data-testid=k-token]", "s => s.map(x => Number(x.dataset.weight))")
     np.testing.assert_allclose(key_weights, p.data.weights()[0, 0, 4], rtol=0, atol=1e-12)
@@ -127,10 +136,9 @@ def test_switching_head_and_layer_shows_the_numbers_python_computed(open_page, r
         np.testing.assert_allclose(step_column(page, "weight"), want[layer, head, 0], rtol=0, atol=1e-12)
     assert np.abs(table(page) - before).max() > 0.01
     box = page.locator("[data-testid=matrix]").bounding_box()               # hover: the exact number
-    cell = 40                                                                 # 560 / 7 capped at 40 px
-    margin_x = box["width"] - 7 * cell
-    margin_y = box["height"] - 7 * cell
-    page.mouse.move(box["x"] + margin_x + 2.5 * cell, box["y"] + margin_y + 3.5 * cell)
+    geometry = page.get_attribute
+    cell, left, top = (float(geometry("[data-testid=matrix]", f"data-{a}")) for a in ("cell", "left", "top"))
+    page.mouse.move(box["x"] + left + 2.5 * cell, box["y"] + top + 3.5 * cell)
     tip = page.locator("[data-testid=tooltip]")
     assert tip.is_visible() and (tip.get_attribute("data-q"), tip.get_attribute("data-k")) == ("3", "2")
     assert float(tip.get_attribute("data-weight")) == pytest.approx(want[1, 2, 3, 2], abs=1e-12)

@@ -56,7 +56,8 @@ def test_plot_writes_each_figure(figure, tmp_path, capsys):
 
 def test_plot_reads_given_data(tmp_path, capsys):
     np.save(tmp_path / "w.npy", np.full((2, 3, 3), 1 / 3))
-    assert run(capsys, "plot", "heads", "--weights", str(tmp_path / "w.npy"), "--out", str(tmp_path / "h.png"))[0] == 0
+    code, _, _ = run(capsys, "plot", "heads", "--weights", str(tmp_path / "w.npy"), "--out", str(tmp_path / "h.png"))
+    assert code == 0
     spec = {"predicted": {"naive": [[256, 512], [1.0, 4.0]]}, "measured": {"naive": [[256, 512], [1.1, 3.9]]}}
     (tmp_path / "cost.json").write_text(json.dumps(spec))
     code, _, _ = run(capsys, "plot", "cost", "--data", str(tmp_path / "cost.json"), "--out", str(tmp_path / "c.png"))

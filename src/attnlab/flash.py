@@ -40,7 +40,6 @@ from .scores import ScoreMod
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 LOG2E, LN2 = 1.0 / math.log(2.0), math.log(2.0)
-SCORES_PER_THREAD = 2**18  # a smaller problem runs on the calling thread: waking a worker costs more than it saves
 FOLD_MIN_ROWS = 16      # fold the running max into the score matmul from this many rows per tile (not when decoding)
 
 
@@ -85,13 +84,13 @@ def flash_attention(q, k, v, mask=None, *, scale=None, bias_fn=None, bias=None, 
     tasks, splits = _tasks(pb, threads)
     out = np.empty((splits,) + lay.lead + (lay.r, lay.Lq, pb.Dv), pb.dtype)     # (S, *lead, r, Lq, Dv)
     lse = np.empty((splits,) + lay.lead + (lay.r, lay.Lq), pb.dtype)            # (S, *lead, r, Lq)
-    counts = _run(pb, tasks, out, lse, threads)
+    counts, used = _run(pb, tasks, out, lse, threads)
     final_out, final_lse = out[0], lse[0]
     for s in range(1, splits):
         final_out, final_lse = merge_attention(final_out, final_lse, out[s], lse[s])
     if stats is not None:
         stats.tiles = planner.TileCounts(*map(int, counts))
-        stats.block_q, stats.block_k, stats.threads = pb.block_q, pb.block_k, min(threads, max(len(tasks), 1))
+        stats.block_q, stats.block_k, stats.threads = pb.block_q, pb.block_k, used
         stats.tasks, stats.kv_splits = len(tasks), splits
     outer = lay.scores_shape[:-2]
     final_out = final_out.reshape(outer + (lay.Lq, pb.Dv))
@@ -251,7 +250,7 @@ def _tasks(pb, threads):
     When there are fewer (head group, query block) pairs than threads, the key blocks are split among tasks."""
     nqb, nkb = pb.maps.nqb, pb.maps.nkb
     pairs = [(idx, i) for idx in np.ndindex(*pb.lay.lead) for i in range(nqb)]
-    splits = min(nkb, math.ceil(threads / len(pairs))) if pairs and nkb > 1 and len(pairs) < threads else 1
+    splits = planner.kv_splits(threads, len(pairs), nkb)
     bounds = [(s * nkb // splits, (s + 1) * nkb // splits) for s in range(splits)]
     tasks = [(idx, i, lo, hi, s) for idx, i in pairs for s, (lo, hi) in enumerate(bounds)]
     work = lambda t: int(np.count_nonzero(pb.maps[t[0]][t[1], t[2]:t[3]] != EMPTY))
@@ -273,27 +272,29 @@ class _TaskQueue:
 
 
 def _run(pb, tasks, out, lse, threads) -> np.ndarray:
-    """Run the tasks on ``threads`` threads (the caller's plus pool workers); returns [empty, partial, full]."""
+    """Run the tasks on up to ``threads`` threads (the caller's plus pool workers); returns the tile counts
+    [empty, partial, full] and the number of threads used."""
     queue = _TaskQueue(tasks)
 
     def work():
         ws, counts = _Workspace(pb), np.zeros(3, np.int64)
-        try:
-            for task in queue:
-                _task(pb, ws, task, out, lse, counts)
+        try:   # overflow and 0 * inf are detected and handled in the tiles; NaN inputs propagate as in the reference
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                for task in queue:
+                    _task(pb, ws, task, out, lse, counts)
         except BaseException:
             queue.stopped = True
             raise
         return counts
 
-    n = min(threads, len(tasks), max(1, math.prod(pb.lay.scores_shape) // SCORES_PER_THREAD))
+    n = planner.used_threads(threads, len(tasks), math.prod(pb.lay.scores_shape))
     with _blas_single_thread():
         futures = [_pool(n - 1).submit(work) for _ in range(n - 1)] if n > 1 else []
         try:
             mine = work() if tasks else np.zeros(3, np.int64)
         finally:
             wait(futures)
-        return mine + sum((f.result() for f in futures), np.zeros(3, np.int64))
+        return mine + sum((f.result() for f in futures), np.zeros(3, np.int64)), n
 
 
 _POOL = {"executor": None, "size": 0}
@@ -423,10 +424,13 @@ class _RowState:
 
     def add_unshifted(self, S, v) -> bool:
         """Add a tile of already shifted scores S - m; False (state untouched) if it would overflow."""
-        np.exp2(S, out=S)
-        self._products(S, v)
+        np.exp2(S, out=S)                                                       # P = 2^(S - m), may be inf
+        row_sums = np.matmul(S, self.ones[:S.shape[1]], out=self.pv[:, self.Dv])
+        if not np.isfinite(row_sums).all():                                     # overflow (or NaN scores)
+            return False
+        _pv(S, v, self.pv[:, :self.Dv])
         np.add(self.acc, self.pv, out=self.tmp)
-        if not math.isfinite(float(np.sum(self.tmp))):
+        if np.isinf(self.tmp).any():                                            # the sums overflowed
             return False
         self.acc, self.tmp = self.tmp, self.acc
         return True
@@ -441,7 +445,7 @@ class _RowState:
         np.divide(self.acc[:, :self.Dv], np.where(empty & ~np.isnan(l), 1, l)[:, None],
                   out=self.acc[:, :self.Dv])
         dest_out[...] = self.acc[:, :self.Dv].reshape(dest_out.shape)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore"):
             row_lse = (np.maximum(self.m, self.lowest) + np.log2(l)) * LN2
         dest_lse[...] = np.where(empty & ~np.isnan(l), -np.inf, row_lse).reshape(dest_lse.shape)
 
@@ -450,8 +454,7 @@ def _pv(p, v, out):
     """out = p @ v, where a non-finite value in v only reaches rows that put weight on it (as the reference).
 
     BLAS turns 0 * inf into NaN, so a non-finite product is the (cheap, (R, Dv)) sign that v needs care."""
-    with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf: detected and repaired just below, no warning
-        np.matmul(p, v, out=out)
+    np.matmul(p, v, out=out)
     if np.isfinite(out).all():
         return
     bad = ~np.isfinite(v)

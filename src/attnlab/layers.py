@@ -248,7 +248,8 @@ class MultiHeadAttention:
     def _project(xp, x, w, b):
         # (B, L, in) -> (B*L, in) first: one 2-D GEMM; NumPy runs a 3-D @ 2-D matmul ~10x slower (per-batch loop)
         flat = xp.reshape(x, (-1, x.shape[-1]))
-        y = xp.reshape(xp.matmul(flat, xp.matrix_transpose(to_namespace(w, xp, x))), tuple(x.shape[:-1]) + (w.shape[0],))
+        y = xp.matmul(flat, xp.matrix_transpose(to_namespace(w, xp, x)))                 # (B*L, out)
+        y = xp.reshape(y, tuple(x.shape[:-1]) + (w.shape[0],))                           # (B, L, out); L may be 0
         return y if b is None else y + to_namespace(b, xp, x)
 
     def _heads(self, xp, y, n):

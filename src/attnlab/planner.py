@@ -33,6 +33,7 @@ from .masks import EMPTY, FULL, PARTIAL
 
 MEMORY_BUDGET = 256 * 2**20          # bytes the reference path may use for score-sized intermediates
 TILED_FROM_SCORES = 2**21            # impl="auto" on NumPy picks the tiled kernel from this many scores (B*H*Lq*Lk)
+SCORES_PER_THREAD = 2**18            # below this many scores per thread the kernel runs on fewer threads
 REFERENCE_COPIES = (3.25, 5.0)       # score-sized float arrays alive at once in the reference path, without / with
                                      # a mask (tracemalloc peaks, B=2 H=4 n=1024 float32, see tests/test_plan.py)
 TILE_SCORES = 2**17                  # target scores per tile: (r*block_q) x block_k, 512 KiB in float32 (L2-sized)
@@ -275,8 +276,9 @@ def plan(q_shape, k_shape, v_shape=None, *, mask=None, dtype="float32", impl: st
     ``numpy=False`` plans for PyTorch or other array-API inputs, which only the reference path accepts.
     """
     dtype = np.dtype(dtype)
-    arrays = [np.lib.stride_tricks.as_strided(np.zeros(1, dtype), tuple(s), (0,) * len(s))
-              for s in (q_shape, k_shape, k_shape if v_shape is None else v_shape)]
+    shapes = [_shape(s, name) for s, name in ((q_shape, "q_shape"), (k_shape, "k_shape"),
+                                              (k_shape if v_shape is None else v_shape, "v_shape"))]
+    arrays = [np.lib.stride_tricks.as_strided(np.zeros(1, dtype), s, (0,) * len(s)) for s in shapes]
     return decide(_prepare(*arrays, "plan"), mask, impl=impl, return_weights=return_weights, numpy=numpy,
                   threads=threads, block_q=block_q, block_k=block_k, budget=budget)
 
@@ -287,6 +289,8 @@ def decide(p, mask, *, impl="auto", return_weights=False, numpy=True, threads=No
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     budget = MEMORY_BUDGET if budget is None else budget
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer, float)) or not budget > 0:
+        raise ValueError(f"budget must be a positive number of bytes, got {budget!r}")
     threads = default_threads() if threads is None else check_threads(threads)
     lay = layout(p)
     itemsize = np.dtype(str(p.q.dtype).split(".")[-1]).itemsize
@@ -302,7 +306,32 @@ def decide(p, mask, *, impl="auto", return_weights=False, numpy=True, threads=No
         if isinstance(mask, masks_mod.Mask):
             check_mask_axes(mask, lay.scores_shape)
         tiles = TileMaps(mask, lay, bq, bk).counts()
-    return Plan(chosen, reason, lay.scores_shape, str(p.q.dtype), ref_bytes, tiled_bytes, budget, bq, bk, threads, lay.r, tiles)
+    pairs = math.prod(lay.lead) * math.ceil(lay.Lq / bq)
+    tasks = pairs * kv_splits(threads, pairs, math.ceil(lay.Lk / bk))
+    return Plan(chosen, reason, lay.scores_shape, str(p.q.dtype), ref_bytes, tiled_bytes, budget, bq, bk,
+                used_threads(threads, tasks, n_scores), lay.r, tiles)
+
+
+def _shape(shape, name) -> tuple:
+    dims = tuple(shape) if isinstance(shape, (tuple, list)) else None
+    if dims is None or len(dims) < 2 or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                                                and d >= 0 for d in dims):
+        raise ValueError(f"{name} must be a tuple of at least 2 non-negative integers (..., L, D), got {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def kv_splits(threads: int, pairs: int, n_key_blocks: int) -> int:
+    """How many parts the keys are split into: more than one only when there are fewer (head group, query block)
+    pairs than threads, as when decoding one token (split-KV; the parts are merged by their log-sum-exp)."""
+    if not pairs or n_key_blocks < 2 or pairs >= threads:
+        return 1
+    return min(n_key_blocks, math.ceil(threads / pairs))
+
+
+def used_threads(threads: int, tasks: int, n_scores: int) -> int:
+    """At most one thread per task, and fewer for small problems (SCORES_PER_THREAD scores per thread at least):
+    waking a worker costs more than it saves there."""
+    return max(1, min(threads, tasks, n_scores // SCORES_PER_THREAD))
 
 
 def check_threads(threads) -> int:

@@ -52,7 +52,8 @@ def run(args):
     from ..viz._figure import figure_path
 
     out = figure_path(args.out or f"plot-{args.figure}.png")
-    fig = {"heatmap": _heatmap, "causal": _causal, "heads": _heads, "entropy": _entropy, "cost": _cost}[args.figure](args)
+    draw = {"heatmap": _heatmap, "causal": _causal, "heads": _heads, "entropy": _entropy, "cost": _cost}
+    fig = draw[args.figure](args)
     viz.save(fig, out)
     print(f"wrote {out}")
 

@@ -117,6 +117,8 @@ def qkv(report: Report, quick: bool) -> None:
                "a key (what it offers to others) and a value (the content that flows if the match is strong). "
                "Three tokens with d_model = 4, projected to d = 2:")
     report.matrix("x  (tokens, d_model)", x, TOKENS)
+    report.matrix("W_q | W_k | W_v  (d_model, d) each, side by side", np.concatenate([w_q, w_k, w_v], axis=1),
+                  [f"x{i}" for i in range(4)], ["W_q:0", "W_q:1", "W_k:0", "W_k:1", "W_v:0", "W_v:1"])
     q, k, v = x @ w_q, x @ w_k, x @ w_v                                           # (3, 2) each
     report.matrix("Q = x W_q", q, TOKENS, ["d0", "d1"])
     report.matrix("K = x W_k", k, TOKENS, ["d0", "d1"])

@@ -36,7 +36,8 @@
   function baseMaskOf(l, h) {
     const bm = DATA.base_mask;
     if (!bm) return null;
-    return bm.shared ? once("base", () => bytesOf(bm.shared)) : once(`base ${l} ${h}`, () => bytesOf(bm.per_head[l][h]));
+    if (bm.shared) return once("base", () => bytesOf(bm.shared));
+    return once(`base ${l} ${h}`, () => bytesOf(bm.per_head[l][h]));
   }
 
   // ---- masks and softmax (attnlab's definitions) ---------------------------------------------------------
@@ -64,23 +65,26 @@
       for (let j = 0; j < Lk; j++) if (allowed[o + j] && scores[o + j] > m) m = scores[o + j];
       let s = 0;
       if (m > -Infinity) {
-        for (let j = 0; j < Lk; j++) if (allowed[o + j]) { const e = Math.exp(scores[o + j] - m); w[o + j] = e; s += e; }
+        for (let j = 0; j < Lk; j++) {
+          if (allowed[o + j]) { w[o + j] = Math.exp(scores[o + j] - m); s += w[o + j]; }
+        }
         for (let j = 0; j < Lk; j++) w[o + j] /= s;
       }
       max[i] = m; sum[i] = s;
     }
     return { w, max, sum };
   }
-  let weightCache = new Map();
-  function weightsOf(l, h) {               // {allowed, w, max, sum, vmax} for one head under the current mask
-    const key = `${l} ${h}`;
-    if (!weightCache.has(key)) {
-      const allowed = allowedOf(l, h), r = softmaxRows(scoresOf(l, h), allowed);
-      let vmax = 0;
-      for (let i = 0; i < r.w.length; i++) if (r.w[i] > vmax) vmax = r.w[i];
-      weightCache.set(key, Object.assign(r, { allowed, vmax: vmax || 1 }));
-    }
-    return weightCache.get(key);
+  function computeWeights(scores, allowed) {   // the softmax plus what drawing needs: the mask, the largest weight
+    const r = softmaxRows(scores, allowed);
+    let vmax = 0;
+    for (let i = 0; i < r.w.length; i++) if (r.w[i] > vmax) vmax = r.w[i];
+    return Object.assign(r, { allowed, vmax: vmax || 1 });
+  }
+  let maskVersion = 0, current = { key: "", r: null };
+  function weightsOf(l, h) {               // {allowed, w, max, sum, vmax} of the shown head under the current mask
+    const key = `${l} ${h} ${maskVersion}`;
+    if (current.key !== key) current = { key, r: computeWeights(scoresOf(l, h), allowedOf(l, h)) };
+    return current.r;
   }
 
   // ---- small helpers -------------------------------------------------------------------------------------
@@ -91,7 +95,8 @@
     return e;
   }
   function viridis(t) {
-    const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1), i = Math.min(Math.floor(x), VIRIDIS.length - 2), f = x - i;
+    const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
+    const i = Math.min(Math.floor(x), VIRIDIS.length - 2), f = x - i;
     return VIRIDIS[i].map((c, k) => Math.round(c + f * (VIRIDIS[i + 1][k] - c)));
   }
   const rgb = (c) => `rgb(${c[0]},${c[1]},${c[2]})`;
@@ -121,7 +126,8 @@
         for (let c = 0; c < cols; c++) {
           if (allowedAt(r, c)) continue;
           const x = ox + (c + 0.5) * cellW, y = oy + (r + 0.5) * cellH, dx = d * cellW, dy = d * cellH;
-          ctx.moveTo(x - dx, y - dy); ctx.lineTo(x + dx, y + dy); ctx.moveTo(x - dx, y + dy); ctx.lineTo(x + dx, y - dy);
+          ctx.moveTo(x - dx, y - dy); ctx.lineTo(x + dx, y + dy);
+          ctx.moveTo(x - dx, y + dy); ctx.lineTo(x + dx, y - dy);
         }
       }
       ctx.stroke();
@@ -147,7 +153,8 @@
     $("title").textContent = DATA.title;
     const scale = DATA.scale === null ? "scale not given" : `scale ${DATA.scale.toPrecision(6)}`;
     $("summary").textContent = `${NL} layer${NL > 1 ? "s" : ""} \u00d7 ${NH} head${NH > 1 ? "s" : ""} \u00b7 ` +
-      `${Lq} queries \u00d7 ${Lk} keys \u00b7 ${scale}` + (DATA.base_mask ? " \u00b7 the model's own mask applied" : "");
+      `${Lq} queries \u00d7 ${Lk} keys \u00b7 ${scale}` +
+      (DATA.base_mask ? " \u00b7 the model's own mask applied" : "");
     for (const [k, v] of DATA.meta) {
       const row = el("div");
       row.append(el("dt", {}, k), el("dd", {}, v));
@@ -192,7 +199,7 @@
       default: return DATA.base_mask ? "mask = the model's own mask" : "mask = None";
     }
   }
-  function maskChanged() { weightCache = new Map(); render(); }
+  function maskChanged() { maskVersion++; render(); }
 
   // ---- token view ----------------------------------------------------------------------------------------
   let qButtons = [], kSpans = [];
@@ -201,7 +208,8 @@
     $("lines").height = height; $("lines").width = 120;
     $("lines").style.height = `${height}px`;
     qButtons = DATA.q_tokens.map((t, i) => {
-      const b = el("button", { class: "tok", type: "button", "data-testid": "q-token", "data-index": i, title: `query ${i}` }, t);
+      const b = el("button", { class: "tok", type: "button", "data-testid": "q-token", "data-index": i,
+        title: `query ${i}` }, t);
       b.addEventListener("click", () => selectRow(i, false));
       return b;
     });
@@ -218,7 +226,10 @@
     const i = state.row, o = i * Lk;
     let rowMax = 0;
     for (let j = 0; j < Lk; j++) rowMax = Math.max(rowMax, r.w[o + j]);
-    qButtons.forEach((b, q) => { b.classList.toggle("selected", q === i); b.setAttribute("aria-pressed", q === i ? "true" : "false"); });
+    qButtons.forEach((b, q) => {
+      b.classList.toggle("selected", q === i);
+      b.setAttribute("aria-pressed", q === i ? "true" : "false");
+    });
     kSpans.forEach((s, j) => {
       const w = r.w[o + j], a = rowMax > 0 ? w / rowMax : 0;
       s.classList.toggle("blocked", !r.allowed[o + j]);
@@ -243,6 +254,7 @@
 
   // ---- matrix, row strip, tooltip ------------------------------------------------------------------------
   function cellSize() { return Math.max(1, Math.min(40, Math.floor(560 / Math.max(Lq, Lk)))); }
+  function stripCell() { return Math.max(1, Math.min(48, Math.floor(900 / Lk))); }   // the selected-row strip
   const clip = (t) => (t.length > 12 ? `${t.slice(0, 11)}\u2026` : t);
   const margin = (() => {                  // room for token labels beside the matrix when its cells are big enough
     if (cellSize() < 11) return { x: 0, y: 0 };
@@ -255,6 +267,7 @@
     const cs = cellSize(), canvas = $("matrix"), ox = margin.x, oy = margin.y;
     const ctx = paintMatrix(canvas, cs, cs, Lq, Lk, (a, b) => r.w[a * Lk + b], (a, b) => r.allowed[a * Lk + b],
       r.vmax, cs >= 34, ox, oy);
+    Object.assign(canvas.dataset, { cell: cs, left: ox, top: oy, row: state.row });   // geometry, for tests
     if (ox) {
       ctx.font = LABEL_FONT; ctx.fillStyle = "#1d2330"; ctx.textBaseline = "middle";
       ctx.textAlign = "right";
@@ -271,8 +284,9 @@
     const bar = $("colorbar"), bctx = bar.getContext("2d");
     bar.width = 180; bar.height = 10;
     for (let x = 0; x < 180; x++) { bctx.fillStyle = rgb(viridis(x / 179)); bctx.fillRect(x, 0, 1, 10); }
-    const rowCanvas = $("row"), cw = Math.max(1, Math.min(48, Math.floor(900 / Lk))), o = state.row * Lk;
-    paintMatrix(rowCanvas, cw, Math.max(cw, 14), 1, Lk, (a, b) => r.w[o + b], (a, b) => r.allowed[o + b], r.vmax, cw >= 34);
+    const cw = stripCell(), o = state.row * Lk;
+    paintMatrix($("row"), cw, Math.max(cw, 14), 1, Lk, (a, b) => r.w[o + b], (a, b) => r.allowed[o + b], r.vmax,
+      cw >= 34);
   }
   function showTip(ev, i, j) {
     if (isAll()) return;
@@ -307,7 +321,7 @@
     });
     const row = $("row");
     row.addEventListener("mousemove", (ev) => {
-      const j = Math.floor((ev.clientX - row.getBoundingClientRect().left) * row.width / row.getBoundingClientRect().width / Math.max(1, Math.min(48, Math.floor(900 / Lk))));
+      const [, j] = cellAt(row, ev, stripCell(), row.height);
       if (j >= 0 && j < Lk) showTip(ev, state.row, j); else hideTip();
     });
     row.addEventListener("mouseleave", hideTip);
@@ -316,7 +330,8 @@
   // ---- the step panel ------------------------------------------------------------------------------------
   function renderSteps(r) {
     const l = state.layer, h = state.head, i = state.row, o = i * Lk;
-    const scores = scoresOf(l, h), q = vectorsOf("queries", l, h), k = vectorsOf("keys", l, h), v = vectorsOf("values", l, h);
+    const scores = scoresOf(l, h), q = vectorsOf("queries", l, h), k = vectorsOf("keys", l, h);
+    const v = vectorsOf("values", l, h);
     const D = DATA.D, Dv = DATA.Dv, scale = DATA.scale;
     $("step-title").textContent = `query ${i} ${tokenText(DATA.q_tokens[i])}`;
     const top = Array.from(r.w.subarray(o, o + Lk)).map((w, j) => [w, j]).sort((a, b) => b[0] - a[0]).slice(0, 3)
@@ -345,11 +360,14 @@
     const allowedCount = r.allowed.subarray(o, o + Lk).reduce((a, b) => a + b, 0);
     const steps = [
       q ? `raw scores: q\u00b7k for each key (D = ${D})` : "raw scores: q and k are not in this file; the scores are",
-      scale !== null ? `scaled: \u00d7 scale = ${scale.toPrecision(6)}${D ? ` = 1/\u221a${D}` : ""} \u2192 the score column` : "scaled scores as given",
+      scale === null ? "scaled scores as given"
+        : `scaled: \u00d7 scale = ${scale.toPrecision(6)}${D ? ` = 1/\u221a${D}` : ""} \u2192 the score column`,
       `masked: ${Lk - allowedCount} of ${Lk} keys blocked \u2192 \u2212\u221e (${maskCode()})`,
-      allowedCount ? `softmax: exp(score \u2212 max) / \u03a3, with max = ${fmt(r.max[i])} and \u03a3 = ${fmt(r.sum[i])}`
+      allowedCount
+        ? `softmax: exp(score \u2212 max) / \u03a3, with max = ${fmt(r.max[i])} and \u03a3 = ${fmt(r.sum[i])}`
         : "softmax: every key is blocked, so every weight is 0 (not NaN) and the output is 0",
-      v ? `weighted sum: output = \u03a3 weight\u2c7c v\u2c7c (Dv = ${Dv})` : "weighted sum: the values are not in this file",
+      v ? `weighted sum: output = \u03a3 weight\u2c7c v\u2c7c (Dv = ${Dv})`
+        : "weighted sum: the values are not in this file",
     ];
     $("step-formulas").replaceChildren(...steps.map((t) => el("li", {}, t)));
     const out = $("output");
@@ -367,7 +385,8 @@
   function renderNumbers(r) {
     const body = $("numbers-body");
     if (Lq * Lk > TABLE_MAX_CELLS) {
-      body.replaceChildren(el("p", { class: "hint" }, `${Lq * Lk} cells: the table is built up to ${TABLE_MAX_CELLS}; ` +
+      body.replaceChildren(el("p", { class: "hint" },
+        `${Lq * Lk} cells: the table is built up to ${TABLE_MAX_CELLS}; ` +
         "the step panel has every number of the selected row"));
       return;
     }
@@ -379,7 +398,8 @@
       tr.append(el("th", {}, DATA.q_tokens[i]));
       for (let j = 0; j < Lk; j++) {
         const ok = r.allowed[i * Lk + j] === 1, w = r.w[i * Lk + j];
-        const td = el("td", { "data-testid": "weight-cell", "data-q": i, "data-k": j, "data-w": w, "data-allowed": ok ? 1 : 0 },
+        const td = el("td", { "data-testid": "weight-cell", "data-q": i, "data-k": j, "data-w": w,
+          "data-allowed": ok ? 1 : 0 },
           ok ? w.toFixed(4) : "\u00d7");
         if (!ok) td.classList.add("blocked");
         tr.append(td);
@@ -415,7 +435,8 @@
     for (let l = 0; l < NL; l++) {
       thumbs.append(el("div", { class: "layer-label" }, DATA.layer_names[l]));
       for (let h = 0; h < NH; h++) {
-        const b = el("button", { class: "thumb", type: "button", "data-testid": "head-thumb", "data-layer": l, "data-head": h,
+        const b = el("button", { class: "thumb", type: "button", "data-testid": "head-thumb", "data-layer": l,
+          "data-head": h,
           title: `${DATA.layer_names[l]} \u00b7 ${DATA.head_names[h]}` });
         const c = el("canvas", { width: size, height: size });
         b.append(c, el("span", {}, DATA.head_names[h]));
@@ -431,8 +452,8 @@
       if (run !== overviewRun) return;
       const end = Math.min(items.length, next + 4);
       for (; next < end; next++) {
-        const [l, h, c] = items[next];
-        drawThumb(c, weightsOf(l, h), size);
+        const [l, h, c] = items[next];   // computed, drawn and dropped: nothing kept per head
+        drawThumb(c, computeWeights(float32s(DATA.scores[l][h]), allowedOf(l, h)), size);
       }
       if (next < items.length) setTimeout(step, 0); else document.body.dataset.overview = "done";
     })();

@@ -1,1 +1,1 @@
-"""Experiments that show why: the seq2seq bottleneck, scaling by sqrt(d_k), additive vs dot-product, cost when n doubles."""
+"""Experiments that show why: the seq2seq bottleneck, scaling by sqrt(d_k), additive vs dot, cost when n doubles."""

@@ -321,8 +321,9 @@ def write(result: dict, out: Path) -> list[str]:
     from matplotlib.figure import Figure                      # matplotlib only when figures are asked for
 
     names = ["bottleneck.json", "bottleneck_accuracy.png", "bottleneck_alignment.png", "bottleneck_training.png"]
-    for name, draw in zip(names[1:], (_accuracy_figure, _alignment_figure, _training_figure)):
-        fig = Figure(figsize=(10, 4), layout="constrained")
+    for name, draw, size in zip(names[1:], (_accuracy_figure, _alignment_figure, _training_figure),
+                                ((10, 4), (12, 6.2), (10, 4))):
+        fig = Figure(figsize=size, layout="constrained")
         draw(fig, result)
         fig.savefig(out / name, dpi=130)
     (out / names[0]).write_text(json.dumps({**result, "files": names}, indent=1))
@@ -348,17 +349,19 @@ def _accuracy_figure(fig, result):
 
 
 def _alignment_figure(fig, result):
+    """Weights of the alignment example, source symbols as a..p and output symbols as A..P."""
     from ...viz.weights import heatmap
 
     a = result["alignment"]
-    src = [str(s) for s in a["source"]]
+    src = [chr(ord("a") + s) for s in a["source"]]
     axes = fig.subplots(1, 2)
     for ax, name in zip(axes, ("additive", "dot")):
-        pred = [str(s) for s in a[name]["prediction"]]
+        pred = [chr(ord("A") + s) for s in a[name]["prediction"]]
         heatmap(np.array(a[name]["weights"]), q_tokens=pred, k_tokens=src, annotate=False, ax=ax,
-                title=f"{MODELS[name]}: {a[name]['anti_diagonal_mass']:.2f} on the reversal partner")
-        ax.set(xlabel="source symbol (key)", ylabel="output symbol (query)")
-    fig.suptitle("Where each output step looks: reversal puts the weight on the anti-diagonal")
+                title=f"{name}: {a[name]['anti_diagonal_mass']:.2f} of the weight on the anti-diagonal")
+        ax.set(xlabel="source symbol (key)", ylabel="predicted output symbol (query)")
+    fig.suptitle("Where each output step looks (one test sequence): reversing puts the weight on the "
+                 "anti-diagonal")
 
 
 def _training_figure(fig, result):

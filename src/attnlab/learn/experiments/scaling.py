@@ -93,7 +93,8 @@ def table(result: dict) -> str:
                     f"{r['jacobian_norm_raw']:>7.4f} {r['jacobian_norm_scaled']:>7.4f}")
     u = result["uniform"]
     rows.append(f"{result['n_queries']} queries x {result['n_keys']} keys; a uniform row has entropy "
-                f"{u['entropy']:.3f} nats and max weight {u['max_weight']:.4f}; |J| is the Frobenius norm of diag(p) - p p^T")
+                f"{u['entropy']:.3f} nats and max weight {u['max_weight']:.4f}; "
+                f"|J| is the Frobenius norm of diag(p) - p p^T")
     return "\n".join(rows)
 
 

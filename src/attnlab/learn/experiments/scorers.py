@@ -8,14 +8,15 @@ Two ways to score a query against a key (Bahdanau et al. 2015; Vaswani et al. 20
 Vaswani et al. (2017, section 3.2.1) note that the two are similar in theory, but dot-product attention "is much
 faster and more space-efficient in practice, since it can be implemented using highly optimized matrix
 multiplication code". This experiment times attnlab's own two implementations (``additive_attention`` with
-A = d, and ``scaled_dot_product_attention``) on the same float32 NumPy inputs at growing n = Lq = Lk and d, in the
-same run (median of 5 timed runs after a warm-up, ``attnlab.measure.time_call``, one BLAS thread), measures the extra memory each
-call allocates (``attnlab.measure.peak_memory``), and puts next to that their accuracy on the bottleneck task,
-read from the JSON that ``attnlab experiment bottleneck`` wrote.
+A = d, and ``scaled_dot_product_attention``) on the same float32 NumPy inputs at growing n = Lq = Lk and d, in
+the same run (median of 5 timed runs after a warm-up, ``attnlab.measure.time_call``, one BLAS thread), measures
+the extra memory each call allocates (``attnlab.measure.peak_memory``), and puts next to that their accuracy on
+the bottleneck task, read from the JSON that ``attnlab experiment bottleneck`` wrote.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def measure(n: int, d: int, rng: np.random.Generator, repeat: int = REPEAT) -> d
     for name, fn in calls.items():
         timing = time_call(fn, repeat=repeat)
         row[f"{name}_s"] = timing.median_s
+        row[f"{name}_min_s"] = timing.min_s
         row[f"{name}_spread"] = round(timing.spread, 3)
         row[f"{name}_peak_bytes"] = peak_memory(fn, warmup=False)
     row["time_ratio"] = row["additive_s"] / row["dot_s"]
@@ -97,8 +99,13 @@ def run(out=None, seed: int = 0, quick: bool = False, bottleneck=None, ns=None, 
                                     f"`attnlab experiment bottleneck --out DIR`")
     accuracy = bottleneck_accuracy(source) if source is not None else None
     rng = np.random.default_rng(seed)
-    with threadpool_limits(limits=1):            # one BLAS thread: both scorers on equal terms, steadier times
-        rows = [measure(n, d, rng) for d in ds for n in ns]
+    gc.collect()
+    gc.freeze()        # time_call collects before every run: skip rescanning what is alive now (torch's objects)
+    try:
+        with threadpool_limits(limits=1):        # one BLAS thread: both scorers on equal terms, steadier times
+            rows = [measure(n, d, rng) for d in ds for n in ns]
+    finally:
+        gc.unfreeze()
     result = {"experiment": "scorers", "seed": seed, "repeat": REPEAT, "dtype": "float32", "blas_threads": 1,
               "rows": rows, "accuracy": accuracy}
     if result["accuracy"] is None:
@@ -111,14 +118,15 @@ def run(out=None, seed: int = 0, quick: bool = False, bottleneck=None, ns=None, 
 
 
 def table(result: dict) -> str:
-    head = (f"{'n':>5} {'d=A':>4} | {'dot ms':>9} {'additive ms':>12} {'ratio':>6} | {'dot MiB':>8} "
-            f"{'additive MiB':>13} {'ratio':>6}")
+    head = (f"{'n':>5} {'d=A':>4} | {'dot ms':>8} {'(min)':>7} {'additive ms':>12} {'(min)':>8} {'ratio':>6} "
+            f"{'(min)':>6} | {'dot MiB':>8} {'additive MiB':>13} {'ratio':>6}")
     rows = [head, "-" * len(head)]
     for r in result["rows"]:
-        rows.append(f"{r['n']:>5} {r['d']:>4} | {1e3 * r['dot_s']:>9.3f} {1e3 * r['additive_s']:>12.3f} "
-                    f"{r['time_ratio']:>6.1f} | {r['dot_peak_bytes'] / 2**20:>8.2f} "
+        rows.append(f"{r['n']:>5} {r['d']:>4} | {1e3 * r['dot_s']:>8.3f} {1e3 * r['dot_min_s']:>7.3f} "
+                    f"{1e3 * r['additive_s']:>12.3f} {1e3 * r['additive_min_s']:>8.3f} {r['time_ratio']:>6.1f} "
+                    f"{r['additive_min_s'] / r['dot_min_s']:>6.1f} | {r['dot_peak_bytes'] / 2**20:>8.2f} "
                     f"{r['additive_peak_bytes'] / 2**20:>13.2f} {r['memory_ratio']:>6.1f}")
-    rows.append(f"median of {result['repeat']} runs after a warm-up, {result['dtype']} NumPy, one head, "
+    rows.append(f"median (and fastest) of {result['repeat']} runs after a warm-up, {result['dtype']} NumPy, one head, "
                 f"{result['blas_threads']} BLAS thread; memory = peak extra bytes allocated by one call (tracemalloc)")
     acc = result["accuracy"]
     if acc is None:
