@@ -1,9 +1,10 @@
 """Check attnlab.cost against measurement: time ratios for n -> 2n and peak memory, predicted vs measured.
 
 For the naive reference path, the tiled kernel and the tiled kernel with a sliding window, at sizes large enough
-that per-call overheads do not dominate, it measures (median of >= 5 runs after a warm-up; tracemalloc peak) at
-n and 2n and prints the model's prediction next to the measurement with the relative error. The target is
-agreement within 25%.
+that per-call overheads do not dominate, it measures time (median of >= 5 runs after a warm-up, the runs at n and
+2n interleaved so that a change in the machine's load hits both alike) and peak memory (tracemalloc) at n and 2n,
+and prints the model's prediction next to the measurement with the relative error. The target is agreement
+within 25%.
 
     .venv/bin/python benchmarks/cost_check.py                 # B=1, H=8, D=64, float32, window 256, 1 thread
     .venv/bin/python benchmarks/cost_check.py --quick         # small sizes, seconds
@@ -42,15 +43,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     shape = dict(heads=args.heads, head_dim=args.head_dim, window=args.window, block=args.block)
     print(f"cost model check: batch 1, {args.heads} heads x {args.head_dim}, float32, window {args.window}, "
-          f"tiles {args.block}x{args.block}, 1 thread, median of {args.repeat}; load average "
+          f"tiles {args.block}x{args.block}, 1 thread, median of {args.repeat} interleaved runs; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at start")
-    rows, failures, cache = [], 0, {}
+    rows, failures = [], 0
     print(f"{'variant':<8} {'n -> 2n':>13} {'ms at n':>9} {'at 2n':>9} {'time x':>7} {'(min)':>6} {'model':>6} "
           f"{'error':>7}   {'peak n':>10} {'model':>10} {'error':>7}   {'peak 2n':>10} {'model':>10} {'error':>7}")
     for variant, n in QUICK_PAIRS if args.quick else PAIRS:
-        a, b = (cache.get((variant, m)) or measure(variant, m, seed=args.seed, repeat=args.repeat, **shape)
-                for m in (n, 2 * n))
-        cache[(variant, n)], cache[(variant, 2 * n)] = a, b
+        a, b = measure(variant, [n, 2 * n], seed=args.seed, repeat=args.repeat, **shape)   # runs interleaved
         t_ratio, t_model = b["time_s"] / a["time_s"], b["predicted_flops"] / a["predicted_flops"]
         t_min = b["time_min_s"] / a["time_min_s"]
         errors = [t_ratio / t_model - 1, a["peak_bytes"] / a["predicted_peak_bytes"] - 1,

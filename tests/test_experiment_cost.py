@@ -43,8 +43,7 @@ def test_predictions_tell_the_n_squared_story(quick_run):
 
 def test_memory_is_deterministic_given_the_seed():
     kwargs = dict(heads=2, head_dim=16, window=16, block=32, seed=5)
-    first = cost_doubling.measure("naive-window", 96, **kwargs)
-    second = cost_doubling.measure("naive-window", 96, **kwargs)
+    first, second = cost_doubling.measure("naive-window", [96, 96], **kwargs)
     assert first["peak_bytes"] == pytest.approx(second["peak_bytes"], rel=0.01)   # a few Python objects vary
     assert first["predicted_peak_bytes"] == second["predicted_peak_bytes"]
     q1, _, _ = cost_doubling.inputs(8, 2, 4, seed=5)

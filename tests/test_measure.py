@@ -5,7 +5,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from attnlab.measure import Timing, peak_memory, time_call
+from attnlab.measure import Timing, peak_memory, time_call, time_calls
 
 
 def test_time_call_runs_warmup_then_repeat():
@@ -13,6 +13,12 @@ def test_time_call_runs_warmup_then_repeat():
     t = time_call(lambda: calls.append(1), repeat=6, warmup=2)
     assert len(calls) == 8 and len(t.runs) == 6
     assert t.min_s <= t.median_s and t.spread >= 0
+
+
+def test_time_calls_interleaves_the_runs():
+    order = []
+    a, b = time_calls(lambda: order.append("a"), lambda: order.append("b"), repeat=5, warmup=1)
+    assert order == ["a", "b"] * 6 and len(a.runs) == len(b.runs) == 5
 
 
 def test_timing_median():
@@ -33,6 +39,8 @@ def test_non_callables_are_rejected():
         time_call(3)
     with pytest.raises(TypeError, match="callable"):
         peak_memory("f")
+    with pytest.raises(TypeError, match="callable"):
+        time_calls(lambda: None, None)
 
 
 def test_peak_memory_sees_a_numpy_buffer():

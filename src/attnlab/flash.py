@@ -40,7 +40,6 @@ from .scores import ScoreMod
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 LOG2E, LN2 = 1.0 / math.log(2.0), math.log(2.0)
-FOLD_MIN_ROWS = 16      # fold the running max into the score matmul from this many rows per tile (not when decoding)
 
 
 @dataclass
@@ -332,7 +331,7 @@ class _Workspace:
         D, Dv = pb.D, pb.Dv
         self.s = np.empty(rows * cols, pb.dtype)                      # scores, then probabilities (R, bk)
         self.qa = np.empty(rows * (D + 1), pb.dtype)                  # [scaled q | -shift]       (R, D + 1)
-        self.ka = np.ones((cols, D + 1), pb.dtype) if rows >= FOLD_MIN_ROWS else None   # [k tile | 1] (bk, D+1)
+        self.ka = np.ones((cols, D + 1), pb.dtype) if rows >= planner.FOLD_MIN_ROWS else None   # [k tile | 1] (bk, D+1)
         self.acc, self.pv, self.tmp = np.empty((3, rows * (Dv + 1)), pb.dtype)   # [sum p v | sum p] (R, Dv + 1)
         self.m, self.m_new, self.alpha = np.empty((3, rows), pb.dtype)
         self.ones = np.ones(cols, pb.dtype)
@@ -356,7 +355,7 @@ def _task(pb, ws, task, out, lse, counts):
     qa[:, D] = 0
     K, V = pb.k[idx][0], pb.v[idx][0]                                           # (Lk, D), (Lk, Dv)
     st = _RowState(ws, R, Dv, pb.dtype)
-    fold = pb.mods is None and R >= FOLD_MIN_ROWS          # tall enough to pay for copying the key tile
+    fold = pb.mods is None and R >= planner.FOLD_MIN_ROWS          # tall enough to pay for copying the key tile
     row_map = pb.maps[idx][i]
     for j in range(j_lo, j_hi):
         ks, ke = j * bk, min(lay.Lk, (j + 1) * bk)

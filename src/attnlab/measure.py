@@ -5,6 +5,8 @@ they print is taken the same way.
 
 - ``time_call(fn)``: warm-up runs first (caches, lazy imports, BLAS buffers), then the median of ``repeat >= 5``
   timed runs with ``time.perf_counter``. The median resists the outliers a busy machine produces.
+- ``time_calls(f, g, ...)``: the same for several callables, their runs interleaved (f, g, f, g, ...), so that a
+  change in the machine's load hits all of them alike: the way to measure a ratio such as time(2n) / time(n).
 - ``peak_memory(fn)``: the highest number of bytes allocated through Python's allocator hooks during one call,
   above what was allocated when the call started. NumPy reports its array buffers to tracemalloc, so for NumPy code
   this is the extra memory the call needed, its output included. PyTorch tensors are not seen. A warm-up call runs
@@ -49,21 +51,29 @@ class Timing:
 
 def time_call(fn, *, repeat: int = 5, warmup: int = 1) -> Timing:
     """Run ``fn()`` ``warmup`` times untimed, then ``repeat`` (>= 5) times timed; return the times."""
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    return time_calls(fn, repeat=repeat, warmup=warmup)[0]
+
+
+def time_calls(*fns, repeat: int = 5, warmup: int = 1) -> list[Timing]:
+    """Like ``time_call`` for each of ``fns``, with the runs interleaved round by round."""
+    for fn in fns:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 5:
         raise ValueError(f"repeat must be an integer >= 5 (the median needs enough runs), got {repeat!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
     for _ in range(warmup):
-        fn()
-    runs = []
+        for fn in fns:
+            fn()
+    runs = [[] for _ in fns]
     for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return Timing(tuple(runs))
+        for fn, times in zip(fns, runs):
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return [Timing(tuple(times)) for times in runs]
 
 
 def peak_memory(fn, *, warmup: bool = True) -> int:

@@ -33,6 +33,7 @@ from .masks import EMPTY, FULL, PARTIAL
 
 MEMORY_BUDGET = 256 * 2**20          # bytes the reference path may use for score-sized intermediates
 TILED_FROM_SCORES = 2**21            # impl="auto" on NumPy picks the tiled kernel from this many scores (B*H*Lq*Lk)
+FOLD_MIN_ROWS = 16                   # tiles of this many rows fold the running max into the score matmul
 SCORES_PER_THREAD = 2**18            # below this many scores per thread the kernel runs on fewer threads
 REFERENCE_COPIES = (3.25, 5.0)       # score-sized float arrays alive at once in the reference path, without / with
                                      # a mask (tracemalloc peaks, B=2 H=4 n=1024 float32, see tests/test_plan.py)
@@ -298,7 +299,7 @@ def decide(p, mask, *, impl="auto", return_weights=False, numpy=True, threads=No
     bq, bk = check_block(block_q, "block_q") or bq, check_block(block_k, "block_k") or bk
     n_scores = math.prod(lay.scores_shape)
     ref_bytes = int(REFERENCE_COPIES[mask is not None] * n_scores * itemsize)
-    tiled_bytes = tiled_memory(lay, bq, bk, threads, itemsize)
+    tiled_bytes = tiled_memory(lay, bq, bk, threads, itemsize, masked=mask is not None)
     blocker = _tiled_blocker(numpy, p.q.dtype)
     chosen, reason = _choose(impl, return_weights, blocker, ref_bytes, n_scores, budget)
     tiles = None
@@ -340,13 +341,21 @@ def check_threads(threads) -> int:
     return int(threads)
 
 
-def tiled_memory(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: int) -> int:
-    """Per-thread tile buffers (scores, mask, products, accumulators) plus the row statistics (lse)."""
+def tiled_memory(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool = True) -> int:
+    """Extra bytes of ``attnlab.flash_attention`` beyond inputs and output: per thread the score tile, the scaled
+    queries, the key tile with its column of ones, the accumulators and row statistics (and on a partial tile
+    the evaluated mask and its negation); once the log-sum-exp rows and, with split keys, the partial outputs."""
     rows = lay.r * min(block_q, max(lay.Lq, 1))
     cols = min(block_k, max(lay.Lk, 1))
     D, Dv = lay.q.shape[-1], lay.v.shape[-1]
-    per_thread = rows * cols * (2 * itemsize + 2) + rows * (D + 3 * Dv + 8) * itemsize
-    return threads * per_thread + math.prod(lay.scores_shape[:-1]) * itemsize
+    per_thread = itemsize * (rows * cols + rows * (D + 1) + 3 * rows * (Dv + 1) + 3 * rows + cols)
+    per_thread += itemsize * cols * (D + 1) if rows >= FOLD_MIN_ROWS else 0
+    per_thread += 2 * rows * cols if masked else 0
+    pairs = math.prod(lay.lead) * math.ceil(lay.Lq / block_q)
+    splits = kv_splits(threads, pairs, math.ceil(lay.Lk / block_k))
+    used = used_threads(threads, pairs * splits, math.prod(lay.scores_shape))
+    rows_out = math.prod(lay.scores_shape[:-1])
+    return used * per_thread + splits * rows_out * itemsize + (splits - 1) * rows_out * (Dv + 1) * itemsize
 
 
 def _tiled_blocker(numpy, dtype):

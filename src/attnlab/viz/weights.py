@@ -12,11 +12,15 @@ from ._figure import (WEIGHT_CMAP, as_matrix, blocked_legend_handle, draw_matrix
 
 def blocked_cells(mask, Lq: int, Lk: int) -> np.ndarray:
     """The cells a mask blocks, as a boolean (Lq, Lk) array (True = blocked); ``mask`` is a Mask or a bool array
-    with True = may attend."""
+    with True = may attend.
+
+    >>> blocked_cells(masks_mod.padding([2]), 2, 3).astype(int).tolist()
+    [[0, 0, 1], [0, 0, 1]]
+    """
     if mask is None:
         return np.zeros((Lq, Lk), bool)
-    if isinstance(mask, masks_mod.Mask):
-        allowed = mask.to_array(Lq, Lk)
+    if isinstance(mask, masks_mod.Mask):   # batch row 0 and head 0 of masks that depend on them (padding)
+        allowed = np.array(mask.evaluate(Lq, Lk, np.arange(Lq)[:, None], np.arange(Lk)[None, :]), dtype=bool)
     else:
         allowed = np.asarray(mask)
         if allowed.dtype != bool:

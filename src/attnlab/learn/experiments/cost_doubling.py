@@ -36,7 +36,7 @@ import numpy as np
 
 from ... import cost, planner
 from ...attention import scaled_dot_product_attention
-from ...measure import peak_memory, time_call
+from ...measure import peak_memory, time_calls
 
 VARIANTS = ("naive", "tiled", "window", "naive-window")
 QUICK = dict(n=64, heads=2, head_dim=16, window=16, block=32)
@@ -69,24 +69,29 @@ def predict(variant: str, n: int, *, heads: int, head_dim: int, window: int, blo
     return cost.estimate(cfg, n, dtype="float32", mask=mask, block_q=block, block_k=block, threads=1)
 
 
-def measure(variant: str, n: int, *, heads: int, head_dim: int, window: int, block: int, seed: int,
-            repeat: int = 5) -> dict:
-    """Time (median of ``repeat`` runs after a warm-up) and peak memory of one variant at n, with predictions.
+def measure(variant: str, sizes, *, heads: int, head_dim: int, window: int, block: int, seed: int,
+            repeat: int = 5) -> list[dict]:
+    """Time and peak memory of one variant at each of ``sizes``, with the model's predictions: one dict per size.
 
-    BLAS runs on one thread for every variant, as the model assumes: on a shared machine a multi-threaded BLAS
-    waiting for a busy core adds a fixed delay per call that hides the n^2 growth.
+    Time: the median of ``repeat`` runs after a warm-up, the sizes' runs interleaved (n, 2n, 4n, n, 2n, ...) so a
+    change in the machine's load cannot fake a ratio. BLAS runs on one thread, as the model assumes: on a shared
+    machine a multi-threaded BLAS waiting for a busy core adds a fixed delay per call that hides the n^2 growth.
     """
-    q, k, v = inputs(n, heads, head_dim, seed)
-    call = attention_call(variant, q, k, v, window=window, block=block)
-    model = predict(variant, n, heads=heads, head_dim=head_dim, window=window, block=block)
-    path = model.naive if variant.startswith("naive") else model.tiled
-    with _blas_controller().limit(limits=1, user_api="blas"), memory_budget(2 * model.naive.peak_bytes):
-        timing = time_call(call, repeat=repeat)
-        peak = peak_memory(call)
-    return {"variant": variant, "n": n, "time_s": timing.median_s, "time_min_s": timing.min_s,
-            "time_runs_s": list(timing.runs),
-            "peak_bytes": peak, "predicted_flops": path.flops, "useful_flops": model.useful_flops,
-            "predicted_peak_bytes": path.peak_bytes}
+    sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+    data = [inputs(n, heads, head_dim, seed) for n in sizes]
+    calls = [attention_call(variant, *qkv, window=window, block=block) for qkv in data]
+    models = [predict(variant, n, heads=heads, head_dim=head_dim, window=window, block=block) for n in sizes]
+    budget = 2 * max(m.naive.peak_bytes for m in models)
+    with _blas_controller().limit(limits=1, user_api="blas"), memory_budget(budget):
+        timings = time_calls(*calls, repeat=repeat)
+        peaks = [peak_memory(call) for call in calls]
+    rows = []
+    for n, timing, peak, model in zip(sizes, timings, peaks, models):
+        path = model.naive if variant.startswith("naive") else model.tiled
+        rows.append({"variant": variant, "n": n, "time_s": timing.median_s, "time_min_s": timing.min_s,
+                     "time_runs_s": list(timing.runs), "peak_bytes": peak, "predicted_flops": path.flops,
+                     "useful_flops": model.useful_flops, "predicted_peak_bytes": path.peak_bytes})
+    return rows
 
 
 @contextmanager
@@ -140,14 +145,14 @@ def run(n: int = 512, out="attnlab-experiments", seed: int = 0, quick: bool = Fa
     sizes = [n, 2 * n, 4 * n]
     shape = dict(heads=heads, head_dim=head_dim, window=window, block=block)
     echo(f"attention at n = {sizes}: batch 1, {heads} heads x {head_dim}, float32, window {window} keys, "
-         f"tiles {block}x{block}, 1 thread; median of {repeat} runs after a warm-up; peak memory by tracemalloc")
+         f"tiles {block}x{block}, 1 thread; median of {repeat} interleaved runs after a warm-up; peak memory by "
+         f"tracemalloc")
     rows = []
     for variant in VARIANTS:
-        for size in sizes:
-            rows.append(measure(variant, size, seed=seed, repeat=repeat, **shape))
-            r = rows[-1]
-            echo(f"  {variant:<13} n={size:<6} {r['time_s'] * 1e3:9.2f} ms  peak {r['peak_bytes'] / 2**20:9.2f} MiB"
-                 f"  (model {r['predicted_peak_bytes'] / 2**20:9.2f} MiB)")
+        rows += measure(variant, sizes, seed=seed, repeat=repeat, **shape)
+        for r in rows[-len(sizes):]:
+            echo(f"  {variant:<13} n={r['n']:<6} {r['time_s'] * 1e3:9.2f} ms  peak {r['peak_bytes'] / 2**20:9.2f} "
+                 f"MiB  (model {r['predicted_peak_bytes'] / 2**20:9.2f} MiB)")
     ratios = step_ratios(rows)
     echo(format_ratios(ratios))
     conclusion = conclude(ratios)
