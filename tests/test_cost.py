@@ -30,8 +30,9 @@ def test_hand_computed_dense():
     assert c.tiled.bytes_moved == (32 + 32 + 8 * 8) * 4 * heads_layers
     full = 2 * 2 * 64 * 4
     assert c.naive.peak_bytes == 3 * full
-    # output + lse (4 x 8 x (4 + 1) floats) + one thread's tile (8 x 8), q/acc/pv rows (8 x 12), 6 row vectors
-    assert c.tiled.peak_bytes == (4 * 8 * 5 + 64 + 8 * 12 + 6 * 8) * 4
+    # output + lse (4 x 8 x (4 + 1) floats) + one thread's tile (8 x 8), [q | -m] rows (8 x 5), acc/pv/tmp rows
+    # (3 x 8 x 5), 3 row vectors, a column of ones (8); no [k | 1] tile below 16 rows
+    assert c.tiled.peak_bytes == (4 * 8 * 5 + 64 + 8 * 5 + 3 * 8 * 5 + 3 * 8 + 8) * 4
     assert c.kv_bytes_per_token == 2 * 3 * 2 * 4 * 4
     assert c.kv_cache_bytes == 2 * 8 * c.kv_bytes_per_token
 

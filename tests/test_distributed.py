@@ -80,7 +80,7 @@ def _rank_checks(group):
                        "lse_vs_single": float((whole_lse - single_lse).abs().max()),
                        "vs_truth": float((whole.double() - truth).abs().max()),
                        "single_vs_truth": float((single.double() - truth).abs().max())}
-        stats_out[key] = {"cells": stats["cells"], "blocks": stats["blocks_computed"],
+        stats_out[key] = {"cells": stats["cells"], "blocks": stats["blocks_computed"], "computed": stats["computed"],
                           "kv_bytes_own": stats["kv_bytes_own"], "kv_bytes_peak": stats["kv_bytes_peak"]}
     for name, L, layout in GRAD_CASES:
         q, k, v = (x.double() for x in full_inputs(L, torch.float32))
@@ -194,6 +194,8 @@ def test_work_and_memory_stats(world):
         balance = work_balance(L, world, layout, mask, B=B, H=H)
         assert cells == balance["cells"], key
         assert [r["stats"][key]["blocks"] for r in per_rank] == balance["blocks"], key
+        assert [r["stats"][key]["computed"] for r in per_rank] == balance["computed"], key
+        assert all(c >= a for c, a in zip(balance["computed"], cells)), key
         lengths = local_lengths(world, L, layout)
         itemsize = 4 * B * G * 2 * D                             # one position of k and v, float32
         for r, rank_stats in enumerate(per_rank):
@@ -239,7 +241,9 @@ def test_zigzag_balances_causal_work():
         zigzag = work_balance(L, world, "zigzag", causal=True)
         total = L * (L + 1) // 2
         assert sum(contiguous["cells"]) == sum(zigzag["cells"]) == total
-        assert zigzag["imbalance"] < 1.01 < contiguous["imbalance"]
+        assert zigzag["imbalance"] == 1.0 and contiguous["imbalance"] == 2 * world / (world + 1)
+        n = L // (2 * world)                                      # chunk length: the zigzag pieces are n x n
+        assert zigzag["computed"] == [(3 + 2 * (world - 1)) * n * n] * world
         assert contiguous["blocks"] == list(range(1, world + 1))     # rank r computes r + 1 blocks
         assert zigzag["blocks"] == [world] * world
 

@@ -26,10 +26,11 @@ Peak extra memory of one call (above its inputs):
            matrices of B H Lq Lk: the scores, the shifted scores and their exp (3) when unmasked; with a mask also
            the masked copy and the zero fill of ``where`` (5), plus the boolean mask itself (Lq Lk bytes).
     tiled: ``attnlab.flash_attention``'s buffers: the output and the per-row log-sum-exp, O(n D), plus per thread
-           one R x block_k score tile (R = r block_q rows; the probabilities overwrite the scores), R x (D + 2 Dv)
-           for the scaled queries, the accumulator and P V, 6 row vectors, and on a partial tile of a mask
-           PARTIAL_TILE_BYTES per cell plus NumPy's UFUNC_BUFFER for evaluating the mask: O(threads block_q
-           block_k + n D), never n^2. Both paths first check V for non-finite values (one byte per element of V).
+           one R x block_k score tile (R = r block_q rows; the probabilities overwrite the scores), R x (D + 1)
+           for the scaled queries and the folded running max, 3 R x (Dv + 1) for the accumulator, P V and a
+           spare, 3 row vectors, a column of ones, from 16 rows a block_k x (D + 1) key tile with its column of
+           ones, and on a partial tile of a mask PARTIAL_TILE_BYTES per cell plus NumPy's UFUNC_BUFFER for
+           evaluating the mask: O(threads block_q block_k + n D), never n^2.
 
 KV cache (per sequence): 2 (K and V) * n_layers * G * D * itemsize bytes per token; a sliding window of w keys
 needs only the last w tokens (the rolling buffer cache of Jiang et al. 2023, "Mistral 7B", section 2).
@@ -356,7 +357,8 @@ def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threa
     tasks, nkb = G * -(-Lq // block_q), -(-Lk // block_k)
     splits = min(nkb, -(-threads // tasks)) if nkb > 1 and tasks < threads else 1   # keys split when few tasks
     used = min(threads, tasks * splits)
-    per_thread = (R * cols + R * (D + 2 * Dv) + 6 * R) * size
+    per_thread = (R * cols + R * (D + 1) + 3 * R * (Dv + 1) + 3 * R + cols) * size        # tile, [q | -m], acc
+    per_thread += cols * (D + 1) * size if R >= 16 else 0     # [k | 1] key tile: planner.FOLD_MIN_ROWS rows up
     if spec[0] != "dense":
         per_thread += R * cols * PARTIAL_TILE_BYTES + min(R * cols, UFUNC_BUFFER[0]) * UFUNC_BUFFER[1]
     return PathCost(
@@ -365,7 +367,7 @@ def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threa
         exp_count=(tiles.cells + tiles.rescales) * H * layers,
         score_bytes=used * R * cols * size,
         bytes_moved=(H * Lq * (D + Dv) + G * tiles.keys_read * (D + Dv)) * size * layers,
-        peak_bytes=max(splits * H * Lq * (Dv + 1) * size + used * per_thread, G * Lk * Dv))
+        peak_bytes=splits * H * Lq * (Dv + 1) * size + used * per_thread)
 
 
 # --- n -> 2n -----------------------------------------------------------------------------------------------------

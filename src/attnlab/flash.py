@@ -182,6 +182,18 @@ class _Problem:
         allowed = self.mask.evaluate(self.lay.Lq, self.lay.Lk, q_pos[:, None], np.arange(ks, ke)[None, :], b, h)
         return PARTIAL, allowed
 
+    @staticmethod
+    def trim(allowed, ks, ke):
+        """Narrow a partial tile to the columns some row may attend to: (allowed, ks, ke), or None when none may.
+
+        On the diagonal of a causal mask this leaves the triangle instead of the whole tile."""
+        cols = allowed.any(axis=tuple(range(allowed.ndim - 1)))               # (cols,)
+        first = int(cols.argmax())
+        if not cols[first]:
+            return None
+        stop = len(cols) - int(cols[::-1].argmax())
+        return allowed[..., first:stop], ks + first, ks + stop
+
     def modify(self, s3, idx, q_sel, q_pos, ks, ke, allowed):
         """Add the bias, apply the score modifier and the mask to a tile of scaled scores s3 (r, rows, cols)."""
         if self.bias_arr is not None:
@@ -360,6 +372,9 @@ def _task(pb, ws, task, out, lse, counts):
     for j in range(j_lo, j_hi):
         ks, ke = j * bk, min(lay.Lk, (j + 1) * bk)
         state, allowed = pb.classify(idx, q_sel, q_pos, ks, ke, row_map[j])
+        if allowed is not None:
+            trimmed = pb.trim(allowed, ks, ke)
+            state, (allowed, ks, ke) = (EMPTY, (None, ks, ke)) if trimmed is None else (state, trimmed)
         counts[state] += 1
         if state == EMPTY:
             continue
@@ -438,15 +453,14 @@ class _RowState:
         return bool((self.m > self.lowest).all())
 
     def finish(self, dest_out, dest_lse):
-        """out = acc / l (0 for a row with nothing to attend to), lse = (m + log2 l) * ln 2."""
-        l = self.acc[:, self.Dv]
-        empty = ~(l > 0)
-        np.divide(self.acc[:, :self.Dv], np.where(empty & ~np.isnan(l), 1, l)[:, None],
-                  out=self.acc[:, :self.Dv])
-        dest_out[...] = self.acc[:, :self.Dv].reshape(dest_out.shape)
-        with np.errstate(divide="ignore"):
-            row_lse = (np.maximum(self.m, self.lowest) + np.log2(l)) * LN2
-        dest_lse[...] = np.where(empty & ~np.isnan(l), -np.inf, row_lse).reshape(dest_lse.shape)
+        """out = acc / l, 0 where l = 0 (nothing to attend to); lse = (m + log2 l) * ln 2, -inf where l = 0.
+
+        dest_out (r, rows, Dv) and dest_lse (r, rows) are views into the output."""
+        acc = self.acc.reshape(dest_out.shape[:-1] + (self.Dv + 1,))            # (r, rows, Dv + 1)
+        l = acc[..., self.Dv:]                                                  # (r, rows, 1)
+        np.divide(acc[..., :self.Dv], np.where(l == 0, 1, l), out=dest_out)      # NaN rows stay NaN
+        row_lse = np.log2(l[..., 0]) + np.maximum(self.m, self.lowest).reshape(dest_lse.shape)
+        np.multiply(row_lse, LN2, out=dest_lse)
 
 
 def _pv(p, v, out):

@@ -94,8 +94,8 @@ class Ring:
 
     def _error(self, doing: str, peer: int | None, err: Exception) -> RingError:
         who = "another rank" if peer is None else f"peer rank {peer}"
-        return RingError(f"attnlab.distributed: rank {self.rank} of {self.world} failed {doing}: {who} died, stalled or "
-                         f"never joined (timeout {self.timeout_s:g} s). Check that rank's log. "
+        return RingError(f"attnlab.distributed: rank {self.rank} of {self.world} failed {doing}: {who} died, "
+                         f"stalled or never joined (timeout {self.timeout_s:g} s). Check that rank's log. "
                          f"[{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}]",
                          peer=peer, timeout_s=self.timeout_s)
 

@@ -82,8 +82,8 @@ def run(args) -> dict | None:
     if args.no_check:                        # only this rank's shard ever exists here
         gen = torch.Generator().manual_seed(args.seed + rank)
         full = None
-        q, k, v = (torch.randn(s[:2] + (len(positions(rank, world, args.seq, args.layout)),) + s[3:], generator=gen, dtype=dtype)
-                   for s in shapes)
+        n = len(positions(rank, world, args.seq, args.layout))
+        q, k, v = (torch.randn(s[:2] + (n,) + s[3:], generator=gen, dtype=dtype) for s in shapes)
     else:
         gen = torch.Generator().manual_seed(args.seed)
         full = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
@@ -111,8 +111,8 @@ def run(args) -> dict | None:
         return None
     balance = work_balance(args.seq, world, args.layout, mask, B=args.batch, H=args.heads)
     summary = {"args": {k: v for k, v in vars(args).items() if k != "json"}, "world": world,
-               "backend": dist.get_backend(), "rows": rows, "max_abs_error": error, "single_process_ms": ref_ms, "single_process_impl": ref_impl,
-               "imbalance": balance["imbalance"]}
+               "backend": dist.get_backend(), "rows": rows, "max_abs_error": error, "single_process_ms": ref_ms,
+               "single_process_impl": ref_impl, "imbalance": balance["imbalance"]}
     print(report(summary))
     return summary
 
@@ -139,15 +139,17 @@ def report(summary: dict) -> str:
     lines = [f"ring attention: P={summary['world']} backend={summary['backend']} layout={a['layout']} "
              f"mask={a['mask']} L={a['seq']} B={a['batch']} H={a['heads']} G={a['kv_heads'] or a['heads']} "
              f"D={a['dim']} {a['dtype']} threads/rank={a['threads']}",
-             f"{'rank':>4} {'L_local':>7} {'blocks':>6} {'cells':>10} {'KV own KiB':>10} {'KV peak KiB':>11} "
-             f"{'sent KiB':>9} {'fwd ms':>8} {'compute ms':>10} {'wait ms':>8} {'bwd ms':>8} {'RSS+ MiB':>8}"]
+             f"{'rank':>4} {'L_local':>7} {'blocks':>6} {'pieces':>6} {'allowed':>10} {'computed':>10} "
+             f"{'KV own KiB':>10} {'KV peak KiB':>11} {'sent KiB':>9} {'fwd ms':>8} {'compute ms':>10} "
+             f"{'wait ms':>8} {'bwd ms':>8} {'RSS+ MiB':>8}"]
     for r in summary["rows"]:
         bwd = f"{r['backward_ms']:8.1f}" if r["backward_ms"] is not None else f"{'-':>8}"
-        lines.append(f"{r['rank']:>4} {r['L_local']:>7} {r['blocks_computed']:>6} {r['cells']:>10} "
+        lines.append(f"{r['rank']:>4} {r['L_local']:>7} {r['blocks_computed']:>6} {r['sub_blocks']:>6} "
+                     f"{r['cells']:>10} {r['computed']:>10} "
                      f"{r['kv_bytes_own'] / 1024:>10.1f} {r['kv_bytes_peak'] / 1024:>11.1f} "
                      f"{r['bytes_sent'] / 1024:>9.1f} {r['forward_ms']:>8.1f} {1e3 * r['compute_s']:>10.1f} "
                      f"{1e3 * r['wait_s']:>8.1f} {bwd} {r['rss_growth_mib']:>8.1f}")
-    lines.append(f"work imbalance (max/mean allowed cells): {summary['imbalance']:.3f}")
+    lines.append(f"work imbalance (max/mean computed score cells): {summary['imbalance']:.3f}")
     if summary["max_abs_error"] is not None:
         lines.append(f"max |ring - single-process attnlab| = {summary['max_abs_error']:.3e}   "
                      f"(single process, impl={summary['single_process_impl']}: "

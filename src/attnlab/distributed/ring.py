@@ -8,9 +8,13 @@ the partial results are merged exactly with ``attnlab.merge_attention`` in float
 
     step t (t = 0..P-1) on rank r:  block of rank s = (r - t) mod P
         post send(block -> r+1), recv(next block <- r-1)      the transfer overlaps the compute below
-        o_s, lse_s = attention(q_r, k_s, v_s, mask[pos_r, pos_s], return_lse=True)   (skipped if that mask is empty)
-        (out, lse) = merge_attention(out, lse, o_s, lse_s)
+        for each piece (contiguous query range x contiguous key range) the mask does not empty:
+            o, lse_p = attention(q_r[rows], k_s[keys], v_s[keys], mask[rows, keys], return_lse=True)
+            (out, lse)[rows] = merge_attention((out, lse)[rows], o, lse_p)
         wait for the transfer (timeout -> RingError naming the peer)
+
+A zigzag shard is two contiguous chunks, so a block has up to 2 x 2 pieces; under a causal mask the empty ones
+are skipped, which halves the work of every off-diagonal block and makes every rank's work equal.
 
 Ring attention: Liu, Zaharia & Abbeel 2023 ("Ring Attention with Blockwise Transformers"); the merge is the
 online-softmax rescaling (Milakov & Gimelshein 2018). The zigzag layout balances causal work (Brandon et al. 2023).
@@ -25,6 +29,7 @@ and is back at its owner after P shifts.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,9 +41,6 @@ from ..attention import scaled_dot_product_attention
 from ..merge import merge_attention
 from . import layout as layout_mod
 from .comm import Ring, RingError
-
-EMPTY = "empty"          # a block whose mask is all False: skipped, no compute
-
 
 def ring_attention(q, k, v, *, mask=None, causal=False, group=None, layout="zigzag", scale=None, timeout=None,
                    return_lse=False, stats=None):
@@ -84,7 +86,7 @@ class _Plan:
             raise ValueError(f"the ranks hold shards of lengths {self.lengths} (L={self.L}), but the {layout} layout "
                              f"over {P} ranks needs {expected}: cut the sequence with "
                              f"attnlab.distributed.shard(x, rank, world, {layout!r})")
-        self.positions = [layout_mod.positions(r, P, self.L, self.layout) for r in range(P)]
+        self.ranges = [layout_mod.ranges(r, P, self.L, self.layout) for r in range(P)]
         self.mask = _combined_mask(mask, causal, self.L, B, H)
         if self.mask is not None:                  # a mask that cannot be evaluated fails here, before any transfer
             self.mask.evaluate(self.L, self.L, np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64))
@@ -105,10 +107,10 @@ class _Plan:
                                 peer=r)
         return [r[0] for r in rows]
 
-    def block_mask(self, src: int):
-        """Mask of (this rank's queries, rank ``src``'s keys): None (all allowed), EMPTY, or a bool tensor."""
+    def sub_blocks(self, src: int) -> list["SubBlock"]:
+        """The parts of (this rank's queries) x (rank ``src``'s keys) that the mask does not empty."""
         if src not in self._blocks:
-            self._blocks[src] = block_mask(self.mask, self.L, self.positions[self.ring.rank], self.positions[src],
+            self._blocks[src] = sub_blocks(self.mask, self.L, self.ranges[self.ring.rank], self.ranges[src],
                                            self.B, self.H, self.device)
         return self._blocks[src]
 
@@ -152,46 +154,79 @@ def _combined_mask(mask, causal: bool, L: int, B: int, H: int):
     return mask
 
 
-def block_mask(mask, L: int, q_pos: np.ndarray, k_pos: np.ndarray, B: int = 1, H: int = 1, device=None):
-    """The mask between queries at global positions ``q_pos`` and keys at ``k_pos`` of a length-L sequence:
-    None when every cell is allowed, EMPTY when none is, else a boolean tensor (Lq, Lk) or (B|1, H|1, Lq, Lk)."""
+@dataclass
+class SubBlock:
+    """One contiguous (query range) x (key range) piece of a block that has at least one allowed cell."""
+
+    q: slice          # rows of this rank's queries
+    k: slice          # rows of the visiting key/value block
+    mask: object      # None (every cell allowed) or a bool tensor (rows, keys) or (B|1, H|1, rows, keys)
+    cells: int        # allowed score cells, over all batch rows and heads
+    size: int         # score cells computed: B * H * rows * keys
+
+
+def sub_blocks(mask, L: int, q_ranges, k_ranges, B: int = 1, H: int = 1, device=None) -> list[SubBlock]:
+    """Split the block (queries at ``q_ranges``) x (keys at ``k_ranges``) of a length-L sequence (global positions,
+    contiguous (start, stop) ranges as ``layout.ranges`` gives them) into one piece per pair of ranges and keep
+    the pieces the mask does not empty. Under a causal mask a zigzag block has 2 x 2 pieces, of which one or two
+    are empty: skipping them halves the work of every off-diagonal block."""
+    pieces, q_off = [], 0
+    for qa, qb in q_ranges:
+        k_off = 0
+        for ka, kb in k_ranges:
+            rows, keys = slice(q_off, q_off + qb - qa), slice(k_off, k_off + kb - ka)
+            size = B * H * (qb - qa) * (kb - ka)
+            kind = _tile_kind(mask, L, qa, qb, ka, kb)
+            if kind == masks_mod.FULL:
+                pieces.append(SubBlock(rows, keys, None, size, size))
+            elif kind != masks_mod.EMPTY:
+                arr = _evaluate(mask, L, np.arange(qa, qb), np.arange(ka, kb), B, H)
+                allowed = int(arr.sum()) * size // arr.size
+                if allowed:
+                    blk = None if allowed == size else torch.from_numpy(np.array(arr, dtype=bool)).to(device)
+                    pieces.append(SubBlock(rows, keys, blk, allowed, size))
+            k_off += kb - ka
+        q_off += qb - qa
+    return pieces
+
+
+def _tile_kind(mask, L, qa, qb, ka, kb):
+    """FULL / EMPTY from the mask's tile classifier without evaluating cells; PARTIAL when it cannot tell."""
     if mask is None:
-        return None
+        return masks_mod.FULL
+    if mask.tile_fn is None or mask.batch is not None or mask.heads is not None:
+        return masks_mod.PARTIAL
+    one = lambda x: np.array([[x]])
+    return int(np.asarray(mask.tile_fn(L, L, one(qa), one(qb), one(ka), one(kb), 0, 0)).reshape(-1)[0])
+
+
+def _evaluate(mask, L, q_pos, k_pos, B, H):
+    """The mask at global positions: (rows, keys), or (B|1, H|1, rows, keys) when it depends on batch or head."""
     b = np.arange(B)[:, None, None, None] if mask.batch is not None else 0
     h = np.arange(H)[None, :, None, None] if mask.heads is not None else 0
-    arr = mask.evaluate(L, L, q_pos[:, None], k_pos[None, :], b, h)     # Lq = Lk = L: positions are global
-    if not arr.any():
-        return EMPTY
-    return None if arr.all() else torch.from_numpy(np.array(arr, dtype=bool)).to(device)
-
-
-def _cells(blk, B: int, H: int, Lq: int, Lk: int) -> int:
-    """Allowed score cells of a block, over all batch rows and heads."""
-    if blk is EMPTY:
-        return 0
-    if blk is None:
-        return B * H * Lq * Lk
-    return int(blk.sum()) * (B * H) // (int(np.prod(blk.shape[:-2])) if blk.ndim == 4 else 1)
+    return mask.evaluate(L, L, q_pos[:, None], k_pos[None, :], b, h)     # Lq = Lk = L: positions are global
 
 
 def work_balance(L: int, world: int, layout: str = "zigzag", mask=None, causal: bool = False, B: int = 1,
                  H: int = 1) -> dict:
-    """Per-rank work of ring attention without running it: blocks computed (of ``world``) and allowed score
-    cells, and the imbalance max/mean of the cells (1.0 = perfectly balanced).
+    """Per-rank work of ring attention without running it: blocks with work (of ``world``), allowed score
+    cells, score cells computed (the non-empty pieces, see ``sub_blocks``), and the imbalance max/mean of the
+    computed cells (1.0 = perfectly balanced).
 
-    >>> work_balance(8, 2, "contiguous", causal=True)["cells"], work_balance(8, 2, "zigzag", causal=True)["cells"]
-    ([10, 26], [18, 18])
+    >>> [work_balance(8, 2, layout, causal=True)["computed"] for layout in ("contiguous", "zigzag")]
+    [[16, 32], [20, 20]]
     """
     m = _combined_mask(mask, causal, L, B, H)
-    pos = [layout_mod.positions(r, world, L, layout) for r in range(world)]
-    cells, blocks = [], []
+    rng = [layout_mod.ranges(r, world, L, layout) for r in range(world)]
+    blocks, cells, computed = [], [], []
     for r in range(world):
-        per = [block_mask(m, L, pos[r], pos[s], B, H) for s in range(world)]
-        cells.append(sum(_cells(blk, B, H, len(pos[r]), len(pos[s])) for blk, s in zip(per, range(world))))
-        blocks.append(sum(blk is not EMPTY for blk in per))
-    mean = sum(cells) / world
-    return {"layout": layout, "world": world, "L": L, "blocks": blocks, "cells": cells,
-            "imbalance": (max(cells) / mean) if mean else 1.0}
+        per = [sub_blocks(m, L, rng[r], rng[s], B, H) for s in range(world)]
+        blocks.append(sum(bool(pieces) for pieces in per))
+        cells.append(sum(p.cells for pieces in per for p in pieces))
+        computed.append(sum(p.size for pieces in per for p in pieces))
+    mean = sum(computed) / world
+    return {"layout": layout, "world": world, "L": L, "blocks": blocks, "cells": cells, "computed": computed,
+            "imbalance": (max(computed) / mean) if mean else 1.0}
 
 
 # --- forward and backward around the ring ----------------------------------------------------------------------
@@ -214,7 +249,8 @@ class _RingAttention(torch.autograd.Function):
 def _ring_forward(plan: _Plan, q, own):
     """own = (k, v) of this rank. Returns (out, lse) in the merge dtype."""
     ring, P = plan.ring, plan.ring.world
-    out = lse = None
+    out = q.new_zeros(q.shape[:3] + own[1].shape[3:], dtype=plan.acc)       # (B, H, Lq_r, Dv)
+    lse = q.new_full(q.shape[:3], -float("inf"), dtype=plan.acc)           # (B, H, Lq_r): nothing seen yet
     cur = own
     tally = _Tally(plan, own)
     for t in range(P):
@@ -224,19 +260,16 @@ def _ring_forward(plan: _Plan, q, own):
             nxt = plan.block_buffers((src - 1) % P, own)
             shift = ring.shift(list(cur), list(nxt), tag=0, what="key/value block")
             tally.sent(cur, own, nxt)
-        blk = plan.block_mask(src)
-        tally.block(blk, q.shape[2], cur[0].shape[2])
-        if blk is not EMPTY:
-            o, l = _attend_block(plan, q, cur, blk)                  # (B, H, Lq_r, Dv), (B, H, Lq_r)
-            out, lse = (o, l) if out is None else merge_attention(out, lse, o, l)
+        pieces = plan.sub_blocks(src)
+        tally.block(pieces)
+        for sub in pieces:
+            o, l = _attend_block(plan, q[:, :, sub.q], [x[:, :, sub.k] for x in cur], sub.mask)
+            out[:, :, sub.q], lse[:, :, sub.q] = merge_attention(out[:, :, sub.q], lse[:, :, sub.q], o, l)
         tally.computed()
         if shift is not None:
             shift.wait()
             tally.waited()
             cur = nxt
-    if out is None:                                               # every block empty: rows attend to nothing
-        out = q.new_zeros(q.shape[:3] + own[1].shape[3:], dtype=plan.acc)
-        lse = q.new_full(q.shape[:3], -float("inf"), dtype=plan.acc)
     tally.finish()
     return out, lse
 
@@ -254,12 +287,14 @@ def _ring_backward(plan: _Plan, q, own, out, lse, dout, dlse):
         if t < P - 1:
             nxt = plan.block_buffers((src - 1) % P, own)
             kv_shift = ring.shift(list(cur), list(nxt), tag=0, what="key/value block")
-        blk = plan.block_mask(src)
-        if blk is EMPTY:
-            grad = tuple(torch.zeros(x.shape, dtype=plan.acc, device=x.device) for x in cur)
-        else:
-            gq, grad = _block_grads(plan, q, cur, blk, out, lse, dout, dlse)
-            dq += gq
+        grad = tuple(torch.zeros(x.shape, dtype=plan.acc, device=x.device) for x in cur)
+        for sub in plan.sub_blocks(src):
+            rows = sub.q
+            gq, gkv = _block_grads(plan, q[:, :, rows], [x[:, :, sub.k] for x in cur], sub.mask, out[:, :, rows],
+                                   lse[:, :, rows], dout[:, :, rows], dlse[:, :, rows])
+            dq[:, :, rows] += gq
+            for g, piece in zip(grad, gkv):
+                g[:, :, sub.k] += piece
         if grad_shift is not None:                                # add what earlier ranks gave this block
             grad_shift.wait()
             grad = tuple(g + i for g, i in zip(grad, incoming))
@@ -327,7 +362,8 @@ class _Tally:
     def __init__(self, plan: _Plan, own):
         self.stats, self.plan = plan.stats, plan
         self.s = {"rank": plan.ring.rank, "world": plan.ring.world, "layout": plan.layout, "L": plan.L,
-                  "L_local": own[0].shape[2], "blocks_computed": 0, "blocks_skipped": 0, "cells": 0, "stripes": 0,
+                  "L_local": own[0].shape[2], "blocks_computed": 0, "blocks_skipped": 0, "sub_blocks": 0,
+                  "cells": 0, "computed": 0, "stripes": 0,
                   "bytes_sent": 0, "kv_bytes_own": _nbytes(own), "kv_bytes_peak": _nbytes(own),
                   "compute_s": 0.0, "wait_s": 0.0}
         self.t = time.perf_counter()
@@ -337,10 +373,12 @@ class _Tally:
         held = _nbytes(own) + (_nbytes(cur) if cur is not own else 0) + _nbytes(nxt)  # own, visiting, arriving
         self.s["kv_bytes_peak"] = max(self.s["kv_bytes_peak"], held)
 
-    def block(self, blk, Lq, Lk):
-        self.s["blocks_skipped" if blk is EMPTY else "blocks_computed"] += 1
-        self.s["cells"] += _cells(blk, self.plan.B, self.plan.H, Lq, Lk)
-        self.s["stripes"] += 0 if blk is EMPTY else len(_stripes(self.plan, Lq, Lk))
+    def block(self, pieces):
+        self.s["blocks_computed" if pieces else "blocks_skipped"] += 1
+        self.s["sub_blocks"] += len(pieces)
+        self.s["cells"] += sum(p.cells for p in pieces)
+        self.s["computed"] += sum(p.size for p in pieces)
+        self.s["stripes"] += sum(len(_stripes(self.plan, p.q.stop - p.q.start, p.k.stop - p.k.start)) for p in pieces)
 
     def computed(self):
         now = time.perf_counter()

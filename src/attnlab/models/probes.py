@@ -133,7 +133,7 @@ def survey_figure(survey: HeadSurvey):
 
 def sinks_figure(breakdown: dict[str, np.ndarray]):
     """Stacked bars per layer: where the attention mass goes ([CLS], [SEP], punctuation, other tokens)."""
-    fig = _figure(6.5, 3.6)
+    fig = _figure(7.5, 3.6)
     ax = fig.add_subplot()
     bottom = None
     for name, values in breakdown.items():
@@ -144,7 +144,7 @@ def sinks_figure(breakdown: dict[str, np.ndarray]):
     ax.set_ylabel("mean attention mass")
     ax.set_ylim(0, 1)
     ax.set_title("where the attention mass goes (mean over heads, queries, sentences)", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", ncols=2)
+    fig.legend(fontsize=8, loc="outside right upper")
     return fig
 
 
