@@ -33,4 +33,4 @@ bench: install
 	$(BIN)/python benchmarks/attention.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis attnlab-tour test-artifacts
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis attnlab-tour attnlab-experiments test-artifacts

@@ -64,7 +64,8 @@ def decoder(kind, folder):
     _, w, _ = ours.forward(ids, lengths, return_weights=True)
     want = np.stack([a.numpy() for a in out.attentions])
     attn = max(np.abs(w[:, b, :, :n] - want[:, b, :, :n]).max() for b, n in enumerate(lengths))
-    print(f"{kind} (random weights, {ours!r}), padded batch lengths {lengths.tolist()}:"
+    print(f"{kind} (random weights, {ours.n_layers} layers, {ours.n_heads} heads, {ours.attn[0].n_kv_heads} kv "
+          f"heads), padded batch lengths {lengths.tolist()}:"
           f"\n  logits max abs {logits:.2e}   attention weights max abs {attn:.2e}")
 
 

@@ -149,8 +149,12 @@ def test_quick_run_buckets_and_alignment_agree_with_the_raw_numbers(quick):
     L = len(a["source"])
     for kind in ("additive", "dot"):
         w = a[kind]["weights"]
-        assert math.isclose(a[kind]["anti_diagonal_mass"], sum(w[t][L - 1 - t] for t in range(L)) / L,
-                            abs_tol=1e-4)
+        def mass(offset):
+            return sum(w[t][L - 1 - t + offset] for t in range(L) if 0 <= L - 1 - t + offset < L) / L
+
+        assert math.isclose(a[kind]["anti_diagonal_mass"], mass(0), abs_tol=1e-4)
+        assert math.isclose(a[kind]["best_offset_mass"], max(mass(k) for k in range(-2, 3)), abs_tol=1e-4)
+        assert math.isclose(a[kind]["best_offset_mass"], mass(a[kind]["best_offset"]), abs_tol=1e-4)
         entropy = np.mean([-sum(p * math.log(p) for p in row if p > 0) for row in w])
         assert math.isclose(a[kind]["mean_entropy_nats"], entropy, abs_tol=1e-3)
 

@@ -86,3 +86,15 @@ def test_decoder_inputs_are_checked(gpt2_dir):
         model.logits(np.arange(40) % 64)
     with pytest.raises(ValueError, match="no tokenizer.json"):
         model.attentions("text needs a tokenizer")
+
+
+def test_head_type_detection_runs_on_a_decoder(gpt2_dir):
+    from attnlab import diagnostics
+
+    model = models.load(gpt2_dir)
+    rows = diagnostics.detect_head_types(model, n=6, seed=1)
+    ids = diagnostics.repeated_random_tokens(64, 6, seed=1)
+    _, w = model.attentions(ids)
+    assert len(rows) == 8
+    assert rows[5].induction == pytest.approx(diagnostics.induction_score(w, ids)[1, 1])
+    assert rows[5].previous == pytest.approx(diagnostics.previous_token_score(w)[1, 1])

@@ -8,7 +8,7 @@ The public face. NumPy arrays in, NumPy arrays out; PyTorch tensors and other ar
 (3, 3)
 """
 
-from . import cost, masks, scores
+from . import cost, diagnostics, masks, scores
 from .attention import additive_attention, attention, scaled_dot_product_attention
 from .flash import attention_weights_for, flash_attention
 from .planner import plan
@@ -25,6 +25,7 @@ __all__ = [
     "attention",
     "attention_weights_for",
     "cost",
+    "diagnostics",
     "flash_attention",
     "logsumexp",
     "masks",

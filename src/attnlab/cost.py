@@ -56,6 +56,7 @@ from . import masks
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 NAIVE_LIVE = {"dense": 3, "masked": 5}  # full B x H x Lq x Lk matrices alive at the reference path's peak
+KERNEL_CALL_BYTES = 16 * 2**10          # one flash_attention call's task list, closures and BLAS-limit bookkeeping
 PARTIAL_TILE_BYTES = 3                  # bytes per cell to evaluate a mask on a tile: boolean comparisons, their
                                         # "and", the inverse used by copyto (measured with tracemalloc)
 UFUNC_BUFFER = (8192, 16)               # NumPy's ufunc buffer, up to 8192 elements of 16 bytes, taken when a
@@ -83,7 +84,7 @@ class ModelConfig:
     def describe(self) -> str:
         kind = "MHA" if self.n_kv_heads == self.n_heads else ("MQA" if self.n_kv_heads == 1 else "GQA")
         ctx = f", context {self.context}" if self.context else ""
-        return (f"{self.name}: {self.n_layers} layers, d_model {self.d_model}, {self.n_heads} heads x "
+        return (f"{self.name}: {_plural(self.n_layers, 'layer')}, d_model {self.d_model}, {self.n_heads} heads x "
                 f"{self.head_dim}, {self.n_kv_heads} kv heads ({kind}), mask {mask_name(self.mask)}{ctx}")
 
 
@@ -333,7 +334,7 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
     if block_q is None or block_k is None:
         from .planner import default_blocks
 
-        bq, bk = default_blocks(r, Lq, Lk)
+        bq, bk = default_blocks(r, Lq, Lk, masked=spec[0] != "dense")
         block_q, block_k = block_q or bq, block_k or bk
     tiled = _tiled_path(cfg, B, Lq, Lk, size, spec, block_q, block_k, threads)
     per_token = 2 * layers * cfg.n_kv_heads * D * size
@@ -367,7 +368,7 @@ def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threa
         exp_count=(tiles.cells + tiles.rescales) * H * layers,
         score_bytes=used * R * cols * size,
         bytes_moved=(H * Lq * (D + Dv) + G * tiles.keys_read * (D + Dv)) * size * layers,
-        peak_bytes=splits * H * Lq * (Dv + 1) * size + used * per_thread)
+        peak_bytes=splits * H * Lq * (Dv + 1) * size + used * per_thread + KERNEL_CALL_BYTES)
 
 
 # --- n -> 2n -----------------------------------------------------------------------------------------------------
@@ -395,7 +396,7 @@ class Doubling:
 
     def table(self) -> str:
         q = self.before.q_len
-        fixed = f" ({q} quer{'y' if q == 1 else 'ies'})" if q == self.after.q_len else ""
+        fixed = f" ({_plural(q, 'query')})" if q == self.after.q_len else ""
         lines = [f"n -> 2n: {self.before.kv_len} -> {self.after.kv_len} keys{fixed}",
                  f"{'quantity':<20} {'at n':>12} {'at 2n':>12} {'ratio':>7}"]
         for name, get in QUANTITIES.items():
@@ -424,7 +425,7 @@ def explain(before: Cost, ratios: dict) -> str:
     spec, n = before.mask, before.kv_len
     r = {k: f"{v:.2f}x" for k, v in ratios.items()}
     if before.q_len != n:
-        q = f"{before.q_len} quer{'y' if before.q_len == 1 else 'ies'}"
+        q = _plural(before.q_len, "query")
         work = (f"Only the context doubles ({q}): every query reads twice the keys, so work, "
                 f"bytes moved and the KV cache grow about 2x (useful FLOPs {r['useful FLOPs']}), linear in n.")
     elif spec[0] == "window" and n >= spec[1]:
@@ -439,18 +440,17 @@ def explain(before: Cost, ratios: dict) -> str:
                 f"roughly quadruples the work{window} (useful FLOPs {r['useful FLOPs']}) and the naive path's "
                 f"memory ({r['naive peak memory']}): n^2.")
     return (f"{work} The tiled path never stores the n x n matrix: its memory grows {r['tiled peak memory']} "
-            f"(the output, per-row statistics and one pass over V: linear in n). The KV cache grows {r['KV cache']} "
+            f"(the output and per-row statistics: linear in the number of queries). The KV cache grows {r['KV cache']} "
             f"(one entry per cached token{'; a window caps it' if spec[0] == 'window' else ''}).")
 
 
 # --- formatting --------------------------------------------------------------------------------------------------
 def format_cost(c: Cost) -> str:
     cfg = c.config
-    queries = f"{c.q_len} quer{'y' if c.q_len == 1 else 'ies'}"
     head = [cfg.describe(),
-            f"batch {c.batch}, {queries} x {c.kv_len} keys, {c.dtype}, mask {mask_name(c.mask)} "
+            f"batch {c.batch}, {_plural(c.q_len, 'query')} x {_plural(c.kv_len, 'key')}, {c.dtype}, mask {mask_name(c.mask)} "
             f"({c.allowed_cells / (c.q_len * c.kv_len):.1%} of cells allowed); tiled: {c.block_q}x{c.block_k} "
-            f"tiles, {c.threads} thread{'s' if c.threads > 1 else ''}",
+            f"tiles, {_plural(c.threads, 'thread')}",
             f"{'quantity':<34} {'naive':>12} {'tiled':>12}"]
     rows = [("attention FLOPs, all layers", _flops(c.naive.flops), _flops(c.tiled.flops)),
             ("  of which useful (allowed cells)", _flops(c.useful_flops), _flops(c.useful_flops)),
@@ -460,8 +460,19 @@ def format_cost(c: Cost) -> str:
             ("peak extra memory, one layer", _bytes(c.naive.peak_bytes), _bytes(c.tiled.peak_bytes))]
     lines = head + [f"{name:<34} {a:>12} {b:>12}" for name, a, b in rows]
     lines.append(f"KV cache: {_bytes(c.kv_bytes_per_token)} per token per sequence; {_bytes(c.kv_cache_bytes)} "
-                 f"for {c.kv_cached_tokens} tokens x batch {c.batch}")
+                 f"for {_plural(c.kv_cached_tokens, 'token')} x batch {c.batch}")
     return "\n".join(lines + [f"note: {n}" for n in c.notes])
+
+
+def _plural(n: int, word: str) -> str:
+    """A count with its noun.
+
+    >>> _plural(1, "query"), _plural(2, "query"), _plural(3, "key")
+    ('1 query', '2 queries', '3 keys')
+    """
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word[:-1]}ies" if word.endswith("y") and word[-2] not in "aeiou" else f"{n} {word}s"
 
 
 def _bytes(n: float) -> str:

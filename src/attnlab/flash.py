@@ -76,7 +76,7 @@ def flash_attention(q, k, v, mask=None, *, scale=None, bias_fn=None, bias=None, 
     pb = _problem(q, k, v, mask, scale, bias_fn, bias, "flash_attention")
     lay = pb.lay
     threads = planner.default_threads() if threads is None else planner.check_threads(threads)
-    bq, bk = planner.default_blocks(lay.r, lay.Lq, lay.Lk)
+    bq, bk = planner.default_blocks(lay.r, lay.Lq, lay.Lk, masked=mask is not None)
     pb.block_q = planner.check_block(block_q, "block_q") or bq
     pb.block_k = planner.check_block(block_k, "block_k") or bk
     pb.maps = planner.TileMaps(mask, lay, pb.block_q, pb.block_k)

@@ -187,7 +187,17 @@ def sub_blocks(mask, L: int, q_ranges, k_ranges, B: int = 1, H: int = 1, device=
                     pieces.append(SubBlock(rows, keys, blk, allowed, size))
             k_off += kb - ka
         q_off += qb - qa
-    return pieces
+    return _coalesce(pieces, len(q_ranges) * len(k_ranges))
+
+
+def _coalesce(pieces: list[SubBlock], n: int) -> list[SubBlock]:
+    """One piece for the whole block when all n pieces are there and need no mask (a dense block)."""
+    if len(pieces) < n or n == 1 or any(p.mask is not None for p in pieces):
+        return pieces
+    rows = slice(min(p.q.start for p in pieces), max(p.q.stop for p in pieces))
+    keys = slice(min(p.k.start for p in pieces), max(p.k.stop for p in pieces))
+    total = sum(p.size for p in pieces)
+    return [SubBlock(rows, keys, None, total, total)]
 
 
 def _tile_kind(mask, L, qa, qb, ka, kb):

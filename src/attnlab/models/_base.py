@@ -25,7 +25,8 @@ class AttentionParts:
 
     scores: (layers, H, L, L) scaled logits q.k * scale BEFORE masking; base_mask: (L, L) bool (True = may
     attend) or None; queries/keys: (layers, H, L, Dh) (rotary applied; GQA key heads repeated per query head);
-    values: (layers, H, L, Dv); weights: (layers, H, L, L) = softmax(scores where base_mask).
+    values: (layers, H, L, Dv); weights: (layers, H, L, L) = softmax(scores where base_mask). ``scale`` is layer
+    0's (q.k * scale = scores); a model whose layers use different scales lists them in meta["scale per layer"].
     """
     tokens: list[str]
     scores: np.ndarray
@@ -159,12 +160,14 @@ class Transformer:
             ks.append(np.repeat(k[0], r, axis=0))                                  # (H, L, Dh)
             vs.append(np.repeat(v[0], r, axis=0))
         q, k, v = np.stack(qs), np.stack(ks), np.stack(vs)                         # (layers, H, L, Dh)
-        scale = self.attn[0].scale or 1.0 / np.sqrt(q.shape[-1])
-        scores = q @ np.swapaxes(k, -1, -2) * scale                               # (layers, H, L, L)
+        scales = np.array([mha.scale or 1.0 / np.sqrt(q.shape[-1]) for mha in self.attn])   # (layers,)
+        scores = q @ np.swapaxes(k, -1, -2) * scales[:, None, None, None]         # (layers, H, L, L)
         base = masks.causal().to_array(L, L) if self.causal else None
-        return AttentionParts(self.token_strings(ids), scores, base, q, k, v, w[:, 0], float(scale),
-                              meta={"model": self.name, "family": self.family, "layers": self.n_layers,
-                                    "heads": self.n_heads, "kv_heads": self.attn[0].n_kv_heads})
+        meta = {"model": self.name, "family": self.family, "layers": self.n_layers, "heads": self.n_heads,
+                "kv_heads": self.attn[0].n_kv_heads}
+        if not np.allclose(scales, scales[0]):
+            meta["scale per layer"] = ", ".join(f"{s:.4g}" for s in scales)   # GPT-2 scale_attn_by_inverse_layer_idx
+        return AttentionParts(self.token_strings(ids), scores, base, q, k, v, w[:, 0], float(scales[0]), meta)
 
 
 class Decoder(Transformer):

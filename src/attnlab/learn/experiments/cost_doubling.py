@@ -36,6 +36,7 @@ import numpy as np
 
 from ... import cost, planner
 from ...attention import scaled_dot_product_attention
+from ...flash import flash_attention
 from ...measure import peak_memory, time_calls
 
 VARIANTS = ("naive", "tiled", "window", "naive-window")
@@ -55,10 +56,6 @@ def attention_call(variant: str, q, k, v, *, window: int, block: int):
     mask = cost.to_mask(("window", window)) if variant.endswith("window") else None
     if variant.startswith("naive"):
         return lambda: scaled_dot_product_attention(q, k, v, mask=mask, impl="reference")
-    try:
-        from ...flash import flash_attention
-    except ImportError as err:
-        raise ImportError(f"the {variant!r} variant needs attnlab.flash_attention (the tiled kernel): {err}") from err
     return lambda: flash_attention(q, k, v, mask=mask, block_q=block, block_k=block, threads=1)
 
 

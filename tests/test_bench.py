@@ -1,0 +1,34 @@
+"""`attnlab bench` (and benchmarks/attention.py, which calls the same code) runs end to end on tiny sizes and writes
+its table, JSON and plot. Numbers are not asserted: benchmarks are scripts, timings are not tests."""
+
+import json
+
+from attnlab import bench, cli
+
+
+def test_bench_writes_table_json_and_plot(tmp_path, capsys):
+    code = cli.main(["bench", "--sizes", "64", "--contexts", "128,256", "--cases", "dense,window,decode",
+                     "--out", str(tmp_path)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "median ms" in text and "x torch" in text and "targets (value <= limit)" in text
+    report = json.loads((tmp_path / "attention.json").read_text())
+    rows = {(r["case"], r["n"], r["impl"]) for r in report["results"]}
+    assert ("dense", 64, "tiled") in rows and ("decode", 256, "torch") in rows
+    assert all(r["median_s"] > 0 and len(r["runs"]) == 5 for r in report["results"])
+    assert report["meta"]["blas"] and "openblas_env" in report["meta"]
+    assert (tmp_path / "attention.png").stat().st_size > 10_000
+    assert report["targets"]["decode_worst_2n_over_n_tiled"]["value"] is not None
+
+
+def test_bench_says_what_it_skips(tmp_path, capsys):
+    cli.main(["bench", "--sizes", "128", "--cases", "window", "--naive-limit", "0.000001",
+              "--torch-mask-limit", "64"])
+    text = capsys.readouterr().out
+    assert "skipped: needs ~" in text and "skipped: no sliding-window SDPA" in text
+
+
+def test_bench_rejects_bad_arguments(capsys):
+    assert cli.main(["bench", "--repeat", "3"]) == 2
+    assert "--repeat must be >= 5" in capsys.readouterr().err
+    assert bench.allowed_pairs("window", 1000) == 1000 * 256 - 256 * 255 // 2
