@@ -1,6 +1,7 @@
 """``attnlab experiment``: each experiment runs from the command line with --seed/--out/--quick and writes its
 files; bad input is one line on stderr with exit code 2."""
 
+import inspect
 import json
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 from attnlab import cli
+from attnlab.learn.experiments import cost_doubling
 
 
 def _one_line(text):
@@ -46,9 +48,13 @@ def test_bottleneck_shows_progress_on_stderr(tmp_path, capsys):
     assert "4/4" in err and "additive" in err and "#" in err
 
 
-def test_cost_is_dispatched_to_the_cost_experiment(tmp_path, capsys):
-    assert cli.main(["experiment", "cost", "--quick", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "cost.json").is_file() and "cost.json" in capsys.readouterr().out
+def test_cost_is_dispatched_to_the_cost_experiment(tmp_path, monkeypatch):
+    # the cost experiment's own run is tested in test_experiment_cost.py; here: the call and its signature
+    calls = []
+    inspect.signature(cost_doubling.run).bind(n=128, out=str(tmp_path), seed=3, quick=True)
+    monkeypatch.setattr(cost_doubling, "run", lambda **kwargs: calls.append(kwargs) or {})
+    assert cli.main(["experiment", "cost", "--n", "128", "--seed", "3", "--quick", "--out", str(tmp_path)]) == 0
+    assert calls == [{"n": 128, "out": str(tmp_path), "seed": 3, "quick": True}]
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -98,3 +98,30 @@ def test_head_type_detection_runs_on_a_decoder(gpt2_dir):
     assert len(rows) == 8
     assert rows[5].induction == pytest.approx(diagnostics.induction_score(w, ids)[1, 1])
     assert rows[5].previous == pytest.approx(diagnostics.previous_token_score(w)[1, 1])
+
+
+def test_sharded_checkpoint_loads_the_same(gpt2_dir, tmp_path):
+    hf = _hf(gpt2_dir, "GPT2LMHeadModel")
+    hf.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    np.testing.assert_array_equal(models.load(tmp_path).logits(IDS[0]), models.load(gpt2_dir).logits(IDS[0]))
+
+
+def test_inspect_a_decoder_with_a_tokenizer(gpt2_dir, tmp_path, capsys):
+    import shutil
+
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from attnlab import cli
+
+    folder = tmp_path / "gpt2-tok"
+    shutil.copytree(gpt2_dir, folder)
+    tok = Tokenizer(WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+    tok.pre_tokenizer = Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    assert cli.main(["inspect", "w5 w9 w5 w9 w7", "--model", str(folder), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "0:w5 1:w9 2:w5 3:w9 4:w7" in out and "sink = mass on w5;" in out
+    assert (tmp_path / "out" / "explorer.html").is_file()

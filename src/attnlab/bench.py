@@ -6,7 +6,8 @@ Cases, for B=1, H=8, D=64, float32 (``--heads``/``--head-dim`` change them):
   heads sharing 2 key/value heads, dense) at sequence lengths n;
 - ``decode``: one query (Lq = 1) against a context of n keys, the step of token-by-token generation.
 
-Every number is the median of ``--repeat`` (>= 5) timed runs after a warm-up (``attnlab.measure.time_call``), all
+Every number is the median of ``--repeat`` (>= 5; at least DECODE_REPEAT for the millisecond decode steps) timed
+runs after a warm-up (``attnlab.measure.time_call``), all
 paths measured in the same process, interleaved by size. GFLOP/s counts the useful work 4 * B * H * D * (number of
 (query, key) pairs the mask allows): the matmuls q k^T and p v. Peak memory is measured during the warm-up run:
 
@@ -44,6 +45,7 @@ FULL_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 QUICK_CONTEXTS = (1024, 2048, 4096, 8192)
 FULL_CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768)
 WINDOW = 256
+DECODE_REPEAT = 25          # a decode step takes milliseconds: more runs so the median resists a busy machine
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -71,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, full: bool) -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (>= 5)")
     parser.add_argument("--threads", type=int, default=None, help="attnlab kernel threads (default: all cores)")
+    parser.add_argument("--single-core", action="store_true",
+                        help="one thread for every path (attnlab kernel, BLAS, torch): a per-core comparison")
     parser.add_argument("--naive-limit", type=float, default=3.0,
                         help="skip the naive path above this many GiB of score matrices (default 3)")
     parser.add_argument("--torch-mask-limit", type=int, default=8192,
@@ -114,7 +118,10 @@ def run(args, echo=print) -> dict:
         raise ValueError(f"--repeat must be >= 5 (the median needs enough runs), got {args.repeat}")
     _maybe_restart_without_openblas_env(args)
     torch = _torch() if "torch" in args.impls else None
+    if args.single_core:
+        _one_thread_everywhere(args, torch)
     meta = machine_info(torch)
+    meta["attnlab_threads"] = args.threads or meta["attnlab_threads"]
     meta["command"] = " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
     meta["load_before"] = os.getloadavg()
     echo(_header(meta))
@@ -145,6 +152,15 @@ def _maybe_restart_without_openblas_env(args):
         env["ATTNLAB_BENCH_UNSET"] = ",".join(f"{name}={os.environ[name]}" for name in present)
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+def _one_thread_everywhere(args, torch):
+    from threadpoolctl import threadpool_limits
+
+    args.threads = 1
+    threadpool_limits(limits=1)                  # the naive path's BLAS, for the rest of the process
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _torch():
@@ -204,7 +220,7 @@ def _measure(case, n, impl, args, torch) -> Result:
     else:
         result.peak_bytes = peak_memory(fn, warmup=False)
     result.peak_bytes = None if result.peak_bytes is None else max(0, result.peak_bytes - out_bytes)
-    timing = time_call(fn, repeat=args.repeat, warmup=0)
+    timing = time_call(fn, repeat=max(args.repeat, DECODE_REPEAT) if case == "decode" else args.repeat, warmup=0)
     result.median_s, result.runs = timing.median_s, timing.runs
     result.gflops = 4 * q.shape[-3] * q.shape[-1] * allowed_pairs(case, n) / timing.median_s / 1e9
     return result

@@ -8,6 +8,12 @@ and returns NumPy float64 arrays. PyTorch tensors and other array-API arrays are
 polarity). Either a boolean array broadcastable to the weights or an ``attnlab.masks.Mask``. It matters for
 normalization: a causal row i can only spread over i + 1 keys, so its entropy is normalized by log(i + 1), not
 log(Lk). Without a mask every key counts as allowed.
+
+Per head, averaged over the query rows that may attend something: ``entropy`` (normalized), ``effective_tokens``,
+``top1_mass``, ``sink_score`` (mass on given key positions), ``mean_distance``, ``previous/next/same_token_score``;
+``head_table`` gathers them with the ``diffuse`` / ``over_concentrated`` / ``sink`` flags (thresholds below).
+Head types on token patterns (``duplicate_token_score``, ``induction_score``, ``detect_head_types``) and attention
+``rollout`` (Abnar & Zuidema 2020) follow.
 """
 
 from __future__ import annotations
@@ -81,10 +87,7 @@ def entropy(weights, mask=None, normalized: bool = True) -> np.ndarray:
     array([0.5])
     """
     w = _weights(weights)
-    rows = row_entropy(w, mask, normalized)  # (..., H, Lq)
-    live = _allowed(mask, w).any(axis=-1)  # (..., H, Lq)
-    count = live.sum(axis=-1)
-    return np.where(count > 0, np.where(live, rows, 0.0).sum(axis=-1) / np.maximum(count, 1), 0.0)
+    return _mean_rows(row_entropy(w, mask, normalized), _live(w, mask))
 
 
 # --- per-row statistics, averaged per head -------------------------------------------------------------------

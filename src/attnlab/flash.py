@@ -298,7 +298,7 @@ def _run(pb, tasks, out, lse, threads) -> np.ndarray:
             raise
         return counts
 
-    n = planner.used_threads(threads, len(tasks), math.prod(pb.lay.scores_shape))
+    n = planner.used_threads(threads, len(tasks), planner.work(pb.lay))
     with _blas_single_thread():
         futures = [_pool(n - 1).submit(work) for _ in range(n - 1)] if n > 1 else []
         try:

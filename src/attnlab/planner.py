@@ -34,7 +34,7 @@ from .masks import EMPTY, FULL, PARTIAL
 MEMORY_BUDGET = 256 * 2**20          # bytes the reference path may use for score-sized intermediates
 TILED_FROM_SCORES = 2**21            # impl="auto" on NumPy picks the tiled kernel from this many scores (B*H*Lq*Lk)
 FOLD_MIN_ROWS = 16                   # tiles of this many rows fold the running max into the score matmul
-SCORES_PER_THREAD = 2**18            # below this many scores per thread the kernel runs on fewer threads
+WORK_PER_THREAD = 2**22              # multiply-adds (scores x (D + Dv)) a thread must get, else fewer threads
 REFERENCE_COPIES = (3.25, 5.0)       # score-sized float arrays alive at once in the reference path, without / with
                                      # a mask (tracemalloc peaks, B=2 H=4 n=1024 float32, see tests/test_plan.py)
 TILE_ROWS = (512, 256)               # rows per tile (r * block_q) without / with a mask
@@ -313,7 +313,7 @@ def decide(p, mask, *, impl="auto", return_weights=False, numpy=True, threads=No
     pairs = math.prod(lay.lead) * math.ceil(lay.Lq / bq)
     tasks = pairs * kv_splits(threads, pairs, math.ceil(lay.Lk / bk))
     return Plan(chosen, reason, lay.scores_shape, str(p.q.dtype), ref_bytes, tiled_bytes, budget, bq, bk,
-                used_threads(threads, tasks, n_scores), lay.r, tiles)
+                used_threads(threads, tasks, work(lay)), lay.r, tiles)
 
 
 def _shape(shape, name) -> tuple:
@@ -332,10 +332,15 @@ def kv_splits(threads: int, pairs: int, n_key_blocks: int) -> int:
     return min(n_key_blocks, math.ceil(threads / pairs))
 
 
-def used_threads(threads: int, tasks: int, n_scores: int) -> int:
-    """At most one thread per task, and fewer for small problems (SCORES_PER_THREAD scores per thread at least):
-    waking a worker costs more than it saves there."""
-    return max(1, min(threads, tasks, n_scores // SCORES_PER_THREAD))
+def work(lay: Layout) -> int:
+    """Multiply-adds of the dense problem: scores x (D + Dv)."""
+    return math.prod(lay.scores_shape) * (lay.q.shape[-1] + lay.v.shape[-1])
+
+
+def used_threads(threads: int, tasks: int, work_: int) -> int:
+    """At most one thread per task, and fewer for small problems (WORK_PER_THREAD multiply-adds per thread at
+    least): waking a worker costs more than it saves there."""
+    return max(1, min(threads, tasks, work_ // WORK_PER_THREAD))
 
 
 def check_threads(threads) -> int:
@@ -356,7 +361,7 @@ def tiled_memory(lay: Layout, block_q: int, block_k: int, threads: int, itemsize
     per_thread += 2 * rows * cols if masked else 0
     pairs = math.prod(lay.lead) * math.ceil(lay.Lq / block_q)
     splits = kv_splits(threads, pairs, math.ceil(lay.Lk / block_k))
-    used = used_threads(threads, pairs * splits, math.prod(lay.scores_shape))
+    used = used_threads(threads, pairs * splits, work(lay))
     rows_out = math.prod(lay.scores_shape[:-1])
     return used * per_thread + splits * rows_out * itemsize + (splits - 1) * rows_out * (Dv + 1) * itemsize
 

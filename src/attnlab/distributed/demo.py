@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--docs", type=int, default=4, help="documents packed in the sequence for --mask document")
     p.add_argument("--layout", choices=LAYOUTS, default="zigzag")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs (the median is printed)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs after one warm-up (medians are printed)")
     p.add_argument("--backward", action="store_true", help="also time the backward ring")
     p.add_argument("--no-check", action="store_true", help="skip the single-process reference")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds any wait on a peer may take")
@@ -90,18 +90,20 @@ def run(args) -> dict | None:
         q, k, v = (shard(x, rank, world, args.layout) for x in full)
     mask = build_mask(args)
     rss0 = _max_rss()
-    times, back_times, stats = [], [], {}
+    times, back_times, parts, stats = [], [], [], {}
     for _ in range(args.repeat + 1):                              # one warm-up run
         dist.barrier()
         qg, kg, vg = (x.detach().requires_grad_(args.backward) for x in (q, k, v))
         t0 = time.perf_counter()
         out = ring_attention(qg, kg, vg, mask=mask, layout=args.layout, timeout=args.timeout, stats=stats)
         times.append(time.perf_counter() - t0)
+        parts.append((stats["compute_s"], stats["wait_s"]))
         if args.backward:
             t0 = time.perf_counter()
             out.sum().backward()
             back_times.append(time.perf_counter() - t0)
     row = dict(stats, forward_ms=1e3 * statistics.median(times[1:]),
+               compute_s=statistics.median(c for c, _ in parts[1:]), wait_s=statistics.median(w for _, w in parts[1:]),
                backward_ms=1e3 * statistics.median(back_times[1:]) if args.backward else None,
                rss_growth_mib=(_max_rss() - rss0) / 2**20)
     error, ref_ms, ref_impl = _check(args, full, out.detach(), mask) if not args.no_check else (None, None, None)

@@ -31,8 +31,8 @@ def minilm_path() -> Path:
 def load(name_or_path, dtype=np.float32) -> Transformer:
     """A model by name ("all-MiniLM-L6-v2") or from a local Hugging Face directory.
 
-    The family comes from config.json's model_type: bert (and BERT-like: roberta is not supported), gpt2,
-    llama. ``dtype`` float32 (default) or float64.
+    The family comes from config.json's model_type: bert, gpt2 or llama (others are refused).
+    ``dtype``: float32 (default) or float64.
     """
     if not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"name_or_path must be a model name or a directory, got {type(name_or_path).__name__}")

@@ -44,6 +44,7 @@ class Transformer:
 
     family = "?"
     causal = False
+    pad_id = 0          # the id written into padded positions (hidden by the padding mask, so any valid id works)
 
     def __init__(self, folder: Path, config: dict, name: str, max_length: int):
         self.folder, self.config, self.name, self.max_length = folder, config, name, int(max_length)
@@ -112,8 +113,6 @@ class Transformer:
             ids[b, : len(s)] = s
         return ids, lengths
 
-    pad_id = 0
-
     @property
     def vocab_size(self) -> int:
         return int(self.config["vocab_size"])
@@ -131,8 +130,11 @@ class Transformer:
         """ids (B, L) -> hidden states (B, L, d) after the final block (and final norm where the family has one),
         the weights (layers, B, H, L, L) if asked, the attention inputs (layers, B, L, d) if ``capture``."""
         ids = np.asarray(ids)
-        x = self._embed(ids)                                                        # (B, L, d)
-        mask = self.mask(ids.shape[1], lengths)
+        return self.run_blocks(self._embed(ids), lengths, return_weights, capture)
+
+    def run_blocks(self, x, lengths=None, return_weights: bool = False, capture: bool = False):
+        """The blocks and final norm on embedded inputs x (B, L, d); returns as ``forward``."""
+        mask = self.mask(x.shape[1], lengths)
         weights, inputs = [], []
         for layer in range(self.n_layers):
             x, w, a_in = self._block(layer, x, mask, return_weights)
@@ -184,6 +186,8 @@ class Decoder(Transformer):
             ids = self._ids(ids)[None, :]
         elif ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise TypeError(f"input_ids must be int (L,) or (B, L), got {ids.dtype} {ids.shape}")
+        elif ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got min {ids.min()} max {ids.max()}")
         if ids.shape[1] > self.max_length:
             raise ValueError(f"input is {ids.shape[1]} tokens long but {self.name} takes at most {self.max_length}")
         h, _, _ = self.forward(ids, lengths)

@@ -88,9 +88,6 @@ class Tokenizer:
     def tokens(self, ids) -> list[str]:
         return [self._tok.id_to_token(int(i)) or f"<{int(i)}>" for i in ids]
 
-    def token_id(self, token: str) -> int | None:
-        return self._tok.token_to_id(token)
-
     @staticmethod
     def load(folder: Path) -> "Tokenizer | None":
         return Tokenizer(folder) if (folder / "tokenizer.json").is_file() else None

@@ -49,9 +49,6 @@ class BertEncoder(Transformer):
                 "attention.output.LayerNorm.weight", "attention.output.LayerNorm.bias",
                 "intermediate.dense.weight", "intermediate.dense.bias", "output.dense.weight", "output.dense.bias",
                 "output.LayerNorm.weight", "output.LayerNorm.bias")})
-        cls = self.tokenizer.token_id("[CLS]") if self.tokenizer else None
-        sep = self.tokenizer.token_id("[SEP]") if self.tokenizer else None
-        self.cls_id, self.sep_id = cls, sep
         self.pad_id = int(config.get("pad_token_id", 0) or 0)
 
     def _truncate(self, ids: np.ndarray) -> np.ndarray:
@@ -59,26 +56,21 @@ class BertEncoder(Transformer):
         return np.concatenate([ids[: self.max_length - 1], ids[-1:]])
 
     def _embed(self, ids):
+        return self._embed_words(self.embed_words(ids))
+
+    def _embed_words(self, words):
+        """word embeddings (B, L, d) + position + token type 0, then LayerNorm."""
         e = self.emb
-        L = ids.shape[1]
-        x = (e["word_embeddings.weight"][ids] + e["position_embeddings.weight"][:L]
-             + e["token_type_embeddings.weight"][0])                                # (B, L, d)
-        return layer_norm(x, e["LayerNorm.weight"], e["LayerNorm.bias"], self.eps)
+        x = words + e["position_embeddings.weight"][: words.shape[1]] + e["token_type_embeddings.weight"][0]
+        return layer_norm(x, e["LayerNorm.weight"], e["LayerNorm.bias"], self.eps)          # (B, L, d)
 
     def embed_words(self, ids) -> np.ndarray:
         """The word embeddings (B, L, d) of ids: the "input" of gradient x input (attnlab.faithfulness)."""
         return self.emb["word_embeddings.weight"][np.asarray(ids)]
 
     def forward_from_words(self, words, lengths=None) -> np.ndarray:
-        """Hidden states (B, L, d) from word embeddings (B, L, d) instead of ids (position/type added here)."""
-        e = self.emb
-        L = words.shape[1]
-        x = words + e["position_embeddings.weight"][:L] + e["token_type_embeddings.weight"][0]
-        x = layer_norm(x, e["LayerNorm.weight"], e["LayerNorm.bias"], self.eps)
-        mask = self.mask(L, lengths)
-        for layer in range(self.n_layers):
-            x, _, _ = self._block(layer, x, mask, False)
-        return x
+        """Last hidden states (B, L, d) from word embeddings (B, L, d) instead of ids."""
+        return self.run_blocks(self._embed_words(words), lengths)[0]
 
     def _block(self, layer, x, mask, return_weights):
         p = self.blocks[layer]

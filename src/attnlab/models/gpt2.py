@@ -49,7 +49,6 @@ class GPT2(Decoder):
                 "ln_1": (w(p + "ln_1.weight"), w(p + "ln_1.bias")), "ln_2": (w(p + "ln_2.weight"), w(p + "ln_2.bias")),
                 "fc": (w(p + "mlp.c_fc.weight", transpose=True), w(p + "mlp.c_fc.bias")),
                 "proj": (w(p + "mlp.c_proj.weight", transpose=True), w(p + "mlp.c_proj.bias"))})
-        self.pad_id = 0
 
     @property
     def vocab_size(self) -> int:

@@ -215,17 +215,17 @@ def evaluate(model: Seq2Seq, tests: dict, cfg: Config) -> dict:
     """Greedy decoding on the test set: token accuracy and exact match per length and per bucket."""
     model.eval()
     per_length = {"length": [], "token_accuracy": [], "exact_match": []}
-    sums: dict[str, list[float]] = {}
+    counts: dict[str, np.ndarray] = {}                        # bucket -> [right tokens, tokens, right seqs, seqs]
     for L, (src, tgt) in tests.items():
         correct = model.greedy(src)[0] == tgt                  # (n, L)
-        tok, exact = float(correct.float().mean()), float(correct.all(dim=1).float().mean())
+        whole = correct.all(dim=1)                              # (n,)
         per_length["length"].append(L)
-        per_length["token_accuracy"].append(tok)
-        per_length["exact_match"].append(exact)
-        s = sums.setdefault(bucket_of(L, cfg), [0.0, 0.0, 0.0, 0.0])
-        s[0] += float(correct.sum()); s[1] += correct.numel(); s[2] += float(correct.all(dim=1).sum())
-        s[3] += correct.shape[0]
-    buckets = [{"lengths": k, "token_accuracy": s[0] / s[1], "exact_match": s[2] / s[3]} for k, s in sums.items()]
+        per_length["token_accuracy"].append(float(correct.float().mean()))
+        per_length["exact_match"].append(float(whole.float().mean()))
+        bucket = counts.setdefault(bucket_of(L, cfg), np.zeros(4))
+        bucket += [int(correct.sum()), correct.numel(), int(whole.sum()), whole.numel()]
+    buckets = [{"lengths": k, "token_accuracy": float(c[0] / c[1]), "exact_match": float(c[2] / c[3])}
+               for k, c in counts.items()]
     return {"per_length": per_length, "buckets": buckets}
 
 
@@ -268,7 +268,8 @@ def run(out=None, seed: int = 0, quick: bool = False, config: Config | None = No
     threads = torch.get_num_threads()
     torch.set_num_threads(min(cfg.threads, threads))
     try:
-        result = _run(cfg, seed, progress)
+        with torch.random.fork_rng(devices=[]):                # the caller's global torch RNG is left as it was
+            result = _run(cfg, seed, progress)
     finally:
         torch.set_num_threads(threads)
     if out is not None:
