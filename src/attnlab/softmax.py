@@ -56,9 +56,7 @@ def softmax(x, axis: int = -1, mask=None):
         return xp.zeros_like(x)
     if mask is not None:
         x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
-    e = xp.exp(x - _masked_max(xp, x, axis))
-    if mask is not None:
-        e = xp.where(mask, e, xp.zeros_like(e))  # exp(-inf) is already 0; this also clears masked NaN
+    e = xp.exp(x - _masked_max(xp, x, axis))    # masked entries are -inf here, so exactly 0 (NaN/inf cleared)
     total = xp.sum(e, axis=axis, keepdims=True)
     return e / xp.where(total == 0, xp.ones_like(total), total)
 
