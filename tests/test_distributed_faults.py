@@ -5,44 +5,65 @@ import os
 import signal
 import time
 
+import pytest
 import torch
 import torch.distributed as dist
 
+from attnlab import masks
 from attnlab.distributed import RingError, launch, ring_attention
 
 TIMEOUT = 3.0          # the ring's timeout in these drills, seconds
 SLACK = 6.0            # scheduling slack on a busy 2-core machine
 
 
+def _die_in_first_step():
+    """A causal mask for the victim that kills its process when the first block is evaluated: after the shape
+    exchange and after the first transfer was posted, before the second one (which rank 2 then never gets)."""
+    def allowed(b, h, q, kv):
+        if kv.size > 1:                                           # not the 1 x 1 probe made before any transfer
+            os.kill(os.getpid(), signal.SIGKILL)
+        return kv <= q
+    return masks.from_function(allowed)
+
+
 def _attend_unless_victim(victim, mode):
-    """The victim rank dies (SIGKILL) or stalls; every other rank runs ring attention and reports what it saw."""
+    """The victim rank dies (SIGKILL, before or during the call) or stalls; every other rank runs ring attention
+    and reports what it saw."""
+    mask = masks.causal()
     if dist.get_rank() == victim:
         if mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(3 * TIMEOUT)                                   # stalled: alive but never sends
-        return "stalled"
+        if mode == "stall":
+            time.sleep(3 * TIMEOUT)                               # alive but never sends
+            return "stalled"
+        mask = _die_in_first_step()
     q = torch.randn(1, 2, 8, 4)                                   # L = 24 over 3 ranks: 8 positions each
     start = time.perf_counter()
     try:
-        ring_attention(q, q, q, causal=True, timeout=TIMEOUT)
+        ring_attention(q, q, q, mask=mask, timeout=TIMEOUT)
     except RingError as err:
         return {"message": str(err), "peer": err.peer, "timeout_s": err.timeout_s,
                 "seconds": time.perf_counter() - start}
     return {"message": None}
 
 
-def test_killed_rank_fails_the_others_quickly():
-    results = launch.run_local(_attend_unless_victim, 3, 1, "kill", timeout=120)
+@pytest.mark.parametrize("mode", ["kill", "kill_mid_ring"])
+def test_killed_rank_fails_the_others_quickly(mode):
+    results = launch.run_local(_attend_unless_victim, 3, 1, mode, timeout=120)
     victim = results[1]
     assert not victim.ok and victim.exitcode == -signal.SIGKILL
     for r in (results[0], results[2]):
         assert r.ok, r.error
         seen = r.value
-        assert seen["message"] is not None, f"rank {r.rank} did not notice the dead rank"
+        if seen["message"] is None:                # mid-ring, rank 0 may already have everything it needs
+            assert mode == "kill_mid_ring" and r.rank == 0
+            continue
         assert seen["timeout_s"] == TIMEOUT and f"timeout {TIMEOUT:g} s" in seen["message"]
         assert seen["seconds"] < TIMEOUT + SLACK
     seen = results[2].value                        # rank 2 receives from rank 1: it names the dead rank
     assert seen["peer"] == 1 and "peer rank 1" in seen["message"], seen["message"]
+    if mode == "kill_mid_ring":
+        assert "key/value block" in seen["message"], seen["message"]
 
 
 def test_stalled_rank_times_out_the_others():

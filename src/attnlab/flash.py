@@ -368,10 +368,12 @@ def _task(pb, ws, task, out, lse, counts):
     K, V = pb.k[idx][0], pb.v[idx][0]                                           # (Lk, D), (Lk, Dv)
     st = _RowState(ws, R, Dv, pb.dtype)
     fold = pb.mods is None and R >= planner.FOLD_MIN_ROWS          # tall enough to pay for copying the key tile
-    row_map = pb.maps[idx][i]
-    for j in range(j_lo, j_hi):
+    row_map = pb.maps[idx][i, j_lo:j_hi]
+    visit = np.flatnonzero(row_map != EMPTY)                  # empty tiles are skipped without a Python step
+    counts[EMPTY] += len(row_map) - len(visit)
+    for j in visit + j_lo:
         ks, ke = j * bk, min(lay.Lk, (j + 1) * bk)
-        state, allowed = pb.classify(idx, q_sel, q_pos, ks, ke, row_map[j])
+        state, allowed = pb.classify(idx, q_sel, q_pos, ks, ke, row_map[j - j_lo])
         if allowed is not None:
             trimmed = pb.trim(allowed, ks, ke)
             state, (allowed, ks, ke) = (EMPTY, (None, ks, ke)) if trimmed is None else (state, trimmed)

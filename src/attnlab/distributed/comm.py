@@ -112,7 +112,7 @@ class Shift:
                 work.wait(self.ring._delta())
             except RuntimeError as err:
                 direction = "to" if doing == "sending" else "from"
-                raise self.ring._error(f"{doing} a {self.what} {direction} rank {peer}", peer, err) from err
+                raise self.ring._error(f"{doing} the {self.what} {direction} rank {peer}", peer, err) from err
 
 
 # --- moving a whole sequence between sharded and replicated --------------------------------------------------
