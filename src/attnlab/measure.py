@@ -67,12 +67,17 @@ def time_calls(*fns, repeat: int = 5, warmup: int = 1) -> list[Timing]:
         for fn in fns:
             fn()
     runs = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, times in zip(fns, runs):
-            gc.collect()
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
+    gc.collect()
+    gc.freeze()            # what is alive now (torch's objects, say) is not rescanned by the collections below
+    try:
+        for _ in range(repeat):
+            for fn, times in zip(fns, runs):
+                gc.collect()   # garbage from the last run is not collected inside the next timed one
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+    finally:
+        gc.unfreeze()
     return [Timing(tuple(times)) for times in runs]
 
 

@@ -16,7 +16,6 @@ the bottleneck task, read from the JSON that ``attnlab experiment bottleneck`` w
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
@@ -99,13 +98,8 @@ def run(out=None, seed: int = 0, quick: bool = False, bottleneck=None, ns=None, 
                                     f"`attnlab experiment bottleneck --out DIR`")
     accuracy = bottleneck_accuracy(source) if source is not None else None
     rng = np.random.default_rng(seed)
-    gc.collect()
-    gc.freeze()        # time_call collects before every run: skip rescanning what is alive now (torch's objects)
-    try:
-        with threadpool_limits(limits=1):        # one BLAS thread: both scorers on equal terms, steadier times
-            rows = [measure(n, d, rng) for d in ds for n in ns]
-    finally:
-        gc.unfreeze()
+    with threadpool_limits(limits=1):        # one BLAS thread: both scorers on equal terms, steadier times
+        rows = [measure(n, d, rng) for d in ds for n in ns]
     result = {"experiment": "scorers", "seed": seed, "repeat": REPEAT, "dtype": "float32", "blas_threads": 1,
               "rows": rows, "accuracy": accuracy}
     if result["accuracy"] is None:
