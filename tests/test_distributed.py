@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 import attnlab
 from attnlab import masks, planner
-from attnlab.distributed import (gather, launch, local_lengths, positions, ring_attention, scatter, shard, unshard,
-                                 work_balance)
+from attnlab.distributed import (RingError, gather, launch, local_lengths, positions, ring_attention, scatter, shard,
+                                 unshard, work_balance)
 
 B, H, G, D = 2, 4, 2, 8          # GQA: 2 query heads per key/value head
 RUN_TIMEOUT = 150
@@ -86,6 +86,7 @@ def _rank_checks(group):
         q, k, v = (x.double() for x in full_inputs(L, torch.float32))
         errors[f"{name}/L{L}/{layout}/grad"] = _grad_error(q, k, v, mask_cases(L)[name], L, layout, group)
     errors["striped"] = _striped_error(group)
+    errors["misuse"] = _misuse_errors(group)
     if world == 2:
         errors["gradcheck"] = _gradcheck(group)
     errors["causal_flag"] = _causal_flag_error(group)
@@ -139,6 +140,23 @@ def _gradcheck(group):
     return ok
 
 
+def _misuse_errors(group):
+    """Shards that do not fit together raise the same clear error on every rank (no rank is left waiting)."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    q, k, v = (shard(x, rank, world) for x in full_inputs(13, torch.float32))
+    seen = {}
+    longer = [torch.cat([x, x[:, :, :3]], dim=2) for x in (q, k, v)]          # 3 positions too many on rank 0
+    cases = {"long_shard": lambda: longer if rank == 0 else (q, k, v),
+             "other_head_dim": lambda: (q[..., :4], k[..., :4], v) if rank == world - 1 else (q, k, v)}
+    for name, inputs in cases.items():
+        try:
+            ring_attention(*inputs(), group=group, timeout=30)
+            seen[name] = None
+        except (ValueError, RingError) as err:
+            seen[name] = type(err).__name__ + (": shard lengths" if "shards of lengths" in str(err) else "")
+    return seen
+
+
 def _causal_flag_error(group):
     """causal=True is the same as mask=masks.causal()."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -177,6 +195,8 @@ def test_ring_equals_single_process_attention(world):
     assert len(grads) == len(GRAD_CASES) and max(grads.values()) <= 1e-10, grads
     assert errors["causal_flag"] == 0.0
     assert errors["striped"] <= 1e-10
+    expected = {"long_shard": "ValueError: shard lengths", "other_head_dim": "RingError"}
+    assert errors["misuse"] == (expected if world > 1 else {"long_shard": None, "other_head_dim": None})
     if world == 2:
         assert errors["gradcheck"] == {"zigzag": True, "contiguous": True}
 

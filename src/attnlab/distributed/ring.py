@@ -42,6 +42,7 @@ from ..merge import merge_attention
 from . import layout as layout_mod
 from .comm import Ring, RingError
 
+
 def ring_attention(q, k, v, *, mask=None, causal=False, group=None, layout="zigzag", scale=None, timeout=None,
                    return_lse=False, stats=None):
     """Exact attention over the whole sequence, with q, k, v sharded over the ranks of ``group``.
