@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import attnlab
 from attnlab import masks
 from attnlab.cli import main
 from attnlab.viz import explorer
@@ -136,6 +137,7 @@ def test_explore_demo_cli_writes_the_page(tmp_path, capsys):
 
 def test_explore_text_without_the_model_package_says_how_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "attnlab.models", None)                   # import attnlab.models fails
+    monkeypatch.delattr(attnlab, "models", raising=False)                      # even when imported earlier
     code = main(["explore", "--text", "hello", "--out", str(tmp_path / "p.html")])
     err = capsys.readouterr().err
     assert code == 2 and "pip install" in err and "--demo" in err

@@ -330,7 +330,8 @@ def _row(r: Result, results) -> str:
 
 
 def format_table(results) -> str:
-    head = f"{'case':7s} {'n':>6s} {'impl':6s} {'median ms':>10s} {'GFLOP/s':>8s} {'peak MiB':>10s} {'x torch':>8s}  note"
+    head = (f"{'case':7s} {'n':>6s} {'impl':6s} {'median ms':>10s} {'GFLOP/s':>8s} {'peak MiB':>10s} "
+            f"{'x torch':>8s}  note")
     return "\n".join([head, "-" * len(head)] + [_row(r, results) for r in results])
 
 

@@ -35,7 +35,7 @@ MEMORY_BUDGET = 256 * 2**20          # bytes the reference path may use for scor
 TILED_FROM_SCORES = 2**21            # impl="auto" on NumPy picks the tiled kernel from this many scores (B*H*Lq*Lk)
 FOLD_MIN_ROWS = 16                   # tiles of this many rows fold the running max into the score matmul
 WORK_PER_THREAD = 2**22              # multiply-adds (scores x (D + Dv)) a thread must get, else fewer threads
-REFERENCE_COPIES = (3.25, 5.0)       # score-sized float arrays alive at once in the reference path, without / with
+REFERENCE_COPIES = (3.25, 4.0)       # score-sized float arrays alive at once in the reference path, without / with
                                      # a mask (tracemalloc peaks, B=2 H=4 n=1024 float32, see tests/test_plan.py)
 TILE_ROWS = (512, 256)               # rows per tile (r * block_q) without / with a mask
 TILE_SCORES = 2**17                  # scores per tile when the rows are few (decoding): 512 KiB in float32

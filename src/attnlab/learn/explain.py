@@ -26,8 +26,7 @@ import numpy as np
 
 from .. import masks as masks_mod
 from ..attention import additive_attention, scaled_dot_product_attention
-
-SIG = 4  # significant digits printed
+from ._format import sig, vec
 
 
 @dataclass
@@ -182,12 +181,12 @@ def worked_example(q, k, v, mask=None, *, score: str = "dot", w_q=None, w_k=None
 def _dot_steps(ex: WorkedExample) -> np.ndarray:
     q, k = ex.q, ex.k
     raw = q @ k.T                                                                # (Lq, Lk)
-    terms = " + ".join(f"{_g(a)}*{_g(b)}" for a, b in zip(q[0], k[0]))
+    terms = " + ".join(f"{sig(a)}*{sig(b)}" for a, b in zip(q[0], k[0]))
     ex.steps.append(Step("dot products", "S[i, j] = q_i . k_j = sum_d q[i, d] k[j, d]", raw,
-                         f"e.g. S[0, 0] = {terms} = {_g(raw[0, 0])}"))
+                         f"e.g. S[0, 0] = {terms} = {sig(raw[0, 0])}"))
     d = q.shape[1]
     scaled = raw / math.sqrt(d)
-    ex.steps.append(Step("scale", f"S / sqrt(d) = S / sqrt({d}) = S * {_g(1 / math.sqrt(d))}", scaled,
+    ex.steps.append(Step("scale", f"S / sqrt(d) = S / sqrt({d}) = S * {sig(1 / math.sqrt(d))}", scaled,
                          "keeps the scores' variance near 1 whatever d is (Vaswani et al. 2017, sec. 3.2.1)"))
     return scaled
 
@@ -232,7 +231,7 @@ def _softmax_steps(ex: WorkedExample, scores: np.ndarray) -> None:
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)                       # a fully blocked row stays -inf
     shifted = scores - row_max
     ex.steps.append(Step("max subtraction", "S[i, j] - max_j S[i, j]", shifted,
-                         f"row maxima {_fmt_vec(row_max[:, 0])}; the weights do not change (the factor "
+                         f"row maxima {vec(row_max[:, 0])}; the weights do not change (the factor "
                          f"exp(-max) cancels) but exp can no longer overflow"))
     e = np.exp(shifted)
     ex.steps.append(Step("exponentials", "E[i, j] = exp(S[i, j] - max_j S[i, j])", e))
@@ -243,11 +242,11 @@ def _softmax_steps(ex: WorkedExample, scores: np.ndarray) -> None:
                          if empty.any() else ""))
     ex.weights = e / np.where(z == 0, 1.0, z)
     ex.steps.append(Step("weights", "A[i, j] = E[i, j] / Z_i  (each row sums to 1)", ex.weights,
-                         f"row sums {_fmt_vec(ex.weights.sum(axis=1))}"))
+                         f"row sums {vec(ex.weights.sum(axis=1))}"))
     ex.output = ex.weights @ ex.v                                                # (Lq, Dv)
-    terms = " + ".join(f"{_g(a)}*{_g(b)}" for a, b in zip(ex.weights[0], ex.v[:, 0]))
+    terms = " + ".join(f"{sig(a)}*{sig(b)}" for a, b in zip(ex.weights[0], ex.v[:, 0]))
     ex.steps.append(Step("weighted sum", "out_i = sum_j A[i, j] v_j", ex.output,
-                         f"e.g. out[0, 0] = {terms} = {_g(ex.output[0, 0])}"))
+                         f"e.g. out[0, 0] = {terms} = {sig(ex.output[0, 0])}"))
 
 
 def _check(ex: WorkedExample) -> None:
@@ -268,23 +267,10 @@ def _check(ex: WorkedExample) -> None:
 
 
 # --- text rendering ----------------------------------------------------------------------------------------
-def _g(x) -> str:
-    """4 significant digits; -inf as -inf."""
-    x = float(x)
-    if math.isinf(x):
-        return "-inf" if x < 0 else "inf"
-    s = f"{x:.{SIG}g}"
-    return "0" if s == "-0" else s
-
-
-def _fmt_vec(a) -> str:
-    return "[" + ", ".join(_g(x) for x in np.ravel(a)) + "]"
-
-
 def format_array(a) -> str:
     """A matrix (or vector) with 4 significant digits, right-aligned columns."""
     a = np.atleast_2d(np.asarray(a, dtype=np.float64))
-    cells = [[_g(x) for x in row] for row in a]
+    cells = [[sig(x) for x in row] for row in a]
     width = max(len(c) for row in cells for c in row)
     return "\n".join("  [" + "  ".join(c.rjust(width) for c in row) + "]" for row in cells)
 

@@ -23,6 +23,7 @@ from .. import cost, masks
 from ..attention import scaled_dot_product_attention
 from ..layers import MultiHeadAttention
 from ..softmax import softmax
+from ._format import sig, vec
 
 
 class InvalidAnswer(ValueError):
@@ -48,14 +49,6 @@ class Exercise:
     title: str
     setup: str
     parts: list
-
-
-def _g(x) -> str:
-    return f"{float(x):.4g}"
-
-
-def _vec(a) -> str:
-    return "[" + ", ".join(_g(x) for x in np.ravel(a)) + "]"
 
 
 def parse_numbers(text: str, count: int | None = None) -> np.ndarray:
@@ -106,20 +99,20 @@ def _softmax_exercise(rng) -> Exercise:
             break
     scaled = scores / math.sqrt(d)
     weights = softmax(scaled)
-    setup = (f"A query has dot products q.k = {_vec(scores)} with {n} keys; the head dim is d_k = {d}.\n"
+    setup = (f"A query has dot products q.k = {vec(scores)} with {n} keys; the head dim is d_k = {d}.\n"
              f"Give the attention weights (softmax of the scaled scores), {n} numbers, 2 decimals are enough.")
 
     def check(text):
         answer = parse_numbers(text, n)
         e = np.exp(scaled - scaled.max())
-        steps = (f"1. scale: q.k / sqrt({d}) = {_vec(scaled)}; 2. subtract the max {_g(scaled.max())} and "
-                 f"exponentiate: {_vec(e)}; 3. sum Z = {_g(e.sum())}; 4. divide: {_vec(weights)}")
+        steps = (f"1. scale: q.k / sqrt({d}) = {vec(scaled)}; 2. subtract the max {sig(scaled.max())} and "
+                 f"exponentiate: {vec(e)}; 3. sum Z = {sig(e.sum())}; 4. divide: {vec(weights)}")
         mistakes = [
             (scaled / scaled.sum() if scaled.sum() else None,
              f"Step 2 is missing: you normalised the scaled scores directly, softmax exponentiates first. {steps}"),
-            (softmax(scores), f"Step 1 is missing: you forgot to scale by 1/sqrt(d_k) = 1/{_g(math.sqrt(d))}. "
+            (softmax(scores), f"Step 1 is missing: you forgot to scale by 1/sqrt(d_k) = 1/{sig(math.sqrt(d))}. "
                               f"Without it the weights are too peaked. {steps}"),
-            (softmax(scores / d), f"Step 1: you divided by d_k = {d}; scale by 1/sqrt(d_k) = 1/{_g(math.sqrt(d))}. "
+            (softmax(scores / d), f"Step 1: you divided by d_k = {d}; scale by 1/sqrt(d_k) = 1/{sig(math.sqrt(d))}. "
                                   f"{steps}"),
             (np.exp(scaled), f"Step 3 is missing: you exponentiated but did not divide by the sum. {steps}"),
             (e, f"Step 3 is missing: you subtracted the max and exponentiated, but did not divide by the sum Z. "
@@ -131,12 +124,12 @@ def _softmax_exercise(rng) -> Exercise:
             return verdict
         total = answer.sum()
         if abs(total - 1) > 0.02:
-            return Verdict(False, f"Your weights sum to {_g(total)}: softmax weights always sum to 1. {steps}")
+            return Verdict(False, f"Your weights sum to {sig(total)}: softmax weights always sum to 1. {steps}")
         if np.argmax(answer) != np.argmax(weights):
             return Verdict(False, f"The largest score must get the largest weight (key {np.argmax(weights)}): "
                                   f"softmax keeps the order of the scores. {steps}")
         j = int(np.argmax(np.abs(answer - weights)))
-        return Verdict(False, f"Your weight for key {j} is {_g(answer[j])}, it should be {_g(weights[j])}. {steps}")
+        return Verdict(False, f"Your weight for key {j} is {sig(answer[j])}, it should be {sig(weights[j])}. {steps}")
 
     return Exercise("softmax", "softmax weights by hand", setup,
                     [Part("weights", check, ", ".join(f"{w:.3f}" for w in weights))])
@@ -254,11 +247,11 @@ def _row_exercise(rng) -> Exercise:
         if np.ptp(w) > 0.2 and np.abs(softmax(q @ k.T) @ v - out).max() > 0.1:
             break
     raw = (q @ k.T)[0]
-    setup = (f"One query q = {_vec(q)} (d = 4) attends to three keys and values:\n"
-             + "\n".join(f"  k{j} = {_vec(k[j])}   v{j} = {_vec(v[j])}" for j in range(3))
+    setup = (f"One query q = {vec(q)} (d = 4) attends to three keys and values:\n"
+             + "\n".join(f"  k{j} = {vec(k[j])}   v{j} = {vec(v[j])}" for j in range(3))
              + "\nWhat is the output for this query (2 numbers)? Use attnlab's default scale 1/sqrt(d).")
-    steps = (f"scores q.k_j = {_vec(raw)}; / sqrt(4) = {_vec(raw / 2)}; weights = softmax = {_vec(w[0])}; "
-             f"output = sum_j w_j v_j = {_vec(out[0])}")
+    steps = (f"scores q.k_j = {vec(raw)}; / sqrt(4) = {vec(raw / 2)}; weights = softmax = {vec(w[0])}; "
+             f"output = sum_j w_j v_j = {vec(out[0])}")
 
     def check(text):
         answer = parse_numbers(text, 2)
@@ -340,12 +333,12 @@ def _shapes_exercise(rng) -> Exercise:
 
 
 # --- cost when n doubles ----------------------------------------------------------------------------------------
-def _ratio_check(expected, mistakes, why):
+def _ratio_check(expected, mistakes, why, rtol=0.1):
     def check(text):
         answer = parse_numbers(text.lower().replace("x", " "), 1)
-        verdict = _first_mistake(answer, [expected], [([c], m) for c, m in mistakes], rtol=0.1,
+        verdict = _first_mistake(answer, [expected], [([c], m) for c, m in mistakes], rtol=rtol,
                                  explain_right=why)
-        return verdict or Verdict(False, f"The model says {_g(expected)}x. {why}")
+        return verdict or Verdict(False, f"The model says {sig(expected)}x. {why}")
     return check
 
 
@@ -360,16 +353,19 @@ def _cost_exercise(rng) -> Exercise:
     parts = [
         Part("dense attention: FLOPs", _ratio_check(dense["useful FLOPs"], [
             (2, f"Twice the queries AND twice the keys each. {quadratic}"),
-            (8, "Attention is quadratic in n (n^2 d), not cubic.")], quadratic), _g(dense["useful FLOPs"])),
+            (8, "Attention is quadratic in n (n^2 d), not cubic.")], quadratic), sig(dense["useful FLOPs"])),
         Part("dense attention: memory of the naive n x n score matrix", _ratio_check(dense["naive peak memory"], [
-            (2, f"The score matrix is n x n. {quadratic}")], quadratic), _g(dense["naive peak memory"])),
+            (2, f"The score matrix is n x n. {quadratic}")], quadratic), sig(dense["naive peak memory"])),
         Part(f"sliding window of w={w} keys: FLOPs of the tiled kernel", _ratio_check(window["tiled FLOPs"], [
             (4, f"Each query only sees w={w} keys: the work is about n*w, linear in n (the kernel skips the empty "
-                f"tiles).")], f"n*w grows like n: {_g(window['tiled FLOPs'])}x."), _g(window["tiled FLOPs"])),
+                f"tiles).")], f"n*w grows like n: {sig(window['tiled FLOPs'])}x."), sig(window["tiled FLOPs"])),
+        # the estimate asked for is "linear in n" (2x); the model's exact ratio is lower because the tiles and
+        # per-call buffers do not grow with n, so the tolerance admits both
         Part("dense attention: peak memory of the tiled (FlashAttention) kernel", _ratio_check(
-            dense["tiled peak memory"], [(4, "The tiled kernel never stores the n x n matrix: fixed-size tiles plus "
-                                             "O(n D) for the output and row statistics, so memory grows like n.")],
-            "Fixed-size tiles plus O(n D) output and statistics: linear in n."), _g(dense["tiled peak memory"])),
+            2.0, [(4, "The tiled kernel never stores the n x n matrix: fixed-size tiles plus "
+                      "O(n D) for the output and row statistics, so memory grows like n.")],
+            f"Fixed-size tiles plus O(n D) output and statistics: linear in n (the cost model says "
+            f"{sig(dense['tiled peak memory'])}x here: the tiles themselves do not grow).", rtol=0.25), "2"),
     ]
     return Exercise("cost", "cost when n doubles", setup, parts)
 

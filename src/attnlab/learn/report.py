@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._format import sig
+
 CSS = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 980px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { margin-bottom: 0; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
@@ -92,7 +94,7 @@ class Report:
         a = np.atleast_2d(np.asarray(values, dtype=np.float64))
         rows_l = row_labels or [str(i) for i in range(a.shape[0])]
         cols_l = col_labels or [str(j) for j in range(a.shape[1])]
-        cells = [[_g(x) for x in row] for row in a]
+        cells = [[sig(x) for x in row] for row in a]
         self._add("table", (title, [""] + list(cols_l), [[r] + c for r, c in zip(rows_l, cells)]))
         self.console.print(title, style="bold", markup=False)
         t = Table(header_style="bold", show_edge=False, pad_edge=False)
@@ -181,13 +183,6 @@ def _block_html(kind, payload) -> str:
         return f'<p class="next">Next: {e(payload)}</p>'
     raise AssertionError(f"unknown block kind {kind!r}")
 
-
-def _g(x) -> str:
-    x = float(x)
-    if np.isinf(x):
-        return "-inf" if x < 0 else "inf"
-    s = f"{x:.4g}"
-    return "0" if s == "-0" else s
 
 
 def _heat_style(x: float) -> str:
