@@ -86,6 +86,96 @@ def test_every_mask_kind_matches_reference(name, dtype, rng):
     _assert_matches(q, k, v, MASKS[name](Lq, Lk), block_q=8, block_k=6)
 
 
+# --- relative masks: one partial-tile pattern per diagonal ----------------------------------------------------------
+RELATIVE = {
+    "full": (M.full(), True),
+    "causal": (M.causal(), True),
+    "causal_top_left": (M.causal("top_left"), True),
+    "window": (M.sliding_window(5, 2, align="top_left"), True),
+    "dilated": (M.dilated(3), True),
+    "not_causal": (~M.causal(), True),
+    "and_or_not_mixed_aligns": ((M.causal() & ~M.dilated(2)) | M.sliding_window(3, align="top_left"), True),
+    "full_or_causal": (M.full() | M.causal(), True),
+    "padding": (M.padding([5, 3]), False),
+    "document": (M.document(np.arange(12) // 4), False),
+    "global": (M.global_tokens([0]), False),
+    "random_blocks": (M.random_blocks(4, 1), False),
+    "key_prefix": (M.key_prefix(3), False),
+    "prefix_lm": (M.prefix_lm(3), False),
+    "from_array": (M.from_array(np.tril(np.ones((4, 4), bool))), False),
+    "from_function": (M.from_function(lambda b, h, q, kv: kv <= q), False),
+    "causal_and_padding": (M.causal() & M.padding([5, 3]), False),
+    "window_or_global": (M.sliding_window(2) | M.global_tokens([0]), False),
+    "not_padding": (~M.padding([5, 3]), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELATIVE))
+def test_relative_flag_of_every_kind_and_combination(name):
+    mask, relative = RELATIVE[name]
+    assert mask.relative is relative
+    if relative:     # the definition: for fixed Lq, Lk the mask depends on q_idx - kv_idx only
+        Lq, Lk = 9, 13
+        grid = mask.to_array(Lq, Lk)
+        diff = np.arange(Lq)[:, None] - np.arange(Lk)[None, :]
+        for d in np.unique(diff):
+            assert len(np.unique(grid[diff == d])) == 1
+
+
+@pytest.mark.parametrize("mask", [M.causal(), M.causal("top_left"), M.sliding_window(7, 3),
+                                  M.sliding_window(4, align="top_left") | (M.dilated(3) & M.causal("top_left")),
+                                  ~M.sliding_window(5)], ids=str)
+def test_cached_tile_patterns_equal_evaluated_ones(mask, rng):
+    """Every tile the kernel computes gets the same state, blocked cells and key range from the pattern cache as
+    from evaluating the mask on that tile; random sizes (Lq != Lk both ways) and blocks that do not divide them."""
+    from attnlab import flash, planner
+
+    for _ in range(6):
+        Lq, Lk = (int(x) for x in rng.integers(1, 90, 2))
+        bq, bk = (int(x) for x in rng.integers(1, 20, 2))
+        q, k, v = _qkv(rng, 1, 2, 2, Lq, Lk, D=4)
+        pb = flash._problem(q, k, v, mask, None, None, None, "test")
+        maps = planner.TileMaps(mask, pb.lay, bq, bk)
+        for i, j in zip(*np.nonzero(maps[(0, 0)] != EMPTY)):
+            qs, qe, ks, ke = i * bq, min(Lq, (i + 1) * bq), j * bk, min(Lk, (j + 1) * bk)
+            q_pos = np.arange(qs, qe)
+            state, blocked, s, e = pb.tile((0, 0), slice(qs, qe), q_pos, ks, ke, maps[(0, 0)][i, j])
+            want = pb._pattern((0, 0), slice(qs, qe), q_pos, ks, ke) if maps[(0, 0)][i, j] != FULL else None
+            if want is None:
+                assert (state, blocked, s, e) == (FULL, None, ks, ke)
+                continue
+            assert (state, s, e) == (want[0], ks + want[2], ks + want[3])
+            assert (blocked is None) == (want[1] is None)
+            if blocked is not None:
+                np.testing.assert_array_equal(blocked, want[1])
+                allowed = mask.evaluate(Lq, Lk, q_pos[:, None], np.arange(s, e)[None, :])
+                np.testing.assert_array_equal(blocked, ~allowed)
+        assert len(pb._patterns) <= planner.MASK_PATTERNS
+
+
+def test_a_causal_diagonal_shares_one_pattern(rng):
+    from attnlab import flash
+
+    q, k, v = _qkv(rng, 1, 2, 2, 64, 64, D=4)
+    pb = flash._problem(q, k, v, M.causal(), None, None, None, "test")
+    for i in range(8):                                                # the 8 diagonal tiles of 8 x 8 blocks
+        state, blocked, _, _ = pb.tile((0, 0), slice(8 * i, 8 * i + 8), np.arange(8 * i, 8 * i + 8), 8 * i,
+                                       8 * i + 8, M.PARTIAL)
+        np.testing.assert_array_equal(blocked, ~np.tri(8, dtype=bool))
+    assert list(pb._patterns) == [(8, 8, 0)]
+
+
+@pytest.mark.parametrize("patterns", [0, 1, 8])
+def test_relative_masks_match_the_reference_whatever_the_pattern_cache_holds(patterns, rng, monkeypatch):
+    from attnlab import planner
+
+    monkeypatch.setattr(planner, "MASK_PATTERNS", patterns)
+    for Lq, Lk in ((61, 100), (100, 61), (77, 77)):
+        q, k, v = _qkv(rng, 1, 4, 2, Lq, Lk, dtype=np.float32)
+        for mask in (M.causal(), M.causal("top_left"), M.sliding_window(9, 2), M.dilated(3) & M.causal()):
+            _assert_matches(q, k, v, mask, block_q=12, block_k=9)
+
+
 # --- sizes, blocks, shapes --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("Lq, Lk", [(1, 1), (7, 7), (97, 97), (1023, 1023), (1025, 1025), (7, 1025), (1025, 7),
                                     (97, 1), (1, 97)])

@@ -30,7 +30,8 @@ Peak extra memory of one call (above its inputs):
            for the scaled queries and the folded running max, 3 R x (Dv + 1) for the accumulator, P V and a
            spare, 3 row vectors, a column of ones, from 16 rows a block_k x (D + 1) key tile with its column of
            ones, and on a partial tile of a mask PARTIAL_TILE_BYTES per cell plus NumPy's UFUNC_BUFFER for
-           evaluating the mask: O(threads block_q block_k + n D), never n^2.
+           evaluating the mask: O(threads block_q block_k + n D), never n^2. (Relative masks also keep their
+           partial-tile patterns, 2 or 3 boolean tiles for causal and windows: ``planner.tiled_memory``.)
 
 KV cache (per sequence): 2 (K and V) * n_layers * G * D * itemsize bytes per token; a sliding window of w keys
 needs only the last w tokens (the rolling buffer cache of Jiang et al. 2023, "Mistral 7B", section 2).

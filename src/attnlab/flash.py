@@ -12,11 +12,12 @@ calculation for softmax"; Dao et al. 2022, "FlashAttention", Algorithm 1):
     out   = acc / l,  lse = m + log(l)     after the last tile
 
 Tiles the mask leaves empty are skipped, full tiles never evaluate the mask, partial tiles evaluate it on the
-tile's indices only (``attnlab.planner.TileMaps``). Score modifiers (ALiBi, soft-capping, relative bias) see each
-tile with its absolute indices. Tasks (key/value head group, query block[, key split]) run on a thread pool: NumPy
-releases the GIL inside BLAS and ufuncs, and BLAS itself is held to one thread so the pool does not oversubscribe
-the cores. When there are fewer tasks than threads (decoding one token) the keys are split and the partial results
-merged exactly by their log-sum-exp (``attnlab.merge_attention``).
+tile's indices only (``attnlab.planner.TileMaps``), once per diagonal for a relative mask (``Mask.relative``).
+Score modifiers (ALiBi, soft-capping, relative bias) see each tile with its absolute indices. Tasks (key/value
+head group, query block[, key split]) run on a thread pool: NumPy releases the GIL inside BLAS and ufuncs, and BLAS
+itself is held to one thread so the pool does not oversubscribe the cores. When there are fewer tasks than
+threads (decoding one token) the keys are split and the partial results merged exactly by
+their log-sum-exp (``attnlab.merge_attention``).
 
 Extra memory: per thread a few (R, block_k) tiles and (R, D) rows, plus the (..., Lq) log-sum-exp; never Lq x Lk.
 """
@@ -126,7 +127,7 @@ def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, bias_fn=Non
         if state == EMPTY:
             continue
         s = np.matmul(pb.q[idx][:, rows] * pb.scale, np.swapaxes(pb.k[idx], -1, -2))   # (r, n, Lk)
-        s = pb.modify(s, idx, rows, rows, 0, lay.Lk, allowed)
+        s = pb.modify(s, idx, rows, rows, 0, lay.Lk, None if allowed is None else ~allowed)
         row_lse = lse[idx][:, rows, None]                                          # (r, n, 1)
         finite = np.isfinite(row_lse)
         np.exp(s - np.where(finite, row_lse, 0), out=weights[idx], where=finite)
@@ -155,6 +156,8 @@ class _Problem:
         self.block_q = self.block_k = 0
         self.maps = None
         self._heads = {}
+        relative = isinstance(mask, masks_mod.Mask) and mask.relative and mask.batch is None and mask.heads is None
+        self._patterns = {} if relative else None                # (rows, cols, q_start - k_start) -> pattern
 
     def heads(self, idx):
         """(b, h) of the task's r heads, shaped (r, 1, 1) for score modifiers and for masks."""
@@ -182,20 +185,41 @@ class _Problem:
         allowed = self.mask.evaluate(self.lay.Lq, self.lay.Lk, q_pos[:, None], np.arange(ks, ke)[None, :], b, h)
         return PARTIAL, allowed
 
-    @staticmethod
-    def trim(allowed, ks, ke):
-        """Narrow a partial tile to the columns some row may attend to: (allowed, ks, ke), or None when none may.
+    def tile(self, idx, q_sel, q_pos, ks, ke, state):
+        """(state, blocked, ks, ke) of a tile to compute: ``blocked`` the boolean (r or 1, rows, cols) cells to set
+        to -inf, or None when there are none; the key range narrowed to the columns some row may attend to.
 
-        On the diagonal of a causal mask this leaves the triangle instead of the whole tile."""
+        A relative mask (``Mask.relative``) has the same pattern on every tile of a diagonal: it is evaluated once
+        per (rows, cols, q_start - k_start) and reused, up to ``planner.MASK_PATTERNS`` patterns per call."""
+        if state != PARTIAL:
+            return state, None, ks, ke
+        key = None if self._patterns is None else (len(q_pos), int(ke - ks), int(q_pos[0] - ks))
+        pattern = None if key is None else self._patterns.get(key)
+        if pattern is None:
+            pattern = self._pattern(idx, q_sel, q_pos, ks, ke)
+            if key is not None and len(self._patterns) < planner.MASK_PATTERNS:
+                self._patterns[key] = pattern
+        state, blocked, first, stop = pattern
+        return state, blocked, ks + first, ks + stop
+
+    def _pattern(self, idx, q_sel, q_pos, ks, ke):
+        """(state, blocked, first, stop) of a PARTIAL tile, its columns narrowed to first:stop (relative to ks).
+
+        On the diagonal of a causal mask the narrowing leaves the triangle instead of the whole tile."""
+        state, allowed = self.classify(idx, q_sel, q_pos, ks, ke, PARTIAL)
+        if allowed is None:
+            return state, None, 0, ke - ks
         cols = allowed.any(axis=tuple(range(allowed.ndim - 1)))               # (cols,)
         first = int(cols.argmax())
         if not cols[first]:
-            return None
+            return EMPTY, None, 0, 0
         stop = len(cols) - int(cols[::-1].argmax())
-        return allowed[..., first:stop], ks + first, ks + stop
+        blocked = ~allowed[..., first:stop]                                    # (r or 1, rows, stop - first)
+        return state, (blocked if blocked.any() else None), first, stop
 
-    def modify(self, s3, idx, q_sel, q_pos, ks, ke, allowed):
-        """Add the bias, apply the score modifier and the mask to a tile of scaled scores s3 (r, rows, cols)."""
+    def modify(self, s3, idx, q_sel, q_pos, ks, ke, blocked):
+        """Add the bias, apply the score modifier and the mask (-inf where ``blocked``) to a tile of scaled scores
+        s3 (r, rows, cols)."""
         if self.bias_arr is not None:
             b = self.bias_arr[idx]
             np.add(s3, (b[:1] if b.strides[0] == 0 else b)[:, q_sel, ks:ke], out=s3, casting="same_kind")
@@ -204,8 +228,8 @@ class _Problem:
             modified = self.bias_fn.apply(s3, b, h, q_pos[:, None], np.arange(ks, ke)[None, :], self.lay.Lq,
                                           self.lay.Lk)
             np.copyto(s3, modified, casting="same_kind")
-        if allowed is not None:
-            np.copyto(s3, -np.inf, where=~allowed)
+        if blocked is not None:
+            np.copyto(s3, -np.inf, where=blocked)
         return s3
 
 
@@ -373,10 +397,7 @@ def _task(pb, ws, task, out, lse, counts):
     counts[EMPTY] += len(row_map) - len(visit)
     for j in visit + j_lo:
         ks, ke = j * bk, min(lay.Lk, (j + 1) * bk)
-        state, allowed = pb.classify(idx, q_sel, q_pos, ks, ke, row_map[j - j_lo])
-        if allowed is not None:
-            trimmed = pb.trim(allowed, ks, ke)
-            state, (allowed, ks, ke) = (EMPTY, (None, ks, ke)) if trimmed is None else (state, trimmed)
+        state, blocked, ks, ke = pb.tile(idx, q_sel, q_pos, ks, ke, row_map[j - j_lo])
         counts[state] += 1
         if state == EMPTY:
             continue
@@ -388,18 +409,18 @@ def _task(pb, ws, task, out, lse, counts):
         else:
             np.matmul(qa[:, :D], K[ks:ke].T, out=S)                              # S, (R, bk)
         if st.shifted:
-            if allowed is not None:
-                np.copyto(S.reshape(r, qe - qs, ke - ks), -np.inf, where=~allowed)
+            if blocked is not None:
+                np.copyto(S.reshape(r, qe - qs, ke - ks), -np.inf, where=blocked)
             if st.add_unshifted(S, V[ks:ke]):
                 continue
             qa[:, D] = 0                                                        # overflow: redo this tile
             st.shifted = False
             np.matmul(qa, ka.T, out=S)
         if pb.mods is not None:
-            pb.modify(S.reshape(r, qe - qs, ke - ks), idx, q_sel, q_pos, ks, ke, allowed)
+            pb.modify(S.reshape(r, qe - qs, ke - ks), idx, q_sel, q_pos, ks, ke, blocked)
             S *= LOG2E
-        elif allowed is not None:
-            np.copyto(S.reshape(r, qe - qs, ke - ks), -np.inf, where=~allowed)
+        elif blocked is not None:
+            np.copyto(S.reshape(r, qe - qs, ke - ks), -np.inf, where=blocked)
         st.add_rescaled(S, V[ks:ke])
         if fold and st.all_started():
             qa[:, D] = -st.m

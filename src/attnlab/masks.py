@@ -44,15 +44,24 @@ class Mask:
     ``tile_fn`` classifies whole tiles without evaluating every cell; without it the classification is exact but
     evaluates the mask one stripe of query rows at a time. ``batch`` / ``heads`` give the size of the batch / head
     axis the mask depends on (None when it does not depend on it).
+
+    ``relative``: True when, for given Lq and Lk, the mask depends only on the difference q_idx - kv_idx (not on
+    b, h or the absolute positions): ``full``, ``causal``, ``sliding_window``, ``dilated`` and their ``&``, ``|``
+    and ``~`` (components may use different ``align``: for fixed Lq, Lk that only shifts the difference). Every
+    tile on one diagonal then has the same pattern, so a kernel may evaluate it once and reuse it.
+
+    >>> (causal() & ~dilated(2)).relative, (causal() | key_prefix(4)).relative
+    (True, False)
     """
 
     def __init__(self, fn, name: str, *, tile_fn: TileFn | None = None, batch: int | None = None,
-                 heads: int | None = None):
+                 heads: int | None = None, relative: bool = False):
         self.fn = fn
         self.name = name
         self.tile_fn = tile_fn
         self.batch = batch
         self.heads = heads
+        self.relative = relative
 
     def __repr__(self) -> str:
         return self.name
@@ -63,18 +72,19 @@ class Mask:
         return Mask(lambda *a: self.fn(*a) & other.fn(*a), f"({self.name} & {other.name})",
                     tile_fn=_combine_tiles(self, other, np.minimum),
                     batch=_joint_size(self.batch, other.batch, "batch"),
-                    heads=_joint_size(self.heads, other.heads, "heads"))
+                    heads=_joint_size(self.heads, other.heads, "heads"), relative=self.relative and other.relative)
 
     def __or__(self, other: "Mask") -> "Mask":
         other = _require_mask(other, "|")
         return Mask(lambda *a: self.fn(*a) | other.fn(*a), f"({self.name} | {other.name})",
                     tile_fn=_combine_tiles(self, other, np.maximum),
                     batch=_joint_size(self.batch, other.batch, "batch"),
-                    heads=_joint_size(self.heads, other.heads, "heads"))
+                    heads=_joint_size(self.heads, other.heads, "heads"), relative=self.relative and other.relative)
 
     def __invert__(self) -> "Mask":
         tile_fn = None if self.tile_fn is None else (lambda *a: FULL - self.tile_fn(*a))
-        return Mask(lambda *a: ~self.fn(*a), f"~{self.name}", tile_fn=tile_fn, batch=self.batch, heads=self.heads)
+        return Mask(lambda *a: ~self.fn(*a), f"~{self.name}", tile_fn=tile_fn, batch=self.batch, heads=self.heads,
+                    relative=self.relative)
 
     # --- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self, Lq: int, Lk: int, q_idx, kv_idx, b=0, h=0) -> np.ndarray:
@@ -201,7 +211,7 @@ def _nonneg_int(value, name):
 def full() -> Mask:
     """Every query may attend to every key (no mask)."""
     return Mask(lambda b, h, q, kv, Lq, Lk: np.ones(np.broadcast_shapes(np.shape(q), np.shape(kv)), bool),
-                "full()", tile_fn=lambda *a: np.full((1, 1), FULL))
+                "full()", tile_fn=lambda *a: np.full((1, 1), FULL), relative=True)
 
 
 def causal(align: str = "bottom_right") -> Mask:
@@ -215,7 +225,7 @@ def causal(align: str = "bottom_right") -> Mask:
         o = _offset(Lq, Lk, align)
         return _classify(full=ke - 1 <= qs + o, empty=ks > qe - 1 + o)
 
-    return Mask(fn, f"causal(align={align!r})", tile_fn=tiles)
+    return Mask(fn, f"causal(align={align!r})", tile_fn=tiles, relative=True)
 
 
 def sliding_window(left: int, right: int = 0, align: str = "bottom_right") -> Mask:
@@ -233,7 +243,7 @@ def sliding_window(left: int, right: int = 0, align: str = "bottom_right") -> Ma
         empty = (ke - 1 < qs + o - left) | (ks > qe - 1 + o + right)
         return _classify(full_, empty)
 
-    return Mask(fn, f"sliding_window(left={left}, right={right})", tile_fn=tiles)
+    return Mask(fn, f"sliding_window(left={left}, right={right})", tile_fn=tiles, relative=True)
 
 
 def padding(lengths, q_lengths=None) -> Mask:
@@ -338,7 +348,7 @@ def dilated(stride: int, align: str = "bottom_right") -> Mask:
         return (q + _offset(Lq, Lk, align) - kv) % stride == 0
 
     tile_fn = (lambda *a: np.full((1, 1), FULL)) if stride == 1 else None
-    return Mask(fn, f"dilated(stride={stride})", tile_fn=tile_fn)
+    return Mask(fn, f"dilated(stride={stride})", tile_fn=tile_fn, relative=True)
 
 
 def global_tokens(indices, align: str = "bottom_right") -> Mask:

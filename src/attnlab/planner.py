@@ -38,6 +38,7 @@ WORK_PER_THREAD = 2**22              # multiply-adds (scores x (D + Dv)) a threa
 REFERENCE_COPIES = (3.25, 4.0)       # score-sized float arrays alive at once in the reference path, without / with
                                      # a mask (tracemalloc peaks, B=2 H=4 n=1024 float32, see tests/test_plan.py)
 TILE_ROWS = (512, 256)               # rows per tile (r * block_q) without / with a mask
+MASK_PATTERNS = 8                    # partial-tile patterns of a relative mask a kernel call keeps (per diagonal)
 TILE_SCORES = 2**17                  # scores per tile when the rows are few (decoding): 512 KiB in float32
 IMPLS = ("auto", "reference", "tiled")
 
@@ -352,7 +353,10 @@ def check_threads(threads) -> int:
 def tiled_memory(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool = True) -> int:
     """Extra bytes of ``attnlab.flash_attention`` beyond inputs and output: per thread the score tile, the scaled
     queries, the key tile with its column of ones, the accumulators and row statistics (and on a partial tile
-    the evaluated mask and its negation); once the log-sum-exp rows and, with split keys, the partial outputs."""
+    the evaluated mask and its negation); once the log-sum-exp rows and, with split keys, the partial outputs.
+    Not counted: the partial-tile patterns a relative mask keeps for the call (``_Problem.tile``), at most
+    MASK_PATTERNS boolean tiles of rows x cols bytes shared by the threads; causal and sliding-window masks keep 2
+    or 3 (plus 2 for the shorter last blocks when the lengths are not multiples of the blocks)."""
     rows = lay.r * min(block_q, max(lay.Lq, 1))
     cols = min(block_k, max(lay.Lk, 1))
     D, Dv = lay.q.shape[-1], lay.v.shape[-1]
