@@ -139,17 +139,21 @@ def test_cached_tile_patterns_equal_evaluated_ones(mask, rng):
         for i, j in zip(*np.nonzero(maps[(0, 0)] != EMPTY)):
             qs, qe, ks, ke = i * bq, min(Lq, (i + 1) * bq), j * bk, min(Lk, (j + 1) * bk)
             q_pos = np.arange(qs, qe)
-            state, blocked, s, e = pb.tile((0, 0), slice(qs, qe), q_pos, ks, ke, maps[(0, 0)][i, j])
-            want = pb._pattern((0, 0), slice(qs, qe), q_pos, ks, ke) if maps[(0, 0)][i, j] != FULL else None
-            if want is None:
-                assert (state, blocked, s, e) == (FULL, None, ks, ke)
+            state, parts = pb.tile((0, 0), slice(qs, qe), q_pos, ks, ke, maps[(0, 0)][i, j])
+            if maps[(0, 0)][i, j] == FULL:
+                assert (state, parts) == (FULL, [(0, qe - qs, None, ks, ke)])
                 continue
-            assert (state, s, e) == (want[0], ks + want[2], ks + want[3])
-            assert (blocked is None) == (want[1] is None)
-            if blocked is not None:
-                np.testing.assert_array_equal(blocked, want[1])
-                allowed = mask.evaluate(Lq, Lk, q_pos[:, None], np.arange(s, e)[None, :])
-                np.testing.assert_array_equal(blocked, ~allowed)
+            want_state, want = pb._pattern((0, 0), slice(qs, qe), q_pos, ks, ke)
+            assert state == want_state and len(parts) == len(want)
+            for (a, b, blocked, s, e), (wa, wb, w_blocked, w_first, w_stop) in zip(parts, want):
+                assert (a, b, s, e) == (wa, wb, ks + w_first, ks + w_stop)
+                allowed = mask.evaluate(Lq, Lk, q_pos[a:b, None], np.arange(s, e)[None, :])   # (b - a, e - s)
+                assert allowed.any()
+                if blocked is None:
+                    assert allowed.all() and w_blocked is None
+                else:
+                    np.testing.assert_array_equal(blocked, w_blocked)
+                    np.testing.assert_array_equal(blocked[0], ~allowed)
         assert len(pb._patterns) <= planner.MASK_PATTERNS
 
 
@@ -159,9 +163,9 @@ def test_a_causal_diagonal_shares_one_pattern(rng):
     q, k, v = _qkv(rng, 1, 2, 2, 64, 64, D=4)
     pb = flash._problem(q, k, v, M.causal(), None, None, None, "test")
     for i in range(8):                                                # the 8 diagonal tiles of 8 x 8 blocks
-        state, blocked, _, _ = pb.tile((0, 0), slice(8 * i, 8 * i + 8), np.arange(8 * i, 8 * i + 8), 8 * i,
-                                       8 * i + 8, M.PARTIAL)
-        np.testing.assert_array_equal(blocked, ~np.tri(8, dtype=bool))
+        state, [(_, _, blocked, _, _)] = pb.tile((0, 0), slice(8 * i, 8 * i + 8), np.arange(8 * i, 8 * i + 8),
+                                                 8 * i, 8 * i + 8, M.PARTIAL)
+        np.testing.assert_array_equal(blocked[0], ~np.tri(8, dtype=bool))
     assert list(pb._patterns) == [(8, 8, 0)]
 
 

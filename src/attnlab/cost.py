@@ -335,7 +335,7 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
     if block_q is None or block_k is None:
         from .planner import default_blocks
 
-        bq, bk = default_blocks(r, Lq, Lk, masked=spec[0] != "dense")
+        bq, bk = default_blocks(r, Lq, Lk)
         block_q, block_k = block_q or bq, block_k or bk
     tiled = _tiled_path(cfg, B, Lq, Lk, size, spec, block_q, block_k, threads)
     per_token = 2 * layers * cfg.n_kv_heads * D * size

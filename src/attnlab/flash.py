@@ -77,7 +77,7 @@ def flash_attention(q, k, v, mask=None, *, scale=None, bias_fn=None, bias=None, 
     pb = _problem(q, k, v, mask, scale, bias_fn, bias, "flash_attention")
     lay = pb.lay
     threads = planner.default_threads() if threads is None else planner.check_threads(threads)
-    bq, bk = planner.default_blocks(lay.r, lay.Lq, lay.Lk, masked=mask is not None)
+    bq, bk = planner.default_blocks(lay.r, lay.Lq, lay.Lk)
     pb.block_q = planner.check_block(block_q, "block_q") or bq
     pb.block_k = planner.check_block(block_k, "block_k") or bk
     pb.maps = planner.TileMaps(mask, lay, pb.block_q, pb.block_k)
@@ -192,30 +192,31 @@ class _Problem:
         A relative mask (``Mask.relative``) has the same pattern on every tile of a diagonal: it is evaluated once
         per (rows, cols, q_start - k_start) and reused, up to ``planner.MASK_PATTERNS`` patterns per call."""
         if state != PARTIAL:
-            return state, None, ks, ke
+            return state, [(0, len(q_pos), None, ks, ke)]
         key = None if self._patterns is None else (len(q_pos), int(ke - ks), int(q_pos[0] - ks))
         pattern = None if key is None else self._patterns.get(key)
         if pattern is None:
             pattern = self._pattern(idx, q_sel, q_pos, ks, ke)
             if key is not None and len(self._patterns) < planner.MASK_PATTERNS:
                 self._patterns[key] = pattern
-        state, blocked, first, stop = pattern
-        return state, blocked, ks + first, ks + stop
+        state, parts = pattern
+        return state, [(a, b, blocked, ks + first, ks + stop) for a, b, blocked, first, stop in parts]
 
     def _pattern(self, idx, q_sel, q_pos, ks, ke):
-        """(state, blocked, first, stop) of a PARTIAL tile, its columns narrowed to first:stop (relative to ks).
+        """(state, parts) of a PARTIAL tile: parts are (a, b, blocked, first, stop), its rows a:b computed over
+        the columns first:stop (relative to ks), the cells ``blocked`` set to -inf.
 
-        On the diagonal of a causal mask the narrowing leaves the triangle instead of the whole tile."""
+        The rows are cut into slices of ``planner.PARTIAL_ROWS`` (all r heads together), each narrowed to the
+        columns its rows may attend to: on the diagonal of a causal mask this leaves a staircase of rectangles
+        around the triangle instead of the whole tile."""
         state, allowed = self.classify(idx, q_sel, q_pos, ks, ke, PARTIAL)
         if allowed is None:
-            return state, None, 0, ke - ks
-        cols = allowed.any(axis=tuple(range(allowed.ndim - 1)))               # (cols,)
-        first = int(cols.argmax())
-        if not cols[first]:
-            return EMPTY, None, 0, 0
-        stop = len(cols) - int(cols[::-1].argmax())
-        blocked = ~allowed[..., first:stop]                                    # (r or 1, rows, stop - first)
-        return state, (blocked if blocked.any() else None), first, stop
+            return state, [(0, len(q_pos), None, 0, ke - ks)]
+        allowed = allowed.reshape((-1,) + allowed.shape[-2:])                 # (r or 1, rows, cols)
+        step = max(1, planner.PARTIAL_ROWS // self.lay.r)
+        parts = [_narrow(allowed[:, a:a + step], a) for a in range(0, allowed.shape[1], step)]
+        parts = [p for p in parts if p is not None]
+        return (PARTIAL, parts) if parts else (EMPTY, [])
 
     def modify(self, s3, idx, q_sel, q_pos, ks, ke, blocked):
         """Add the bias, apply the score modifier and the mask (-inf where ``blocked``) to a tile of scaled scores
@@ -231,6 +232,18 @@ class _Problem:
         if blocked is not None:
             np.copyto(s3, -np.inf, where=blocked)
         return s3
+
+
+def _narrow(allowed, a):
+    """(a, a + rows, blocked, first, stop) of the row slice ``allowed`` (r or 1, rows, cols) that starts at row a,
+    narrowed to the columns first:stop some row may attend to; None when no cell is allowed."""
+    cols = allowed.any(axis=(0, 1))                                            # (cols,)
+    first = int(cols.argmax())
+    if not cols[first]:
+        return None
+    stop = len(cols) - int(cols[::-1].argmax())
+    blocked = ~allowed[..., first:stop]                                        # (r or 1, rows, stop - first)
+    return a, a + allowed.shape[1], (blocked if blocked.any() else None), first, stop
 
 
 def _problem(q, k, v, mask, scale, bias_fn, bias, fn_name) -> _Problem:
@@ -389,51 +402,59 @@ def _task(pb, ws, task, out, lse, counts):
     qa = ws.qa[:R * (D + 1)].reshape(R, D + 1)
     np.multiply(pb.q[idx][:, q_sel], pb.q_scale, out=qa[:, :D].reshape(r, qe - qs, D))
     qa[:, D] = 0
-    K, V = pb.k[idx][0], pb.v[idx][0]                                           # (Lk, D), (Lk, Dv)
-    st = _RowState(ws, R, Dv, pb.dtype)
+    st = _RowState(ws, r, qe - qs, Dv, pb.dtype)
     fold = pb.mods is None and R >= planner.FOLD_MIN_ROWS          # tall enough to pay for copying the key tile
     row_map = pb.maps[idx][i, j_lo:j_hi]
     visit = np.flatnonzero(row_map != EMPTY)                  # empty tiles are skipped without a Python step
     counts[EMPTY] += len(row_map) - len(visit)
     for j in visit + j_lo:
-        ks, ke = j * bk, min(lay.Lk, (j + 1) * bk)
-        state, blocked, ks, ke = pb.tile(idx, q_sel, q_pos, ks, ke, row_map[j - j_lo])
+        state, parts = pb.tile(idx, q_sel, q_pos, j * bk, min(lay.Lk, (j + 1) * bk), row_map[j - j_lo])
         counts[state] += 1
-        if state == EMPTY:
-            continue
-        S = ws.s[:R * (ke - ks)].reshape(R, ke - ks)
-        if fold:
-            ka = ws.ka[:ke - ks]
-            np.copyto(ka[:, :D], K[ks:ke])
-            np.matmul(qa, ka.T, out=S)                                          # S - shift, (R, bk)
-        else:
-            np.matmul(qa[:, :D], K[ks:ke].T, out=S)                              # S, (R, bk)
-        if st.shifted:
-            if blocked is not None:
-                np.copyto(S.reshape(r, qe - qs, ke - ks), -np.inf, where=blocked)
-            if st.add_unshifted(S, V[ks:ke]):
-                continue
-            qa[:, D] = 0                                                        # overflow: redo this tile
-            st.shifted = False
-            np.matmul(qa, ka.T, out=S)
-        if pb.mods is not None:
-            pb.modify(S.reshape(r, qe - qs, ke - ks), idx, q_sel, q_pos, ks, ke, blocked)
-            S *= LOG2E
-        elif blocked is not None:
-            np.copyto(S.reshape(r, qe - qs, ke - ks), -np.inf, where=blocked)
-        st.add_rescaled(S, V[ks:ke])
-        if fold and st.all_started():
-            qa[:, D] = -st.m
-            st.shifted = True
+        for a, b, blocked, ks, ke in parts if state != EMPTY else ():
+            _tile(pb, ws, st, idx, qs, a, b, blocked, ks, ke, fold)
     dest_out, dest_lse = out[split][idx][:, q_sel], lse[split][idx][:, q_sel]   # (r, rows, Dv), (r, rows)
     st.finish(dest_out, dest_lse)
 
 
-class _RowState:
-    """Running max m (log2 units), and acc = [sum p v | l] (R, Dv + 1) relative to it, for one task."""
+def _tile(pb, ws, st, idx, qs, a, b, blocked, ks, ke, fold):
+    """Add the scores of query rows qs + a : qs + b (all r heads) against keys ks:ke to the row state st."""
+    r, D, n, cols = pb.lay.r, pb.D, b - a, ke - ks
+    K, V = pb.k[idx][0], pb.v[idx][0]                                           # (Lk, D), (Lk, Dv)
+    qa = st.rows(ws.qa, D + 1, a, b)                                            # (r, n, D + 1)
+    S = ws.s[:r * n * cols].reshape(r, n, cols)
+    if fold:
+        ka = ws.ka[:cols]
+        np.copyto(ka[:, :D], K[ks:ke])
+        np.matmul(qa, ka.T, out=S)                                              # S - shift, (r, n, cols)
+    else:
+        np.matmul(qa[..., :D], K[ks:ke].T, out=S)                               # S, (r, n, cols)
+    if st.shifted:
+        if blocked is not None:
+            np.copyto(S, -np.inf, where=blocked)
+        if st.add_unshifted(S, V[ks:ke], a, b):
+            return
+        ws.qa.reshape(-1, D + 1)[:, D] = 0                                      # overflow: redo this tile
+        st.shifted = False
+        np.matmul(qa, ka.T, out=S)
+    q_sel = slice(qs + a, qs + b)
+    if pb.mods is not None:
+        pb.modify(S, idx, q_sel, np.arange(q_sel.start, q_sel.stop), ks, ke, blocked)
+        S *= LOG2E
+    elif blocked is not None:
+        np.copyto(S, -np.inf, where=blocked)
+    st.add_rescaled(S, V[ks:ke], a, b)
+    if fold and st.all_started():
+        ws.qa.reshape(-1, D + 1)[:st.m.size, D] = -st.m
+        st.shifted = True
 
-    def __init__(self, ws, R, Dv, dtype):
-        self.Dv, self.lowest = Dv, np.finfo(dtype).min
+
+class _RowState:
+    """Running max m (log2 units), and acc = [sum p v | l] (R, Dv + 1) relative to it, for one task; R = r * rows
+    (r query heads of ``rows`` queries). The steps update the query rows a:b of every head."""
+
+    def __init__(self, ws, r, rows, Dv, dtype):
+        R = r * rows
+        self.r, self.n, self.Dv, self.lowest = r, rows, Dv, np.finfo(dtype).min
         self.acc, self.pv, self.tmp = (b[:R * (Dv + 1)].reshape(R, Dv + 1) for b in (ws.acc, ws.pv, ws.tmp))
         self.m, self.m_new, self.alpha = ws.m[:R], ws.m_new[:R], ws.alpha[:R]
         self.ones = ws.ones
@@ -441,35 +462,47 @@ class _RowState:
         self.acc.fill(0)
         self.shifted = False
 
-    def _products(self, P, v):
-        _pv(P, v, self.pv[:, :self.Dv])                              # sum p v   (R, Dv)
-        np.matmul(P, self.ones[:P.shape[1]], out=self.pv[:, self.Dv])         # sum p (R,): BLAS beats np.sum
+    def rows(self, buf, width, a, b):
+        """The (r, b - a, width) view of rows a:b of a buffer laid out (r, rows, width)."""
+        return buf[:self.r * self.n * width].reshape(self.r, self.n, width)[:, a:b]
 
-    def add_rescaled(self, S, v):
-        """The online-softmax step for a tile of scores S (R, bk), log2 units; S is overwritten with P."""
-        m_tile = np.max(S, axis=1, out=self.m_new)
-        np.maximum(m_tile, self.m, out=m_tile)
+    def _vec(self, x, a, b):
+        return x.reshape(self.r, self.n)[:, a:b]                                # (r, b - a)
+
+    def _products(self, P, v, pv):
+        _pv(P, v, pv[..., :self.Dv])                                          # sum p v   (r, n, Dv)
+        np.matmul(P, self.ones[:P.shape[-1]], out=pv[..., self.Dv])             # sum p (r, n): BLAS beats np.sum
+
+    def add_rescaled(self, S, v, a, b):
+        """The online-softmax step for a tile of scores S (r, b - a, cols) of rows a:b, log2 units; S is
+        overwritten with P."""
+        m, m_tile, alpha = (self._vec(x, a, b) for x in (self.m, self.m_new, self.alpha))
+        acc, pv = (self.rows(x.reshape(-1), self.Dv + 1, a, b) for x in (self.acc, self.pv))
+        np.max(S, axis=-1, out=m_tile)
+        np.maximum(m_tile, m, out=m_tile)
         np.maximum(m_tile, self.lowest, out=m_tile)                             # fully masked so far: stay finite
-        np.subtract(S, m_tile[:, None], out=S)
+        np.subtract(S, m_tile[..., None], out=S)
         np.exp2(S, out=S)                                                       # P = 2^(S - m_new)
-        self._products(S, v)
-        np.subtract(self.m, m_tile, out=self.alpha)
-        np.exp2(self.alpha, out=self.alpha)                                     # 2^(m_old - m_new)
-        np.multiply(self.acc, self.alpha[:, None], out=self.acc)
-        self.acc += self.pv
-        self.m, self.m_new = self.m_new, self.m
+        self._products(S, v, pv)
+        np.subtract(m, m_tile, out=alpha)
+        np.exp2(alpha, out=alpha)                                               # 2^(m_old - m_new)
+        np.multiply(acc, alpha[..., None], out=acc)
+        acc += pv
+        np.copyto(m, m_tile)
 
-    def add_unshifted(self, S, v) -> bool:
-        """Add a tile of already shifted scores S - m; False (state untouched) if it would overflow."""
+    def add_unshifted(self, S, v, a, b) -> bool:
+        """Add a tile of already shifted scores S - m (r, b - a, cols) of rows a:b; False (state untouched) if it
+        would overflow."""
+        acc, pv, tmp = (self.rows(x.reshape(-1), self.Dv + 1, a, b) for x in (self.acc, self.pv, self.tmp))
         np.exp2(S, out=S)                                                       # P = 2^(S - m), may be inf
-        row_sums = np.matmul(S, self.ones[:S.shape[1]], out=self.pv[:, self.Dv])
+        row_sums = np.matmul(S, self.ones[:S.shape[-1]], out=pv[..., self.Dv])
         if not np.isfinite(row_sums).all():                                     # overflow (or NaN scores)
             return False
-        _pv(S, v, self.pv[:, :self.Dv])
-        np.add(self.acc, self.pv, out=self.tmp)
-        if np.isinf(self.tmp).any():                                            # the sums overflowed
+        _pv(S, v, pv[..., :self.Dv])
+        np.add(acc, pv, out=tmp)
+        if np.isinf(tmp).any():                                                 # the sums overflowed
             return False
-        self.acc, self.tmp = self.tmp, self.acc
+        np.copyto(acc, tmp)
         return True
 
     def all_started(self) -> bool:

@@ -37,7 +37,8 @@ FOLD_MIN_ROWS = 16                   # tiles of this many rows fold the running 
 WORK_PER_THREAD = 2**22              # multiply-adds (scores x (D + Dv)) a thread must get, else fewer threads
 REFERENCE_COPIES = (3.25, 4.0)       # score-sized float arrays alive at once in the reference path, without / with
                                      # a mask (tracemalloc peaks, B=2 H=4 n=1024 float32, see tests/test_plan.py)
-TILE_ROWS = (512, 256)               # rows per tile (r * block_q) without / with a mask
+TILE_ROWS = 512                      # rows per tile (r * block_q)
+PARTIAL_ROWS = 256                   # rows per slice of a partial tile, each slice narrowed to its own keys
 MASK_PATTERNS = 8                    # partial-tile patterns of a relative mask a kernel call keeps (per diagonal)
 TILE_SCORES = 2**17                  # scores per tile when the rows are few (decoding): 512 KiB in float32
 IMPLS = ("auto", "reference", "tiled")
@@ -136,11 +137,11 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def default_blocks(r: int, Lq: int, Lk: int, masked: bool = False) -> tuple[int, int]:
-    """block_q so that a tile has r * block_q ~ TILE_ROWS rows (tall matmuls; fewer with a mask, so the partial
-    tiles on a causal diagonal waste less); block_k = 512 keys, more when the rows are few (decoding), up to
-    TILE_SCORES scores per tile."""
-    block_q = max(1, min(Lq, max(16, TILE_ROWS[masked] // r)))
+def default_blocks(r: int, Lq: int, Lk: int) -> tuple[int, int]:
+    """block_q so that a tile has r * block_q ~ TILE_ROWS rows (tall matmuls; the kernel cuts partial tiles into
+    PARTIAL_ROWS slices, so a causal diagonal wastes little); block_k = 512 keys, more when the rows are few
+    (decoding), up to TILE_SCORES scores per tile."""
+    block_q = max(1, min(Lq, max(16, TILE_ROWS // r)))
     block_k = max(1, min(Lk, max(512, min(8192, TILE_SCORES // (r * block_q)))))
     return block_q, block_k
 
@@ -299,7 +300,7 @@ def decide(p, mask, *, impl="auto", return_weights=False, numpy=True, threads=No
     threads = default_threads() if threads is None else check_threads(threads)
     lay = layout(p)
     itemsize = np.dtype(str(p.q.dtype).split(".")[-1]).itemsize
-    bq, bk = default_blocks(lay.r, lay.Lq, lay.Lk, masked=mask is not None)
+    bq, bk = default_blocks(lay.r, lay.Lq, lay.Lk)
     bq, bk = check_block(block_q, "block_q") or bq, check_block(block_k, "block_k") or bk
     n_scores = math.prod(lay.scores_shape)
     ref_bytes = int(REFERENCE_COPIES[mask is not None] * n_scores * itemsize)
