@@ -12,7 +12,8 @@ import torch
 
 import attnlab
 from attnlab import masks as M
-from attnlab import scores
+from attnlab import flash as flash_mod
+from attnlab import planner, scores
 from attnlab.flash import RunStats, attention_weights_for, flash_attention
 from attnlab.masks import EMPTY, FULL
 
@@ -52,7 +53,7 @@ def test_equals_the_loop_oracle_with_gqa_mask_and_alibi(rng):
     want, _, want_lse = oracles.attention(q, k, v, oracles.scaled_dot(), allowed, mod=oracles.alibi(4))
     got, lse = flash_attention(q, k, v, M.causal() & M.padding([7, 4]), bias_fn=scores.alibi(4), block_q=2,
                                block_k=3, return_lse=True)
-    np.testing.assert_allclose(got, want, atol=1e-12)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL[q.dtype.type])
     np.testing.assert_allclose(lse, want_lse, atol=1e-12)
 
 
@@ -266,7 +267,7 @@ def _assert_matches_nan(q, k, v, mask, **kw):
     want = attnlab.scaled_dot_product_attention(q, k, v, mask, impl="reference")
     got = flash_attention(q, k, v, mask, **kw)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-    np.testing.assert_allclose(got, want, atol=1e-12)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL[q.dtype.type])
 
 
 def test_rising_scores_take_the_overflow_fallback_and_stay_exact(rng):
@@ -280,6 +281,54 @@ def test_rising_scores_take_the_overflow_fallback_and_stay_exact(rng):
     got = flash_attention(q, k, v, block_q=64, block_k=16)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, atol=2e-5)     # scores of ~1000: float32 scores carry ~1e-4 each
+
+
+def _count_passes(monkeypatch):
+    """Record the ``careful`` flag of every pass the kernel makes over a task."""
+    passes = []
+    run = flash_mod._tiles
+
+    def spy(*args, careful):
+        passes.append(careful)
+        return run(*args, careful=careful)
+    monkeypatch.setattr(flash_mod, "_tiles", spy)
+    return passes
+
+
+def test_ordinary_inputs_take_one_unchecked_pass_per_task(rng, monkeypatch):
+    passes = _count_passes(monkeypatch)
+    q, k, v = _qkv(rng, 1, 2, 2, 300, 300, dtype=np.float32)
+    _assert_matches(q, k, v, M.causal(), block_q=64, block_k=32)
+    assert passes and not any(passes)
+
+
+def test_overflow_and_non_finite_inputs_redo_the_task_carefully(rng, monkeypatch):
+    passes = _count_passes(monkeypatch)
+    q = np.ones((1, 1, 32, 4), np.float32)
+    k = np.concatenate([np.zeros((32, 4)), np.full((32, 4), 60.0)]).astype(np.float32)[None, None]
+    v = rng.standard_normal((1, 1, 64, 4)).astype(np.float32)
+    _assert_matches(q, k, v, block_q=32, block_k=32, threads=1)  # the second tile is 2^170 above the probe's shift
+    assert passes == [False, True]
+    passes.clear()
+    v[0, 0, 5, 2] = np.inf                                       # its weight underflows to 0: reaches no row
+    v[0, 0, 40, 1] = np.nan                                      # reaches the rows that may attend to key 40
+    _assert_matches_nan(q, k, v, M.causal(), block_q=32, block_k=16, threads=1)
+    assert passes == [False, True]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rows_started_at_different_tiles_keep_their_own_shift(seed):
+    """Tall tiles fold each row's shift into the matmul; random masks start rows at different tiles, by a probe
+    (a free piece) or by the rescaling step (a masked one), and leave some rows empty."""
+    rng = np.random.default_rng(seed)
+    Lq, Lk = 70, 90
+    q, k, v = _qkv(rng, 1, 4, 2, Lq, Lk)
+    q *= 1 + 3 * rng.random((1, 4, Lq, 1))                      # rows of very different score ranges
+    mask = rng.random((1, 4, Lq, Lk)) < rng.uniform(0.05, 0.9)
+    mask[..., rng.integers(0, Lq, 3), :] = False                 # rows with nothing to attend to
+    block_q = planner.FOLD_MIN_ROWS
+    _assert_matches(q, k, v, mask, block_q=block_q, block_k=int(rng.integers(3, 20)))
+    _assert_matches(q, k, v, M.from_array(mask), block_q=block_q, block_k=int(rng.integers(3, 20)))
 
 
 def test_threads_do_not_change_the_result(rng):
@@ -360,11 +409,37 @@ def test_merging_two_halves_equals_the_whole(dtype, rng):
     np.testing.assert_allclose(lse, whole_lse, atol=4 * TOL[dtype])
 
 
-def test_split_kv_decoding_merges_partials(rng):
+def test_split_kv_decoding_merges_partials(rng, monkeypatch):
+    monkeypatch.setattr(planner, "WORK_PER_THREAD", 1000)        # enough work for 4 threads at this size
     q, k, v = _qkv(rng, 1, 1, 1, 1, 5000, dtype=np.float32)
     stats = RunStats()
     _assert_matches(q, k, v, M.causal(), threads=4, block_k=512, stats=stats)
-    assert stats.kv_splits == 4 and stats.tasks == 4
+    assert stats.kv_splits == 4 and stats.tasks == 4 and stats.threads == 4
+
+
+@pytest.mark.parametrize("mask", [None, M.causal(), M.sliding_window(700), M.padding([3000, 4999, 10]),
+                                  "array", M.causal() & M.padding([0, 4000, 10])],
+                         ids=["dense", "causal", "window", "padding", "array", "causal_padding_empty_row"])
+@pytest.mark.parametrize("Lq, n_kv_heads", [(1, 4), (1, 2), (3, 1), (2, 2)])
+def test_decoding_all_heads_at_once_equals_the_reference(mask, Lq, n_kv_heads, rng, monkeypatch):
+    """Few query rows (r * Lq < FOLD_MIN_ROWS) run every head in one batched task per key split."""
+    monkeypatch.setattr(planner, "WORK_PER_THREAD", 10_000)
+    q, k, v = _qkv(rng, 3, 4, n_kv_heads, Lq, 5000, dtype=np.float32)
+    if isinstance(mask, str):
+        mask = rng.random((3, 1, Lq, 5000)) < 0.3
+    stats = RunStats()
+    _assert_matches(q, k, v, mask, threads=3, block_k=512, stats=stats)
+    assert stats.tasks == stats.kv_splits == 3 and stats.block_q == Lq
+    if not isinstance(mask, np.ndarray):
+        assert stats.tiles == attnlab.plan(q.shape, k.shape, mask=mask, impl="tiled", block_k=512).tiles
+
+
+def test_decoding_all_heads_at_once_keeps_non_finite_values_to_their_rows(rng):
+    q, k, v = _qkv(rng, 1, 4, 2, 1, 300, dtype=np.float32)
+    v[0, 1, 17, 3] = np.inf
+    v[0, 0, 200, 0] = np.nan
+    k[0, 0, 5] = 100.0                                          # key 5 takes all the weight of some heads
+    _assert_matches_nan(q, k, v, M.sliding_window(150), block_k=64)
 
 
 @pytest.mark.parametrize("mask, rows", [(None, [0, 5, 39]), (M.causal(), slice(10, 20)), (M.sliding_window(3), 7),

@@ -128,7 +128,7 @@ def test_plan_str_and_repr_say_path_reason_memory_and_tiles():
                  "tiles of 4 head(s)", "empty skipped"):
         assert part in text, part
     assert repr(p).startswith("Plan(impl='tiled', peak~") and "MiB" in repr(p)
-    assert p.r == 4 and p.block_q * p.r == 512 and p.threads == 2
+    assert p.r == 4 and p.block_q * p.r == planner.TILE_ROWS and p.threads == 2
     assert p.tiles.empty > 0.4 * p.tiles.total and p.tiles.partial > 0
 
 

@@ -357,12 +357,18 @@ def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threa
     H, G, layers = B * cfg.n_heads, B * cfg.n_kv_heads, cfg.n_layers
     R, cols = (cfg.n_heads // cfg.n_kv_heads) * min(block_q, Lq), min(block_k, Lk)
     tasks, nkb = G * -(-Lq // block_q), -(-Lk // block_k)
-    splits = min(nkb, -(-threads // tasks)) if nkb > 1 and tasks < threads else 1   # keys split when few tasks
-    used = min(threads, tasks * splits)
-    per_thread = (R * cols + R * (D + 1) + 3 * R * (Dv + 1) + 3 * R + cols) * size        # tile, [q | -m], acc
-    per_thread += cols * (D + 1) * size if R >= 16 else 0     # [k | 1] key tile: planner.FOLD_MIN_ROWS rows up
-    if spec[0] != "dense":
-        per_thread += R * cols * PARTIAL_TILE_BYTES + min(R * cols, UFUNC_BUFFER[0]) * UFUNC_BUFFER[1]
+    if R < 16 and Lq <= block_q:          # decoding: every head in one task per key split (planner.batched_heads)
+        R, tasks = G * R, 1
+        splits = used = max(1, min(nkb, threads))
+        per_thread = (R * cols + R * D + 2 * R * Dv + 6 * R) * size                  # tile, scaled q, sums
+        per_thread += R * cols if spec[0] != "dense" else 0                           # the tile's mask
+    else:
+        splits = min(nkb, -(-threads // tasks)) if nkb > 1 and tasks < threads else 1   # keys split when few tasks
+        used = min(threads, tasks * splits)
+        per_thread = (R * cols + R * (D + 1) + 3 * R * (Dv + 1) + 3 * R + cols) * size    # tile, [q | -m], acc
+        per_thread += cols * (D + 1) * size if R >= 16 else 0   # [k | 1] key tile: planner.FOLD_MIN_ROWS rows up
+        if spec[0] != "dense":
+            per_thread += R * cols * PARTIAL_TILE_BYTES + min(R * cols, UFUNC_BUFFER[0]) * UFUNC_BUFFER[1]
     return PathCost(
         "tiled",
         flops=2 * tiles.cells * (D + Dv) * H * layers,

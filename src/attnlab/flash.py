@@ -81,10 +81,11 @@ def flash_attention(q, k, v, mask=None, *, scale=None, bias_fn=None, bias=None, 
     pb.block_q = planner.check_block(block_q, "block_q") or bq
     pb.block_k = planner.check_block(block_k, "block_k") or bk
     pb.maps = planner.TileMaps(mask, lay, pb.block_q, pb.block_k)
-    tasks, splits = _tasks(pb, threads)
+    pb.light = planner.batched_heads(lay, pb.block_q, mods=pb.mods is not None)
+    tasks, splits, n_threads = _tasks(pb, threads)
     out = np.empty((splits,) + lay.lead + (lay.r, lay.Lq, pb.Dv), pb.dtype)     # (S, *lead, r, Lq, Dv)
     lse = np.empty((splits,) + lay.lead + (lay.r, lay.Lq), pb.dtype)            # (S, *lead, r, Lq)
-    counts, used = _run(pb, tasks, out, lse, threads)
+    counts, used = _run(pb, tasks, out, lse, n_threads)
     final_out, final_lse = out[0], lse[0]
     for s in range(1, splits):
         final_out, final_lse = merge_attention(final_out, final_lse, out[s], lse[s])
@@ -155,6 +156,7 @@ class _Problem:
         self.q_scale = self.dtype.type(scale if self.mods else scale * LOG2E)   # modifiers need natural units
         self.block_q = self.block_k = 0
         self.maps = None
+        self.light = False
         self._heads = {}
         relative = isinstance(mask, masks_mod.Mask) and mask.relative and mask.batch is None and mask.heads is None
         self._patterns = {} if relative else None                # (rows, cols, q_start - k_start) -> pattern
@@ -214,8 +216,13 @@ class _Problem:
             return state, [(0, len(q_pos), None, 0, ke - ks)]
         allowed = allowed.reshape((-1,) + allowed.shape[-2:])                 # (r or 1, rows, cols)
         step = max(1, planner.PARTIAL_ROWS // self.lay.r)
-        parts = [_narrow(allowed[:, a:a + step], a) for a in range(0, allowed.shape[1], step)]
-        parts = [p for p in parts if p is not None]
+        parts = []
+        for part in (_narrow(allowed[:, a:a + step], a) for a in range(0, allowed.shape[1], step)):
+            if part is None:
+                continue
+            if parts and _joinable(parts[-1], part):                      # one taller matmul for full slices
+                part = (parts.pop()[0],) + part[1:]
+            parts.append(part)
         return (PARTIAL, parts) if parts else (EMPTY, [])
 
     def modify(self, s3, idx, q_sel, q_pos, ks, ke, blocked):
@@ -244,6 +251,11 @@ def _narrow(allowed, a):
     stop = len(cols) - int(cols[::-1].argmax())
     blocked = ~allowed[..., first:stop]                                        # (r or 1, rows, stop - first)
     return a, a + allowed.shape[1], (blocked if blocked.any() else None), first, stop
+
+
+def _joinable(part, after) -> bool:
+    """Whether two adjacent row slices are both free of blocked cells over the same key columns."""
+    return part[2] is None and after[2] is None and part[3:] == after[3:]
 
 
 def _problem(q, k, v, mask, scale, bias_fn, bias, fn_name) -> _Problem:
@@ -293,16 +305,17 @@ def _rows(rows, Lq):
 
 # --- tasks and threads ---------------------------------------------------------------------------------------------
 def _tasks(pb, threads):
-    """Tasks (idx, query block, first key block, last key block, split), biggest first for load balance.
-
-    When there are fewer (head group, query block) pairs than threads, the key blocks are split among tasks."""
-    nqb, nkb = pb.maps.nqb, pb.maps.nkb
-    pairs = [(idx, i) for idx in np.ndindex(*pb.lay.lead) for i in range(nqb)]
-    splits = planner.kv_splits(threads, len(pairs), nkb)
+    """(tasks, key splits, threads): tasks (idx, query block, first key block, last key block, split), biggest
+    first for load balance; idx None is every head at once (``_light_task``). ``planner.schedule`` decides."""
+    nkb = pb.maps.nkb
+    _, splits, used = planner.schedule(pb.lay, pb.block_q, pb.block_k, threads, pb.light)
     bounds = [(s * nkb // splits, (s + 1) * nkb // splits) for s in range(splits)]
+    if pb.light:
+        return [(None, 0, lo, hi, s) for s, (lo, hi) in enumerate(bounds)], splits, used
+    pairs = [(idx, i) for idx in np.ndindex(*pb.lay.lead) for i in range(pb.maps.nqb)]
     tasks = [(idx, i, lo, hi, s) for idx, i in pairs for s, (lo, hi) in enumerate(bounds)]
     work = lambda t: int(np.count_nonzero(pb.maps[t[0]][t[1], t[2]:t[3]] != EMPTY))
-    return sorted(tasks, key=work, reverse=True), splits
+    return sorted(tasks, key=work, reverse=True), splits, used
 
 
 class _TaskQueue:
@@ -319,13 +332,13 @@ class _TaskQueue:
             return next(self._it)
 
 
-def _run(pb, tasks, out, lse, threads) -> np.ndarray:
-    """Run the tasks on up to ``threads`` threads (the caller's plus pool workers); returns the tile counts
-    [empty, partial, full] and the number of threads used."""
+def _run(pb, tasks, out, lse, n) -> np.ndarray:
+    """Run the tasks on ``n`` threads (the caller's plus pool workers); returns the tile counts [empty, partial,
+    full] and the number of threads used."""
     queue = _TaskQueue(tasks)
 
     def work():
-        ws, counts = _Workspace(pb), np.zeros(3, np.int64)
+        ws, counts = None if pb.light else _Workspace(pb), np.zeros(3, np.int64)
         try:   # overflow and 0 * inf are detected and handled in the tiles; NaN inputs propagate as in the reference
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 for task in queue:
@@ -335,11 +348,12 @@ def _run(pb, tasks, out, lse, threads) -> np.ndarray:
             raise
         return counts
 
-    n = planner.used_threads(threads, len(tasks), planner.work(pb.lay))
+    if n == 1:                  # one thread of ours: BLAS may use its own threads (a long decode step does)
+        return (work() if tasks else np.zeros(3, np.int64)), n
     with _blas_single_thread():
-        futures = [_pool(n - 1).submit(work) for _ in range(n - 1)] if n > 1 else []
+        futures = [_pool(n - 1).submit(work) for _ in range(n - 1)]
         try:
-            mine = work() if tasks else np.zeros(3, np.int64)
+            mine = work()
         finally:
             wait(futures)
         return mine + sum((f.result() for f in futures), np.zeros(3, np.int64)), n
@@ -391,76 +405,99 @@ def _task(pb, ws, task, out, lse, counts):
 
     Scores are kept in log2 units (q is scaled by scale * log2(e) once) so that probabilities are exp2(), which
     NumPy computes twice as fast as exp(). Row statistics live beside the output: acc[:, :Dv] is sum p v and
-    acc[:, Dv] is l = sum p. Once every row has a finite running max m, -m is folded into the score matmul as an
-    extra column of q (against a column of ones beside the keys) and tiles skip the max/subtract/rescale passes;
-    a tile whose exponentials would overflow falls back to the rescaling step, so the result stays exact.
+    acc[:, Dv] is l = sum p, both relative to a per-row shift m. Once a row has a finite shift, -m is folded
+    into the score matmul as an extra column of q (against a column of ones beside the keys), so its tiles need
+    no max, subtraction or rescaling: exp2, then the P v matmul.
+
+    The first pass is optimistic: it checks nothing per tile, and a row's first unmasked tile takes its shift
+    from a probe (the max over a few of the tile's keys: a score the row really has, so l >= 1 and nothing
+    underflows to a wrong zero). If the accumulators end non-finite (a later score rose so far above the shift
+    that exp2 overflowed, or an input holds inf/NaN), the task is redone carefully: every row starts from its
+    tile max, every tile is checked, an overflowing tile takes the rescaling step and non-finite values reach
+    only the rows that attend to them, as in the reference. The result is exact either way.
     """
     idx, i, j_lo, j_hi, split = task
-    lay, r, D, Dv, bk = pb.lay, pb.lay.r, pb.D, pb.Dv, pb.block_k
-    qs, qe = i * pb.block_q, min(lay.Lq, (i + 1) * pb.block_q)
+    if idx is None:
+        return _light_task(pb, j_lo, j_hi, out[split], lse[split], counts)
+    qs, qe = i * pb.block_q, min(pb.lay.Lq, (i + 1) * pb.block_q)
+    row_map = pb.maps[idx][i, j_lo:j_hi]
+    visit = np.flatnonzero(row_map != EMPTY)                  # empty tiles are skipped without a Python step
+    counts[EMPTY] += len(row_map) - len(visit)
+    tiles = list(zip((visit + j_lo).tolist(), row_map[visit].tolist()))
+    st = _tiles(pb, ws, idx, qs, qe, tiles, counts, careful=False)
+    if not st.finite():
+        st = _tiles(pb, ws, idx, qs, qe, tiles, np.zeros(3, np.int64), careful=True)
+    st.finish(out[split][idx][:, qs:qe], lse[split][idx][:, qs:qe])       # (r, rows, Dv), (r, rows)
+
+
+def _tiles(pb, ws, idx, qs, qe, tiles, counts, careful):
+    """Run the online softmax of query rows qs:qe (all r heads) over ``tiles`` [(key block, state)]; returns the
+    row state."""
+    lay, r, D, bk = pb.lay, pb.lay.r, pb.D, pb.block_k
     q_sel, q_pos, R = slice(qs, qe), np.arange(qs, qe), r * (qe - qs)
     qa = ws.qa[:R * (D + 1)].reshape(R, D + 1)
     np.multiply(pb.q[idx][:, q_sel], pb.q_scale, out=qa[:, :D].reshape(r, qe - qs, D))
     qa[:, D] = 0
-    st = _RowState(ws, r, qe - qs, Dv, pb.dtype)
     fold = pb.mods is None and R >= planner.FOLD_MIN_ROWS          # tall enough to pay for copying the key tile
-    row_map = pb.maps[idx][i, j_lo:j_hi]
-    visit = np.flatnonzero(row_map != EMPTY)                  # empty tiles are skipped without a Python step
-    counts[EMPTY] += len(row_map) - len(visit)
-    for j in visit + j_lo:
-        state, parts = pb.tile(idx, q_sel, q_pos, j * bk, min(lay.Lk, (j + 1) * bk), row_map[j - j_lo])
+    st = _RowState(ws, r, qe - qs, pb.Dv, pb.dtype, careful, fold)
+    for j, state in tiles:
+        state, parts = pb.tile(idx, q_sel, q_pos, j * bk, min(lay.Lk, (j + 1) * bk), state)
         counts[state] += 1
         for a, b, blocked, ks, ke in parts if state != EMPTY else ():
-            _tile(pb, ws, st, idx, qs, a, b, blocked, ks, ke, fold)
-    dest_out, dest_lse = out[split][idx][:, q_sel], lse[split][idx][:, q_sel]   # (r, rows, Dv), (r, rows)
-    st.finish(dest_out, dest_lse)
+            _tile(pb, ws, st, idx, qs, a, b, blocked, ks, ke)
+    return st
 
 
-def _tile(pb, ws, st, idx, qs, a, b, blocked, ks, ke, fold):
+def _tile(pb, ws, st, idx, qs, a, b, blocked, ks, ke):
     """Add the scores of query rows qs + a : qs + b (all r heads) against keys ks:ke to the row state st."""
     r, D, n, cols = pb.lay.r, pb.D, b - a, ke - ks
-    K, V = pb.k[idx][0], pb.v[idx][0]                                           # (Lk, D), (Lk, Dv)
+    K, V = pb.k[idx][0, ks:ke], pb.v[idx][0, ks:ke]                            # (cols, D), (cols, Dv)
     qa = st.rows(ws.qa, D + 1, a, b)                                            # (r, n, D + 1)
     S = ws.s[:r * n * cols].reshape(r, n, cols)
-    if fold:
-        ka = ws.ka[:cols]
-        np.copyto(ka[:, :D], K[ks:ke])
-        np.matmul(qa, ka.T, out=S)                                              # S - shift, (r, n, cols)
-    else:
-        np.matmul(qa[..., :D], K[ks:ke].T, out=S)                               # S, (r, n, cols)
-    if st.shifted:
-        if blocked is not None:
-            np.copyto(S, -np.inf, where=blocked)
-        if st.add_unshifted(S, V[ks:ke], a, b):
-            return
-        ws.qa.reshape(-1, D + 1)[:, D] = 0                                      # overflow: redo this tile
-        st.shifted = False
-        np.matmul(qa, ka.T, out=S)
+    if st.fold:
+        if blocked is None and not st.careful and not st.started(a, b):
+            st.probe(qa, K, a, b)
+        if st.started(a, b):
+            ka = ws.ka[:cols]
+            np.copyto(ka[:, :D], K)
+            np.matmul(qa, ka.T, out=S)                                          # S - m, (r, n, cols)
+            if blocked is not None:
+                np.copyto(S, -np.inf, where=blocked)
+            if st.add_unshifted(S, V, a, b):
+                return
+    np.matmul(qa[..., :D], K.T, out=S)                                          # S, (r, n, cols)
     q_sel = slice(qs + a, qs + b)
     if pb.mods is not None:
         pb.modify(S, idx, q_sel, np.arange(q_sel.start, q_sel.stop), ks, ke, blocked)
         S *= LOG2E
     elif blocked is not None:
         np.copyto(S, -np.inf, where=blocked)
-    st.add_rescaled(S, V[ks:ke], a, b)
-    if fold and st.all_started():
-        ws.qa.reshape(-1, D + 1)[:st.m.size, D] = -st.m
-        st.shifted = True
+    st.add_rescaled(S, V, a, b)
+    if st.fold:
+        st.fold_shift(qa, a, b)
 
 
 class _RowState:
-    """Running max m (log2 units), and acc = [sum p v | l] (R, Dv + 1) relative to it, for one task; R = r * rows
-    (r query heads of ``rows`` queries). The steps update the query rows a:b of every head."""
+    """Per-row shift m (log2 units; -inf until the row has met an allowed key), and acc = [sum p v | l]
+    (R, Dv + 1) relative to it, for one task; R = r * rows (r query heads of ``rows`` queries). The steps update
+    the query rows a:b of every head.
 
-    def __init__(self, ws, r, rows, Dv, dtype):
+    ``careful``: check every tile for overflow and for non-finite values (the second pass of a task whose first,
+    unchecked pass ended non-finite). ``fold``: started rows carry -m in the last column of the scaled queries."""
+
+    PROBE_KEYS = 16                                  # keys a probe scores to pick a row's first shift
+
+    def __init__(self, ws, r, rows, Dv, dtype, careful, fold):
         R = r * rows
         self.r, self.n, self.Dv, self.lowest = r, rows, Dv, np.finfo(dtype).min
+        self.careful, self.fold = careful, fold
         self.acc, self.pv, self.tmp = (b[:R * (Dv + 1)].reshape(R, Dv + 1) for b in (ws.acc, ws.pv, ws.tmp))
         self.m, self.m_new, self.alpha = ws.m[:R], ws.m_new[:R], ws.alpha[:R]
         self.ones = ws.ones
+        self.product = _pv if careful else np.matmul
         self.m.fill(-np.inf)
         self.acc.fill(0)
-        self.shifted = False
+        self.all_started = False
 
     def rows(self, buf, width, a, b):
         """The (r, b - a, width) view of rows a:b of a buffer laid out (r, rows, width)."""
@@ -469,9 +506,30 @@ class _RowState:
     def _vec(self, x, a, b):
         return x.reshape(self.r, self.n)[:, a:b]                                # (r, b - a)
 
+    def started(self, a, b) -> bool:
+        """Whether rows a:b all have a finite shift."""
+        if not self.all_started:
+            self.all_started = bool((self.m > self.lowest).all())
+        return self.all_started or bool((self._vec(self.m, a, b) > self.lowest).all())
+
+    def probe(self, qa, K, a, b):
+        """Start the rows of a:b that have not started (their acc is still 0), which may attend to every key of
+        K (cols, D), at the max of their scores against a few of those keys: a real score of the row, so the
+        row's sum l will be >= 1."""
+        step = max(1, len(K) // self.PROBE_KEYS)
+        m = self._vec(self.m, a, b)                                             # (r, b - a)
+        np.copyto(m, np.max(np.matmul(qa[..., :-1], K[::step].T), axis=-1), where=m <= self.lowest)
+        qa[..., -1] = -m
+
+    def fold_shift(self, qa, a, b):
+        """Fold -m of rows a:b into the last column of their scaled queries, where the row has started."""
+        m = self._vec(self.m, a, b)
+        np.negative(m, out=qa[..., -1], where=m > self.lowest)
+
     def _products(self, P, v, pv):
-        _pv(P, v, pv[..., :self.Dv])                                          # sum p v   (r, n, Dv)
-        np.matmul(P, self.ones[:P.shape[-1]], out=pv[..., self.Dv])             # sum p (r, n): BLAS beats np.sum
+        """pv = [P v | rowsum P] (r, n, Dv + 1); the row sums by BLAS (a matrix-vector product beats np.sum)."""
+        self.product(P, v, out=pv[..., :self.Dv])
+        return np.matmul(P, self.ones[:P.shape[-1]], out=pv[..., self.Dv])
 
     def add_rescaled(self, S, v, a, b):
         """The online-softmax step for a tile of scores S (r, b - a, cols) of rows a:b, log2 units; S is
@@ -487,26 +545,32 @@ class _RowState:
         np.subtract(m, m_tile, out=alpha)
         np.exp2(alpha, out=alpha)                                               # 2^(m_old - m_new)
         np.multiply(acc, alpha[..., None], out=acc)
+        if self.careful:            # weights that underflow to 0 no longer reach their values, inf or NaN
+            np.copyto(acc, 0, where=(alpha == 0)[..., None])
         acc += pv
         np.copyto(m, m_tile)
 
     def add_unshifted(self, S, v, a, b) -> bool:
-        """Add a tile of already shifted scores S - m (r, b - a, cols) of rows a:b; False (state untouched) if it
-        would overflow."""
-        acc, pv, tmp = (self.rows(x.reshape(-1), self.Dv + 1, a, b) for x in (self.acc, self.pv, self.tmp))
+        """Add a tile of already shifted scores S - m (r, b - a, cols) of rows a:b. Careful: False (state
+        untouched) if it would overflow."""
+        acc, pv = (self.rows(x.reshape(-1), self.Dv + 1, a, b) for x in (self.acc, self.pv))
         np.exp2(S, out=S)                                                       # P = 2^(S - m), may be inf
-        row_sums = np.matmul(S, self.ones[:S.shape[-1]], out=pv[..., self.Dv])
-        if not np.isfinite(row_sums).all():                                     # overflow (or NaN scores)
-            return False
+        if not self.careful:
+            self._products(S, v, pv)
+            acc += pv
+            return True
+        if not np.isfinite(np.matmul(S, self.ones[:S.shape[-1]], out=pv[..., self.Dv])).all():
+            return False                                                        # overflow (or NaN scores)
         _pv(S, v, pv[..., :self.Dv])
+        tmp = self.rows(self.tmp.reshape(-1), self.Dv + 1, a, b)
         np.add(acc, pv, out=tmp)
         if np.isinf(tmp).any():                                                 # the sums overflowed
             return False
         np.copyto(acc, tmp)
         return True
 
-    def all_started(self) -> bool:
-        return bool((self.m > self.lowest).all())
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.acc).all())
 
     def finish(self, dest_out, dest_lse):
         """out = acc / l, 0 where l = 0 (nothing to attend to); lse = (m + log2 l) * ln 2, -inf where l = 0.
@@ -517,6 +581,57 @@ class _RowState:
         np.divide(acc[..., :self.Dv], np.where(l == 0, 1, l), out=dest_out)      # NaN rows stay NaN
         row_lse = np.log2(l[..., 0]) + np.maximum(self.m, self.lowest).reshape(dest_lse.shape)
         np.multiply(row_lse, LN2, out=dest_lse)
+
+
+# --- few query rows (decoding): every head at once ------------------------------------------------------------------
+def _light_task(pb, j_lo, j_hi, out, lse, counts):
+    """The online softmax of all query rows of every head over the key blocks j_lo:j_hi, one batched matmul per
+    key block: the decoding regime (r * Lq < FOLD_MIN_ROWS rows per head group), where a task per head would spend
+    its time in Python. Checked as the careful pass of ``_task``: non-finite values reach only the rows that
+    attend to them. out (*lead, r, Lq, Dv) and lse (*lead, r, Lq) are written."""
+    lay, bk, lowest = pb.lay, pb.block_k, np.finfo(pb.dtype).min
+    q = pb.q * pb.q_scale                                                      # (*lead, r, Lq, D), log2 units
+    m = np.full(q.shape[:-1], -np.inf, pb.dtype)                               # (*lead, r, Lq)
+    l, acc = np.zeros_like(m), np.zeros(m.shape + (pb.Dv,), pb.dtype)
+    for j in range(j_lo, j_hi):
+        ks, ke = j * bk, min(lay.Lk, (j + 1) * bk)
+        blocked = _light_blocked(pb, j, ks, ke, counts)
+        if blocked is True:
+            continue
+        S = np.matmul(q, np.swapaxes(pb.k[..., ks:ke, :], -1, -2))             # (*lead, r, Lq, cols)
+        if blocked is not None:
+            np.copyto(S, -np.inf, where=blocked)
+        m_new = np.maximum(np.maximum(S.max(axis=-1), m), lowest)             # fully masked so far: stay finite
+        np.exp2(np.subtract(S, m_new[..., None], out=S), out=S)                # P = 2^(S - m_new)
+        alpha = np.exp2(m - m_new)
+        l = l * alpha + S.sum(axis=-1)
+        acc *= alpha[..., None]
+        np.copyto(acc, 0, where=(alpha == 0)[..., None])                       # weights that underflow to 0
+        pv = np.empty_like(acc)
+        _pv(S, pb.v[..., ks:ke, :], pv)                                        # sum p v (*lead, r, Lq, Dv)
+        acc += pv
+        m = m_new
+    np.divide(acc, np.where(l == 0, 1, l)[..., None], out=out)
+    np.multiply(np.log2(l) + np.maximum(m, lowest), LN2, out=lse)
+
+
+def _light_blocked(pb, j, ks, ke, counts):
+    """The cells of key block j to set to -inf for every head: None (none), True (all: skip the block) or a
+    boolean (*lead, r or 1, Lq, cols) array; counts the tiles."""
+    lay = pb.lay
+    states = {idx: int(pb.maps[idx][0, j]) for idx in np.ndindex(*lay.lead)}
+    if all(state == FULL for state in states.values()):
+        counts[FULL] += len(states)
+        return None
+    blocked = np.zeros(lay.lead + (lay.r, lay.Lq, ke - ks), bool)
+    q_sel, q_pos, empty = slice(0, lay.Lq), np.arange(lay.Lq), 0
+    for idx, state in states.items():
+        state, allowed = pb.classify(idx, q_sel, q_pos, ks, ke, state)
+        counts[state] += 1
+        empty += state == EMPTY
+        if state != FULL:
+            blocked[idx] = True if state == EMPTY else ~allowed
+    return True if empty == len(states) else blocked
 
 
 def _pv(p, v, out):

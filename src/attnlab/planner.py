@@ -37,8 +37,8 @@ FOLD_MIN_ROWS = 16                   # tiles of this many rows fold the running 
 WORK_PER_THREAD = 2**22              # multiply-adds (scores x (D + Dv)) a thread must get, else fewer threads
 REFERENCE_COPIES = (3.25, 4.0)       # score-sized float arrays alive at once in the reference path, without / with
                                      # a mask (tracemalloc peaks, B=2 H=4 n=1024 float32, see tests/test_plan.py)
-TILE_ROWS = 512                      # rows per tile (r * block_q)
-PARTIAL_ROWS = 256                   # rows per slice of a partial tile, each slice narrowed to its own keys
+TILE_ROWS = 1024                     # rows per tile (r * block_q)
+PARTIAL_ROWS = 128                   # rows per slice of a partial tile, each slice narrowed to its own keys
 MASK_PATTERNS = 8                    # partial-tile patterns of a relative mask a kernel call keeps (per diagonal)
 TILE_SCORES = 2**17                  # scores per tile when the rows are few (decoding): 512 KiB in float32
 IMPLS = ("auto", "reference", "tiled")
@@ -142,7 +142,7 @@ def default_blocks(r: int, Lq: int, Lk: int) -> tuple[int, int]:
     PARTIAL_ROWS slices, so a causal diagonal wastes little); block_k = 512 keys, more when the rows are few
     (decoding), up to TILE_SCORES scores per tile."""
     block_q = max(1, min(Lq, max(16, TILE_ROWS // r)))
-    block_k = max(1, min(Lk, max(512, min(8192, TILE_SCORES // (r * block_q)))))
+    block_k = max(1, min(Lk, max(256, min(8192, TILE_SCORES // (r * block_q)))))
     return block_q, block_k
 
 
@@ -312,10 +312,9 @@ def decide(p, mask, *, impl="auto", return_weights=False, numpy=True, threads=No
         if isinstance(mask, masks_mod.Mask):
             check_mask_axes(mask, lay.scores_shape)
         tiles = TileMaps(mask, lay, bq, bk).counts()
-    pairs = math.prod(lay.lead) * math.ceil(lay.Lq / bq)
-    tasks = pairs * kv_splits(threads, pairs, math.ceil(lay.Lk / bk))
-    return Plan(chosen, reason, lay.scores_shape, str(p.q.dtype), ref_bytes, tiled_bytes, budget, bq, bk,
-                used_threads(threads, tasks, work(lay)), lay.r, tiles)
+    used = schedule(lay, bq, bk, threads, batched_heads(lay, bq))[2]
+    return Plan(chosen, reason, lay.scores_shape, str(p.q.dtype), ref_bytes, tiled_bytes, budget, bq, bk, used,
+                lay.r, tiles)
 
 
 def _shape(shape, name) -> tuple:
@@ -332,6 +331,26 @@ def kv_splits(threads: int, pairs: int, n_key_blocks: int) -> int:
     if not pairs or n_key_blocks < 2 or pairs >= threads:
         return 1
     return min(n_key_blocks, math.ceil(threads / pairs))
+
+
+def batched_heads(lay: Layout, block_q: int, mods: bool = False) -> bool:
+    """Whether the kernel runs every head in one task per key split (``flash._light_task``): one query block
+    of fewer than FOLD_MIN_ROWS rows per head group and no score modifier, the decoding regime, where a task per
+    head would spend its time in Python."""
+    return not mods and math.ceil(lay.Lq / block_q) <= 1 and lay.r * lay.Lq < FOLD_MIN_ROWS
+
+
+def schedule(lay: Layout, block_q: int, block_k: int, threads: int, batched: bool) -> tuple[int, int, int]:
+    """(tasks, key splits, threads used) of a kernel call. Batched heads: the keys are split among the threads
+    the work pays for. Otherwise a task per (head group, query block), with the keys split when there are fewer
+    of those than threads."""
+    n_key_blocks = math.ceil(lay.Lk / block_k)
+    if batched:
+        splits = max(1, min(n_key_blocks, used_threads(threads, n_key_blocks, work(lay))))
+        return splits, splits, splits
+    pairs = math.prod(lay.lead) * math.ceil(lay.Lq / block_q)
+    splits = kv_splits(threads, pairs, n_key_blocks)
+    return pairs * splits, splits, used_threads(threads, pairs * splits, work(lay))
 
 
 def work(lay: Layout) -> int:
@@ -364,9 +383,11 @@ def tiled_memory(lay: Layout, block_q: int, block_k: int, threads: int, itemsize
     per_thread = itemsize * (rows * cols + rows * (D + 1) + 3 * rows * (Dv + 1) + 3 * rows + cols)
     per_thread += itemsize * cols * (D + 1) if rows >= FOLD_MIN_ROWS else 0
     per_thread += 2 * rows * cols if masked else 0
-    pairs = math.prod(lay.lead) * math.ceil(lay.Lq / block_q)
-    splits = kv_splits(threads, pairs, math.ceil(lay.Lk / block_k))
-    used = used_threads(threads, pairs * splits, work(lay))
+    batched = batched_heads(lay, block_q)
+    if batched:             # every head at once: the tile (and its mask), the scaled queries, sums, row statistics
+        rows *= math.prod(lay.lead)
+        per_thread = itemsize * (rows * cols + rows * D + 2 * rows * Dv + 6 * rows) + (rows * cols if masked else 0)
+    _, splits, used = schedule(lay, block_q, block_k, threads, batched)
     rows_out = math.prod(lay.scores_shape[:-1])
     return used * per_thread + splits * rows_out * itemsize + (splits - 1) * rows_out * (Dv + 1) * itemsize
 
