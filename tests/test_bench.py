@@ -7,7 +7,7 @@ from attnlab import bench, cli
 
 
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):
-    code = cli.main(["bench", "--sizes", "64", "--contexts", "128,256", "--cases", "dense,window,decode",
+    code = cli.main(["bench", "--sizes", "64", "--contexts", "128,256", "--cases", "dense,window,decode,decode_cold",
                      "--out", str(tmp_path)])
     assert code == 0
     text = capsys.readouterr().out
@@ -15,11 +15,21 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     report = json.loads((tmp_path / "attention.json").read_text())
     rows = {(r["case"], r["n"], r["impl"]) for r in report["results"]}
     assert ("dense", 64, "tiled") in rows and ("decode", 256, "torch") in rows
-    assert all(r["median_s"] > 0 and len(r["runs"]) == (25 if r["case"] == "decode" else 5)
+    assert all(r["median_s"] > 0 and len(r["runs"]) == (25 if r["case"].startswith("decode") else 5)
                for r in report["results"])
     assert report["meta"]["blas"] and "openblas_env" in report["meta"]
     assert (tmp_path / "attention.png").stat().st_size > 10_000
     assert report["targets"]["decode_worst_2n_over_n_tiled"]["value"] is not None
+    assert report["targets"]["decode_cold_worst_2n_over_n_tiled"]["value"] is not None
+
+
+def test_evict_caches_runs_before_each_timed_run():
+    from attnlab.measure import evict_caches, time_call
+
+    calls = []
+    timing = time_call(lambda: calls.append("fn"), repeat=5, warmup=1, before=lambda: calls.append("before"))
+    assert calls == ["fn"] + ["before", "fn"] * 5 and len(timing.runs) == 5
+    evict_caches(2**20)
 
 
 def test_bench_says_what_it_skips(tmp_path, capsys):

@@ -31,8 +31,10 @@ def test_hand_computed_dense():
     full = 2 * 2 * 64 * 4
     assert c.naive.peak_bytes == 3 * full
     # 8 rows per head (< 16): every head in one task. Output + lse (4 x 8 x (4 + 1) floats) + the 4 heads' tile
-    # (32 x 8), scaled q (32 x 4), acc and pv (2 x 32 x 4), 6 row vectors (6 x 32)
-    assert c.tiled.peak_bytes == (4 * 8 * 5 + 32 * 8 + 32 * 4 + 2 * 32 * 4 + 6 * 32) * 4 + cost.KERNEL_CALL_BYTES
+    # (32 x 8), scaled q (32 x 4), acc and pv (2 x 32 x 4), 6 row vectors (6 x 32), NumPy's ufunc buffer for
+    # the tile's broadcast subtraction (32 x 8)
+    assert c.tiled.peak_bytes == ((4 * 8 * 5 + 32 * 8 + 32 * 4 + 2 * 32 * 4 + 6 * 32 + 32 * 8) * 4
+                                  + cost.KERNEL_CALL_BYTES)
     taller = cost.estimate(cfg, 32, batch=2, dtype="float32", block_q=16, block_k=32)
     # 16 rows per task: a task per (head, query block). Output + lse (4 x 32 x 5) + one thread's tile (16 x 32),
     # [q | -m] rows (16 x 5), acc/pv/tmp rows (3 x 16 x 5), 3 row vectors, a column of ones (32), [k | 1] (32 x 5)

@@ -361,6 +361,7 @@ def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threa
         R, tasks = G * R, 1
         splits = used = max(1, min(nkb, threads))
         per_thread = (R * cols + R * D + 2 * R * Dv + 6 * R) * size                  # tile, scaled q, sums
+        per_thread += min(R * cols, UFUNC_BUFFER[0]) * size     # NumPy buffers the shift's broadcast subtraction
         per_thread += R * cols if spec[0] != "dense" else 0                           # the tile's mask
     else:
         splits = min(nkb, -(-threads // tasks)) if nkb > 1 and tasks < threads else 1   # keys split when few tasks

@@ -64,8 +64,9 @@ def flash_attention(q, k, v, mask=None, *, scale=None, bias_fn=None, bias=None, 
     boolean array (True = may attend); a row with nothing to attend to gives 0 (lse -inf). ``bias_fn``: an
     ``attnlab.scores.ScoreMod`` applied to each tile; ``bias``: an additive float array broadcastable to the
     scores (sliced per tile). ``block_q``/``block_k``: tile sizes (default: ``attnlab.planner.default_blocks``);
-    ``threads``: worker threads (default: the usable cores). ``return_lse``: also return the log-sum-exp of each
-    row, (..., Lq). ``stats``: a ``RunStats`` to fill with tile counts.
+    ``threads``: the cores to use (default: the usable cores): the kernel's own threads, BLAS held to one thread
+    inside each, or, when the work fits one thread (``planner.schedule``), BLAS's threads. ``return_lse``: also
+    return the log-sum-exp of each row, (..., Lq). ``stats``: a ``RunStats`` to fill with tile counts.
 
     >>> import numpy as np, attnlab
     >>> rng = np.random.default_rng(0); q, k, v = (rng.standard_normal((2, 50, 8)) for _ in range(3))
@@ -85,7 +86,7 @@ def flash_attention(q, k, v, mask=None, *, scale=None, bias_fn=None, bias=None, 
     tasks, splits, n_threads = _tasks(pb, threads)
     out = np.empty((splits,) + lay.lead + (lay.r, lay.Lq, pb.Dv), pb.dtype)     # (S, *lead, r, Lq, Dv)
     lse = np.empty((splits,) + lay.lead + (lay.r, lay.Lq), pb.dtype)            # (S, *lead, r, Lq)
-    counts, used = _run(pb, tasks, out, lse, n_threads)
+    counts, used = _run(pb, tasks, out, lse, n_threads, threads)
     final_out, final_lse = out[0], lse[0]
     for s in range(1, splits):
         final_out, final_lse = merge_attention(final_out, final_lse, out[s], lse[s])
@@ -332,9 +333,10 @@ class _TaskQueue:
             return next(self._it)
 
 
-def _run(pb, tasks, out, lse, n) -> np.ndarray:
-    """Run the tasks on ``n`` threads (the caller's plus pool workers); returns the tile counts [empty, partial,
-    full] and the number of threads used."""
+def _run(pb, tasks, out, lse, n, threads) -> np.ndarray:
+    """Run the tasks on ``n`` threads (the caller's plus pool workers), BLAS held to one thread inside each;
+    when ``n`` is 1, BLAS may use ``threads`` (a long decoding step's matrix-vector products do). Returns the tile
+    counts [empty, partial, full] and the number of threads used."""
     queue = _TaskQueue(tasks)
 
     def work():
@@ -348,12 +350,10 @@ def _run(pb, tasks, out, lse, n) -> np.ndarray:
             raise
         return counts
 
-    if n == 1:                  # one thread of ours: BLAS may use its own threads (a long decode step does)
-        return (work() if tasks else np.zeros(3, np.int64)), n
-    with _blas_single_thread():
+    with _blas_threads(1 if n > 1 else threads):     # one thread of ours: BLAS may use the others
         futures = [_pool(n - 1).submit(work) for _ in range(n - 1)]
         try:
-            mine = work()
+            mine = work() if tasks else np.zeros(3, np.int64)
         finally:
             wait(futures)
         return mine + sum((f.result() for f in futures), np.zeros(3, np.int64)), n
@@ -375,13 +375,13 @@ def _pool(size: int) -> ThreadPoolExecutor:
 _BLAS = {"controller": None}
 
 
-def _blas_single_thread():
-    """Limit BLAS (OpenBLAS, MKL, BLIS) to one thread while the kernel's own threads run."""
+def _blas_threads(limit: int):
+    """A context limiting BLAS (OpenBLAS, MKL, BLIS) to ``limit`` threads while the kernel runs."""
     from threadpoolctl import ThreadpoolController
 
     if _BLAS["controller"] is None:
         _BLAS["controller"] = ThreadpoolController()
-    return _BLAS["controller"].limit(limits=1, user_api="blas")
+    return _BLAS["controller"].limit(limits=limit, user_api="blas")
 
 
 # --- one task -----------------------------------------------------------------------------------------------------
@@ -592,13 +592,14 @@ def _light_task(pb, j_lo, j_hi, out, lse, counts):
     lay, bk, lowest = pb.lay, pb.block_k, np.finfo(pb.dtype).min
     q = pb.q * pb.q_scale                                                      # (*lead, r, Lq, D), log2 units
     m = np.full(q.shape[:-1], -np.inf, pb.dtype)                               # (*lead, r, Lq)
-    l, acc = np.zeros_like(m), np.zeros(m.shape + (pb.Dv,), pb.dtype)
+    l, acc, pv = np.zeros_like(m), np.zeros(m.shape + (pb.Dv,), pb.dtype), np.empty(m.shape + (pb.Dv,), pb.dtype)
+    scores = np.empty(m.shape + (min(bk, lay.Lk),), pb.dtype)                  # (*lead, r, Lq, block_k)
     for j in range(j_lo, j_hi):
         ks, ke = j * bk, min(lay.Lk, (j + 1) * bk)
         blocked = _light_blocked(pb, j, ks, ke, counts)
         if blocked is True:
             continue
-        S = np.matmul(q, np.swapaxes(pb.k[..., ks:ke, :], -1, -2))             # (*lead, r, Lq, cols)
+        S = np.matmul(q, np.swapaxes(pb.k[..., ks:ke, :], -1, -2), out=scores[..., :ke - ks])   # (.., cols)
         if blocked is not None:
             np.copyto(S, -np.inf, where=blocked)
         m_new = np.maximum(np.maximum(S.max(axis=-1), m), lowest)             # fully masked so far: stay finite
@@ -607,7 +608,6 @@ def _light_task(pb, j_lo, j_hi, out, lse, counts):
         l = l * alpha + S.sum(axis=-1)
         acc *= alpha[..., None]
         np.copyto(acc, 0, where=(alpha == 0)[..., None])                       # weights that underflow to 0
-        pv = np.empty_like(acc)
         _pv(S, pb.v[..., ks:ke, :], pv)                                        # sum p v (*lead, r, Lq, Dv)
         acc += pv
         m = m_new

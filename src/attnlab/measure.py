@@ -49,14 +49,15 @@ class Timing:
         return (max(self.runs) - min(self.runs)) / self.median_s if self.median_s > 0 else 0.0
 
 
-def time_call(fn, *, repeat: int = 5, warmup: int = 1) -> Timing:
-    """Run ``fn()`` ``warmup`` times untimed, then ``repeat`` (>= 5) times timed; return the times."""
-    return time_calls(fn, repeat=repeat, warmup=warmup)[0]
+def time_call(fn, *, repeat: int = 5, warmup: int = 1, before=None) -> Timing:
+    """Run ``fn()`` ``warmup`` times untimed, then ``repeat`` (>= 5) times timed; return the times.
+    ``before``: a callable run untimed before each timed run (``evict_caches``, say)."""
+    return time_calls(fn, repeat=repeat, warmup=warmup, before=before)[0]
 
 
-def time_calls(*fns, repeat: int = 5, warmup: int = 1) -> list[Timing]:
+def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None) -> list[Timing]:
     """Like ``time_call`` for each of ``fns``, with the runs interleaved round by round."""
-    for fn in fns:
+    for fn in fns + (() if before is None else (before,)):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 5:
@@ -73,12 +74,28 @@ def time_calls(*fns, repeat: int = 5, warmup: int = 1) -> list[Timing]:
         for _ in range(repeat):
             for fn, times in zip(fns, runs):
                 gc.collect()   # garbage from the last run is not collected inside the next timed one
+                if before is not None:
+                    before()
                 start = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - start)
     finally:
         gc.unfreeze()
     return [Timing(tuple(times)) for times in runs]
+
+
+_EVICT = {}
+
+
+def evict_caches(nbytes: int = 256 * 2**20) -> None:
+    """Read and write ``nbytes`` of memory (larger than any CPU cache here), so that the next call finds its
+    inputs in main memory, not in cache: a decoding step of a real model reads a KV cache that the other layers'
+    steps have pushed out of the caches since its last step."""
+    import numpy as np
+
+    if nbytes not in _EVICT:
+        _EVICT[nbytes] = np.ones(nbytes // 8, np.int64)
+    _EVICT[nbytes][::8].sum()                               # one read per 64-byte cache line
 
 
 def peak_memory(fn, *, warmup: bool = True) -> int:

@@ -34,13 +34,14 @@ from .masks import EMPTY, FULL, PARTIAL
 MEMORY_BUDGET = 256 * 2**20          # bytes the reference path may use for score-sized intermediates
 TILED_FROM_SCORES = 2**21            # impl="auto" on NumPy picks the tiled kernel from this many scores (B*H*Lq*Lk)
 FOLD_MIN_ROWS = 16                   # tiles of this many rows fold the running max into the score matmul
-WORK_PER_THREAD = 2**22              # multiply-adds (scores x (D + Dv)) a thread must get, else fewer threads
+WORK_PER_THREAD = 2**21              # multiply-adds (scores x (D + Dv)) a thread must get, else fewer threads
 REFERENCE_COPIES = (3.25, 4.0)       # score-sized float arrays alive at once in the reference path, without / with
                                      # a mask (tracemalloc peaks, B=2 H=4 n=1024 float32, see tests/test_plan.py)
 TILE_ROWS = 1024                     # rows per tile (r * block_q)
 PARTIAL_ROWS = 128                   # rows per slice of a partial tile, each slice narrowed to its own keys
 MASK_PATTERNS = 8                    # partial-tile patterns of a relative mask a kernel call keeps (per diagonal)
-TILE_SCORES = 2**17                  # scores per tile when the rows are few (decoding): 512 KiB in float32
+TILE_SCORES = 2**17                  # scores per tile when the rows are few: 512 KiB in float32
+DECODE_KEYS = 2048                   # keys per tile at most when the rows are few (decoding): blocks to split
 IMPLS = ("auto", "reference", "tiled")
 
 
@@ -139,10 +140,11 @@ def default_threads() -> int:
 
 def default_blocks(r: int, Lq: int, Lk: int) -> tuple[int, int]:
     """block_q so that a tile has r * block_q ~ TILE_ROWS rows (tall matmuls; the kernel cuts partial tiles into
-    PARTIAL_ROWS slices, so a causal diagonal wastes little); block_k = 512 keys, more when the rows are few
-    (decoding), up to TILE_SCORES scores per tile."""
+    PARTIAL_ROWS slices, so a causal diagonal wastes little); block_k = 256 keys, more when the rows are few
+    (decoding): up to TILE_SCORES scores and DECODE_KEYS keys per tile, so that a long context still has blocks
+    to split among the threads."""
     block_q = max(1, min(Lq, max(16, TILE_ROWS // r)))
-    block_k = max(1, min(Lk, max(256, min(8192, TILE_SCORES // (r * block_q)))))
+    block_k = max(1, min(Lk, max(256, min(DECODE_KEYS, TILE_SCORES // (r * block_q)))))
     return block_q, block_k
 
 
@@ -386,7 +388,8 @@ def tiled_memory(lay: Layout, block_q: int, block_k: int, threads: int, itemsize
     batched = batched_heads(lay, block_q)
     if batched:             # every head at once: the tile (and its mask), the scaled queries, sums, row statistics
         rows *= math.prod(lay.lead)
-        per_thread = itemsize * (rows * cols + rows * D + 2 * rows * Dv + 6 * rows) + (rows * cols if masked else 0)
+        per_thread = itemsize * (rows * cols + rows * D + 2 * rows * Dv + 6 * rows + min(rows * cols, 8192))
+        per_thread += rows * cols if masked else 0
     _, splits, used = schedule(lay, block_q, block_k, threads, batched)
     rows_out = math.prod(lay.scores_shape[:-1])
     return used * per_thread + splits * rows_out * itemsize + (splits - 1) * rows_out * (Dv + 1) * itemsize
