@@ -15,10 +15,12 @@ def test_time_call_runs_warmup_then_repeat():
     assert t.min_s <= t.median_s and t.spread >= 0
 
 
-def test_time_calls_interleaves_the_runs():
+def test_time_calls_interleaves_the_runs_alternating_their_order():
+    """Warm-up a, b; then rounds a b | b a | a b ...: each call follows the other as often as itself."""
     order = []
     a, b = time_calls(lambda: order.append("a"), lambda: order.append("b"), repeat=5, warmup=1)
-    assert order == ["a", "b"] * 6 and len(a.runs) == len(b.runs) == 5
+    assert "".join(order) == "ab" + "ab" + "ba" + "ab" + "ba" + "ab"
+    assert len(a.runs) == len(b.runs) == 5
 
 
 def test_timing_median():

@@ -24,7 +24,7 @@ Algorithm 0 and Theorem 2:
 Peak extra memory of one call (above its inputs):
     naive: the reference path ``attnlab.scaled_dot_product_attention`` at its widest point holds NAIVE_LIVE
            matrices of B H Lq Lk: the scores, the shifted scores and their exp (3) when unmasked; with a mask also
-           the masked copy and the zero fill of ``where`` (5), plus the boolean mask itself (Lq Lk bytes).
+           the masked copy (4), plus the boolean mask itself (Lq Lk bytes). (tracemalloc: 3.02 and 4.02 matrices.)
     tiled: ``attnlab.flash_attention``'s buffers: the output and the per-row log-sum-exp, O(n D), plus per thread
            one R x block_k score tile (R = r block_q rows; the probabilities overwrite the scores), R x (D + 1)
            for the scaled queries and the folded running max, 3 R x (Dv + 1) for the accumulator, P V and a
@@ -32,6 +32,9 @@ Peak extra memory of one call (above its inputs):
            ones, and on a partial tile of a mask PARTIAL_TILE_BYTES per cell plus NumPy's UFUNC_BUFFER for
            evaluating the mask: O(threads block_q block_k + n D), never n^2. (Relative masks also keep their
            partial-tile patterns, 2 or 3 boolean tiles for causal and windows: ``planner.tiled_memory``.)
+           A decoding step (fewer than 16 rows per head group, one query block) runs every head in one task per
+           key split: per thread a tile, scaled queries, accumulator and P V, row vectors for all G r Lq rows,
+           NumPy's ufunc buffer for the tile's broadcast subtraction, and on a mask one boolean tile.
 
 KV cache (per sequence): 2 (K and V) * n_layers * G * D * itemsize bytes per token; a sliding window of w keys
 needs only the last w tokens (the rolling buffer cache of Jiang et al. 2023, "Mistral 7B", section 2).
@@ -56,7 +59,7 @@ from . import masks
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
-NAIVE_LIVE = {"dense": 3, "masked": 5}  # full B x H x Lq x Lk matrices alive at the reference path's peak
+NAIVE_LIVE = {"dense": 3, "masked": 4}  # full B x H x Lq x Lk matrices alive at the reference path's peak
 KERNEL_CALL_BYTES = 16 * 2**10          # one flash_attention call's task list, closures and BLAS-limit bookkeeping
 PARTIAL_TILE_BYTES = 3                  # bytes per cell to evaluate a mask on a tile: boolean comparisons, their
                                         # "and", the inverse used by copyto (measured with tracemalloc)

@@ -5,8 +5,10 @@ they print is taken the same way.
 
 - ``time_call(fn)``: warm-up runs first (caches, lazy imports, BLAS buffers), then the median of ``repeat >= 5``
   timed runs with ``time.perf_counter``. The median resists the outliers a busy machine produces.
-- ``time_calls(f, g, ...)``: the same for several callables, their runs interleaved (f, g, f, g, ...), so that a
-  change in the machine's load hits all of them alike: the way to measure a ratio such as time(2n) / time(n).
+- ``time_calls(f, g, ...)``: the same for several callables, their runs interleaved, the order reversed every
+  other round (f, g, g, f, f, g, ...), so that a change in the machine's load hits all of them alike and no call
+  always runs right after the same other one (PyTorch's OpenMP threads spin for a few milliseconds after each
+  call, slowing whatever runs next by up to 13% here): the way to measure a ratio such as time(2n) / time(n).
 - ``peak_memory(fn)``: the highest number of bytes allocated through Python's allocator hooks during one call,
   above what was allocated when the call started. NumPy reports its array buffers to tracemalloc, so for NumPy code
   this is the extra memory the call needed, its output included. PyTorch tensors are not seen. A warm-up call runs
@@ -71,8 +73,9 @@ def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None) -> list[Timi
     gc.collect()
     gc.freeze()            # what is alive now (torch's objects, say) is not rescanned by the collections below
     try:
-        for _ in range(repeat):
-            for fn, times in zip(fns, runs):
+        for round_ in range(repeat):
+            order = list(zip(fns, runs))
+            for fn, times in (order if round_ % 2 == 0 else order[::-1]):
                 gc.collect()   # garbage from the last run is not collected inside the next timed one
                 if before is not None:
                     before()
