@@ -155,7 +155,9 @@ def test_explore_text_runs_the_real_model(tmp_path, capsys):
 def test_explore_serve_binds_localhost_on_a_free_port_and_stops(tmp_path):
     out = tmp_path / "page.html"
     proc = subprocess.Popen([sys.executable, "-m", "attnlab", "explore", "--demo", "--out", str(out), "--serve",
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # Ctrl-C as in a
+    #                                                   terminal, even if this run was started with SIGINT ignored
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
         url = re.search(r"serving (http://127\.0\.0\.1:\d+/)", lines[1]).group(1)

@@ -3,6 +3,7 @@ from a file and through a pseudo-terminal (pexpect)."""
 
 import json
 import math
+import signal
 import sys
 
 import numpy as np
@@ -174,8 +175,11 @@ def test_answers_file_session_updates_score(tmp_path, capsys):
 
 
 def _spawn(tmp_path, *args):
+    """The practice prompt in a pseudo-terminal, with Ctrl-C delivered as in a terminal even when this test run
+    was started where SIGINT is ignored (a background job of a script), which its children would inherit."""
     child = pexpect.spawn(sys.executable, ["-m", "attnlab.cli", "practice", "--seed", "1", "--score-file",
-                                           str(tmp_path / "s.json"), *args], encoding="utf-8", timeout=30)
+                                           str(tmp_path / "s.json"), *args], encoding="utf-8", timeout=30,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return child
 
 
