@@ -236,8 +236,8 @@ def _measure(case, n, impl, args, torch) -> Result:
     return result
 
 
-# (target, calls measured together, ratio of their medians): ratios the targets need, re-measured with their runs
-# interleaved (measure.time_calls), so that a change in the machine's load between the table's rows cannot decide
+# (target, its two calls): the target is the ratio of their median times, re-measured with their runs interleaved
+# (measure.time_calls), so that a change in the machine's load between the table's rows cannot decide it
 PAIRS = (
     ("dense_4096_tiled_over_torch", [("dense", 4096, "tiled"), ("dense", 4096, "torch")]),
     ("causal_4096_tiled_over_torch", [("causal", 4096, "tiled"), ("causal", 4096, "torch")]),
