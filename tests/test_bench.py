@@ -45,3 +45,20 @@ def test_bench_rejects_bad_arguments(capsys):
     assert cli.main(["bench", "--repeat", "3"]) == 2
     assert "--repeat must be >= 5" in capsys.readouterr().err
     assert bench.allowed_pairs("window", 1000) == 1000 * 256 - 256 * 255 // 2
+
+
+def test_ceiling_script_prints_the_floor_next_to_torch(capsys):
+    """benchmarks/ceiling.py (the floor under a NumPy kernel) runs end to end at a tiny size."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "ceiling.py"
+    spec = importlib.util.spec_from_file_location("ceiling", path)
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    assert ceiling.main(["--sizes", "128", "--heads", "2", "--head-dim", "16", "--repeat", "5"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:2] in
+            (["dense", "128"], ["causal", "128"])]
+    assert [(r[0], r[2]) for r in rows] == [("dense", p) for p in ("torch", "attnlab", "floor", "matmuls")] + \
+        [("causal", p) for p in ("torch", "attnlab", "floor")]
+    assert all(float(r[3]) > 0 for r in rows) and float(rows[0][5]) == 1.0
