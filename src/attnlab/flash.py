@@ -516,7 +516,8 @@ class _RowState:
         row's sum l will be >= 1."""
         step = max(1, len(K) // self.PROBE_KEYS)
         m = self._vec(self.m, a, b)                                             # (r, b - a)
-        np.copyto(m, np.max(np.matmul(qa[..., :-1], K[::step].T), axis=-1), where=m <= self.lowest)
+        scores = np.matmul(K[::step], np.swapaxes(qa[..., :-1], -1, -2))       # (r, probes, b - a): keys first,
+        np.copyto(m, scores.max(axis=-2), where=m <= self.lowest)               # the max is a vectorised reduction
         qa[..., -1] = -m
 
     def fold_shift(self, qa, a, b):
