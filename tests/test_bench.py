@@ -3,6 +3,8 @@ its table, JSON and plot. Numbers are not asserted: benchmarks are scripts, timi
 
 import json
 
+import pytest
+
 from attnlab import bench, cli
 
 
@@ -32,6 +34,8 @@ def test_evict_caches_runs_before_each_timed_run():
     timing = time_call(lambda: calls.append("fn"), repeat=5, warmup=1, before=lambda: calls.append("before"))
     assert calls == ["fn"] + ["before", "fn"] * 5 and len(timing.runs) == 5
     evict_caches(2**20)
+    with pytest.raises(ValueError, match="nbytes must be an integer >= 64"):
+        evict_caches(0)
 
 
 def test_bench_says_what_it_skips(tmp_path, capsys):

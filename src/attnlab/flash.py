@@ -309,7 +309,7 @@ def _tasks(pb, threads):
     """(tasks, key splits, threads): tasks (idx, query block, first key block, last key block, split), biggest
     first for load balance; idx None is every head at once (``_light_task``). ``planner.schedule`` decides."""
     nkb = pb.maps.nkb
-    _, splits, used = planner.schedule(pb.lay, pb.block_q, pb.block_k, threads, pb.light)
+    splits, used = planner.schedule(pb.lay, pb.block_q, pb.block_k, threads, pb.light)
     bounds = [(s * nkb // splits, (s + 1) * nkb // splits) for s in range(splits)]
     if pb.light:
         return [(None, 0, lo, hi, s) for s, (lo, hi) in enumerate(bounds)], splits, used

@@ -96,6 +96,8 @@ def evict_caches(nbytes: int = 256 * 2**20) -> None:
     steps have pushed out of the caches since its last step."""
     import numpy as np
 
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 64:
+        raise ValueError(f"nbytes must be an integer >= 64 (bytes to read), got {nbytes!r}")
     if nbytes not in _EVICT:
         _EVICT[nbytes] = np.ones(nbytes // 8, np.int64)
     _EVICT[nbytes][::8].sum()                               # one read per 64-byte cache line

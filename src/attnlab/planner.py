@@ -314,7 +314,7 @@ def decide(p, mask, *, impl="auto", return_weights=False, numpy=True, threads=No
         if isinstance(mask, masks_mod.Mask):
             check_mask_axes(mask, lay.scores_shape)
         tiles = TileMaps(mask, lay, bq, bk).counts()
-    used = schedule(lay, bq, bk, threads, batched_heads(lay, bq))[2]
+    used = schedule(lay, bq, bk, threads, batched_heads(lay, bq))[1]
     return Plan(chosen, reason, lay.scores_shape, str(p.q.dtype), ref_bytes, tiled_bytes, budget, bq, bk, used,
                 lay.r, tiles)
 
@@ -342,17 +342,17 @@ def batched_heads(lay: Layout, block_q: int, mods: bool = False) -> bool:
     return not mods and math.ceil(lay.Lq / block_q) <= 1 and lay.r * lay.Lq < FOLD_MIN_ROWS
 
 
-def schedule(lay: Layout, block_q: int, block_k: int, threads: int, batched: bool) -> tuple[int, int, int]:
-    """(tasks, key splits, threads used) of a kernel call. Batched heads: the keys are split among the threads
-    the work pays for. Otherwise a task per (head group, query block), with the keys split when there are fewer
-    of those than threads."""
+def schedule(lay: Layout, block_q: int, block_k: int, threads: int, batched: bool) -> tuple[int, int]:
+    """(key splits, threads used) of a kernel call. Batched heads: one task per key split, the keys split among
+    the threads the work pays for. Otherwise a task per (head group, query block, key split), the keys split
+    when there are fewer (head group, query block) pairs than threads."""
     n_key_blocks = math.ceil(lay.Lk / block_k)
     if batched:
         splits = max(1, min(n_key_blocks, used_threads(threads, n_key_blocks, work(lay))))
-        return splits, splits, splits
+        return splits, splits
     pairs = math.prod(lay.lead) * math.ceil(lay.Lq / block_q)
     splits = kv_splits(threads, pairs, n_key_blocks)
-    return pairs * splits, splits, used_threads(threads, pairs * splits, work(lay))
+    return splits, used_threads(threads, pairs * splits, work(lay))
 
 
 def work(lay: Layout) -> int:
@@ -390,7 +390,7 @@ def tiled_memory(lay: Layout, block_q: int, block_k: int, threads: int, itemsize
         rows *= math.prod(lay.lead)
         per_thread = itemsize * (rows * cols + rows * D + 2 * rows * Dv + 6 * rows + min(rows * cols, 8192))
         per_thread += rows * cols if masked else 0
-    _, splits, used = schedule(lay, block_q, block_k, threads, batched)
+    splits, used = schedule(lay, block_q, block_k, threads, batched)
     rows_out = math.prod(lay.scores_shape[:-1])
     return used * per_thread + splits * rows_out * itemsize + (splits - 1) * rows_out * (Dv + 1) * itemsize
 
