@@ -528,7 +528,7 @@ class _RowState:
     def _products(self, P, v, pv):
         """pv = [P v | rowsum P] (r, n, Dv + 1); the row sums by BLAS (a matrix-vector product beats np.sum)."""
         self.product(P, v, out=pv[..., :self.Dv])
-        return np.matmul(P, self.ones[:P.shape[-1]], out=pv[..., self.Dv])
+        np.matmul(P, self.ones[:P.shape[-1]], out=pv[..., self.Dv])
 
     def add_rescaled(self, S, v, a, b):
         """The online-softmax step for a tile of scores S (r, b - a, cols) of rows a:b, log2 units; S is
@@ -551,16 +551,9 @@ class _RowState:
 
     def add_unshifted(self, S, v, a, b, blocked=None) -> bool:
         """Add a tile of already shifted scores S - m (r, b - a, cols) of rows a:b, the cells ``blocked`` masked.
-        Careful: False (state untouched) if it would overflow.
-
-        Blocked cells are set to 0 before exp2 and their weights to 0 after it: NumPy's exp2 takes a slow path
-        (5x on this machine) for inputs that underflow, -inf among them."""
+        Careful: False (state untouched) if it would overflow."""
         acc, pv = (self.rows(x.reshape(-1), self.Dv + 1, a, b) for x in (self.acc, self.pv))
-        if blocked is not None:
-            np.copyto(S, 0, where=blocked)
-        np.exp2(S, out=S)                                                       # P = 2^(S - m), may be inf
-        if blocked is not None:
-            np.copyto(S, 0, where=blocked)
+        _exp2_masked(S, blocked)                                                # P = 2^(S - m), may be inf
         if not self.careful:
             self._products(S, v, pv)
             acc += pv
@@ -583,10 +576,15 @@ class _RowState:
 
         dest_out (r, rows, Dv) and dest_lse (r, rows) are views into the output."""
         acc = self.acc.reshape(dest_out.shape[:-1] + (self.Dv + 1,))            # (r, rows, Dv + 1)
-        l = acc[..., self.Dv:]                                                  # (r, rows, 1)
-        np.divide(acc[..., :self.Dv], np.where(l == 0, 1, l), out=dest_out)      # NaN rows stay NaN
-        row_lse = np.log2(l[..., 0]) + np.maximum(self.m, self.lowest).reshape(dest_lse.shape)
-        np.multiply(row_lse, LN2, out=dest_lse)
+        _normalise(acc[..., :self.Dv], acc[..., self.Dv], self.m.reshape(dest_lse.shape), self.lowest, dest_out,
+                   dest_lse)
+
+
+def _normalise(sums, l, m, lowest, out, lse):
+    """out = sums / l, 0 where l = 0 (nothing to attend to; NaN rows stay NaN); lse = (m + log2 l) * ln 2, -inf
+    where l = 0. sums (..., Dv); l, m (...) in log2 units relative to the shift m."""
+    np.divide(sums, np.where(l == 0, 1, l)[..., None], out=out)
+    np.multiply(np.log2(l) + np.maximum(m, lowest), LN2, out=lse)
 
 
 # --- few query rows (decoding): every head at once ------------------------------------------------------------------
@@ -609,12 +607,7 @@ def _light_task(pb, j_lo, j_hi, out, lse, counts):
         if blocked is not None:
             np.copyto(S, -np.inf, where=blocked)
         m_new = np.maximum(np.maximum(S.max(axis=-1), m), lowest)             # fully masked so far: stay finite
-        np.subtract(S, m_new[..., None], out=S)
-        if blocked is not None:                   # exp2(-inf) takes NumPy's slow path: 0 in, weight 0 out
-            np.copyto(S, 0, where=blocked)
-        np.exp2(S, out=S)                                                      # P = 2^(S - m_new)
-        if blocked is not None:
-            np.copyto(S, 0, where=blocked)
+        _exp2_masked(np.subtract(S, m_new[..., None], out=S), blocked)         # P = 2^(S - m_new)
         alpha = np.exp2(m - m_new)
         l = l * alpha + S.sum(axis=-1)
         acc *= alpha[..., None]
@@ -622,8 +615,7 @@ def _light_task(pb, j_lo, j_hi, out, lse, counts):
         _pv(S, pb.v[..., ks:ke, :], pv)                                        # sum p v (*lead, r, Lq, Dv)
         acc += pv
         m = m_new
-    np.divide(acc, np.where(l == 0, 1, l)[..., None], out=out)
-    np.multiply(np.log2(l) + np.maximum(m, lowest), LN2, out=lse)
+    _normalise(acc, l, m, lowest, out, lse)
 
 
 def _light_blocked(pb, j, ks, ke, counts):
@@ -643,6 +635,16 @@ def _light_blocked(pb, j, ks, ke, counts):
         if state != FULL:
             blocked[idx] = True if state == EMPTY else ~allowed
     return True if empty == len(states) else blocked
+
+
+def _exp2_masked(S, blocked):
+    """S = exp2(S) in place, 0 where ``blocked`` (None: no cell). Blocked cells enter exp2 as 0 and leave as
+    weight 0: NumPy's float32 exp2 takes a path 5x slower for -inf and other underflowing inputs."""
+    if blocked is not None:
+        np.copyto(S, 0, where=blocked)
+    np.exp2(S, out=S)
+    if blocked is not None:
+        np.copyto(S, 0, where=blocked)
 
 
 def _pv(p, v, out):
