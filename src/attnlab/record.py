@@ -1,0 +1,111 @@
+"""A recorder of what attention layers computed, per layer and head (the TransformerLens hook idea).
+
+Every view of a model (the explorer, ``attnlab inspect``, diagnostics, the live app, the Hugging Face backend)
+reads these records instead of recomputing scores beside the model, so a view always shows the numbers the
+forward pass produced. A layer that is handed a ``Recorder`` adds one ``AttentionRecord`` per call for the
+layers the recorder wants; nothing is recorded (and nothing extra is computed) without one.
+
+>>> import numpy as np
+>>> rec = Recorder(layers=[0])
+>>> rec.wants(0), rec.wants(1)
+(True, False)
+>>> w = np.full((1, 2, 3, 3), 1 / 3)
+>>> rec.add(AttentionRecord(layer=0, kind="self", weights=w, scale=0.5))
+>>> rec.get(0).weights.shape, rec.get(0, "self").kind
+((1, 2, 3, 3), 'self')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+KINDS = ("self", "causal", "cross")
+
+
+@dataclass
+class AttentionRecord:
+    """One attention call of one layer, as the forward pass computed it (NumPy arrays; None when not recorded).
+
+    q (B, H, Lq, D) after any rotary embedding; k (B, G, Lk, D), v (B, G, Lk, Dv): G key/value heads (GQA
+    heads are not repeated); scores (B, H, Lq, Lk): scaled logits with bias and score modifiers applied, before
+    masking; mask (B|1, H|1, Lq, Lk) bool, True = may attend, or None (nothing masked); weights (B, H, Lq, Lk):
+    softmax of the masked scores, rows of fully masked queries 0; lse (B, H, Lq): log-sum-exp of each row's
+    masked scores (-inf when fully masked); out (B, H, Lq, Dv): weights @ v before the output projection.
+    ``kind`` is "self" (encoder), "causal" (decoder self-attention) or "cross" (queries from the decoder, keys
+    and values from the encoder); ``layer`` is the layer's index or name (e.g. "decoder.3").
+    """
+    layer: int | str
+    kind: str
+    scale: float
+    q: np.ndarray | None = None
+    k: np.ndarray | None = None
+    v: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    lse: np.ndarray | None = None
+    out: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def groups(self) -> int:
+        """Query heads per key/value head (1 for MHA, H for MQA); query head h uses kv head h // groups."""
+        if self.q is None or self.k is None:
+            return 1
+        return self.q.shape[-3] // self.k.shape[-3]
+
+
+class Recorder:
+    """Collects ``AttentionRecord`` s for the chosen layers (None = all) and fields.
+
+    ``fields``: which arrays to keep, a subset of ("q", "k", "v", "scores", "mask", "weights", "lse", "out");
+    a layer computes the weights only when "weights" or "scores" is asked (the tiled path records q, k, v, lse
+    and out, and ``attnlab.attention_weights_for`` recomputes chosen rows from lse).
+    """
+
+    ALL_FIELDS = ("q", "k", "v", "scores", "mask", "weights", "lse", "out")
+
+    def __init__(self, layers=None, fields=ALL_FIELDS):
+        unknown = set(fields) - set(self.ALL_FIELDS)
+        if unknown:
+            raise ValueError(f"fields must be among {self.ALL_FIELDS}, got {sorted(unknown)}")
+        self.layers = None if layers is None else set(layers)
+        self.fields = tuple(fields)
+        self.records: list[AttentionRecord] = []
+
+    def __repr__(self) -> str:
+        return f"Recorder({len(self.records)} records, layers={self.layers or 'all'}, fields={self.fields})"
+
+    def wants(self, layer) -> bool:
+        """Does the recorder keep calls of this layer?"""
+        return self.layers is None or layer in self.layers
+
+    def needs_weights(self) -> bool:
+        """Must the layer materialise the weights (the reference path) to satisfy this recorder?"""
+        return "weights" in self.fields or "scores" in self.fields
+
+    def add(self, record: AttentionRecord) -> None:
+        """Keep ``record`` (fields not asked for are dropped) if its layer is wanted."""
+        if not self.wants(record.layer):
+            return
+        for name in self.ALL_FIELDS:
+            if name not in self.fields:
+                setattr(record, name, None)
+        self.records.append(record)
+
+    def get(self, layer, kind: str | None = None) -> AttentionRecord:
+        """The latest record of ``layer`` (and ``kind``, when a layer has several: a decoder's causal and cross)."""
+        for record in reversed(self.records):
+            if record.layer == layer and (kind is None or record.kind == kind):
+                return record
+        raise KeyError(f"no record of layer {layer!r}" + (f" kind {kind!r}" if kind else "")
+                       + f"; recorded: {sorted({(str(r.layer), r.kind) for r in self.records})}")
+
+    def clear(self) -> None:
+        self.records.clear()
