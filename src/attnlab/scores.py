@@ -94,21 +94,52 @@ class ScoreMod:
     ``scores`` has shape (..., H, lq, lk) for a tile (or the whole matrix); h has shape (H, 1, 1) (or is 0 when
     there is no head axis), q_idx (lq, 1) and kv_idx (1, lk) hold absolute indices. Positions follow the
     bottom-right alignment of attnlab.masks: query i sits at key position i + Lk - Lq.
+
+    For gradients (the backward pass) a modifier says how it changes with the scores: ``additive=True`` when it
+    only adds a term that does not depend on them (ALiBi, relative bias: derivative 1), or ``grad(scores,
+    modified, b, h, q_idx, kv_idx, Lq, Lk) -> d modified / d scores`` elementwise (soft-capping: 1 - tanh^2).
+    A modifier with neither has no known derivative and the backward refuses it.
     """
 
-    def __init__(self, fn, name: str):
+    def __init__(self, fn, name: str, *, grad=None, additive: bool = False):
+        if grad is not None and not callable(grad):
+            raise TypeError(f"grad must be callable (scores, modified, b, h, q_idx, kv_idx, Lq, Lk) -> derivative, "
+                            f"got {type(grad).__name__}")
         self.fn = fn
         self.name = name
+        self.grad = grad
+        self.additive = bool(additive)
 
     def __repr__(self) -> str:
         return self.name
 
+    @property
+    def differentiable(self) -> bool:
+        """Whether the backward pass knows this modifier's derivative."""
+        return self.additive or self.grad is not None
+
     def apply(self, scores, b, h, q_idx, kv_idx, Lq: int, Lk: int):
         return self.fn(scores, b, h, q_idx, kv_idx, Lq, Lk)
 
+    def derivative(self, scores, modified, b, h, q_idx, kv_idx, Lq: int, Lk: int):
+        """d modified / d scores, elementwise; None when it is 1 everywhere (an additive modifier)."""
+        if self.additive:
+            return None
+        if self.grad is None:
+            raise TypeError(f"score_mod {self.name} has no derivative for the backward pass; build it with "
+                            f"attnlab.scores.score_mod(fn, grad=...) or additive=True")
+        return self.grad(scores, modified, b, h, q_idx, kv_idx, Lq, Lk)
+
     def then(self, other: "ScoreMod") -> "ScoreMod":
-        """Apply ``self`` then ``other``."""
-        return ScoreMod(lambda s, *a: other.fn(self.fn(s, *a), *a), f"{self.name} -> {other.name}")
+        """Apply ``self`` then ``other`` (the derivative by the chain rule)."""
+        grad = None
+        if self.differentiable and other.differentiable and not (self.additive and other.additive):
+            def grad(s, out, *a):
+                mid = self.fn(s, *a)
+                d1, d2 = self.derivative(s, mid, *a), other.derivative(mid, out, *a)
+                return d2 if d1 is None else d1 if d2 is None else d1 * d2
+        return ScoreMod(lambda s, *a: other.fn(self.fn(s, *a), *a), f"{self.name} -> {other.name}", grad=grad,
+                        additive=self.additive and other.additive)
 
 
 def alibi_slopes(n_heads: int) -> np.ndarray:
@@ -149,7 +180,7 @@ def alibi(n_heads: int, *, symmetric: bool = False) -> ScoreMod:
         bias = -slopes[np.asarray(h) % n_heads] * dist        # (H, lq, lk) or (lq, lk)
         return scores + to_namespace(bias.astype(_np_dtype(scores)), xp, scores)
 
-    return ScoreMod(fn, f"alibi({n_heads}{', symmetric' if symmetric else ''})")
+    return ScoreMod(fn, f"alibi({n_heads}{', symmetric' if symmetric else ''})", additive=True)
 
 
 def softcap(cap: float) -> ScoreMod:
@@ -161,7 +192,10 @@ def softcap(cap: float) -> ScoreMod:
         xp = namespace(scores)
         return cap * xp.tanh(scores / cap)
 
-    return ScoreMod(fn, f"softcap({cap})")
+    def grad(scores, modified, b, h, q_idx, kv_idx, Lq, Lk):
+        return 1 - (modified / cap) ** 2                      # d/ds cap tanh(s / cap) = 1 - tanh^2(s / cap)
+
+    return ScoreMod(fn, f"softcap({cap})", grad=grad)
 
 
 def relative_bias(table, max_distance: int | None = None) -> ScoreMod:
@@ -183,14 +217,21 @@ def relative_bias(table, max_distance: int | None = None) -> ScoreMod:
         bias = table[np.asarray(h) % table.shape[0], dist]                    # (H, lq, lk)
         return scores + to_namespace(bias.astype(_np_dtype(scores)), xp, scores)
 
-    return ScoreMod(fn, f"relative_bias({table.shape[0]} heads, max_distance={max_d})")
+    return ScoreMod(fn, f"relative_bias({table.shape[0]} heads, max_distance={max_d})", additive=True)
 
 
-def score_mod(fn, name: str | None = None) -> ScoreMod:
-    """Wrap a FlexAttention-style ``fn(scores, b, h, q_idx, kv_idx)`` (vectorized) as a ScoreMod."""
+def score_mod(fn, name: str | None = None, *, grad=None, additive: bool = False) -> ScoreMod:
+    """Wrap a FlexAttention-style ``fn(scores, b, h, q_idx, kv_idx)`` (vectorized) as a ScoreMod.
+
+    For the backward pass give ``grad(scores, modified, b, h, q_idx, kv_idx) -> d modified / d scores`` or
+    ``additive=True`` (fn only adds a term independent of the scores)."""
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    return ScoreMod(lambda s, b, h, q, kv, Lq, Lk: fn(s, b, h, q, kv), name or getattr(fn, "__name__", "custom"))
+    wrapped = None if grad is None else (lambda s, m, b, h, q, kv, Lq, Lk: grad(s, m, b, h, q, kv))
+    if grad is not None and not callable(grad):
+        raise TypeError(f"grad must be callable, got {type(grad).__name__}")
+    return ScoreMod(lambda s, b, h, q, kv, Lq, Lk: fn(s, b, h, q, kv), name or getattr(fn, "__name__", "custom"),
+                    grad=wrapped, additive=additive)
 
 
 def _check_heads(h, n_heads, what):

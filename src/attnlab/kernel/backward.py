@@ -1,0 +1,312 @@
+"""The tiled backward: gradients of exact attention without the Lq x Lk matrix (FlashAttention-2, Algorithm 2).
+
+The forward stored only the output O and the log-sum-exp lse of each query row. The backward recomputes each
+tile of probabilities from them, P = exp(S - lse), which is exact (it is the softmax of the row, normalised by the
+row's whole sum, not a running one), and needs no running max: (Dao 2023, "FlashAttention-2", Algorithm 2)
+
+    Delta = rowsum(dO * O)                 (R,)       once per query row, before the tiles
+    for each key block j (dK_j, dV_j accumulate in place):
+        for each query block i the tile map does not mark empty:
+            S   = (q_i * scale) k_j^T       (R, bk)    R = r * block_q rows: the r query heads of a group
+            P   = exp(mod(S) - lse_i)                  0 on blocked cells
+            dV_j += P^T dO_i                           summed over the r heads of the group at once (GQA)
+            dP  = dO_i v_j^T
+            dS  = P * (dP - Delta_i) * mod'(S)         chain rule for score modifiers
+            dq_i += dS k_j * scale,   dK_j += dS^T q_i * scale
+
+As in the forward (``attnlab.flash``): scores are in log2 units when there is no score modifier (q is scaled by
+scale * log2(e) once and exp2 is twice as fast as exp), and -lse is folded into the score matmul as an extra
+column of q against a column of ones beside the keys, so S - lse costs no pass of its own; -Delta is folded the
+same way into dP - Delta = [dO | -Delta] [v | 1]^T. The tile map is the forward's (``planner.TileMaps``): empty
+tiles are skipped, full ones never evaluate the mask, partial ones are cut into the same narrowed row slices.
+
+Threads: one task per (key/value head group, range of key blocks). A task owns its dK/dV blocks, so no two
+threads write one; dq rows are shared by the key blocks, so when the key blocks are split among tasks (fewer head
+groups than threads) each split accumulates its own dq and the splits are added at the end.
+
+Non-finite inputs: when q, k, v, dout or out hold inf/NaN the whole call runs carefully: probabilities of blocked
+cells are exactly 0, dS is 0 wherever P is (never 0 * NaN) and every product keeps a non-finite value away from
+the outputs whose coefficient is 0, so NaN reaches exactly the gradients the forward's NaN depends on.
+
+Extra memory: per thread a few (R, block_k) tiles and (R, D) rows, plus Delta (..., Lq) and, with split keys, one
+dq per split; never Lq x Lk.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import wait
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import planner
+from ..flash import LN2, LOG2E, RunStats, _blas_threads, _pool, _problem
+from ..masks import EMPTY
+from ..reference_backward import Grads, product, sum_to_shape
+
+BACKWARD_ROWS = 512                  # rows per tile (r * block_q) in the backward
+BACKWARD_KEYS = 256                  # keys per tile in the backward
+
+
+class Task(NamedTuple):
+    """One unit of the backward's work: the key blocks first:stop of head group ``idx``; ``split`` names the dq
+    buffer it accumulates into."""
+
+    idx: tuple
+    first: int
+    stop: int
+    split: int
+
+
+def backward_blocks(r: int, Lq: int, Lk: int) -> tuple[int, int]:
+    """Default (block_q, block_k) of the backward: r * block_q ~ BACKWARD_ROWS rows, BACKWARD_KEYS keys."""
+    return max(1, min(Lq, max(16, BACKWARD_ROWS // r))), max(1, min(Lk, BACKWARD_KEYS))
+
+
+def flash_attention_backward(dout, q, k, v, out, lse, mask=None, *, scale=None, score_mod=None, bias=None,
+                             block_q=None, block_k=None, threads=None, stats: RunStats | None = None) -> Grads:
+    """Gradients (dq, dk, dv) of ``flash_attention(q, k, v, mask, scale=, score_mod=, bias=)`` given dout.
+
+    ``out`` and ``lse`` are what the forward returned (``flash_attention(..., return_lse=True)``): out
+    (..., Lq, Dv), lse (..., Lq). dout has out's shape. Shapes, masks, grouped-query heads, bias and score
+    modifiers as in the forward; a score modifier needs a derivative (``ScoreMod.differentiable``: ALiBi,
+    relative bias and soft-capping have one). Returns ``Grads(dq, dk, dv)``, each shaped like its input (summed over
+    the axes it was broadcast along). The gradient of a bias is not returned (it is a score-sized matrix; the
+    readable ``attention_backward`` gives it). ``block_q``/``block_k``: tile sizes (default ``backward_blocks``);
+    ``threads``: the cores to use; ``stats``: a ``RunStats`` to fill with tile counts.
+
+    >>> import numpy as np, attnlab
+    >>> rng = np.random.default_rng(0); q, k, v = (rng.standard_normal((2, 50, 8)) for _ in range(3))
+    >>> out, lse = attnlab.flash_attention(q, k, v, mask=attnlab.masks.causal(), return_lse=True)
+    >>> dq, dk, dv = flash_attention_backward(np.ones_like(out), q, k, v, out, lse, mask=attnlab.masks.causal(),
+    ...                                       block_q=16, block_k=16)
+    >>> ref = attnlab.attention_backward(np.ones_like(out), q, k, v, mask=attnlab.masks.causal())
+    >>> max(float(np.abs(a - b).max()) for a, b in zip((dq, dk, dv), ref)) < 1e-12
+    True
+    """
+    pb = _problem(q, k, v, mask, scale, score_mod, bias, "flash_attention_backward")
+    if score_mod is not None and not score_mod.differentiable:
+        raise TypeError(f"score_mod {score_mod.name} has no derivative for the backward pass; build it with "
+                        f"attnlab.scores.score_mod(fn, grad=...) or additive=True")
+    lay, dtype = pb.lay, pb.dtype
+    threads = planner.default_threads() if threads is None else planner.check_threads(threads)
+    bq, bk = backward_blocks(lay.r, lay.Lq, lay.Lk)
+    pb.block_q = planner.check_block(block_q, "block_q") or bq
+    pb.block_k = planner.check_block(block_k, "block_k") or bk
+    pb.maps = planner.TileMaps(mask, lay, pb.block_q, pb.block_k)
+    inner = lay.lead + (lay.r, lay.Lq)                                            # (*lead, r, Lq)
+    dO = _row_array(dout, "dout", lay.scores_shape[:-1] + (pb.Dv,), dtype).reshape(inner + (pb.Dv,))
+    O = _row_array(out, "out", lay.scores_shape[:-1] + (pb.Dv,), dtype).reshape(inner + (pb.Dv,))
+    lse = _row_array(lse, "lse", lay.scores_shape[:-1], dtype).reshape(inner)
+    careful = not all(_finite(x) for x in (q, k, v, dO, O)) or bool(np.isnan(lse).any())
+    with np.errstate(invalid="ignore"):
+        delta = np.einsum("...d,...d->...", dO, O)                               # (*lead, r, Lq)
+    run = _Run(pb, dO, delta, lse, careful)
+    tasks, splits, used = _tasks(pb, threads)
+    dq = np.zeros((splits,) + inner + (pb.D,), dtype)                             # (S, *lead, r, Lq, D)
+    dk = np.zeros(lay.lead + (1, lay.Lk, pb.D), dtype)                            # (*lead, 1, Lk, D)
+    dv = np.zeros(lay.lead + (1, lay.Lk, pb.Dv), dtype)                           # (*lead, 1, Lk, Dv)
+    counts = _execute(run, tasks, dq, dk, dv, used, threads)
+    dq_sum = dq[0] if splits == 1 else dq.sum(axis=0)
+    dq_sum *= pb.scale
+    if run.fold:
+        dk *= LN2                  # dK accumulated against q * scale * log2(e)
+    if stats is not None:
+        stats.tiles = planner.TileCounts(*map(int, counts))
+        stats.block_q, stats.block_k, stats.threads = pb.block_q, pb.block_k, used
+        stats.tasks, stats.kv_splits = len(tasks), splits
+    return Grads(dq=_to_input(dq_sum, lay.q.shape, np.shape(q)), dk=_to_input(dk, lay.k.shape, np.shape(k)),
+                 dv=_to_input(dv, lay.v.shape, np.shape(v)))
+
+
+def _row_array(x, name, shape, dtype):
+    """``x`` checked to be a NumPy array of ``shape`` (the forward's output or lse), in the kernel's dtype."""
+    if not isinstance(x, np.ndarray) or tuple(x.shape) != tuple(shape) or x.dtype.kind != "f":
+        raise ValueError(f"{name} must be a floating NumPy array of shape {tuple(shape)}, got "
+                         f"{type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))} "
+                         f"and dtype {getattr(x, 'dtype', None)}")
+    return x.astype(dtype, copy=False)
+
+
+def _finite(x) -> bool:
+    """Whether an array holds only finite values, without an array-sized temporary (a sum is NaN or inf
+    otherwise; a sum that overflows only sends the call down the careful path, which is exact too)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.sum(x, dtype=np.float64)))
+
+
+def _to_input(grad, layout_shape, shape):
+    """A gradient in the kernel's layout, summed over broadcast axes and reshaped to its input's shape."""
+    return np.ascontiguousarray(sum_to_shape(grad, layout_shape).reshape(shape))
+
+
+# --- tasks and threads ---------------------------------------------------------------------------------------------
+def _tasks(pb, threads):
+    """(tasks, dq splits, threads used): the key blocks split among tasks only when there are fewer head groups
+    than threads (``planner.kv_splits``, as the forward); biggest first for load balance."""
+    lay, nkb = pb.lay, pb.maps.nkb
+    groups = math.prod(lay.lead)
+    splits = planner.kv_splits(threads, groups, nkb)
+    bounds = [(s * nkb // splits, (s + 1) * nkb // splits) for s in range(splits)]
+    tasks = [Task(idx, lo, hi, s) for idx in np.ndindex(*lay.lead) for s, (lo, hi) in enumerate(bounds)]
+    work = lambda t: int(np.count_nonzero(pb.maps[t.idx][:, t.first:t.stop] != EMPTY))
+    used = planner.used_threads(threads, len(tasks), 2 * planner.work(lay))
+    return sorted(tasks, key=work, reverse=True), splits, used
+
+
+def _execute(run, tasks, dq, dk, dv, n, threads) -> np.ndarray:
+    """Run the tasks on ``n`` threads (BLAS held to one thread inside each; BLAS may use ``threads`` when n is 1).
+    Returns the tile counts [empty, partial, full]."""
+    queue = iter(list(tasks))
+    import threading
+    lock = threading.Lock()
+
+    def next_task():
+        with lock:
+            return next(queue, None)
+
+    def work():
+        ws, counts = _Workspace(run.pb), np.zeros(3, np.int64)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while (task := next_task()) is not None:
+                run.task(ws, task, dq[task.split], dk, dv, counts)
+        return counts
+
+    with _blas_threads(1 if n > 1 else threads):
+        futures = [_pool(n - 1).submit(work) for _ in range(n - 1)]
+        try:
+            mine = work()
+        finally:
+            wait(futures)
+        return mine + sum((f.result() for f in futures), np.zeros(3, np.int64))
+
+
+# --- one task -----------------------------------------------------------------------------------------------------
+class _Workspace:
+    """Preallocated per-thread buffers, viewed at the size of each tile."""
+
+    def __init__(self, pb):
+        rows = pb.lay.r * min(pb.block_q, max(pb.lay.Lq, 1))
+        cols = min(pb.block_k, max(pb.lay.Lk, 1))
+        D, Dv = pb.D, pb.Dv
+        self.p = np.empty(rows * cols, pb.dtype)                  # scores, then probabilities P   (R, bk)
+        self.ds = np.empty(rows * cols, pb.dtype)                 # dP - Delta, then dS            (R, bk)
+        self.qa = np.empty(rows * (D + 1), pb.dtype)              # [scaled q | -lse]              (R, D + 1)
+        self.do = np.empty(rows * (Dv + 1), pb.dtype)             # [dO | -Delta]                  (R, Dv + 1)
+        self.ka = np.ones((cols, D + 1), pb.dtype)                # [k tile | 1]                   (bk, D + 1)
+        self.va = np.ones((cols, Dv + 1), pb.dtype)               # [v tile | 1]                   (bk, Dv + 1)
+        self.tq = np.empty(rows * D, pb.dtype)                    # dS k                           (R, D)
+        self.tk = np.empty((cols, D), pb.dtype)                   # dS^T q                         (bk, D)
+        self.tv = np.empty((cols, Dv), pb.dtype)                  # P^T dO                         (bk, Dv)
+
+
+class _Run:
+    """The inputs of one backward call in the kernel's layout and how one tile is computed."""
+
+    def __init__(self, pb, dO, delta, lse, careful):
+        self.pb, self.dO, self.careful = pb, dO, careful
+        self.fold = pb.mods is None and not careful                # log2 units, -lse and -Delta folded
+        self.slope = pb.bias_fn is not None and not pb.bias_fn.additive
+        units = LOG2E if self.fold else 1.0
+        self.q_scale = pb.dtype.type(pb.scale * units)
+        # a row with nothing to attend to (lse -inf) gets P = exp(S - inf) = 0 on every cell
+        self.neg_lse = np.where(np.isneginf(lse), -np.inf, -lse * units).astype(pb.dtype)   # (*lead, r, Lq)
+        self.neg_delta = np.negative(delta)                                                # (*lead, r, Lq)
+        self.matmul = product if careful else np.matmul
+
+    def task(self, ws, task, dq, dk, dv, counts):
+        """The key blocks first:stop of one head group: dK, dV of those blocks, dq of every row they reach."""
+        pb = self.pb
+        lay, bq, bk = pb.lay, pb.block_q, pb.block_k
+        tile_map = pb.maps[task.idx]                                            # (nqb, nkb)
+        for j in range(task.first, task.stop):
+            column = tile_map[:, j]
+            visit = np.flatnonzero(column != EMPTY)
+            counts[EMPTY] += len(column) - len(visit)
+            if not len(visit):
+                continue
+            ks, ke = j * bk, min(lay.Lk, (j + 1) * bk)
+            ka, va = ws.ka[:ke - ks], ws.va[:ke - ks]
+            np.copyto(ka[:, :pb.D], pb.k[task.idx][0, ks:ke])
+            np.copyto(va[:, :pb.Dv], pb.v[task.idx][0, ks:ke])
+            for i, state in zip(visit.tolist(), column[visit].tolist()):
+                qs, qe = i * bq, min(lay.Lq, (i + 1) * bq)
+                state, parts = pb.tile(task.idx, slice(qs, qe), np.arange(qs, qe), ks, ke, state)
+                counts[state] += 1
+                for a, b, blocked, cs, ce in parts if state != EMPTY else ():
+                    self.tile(ws, task.idx, qs + a, qs + b, cs, ce, ks, blocked, dq, dk, dv)
+
+    def tile(self, ws, idx, qs, qe, cs, ce, ks, blocked, dq, dk, dv):
+        """Query rows qs:qe (all r heads) against keys cs:ce of the key block starting at ks."""
+        pb = self.pb
+        r, n, c, D, Dv = pb.lay.r, qe - qs, ce - cs, pb.D, pb.Dv
+        R = r * n
+        ka, va = ws.ka[cs - ks:ce - ks], ws.va[cs - ks:ce - ks]              # (c, D + 1), (c, Dv + 1)
+        qa = ws.qa[:R * (D + 1)].reshape(r, n, D + 1)
+        np.multiply(pb.q[idx][:, qs:qe], self.q_scale, out=qa[..., :D])
+        qa[..., D] = self.neg_lse[idx][:, qs:qe]
+        do = ws.do[:R * (Dv + 1)].reshape(r, n, Dv + 1)
+        np.copyto(do[..., :Dv], self.dO[idx][:, qs:qe])
+        do[..., Dv] = self.neg_delta[idx][:, qs:qe]
+        P = ws.p[:R * c].reshape(r, n, c)
+        if self.fold:
+            np.matmul(qa, ka.T, out=P)                                          # S - lse, log2 units
+            _exp2_blocked(P, blocked)                                           # P
+            slope = None
+        else:
+            slope = self.probabilities(P, qa, ka, idx, qs, qe, cs, ce, blocked)
+        dS = ws.ds[:R * c].reshape(r, n, c)
+        np.matmul(do, va.T, out=dS)                                             # dP - Delta
+        dS *= P                                                                 # dS = P (dP - Delta)
+        if self.careful:
+            np.copyto(dS, 0, where=P == 0)                                      # never 0 * NaN
+        if slope is not None:
+            np.multiply(dS, slope, out=dS, where=dS != 0)                       # chain rule through the modifier
+        P2, dS2, q2, do2 = P.reshape(R, c), dS.reshape(R, c), qa.reshape(R, D + 1)[:, :D], \
+            do.reshape(R, Dv + 1)[:, :Dv]
+        tv, tk, tq = ws.tv[:c], ws.tk[:c], ws.tq[:R * D].reshape(r, n, D)
+        dv[idx][0, cs:ce] += self._product(P2.T, do2, tv)                       # dV += P^T dO
+        dk[idx][0, cs:ce] += self._product(dS2.T, q2, tk)                       # dK += dS^T q (q scaled)
+        dq[idx][:, qs:qe] += self._product(dS, ka[:, :D], tq)                   # dq += dS k
+
+    def _product(self, a, b, out):
+        if self.careful:
+            np.copyto(out, product(a, b))
+            return out
+        return np.matmul(a, b, out=out)
+
+    def probabilities(self, P, qa, ka, idx, qs, qe, cs, ce, blocked):
+        """P = exp(mod(S + bias) - lse) in natural units for a tile (modifiers or careful); returns the
+        modifier's derivative at S + bias (None when it is 1)."""
+        pb = self.pb
+        D = pb.D
+        np.matmul(qa[..., :D], ka[:, :D].T, out=P)                             # S
+        if pb.bias_arr is not None:
+            b = pb.bias_arr[idx]
+            np.add(P, (b[:1] if b.strides[0] == 0 else b)[:, qs:qe, cs:ce], out=P, casting="same_kind")
+        slope = None
+        if pb.bias_fn is not None:
+            (b, h), _ = pb.heads(idx)
+            at = (b, h, np.arange(qs, qe)[:, None], np.arange(cs, ce)[None, :], pb.lay.Lq, pb.lay.Lk)
+            modified = pb.bias_fn.apply(P, *at)
+            if self.slope:
+                slope = pb.bias_fn.derivative(P, modified, *at)
+            np.copyto(P, modified, casting="same_kind")
+        P += qa[..., D:]                                                        # - lse (inf for empty rows)
+        if blocked is not None:
+            np.copyto(P, -np.inf, where=blocked)
+        np.exp(P, out=P)
+        if self.careful and blocked is not None:
+            np.copyto(P, 0, where=blocked)
+        return slope
+
+
+def _exp2_blocked(S, blocked):
+    """S = exp2(S) in place, exactly 0 where ``blocked``; blocked cells enter exp2 as 0 (NumPy's float32 exp2 is
+    slow on -inf)."""
+    if blocked is not None:
+        np.copyto(S, 0, where=blocked)
+    np.exp2(S, out=S)
+    if blocked is not None:
+        np.copyto(S, 0, where=blocked)
