@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._array import as_array, is_real_number
+from ._array import as_array, default_scale, is_real_number
 from .attention import _merge_heads, _prepare, _resolve_bias, _score_mod_indices, _split_heads, resolve_mask
 from .scores import ScoreMod, scaled_dot
 from .softmax import softmax
@@ -86,7 +86,7 @@ def attention_backward(dout, q, k, v, mask=None, *, scale=None, bias=None, score
     dO = _split_heads(np, dout.astype(dtype, copy=False), p.groups)          # (..., [G, r,] Lq, Dv)
 
     # the forward, kept whole
-    scale = (1.0 / np.sqrt(p.q.shape[-1])) if scale is None else scale
+    scale = default_scale(p.q.shape[-1]) if scale is None else float(scale)
     S = scaled_dot(p.q, p.k, scale)                                           # (..., [G, r,] Lq, Lk)
     bias_arr = None if bias is None else _resolve_bias(bias, p)
     if bias_arr is not None:
@@ -101,9 +101,9 @@ def attention_backward(dout, q, k, v, mask=None, *, scale=None, bias=None, score
 
     # the backward, formula by formula
     dV = product(np.swapaxes(P, -1, -2), dO)                                  # (..., [G, r,] Lk, Dv)
-    dP = np.matmul(dO, np.swapaxes(p.v, -1, -2))                              # (..., [G, r,] Lq, Lk)
-    delta = np.sum(dO * O, axis=-1, keepdims=True)                            # (..., [G, r,] Lq, 1)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):    # non-finite values are kept where P is 0 below
+        dP = np.matmul(dO, np.swapaxes(p.v, -1, -2))                          # (..., [G, r,] Lq, Lk)
+        delta = np.sum(dO * O, axis=-1, keepdims=True)                        # (..., [G, r,] Lq, 1)
         dZ = np.where(P == 0, 0, P * (dP - delta))                            # (..., [G, r,] Lq, Lk)
     dS = dZ
     if score_mod is not None:

@@ -1,0 +1,6 @@
+"""attnlab inside other frameworks. Each submodule imports its framework only when it is imported itself:
+
+- ``attnlab.integrations.torch``: a PyTorch autograd bridge, so a CPU model trains on attnlab's tiled kernel.
+
+``import attnlab`` never imports any of them.
+"""

@@ -1,0 +1,349 @@
+"""The backward pass: the readable attention_backward and the tiled flash_attention_backward.
+
+Oracles: torch autograd through torch.nn.functional.scaled_dot_product_attention (bool and float masks, scale,
+enable_gqa), and through a few lines of torch written from the formula for the score modifiers SDPA lacks
+(soft-capping). Neither shares code with attnlab. The tiled backward is also tested equal to the readable one on
+every mask kind, odd sizes, blocks that do not divide the lengths and threads, by hand and by hypothesis.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import attnlab
+from attnlab import masks as M, scores
+from attnlab.flash import RunStats
+from attnlab.planner import TileMaps, layout
+from test_flash import MASKS
+
+F = torch.nn.functional
+
+
+def _qkv(rng, B, H, G, Lq, Lk, D=8, Dv=None, dtype=np.float64):
+    Dv = D if Dv is None else Dv
+    q = rng.standard_normal((B, H, Lq, D)).astype(dtype)
+    k = rng.standard_normal((B, G, Lk, D)).astype(dtype)
+    v = rng.standard_normal((B, G, Lk, Dv)).astype(dtype)
+    return q, k, v
+
+
+def _torch_grads(q, k, v, dout, attn_mask=None, scale=None, mod=None, gqa=False, dtype=torch.float64):
+    """Gradients by torch autograd: SDPA, or the formula in torch when ``mod`` (a torch function of the scores)
+    is given."""
+    tq, tk, tv = (torch.tensor(x, dtype=dtype, requires_grad=True) for x in (q, k, v))
+    am = attn_mask
+    if isinstance(am, np.ndarray):
+        am = torch.tensor(am) if am.dtype == bool else torch.tensor(am, dtype=dtype, requires_grad=True)
+    if mod is None:
+        out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=am, scale=scale, enable_gqa=gqa)
+    else:
+        r = tq.shape[-3] // tk.shape[-3]
+        kk, vv = tk.repeat_interleave(r, dim=-3), tv.repeat_interleave(r, dim=-3)
+        s = mod(tq @ kk.transpose(-1, -2) * (scale if scale is not None else q.shape[-1] ** -0.5))
+        if am is not None:
+            s = s.masked_fill(~am, float("-inf")) if am.dtype == torch.bool else s + am
+        out = torch.softmax(s, dim=-1).nan_to_num(0.0) @ vv
+    out.backward(torch.tensor(dout, dtype=dtype))
+    grads = [x.grad.numpy() for x in (tq, tk, tv)]
+    if isinstance(am, torch.Tensor) and am.requires_grad:
+        grads.append(am.grad.numpy())
+    return grads
+
+
+def _ours(q, k, v, dout, mask=None, bias=None, score_mod=None, scale=None, **kw):
+    out, lse = attnlab.flash_attention(q, k, v, mask, bias=bias, bias_fn=score_mod, scale=scale, return_lse=True)
+    tiled = attnlab.flash_attention_backward(dout, q, k, v, out, lse, mask, bias=bias, score_mod=score_mod,
+                                             scale=scale, **kw)
+    readable = attnlab.attention_backward(dout, q, k, v, mask, bias=bias, score_mod=score_mod, scale=scale)
+    return tiled, readable
+
+
+def _close(got, want, tol):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=0, atol=tol)
+
+
+# --- against torch autograd, float64 ---------------------------------------------------------------------------
+@pytest.mark.parametrize("H,G", [(4, 4), (4, 2), (4, 1), (8, 2), (8, 1)])       # GQA ratios 1, 2, 4, 4, 8
+@pytest.mark.parametrize("Lq,Lk", [(13, 13), (7, 20), (20, 7)])
+def test_gradients_match_torch_sdpa(rng, H, G, Lq, Lk):
+    q, k, v = _qkv(rng, 2, H, G, Lq, Lk, D=8, Dv=5)
+    dout = rng.standard_normal((2, H, Lq, 5))
+    tiled, readable = _ours(q, k, v, dout, block_q=3, block_k=4)
+    want = _torch_grads(q, k, v, dout, gqa=G != H)
+    _close(readable, want, 1e-10)
+    _close(tiled, want, 1e-10)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float", "bool_and_scale"])
+def test_masks_bias_and_scale_match_torch(rng, kind):
+    Lq, Lk = 11, 17
+    q, k, v = _qkv(rng, 2, 4, 2, Lq, Lk)
+    dout = rng.standard_normal((2, 4, Lq, 8))
+    allowed = rng.random((2, 4, Lq, Lk)) < 0.6
+    allowed[..., 0] = True                                   # SDPA gives NaN on fully masked rows; tested below
+    scale = 0.3 if kind == "bool_and_scale" else None
+    if kind == "float":
+        bias = rng.standard_normal((4, 1, Lk))               # broadcast over batch and query rows
+        tiled, readable = _ours(q, k, v, dout, bias=bias, block_q=4, block_k=5)
+        want = _torch_grads(q, k, v, dout, attn_mask=bias, gqa=True)
+        _close(readable, want, 1e-10)                        # dq, dk, dv and dbias
+        _close(tiled, want[:3], 1e-10)
+        return
+    tiled, readable = _ours(q, k, v, dout, mask=allowed, scale=scale, block_q=4, block_k=5)
+    want = _torch_grads(q, k, v, dout, attn_mask=allowed, scale=scale, gqa=True)
+    _close(readable, want, 1e-10)
+    _close(tiled, want, 1e-10)
+
+
+def test_float32_within_torch_rule(rng):
+    """float32 error <= 2x torch's own float32 error against float64, plus 1e-5 (the flash-attention rule)."""
+    Lq = Lk = 300
+    q, k, v = _qkv(rng, 1, 4, 2, Lq, Lk, D=32)
+    dout = rng.standard_normal((1, 4, Lq, 32))
+    mask = M.causal()
+    exact = _torch_grads(q, k, v, dout, attn_mask=M.materialize(mask, Lq, Lk, batch=1, heads=4), gqa=True)
+    theirs = _torch_grads(*(x.astype(np.float32) for x in (q, k, v, dout)),
+                          attn_mask=M.materialize(mask, Lq, Lk, batch=1, heads=4), gqa=True, dtype=torch.float32)
+    tiled, readable = _ours(*(x.astype(np.float32) for x in (q, k, v, dout)), mask=mask)
+    for ours in (tiled, readable):
+        for got, ref, torch32 in zip(ours, exact, theirs):
+            assert got.dtype == np.float32
+            torch_err = np.abs(torch32 - ref).max()
+            assert np.abs(got - ref).max() <= 2 * torch_err + 1e-5
+
+
+# --- score modifiers: the chain rule ---------------------------------------------------------------------------
+def test_softcap_multiplies_by_its_derivative(rng):
+    cap = 1.5
+    q, k, v = _qkv(rng, 1, 4, 2, 19, 23)
+    q *= 3                                                    # scores well into tanh's curved range
+    dout = rng.standard_normal((1, 4, 19, 8))
+    mask = M.causal()
+    tiled, readable = _ours(q, k, v, dout, mask=mask, score_mod=scores.softcap(cap), block_q=5, block_k=6)
+    want = _torch_grads(q, k, v, dout, attn_mask=M.materialize(mask, 19, 23, batch=1, heads=4),
+                        mod=lambda s: cap * torch.tanh(s / cap))
+    _close(readable, want, 1e-10)
+    _close(tiled, want, 1e-10)
+    plain = attnlab.attention_backward(dout, q, k, v, mask)
+    assert np.abs(plain.dq - want[0]).max() > 1e-3           # the derivative matters here
+
+
+def test_alibi_and_relative_bias_pass_through(rng):
+    H, Lq, Lk = 4, 15, 21
+    q, k, v = _qkv(rng, 1, H, H, Lq, Lk)
+    dout = rng.standard_normal((1, H, Lq, 8))
+    slopes = scores.alibi_slopes(H)
+    pos = np.arange(Lq)[:, None] + (Lk - Lq)
+    alibi_bias = -slopes[:, None, None] * (pos - np.arange(Lk)[None, :])          # (H, Lq, Lk), the paper's bias
+    table = rng.standard_normal((H, 2 * 4 + 1))
+    rel = table[:, np.clip(np.arange(Lk)[None, :] - pos, -4, 4) + 4]             # (H, Lq, Lk)
+    for mod, bias in ((scores.alibi(H), alibi_bias), (scores.relative_bias(table, 4), rel),
+                      (scores.alibi(H).then(scores.softcap(2.0)), None)):
+        tiled, readable = _ours(q, k, v, dout, mask=M.causal(), score_mod=mod, block_q=4, block_k=8)
+        allowed = M.materialize(M.causal(), Lq, Lk)
+        if bias is None:
+            want = _torch_grads(q, k, v, dout, attn_mask=allowed,
+                                mod=lambda s: 2.0 * torch.tanh((s + torch.tensor(alibi_bias)) / 2.0))
+        else:
+            want = _torch_grads(q, k, v, dout, attn_mask=np.where(allowed, bias, -np.inf))[:3]
+        _close(readable, want, 1e-10)
+        _close(tiled, want, 1e-10)
+
+
+def test_score_mod_without_derivative_is_refused(rng):
+    q, k, v = _qkv(rng, 1, 2, 2, 5, 5)
+    out, lse = attnlab.flash_attention(q, k, v, return_lse=True)
+    mod = scores.score_mod(lambda s, b, h, qi, ki: s * 2, name="double")
+    with pytest.raises(TypeError, match="double has no derivative"):
+        attnlab.flash_attention_backward(out, q, k, v, out, lse, score_mod=mod)
+    doubled = scores.score_mod(lambda s, b, h, qi, ki: s * 2, grad=lambda s, m, b, h, qi, ki: 2.0)
+    out, lse = attnlab.flash_attention(q, k, v, bias_fn=doubled, return_lse=True)
+    tiled = attnlab.flash_attention_backward(out, q, k, v, out, lse, score_mod=doubled)
+    _close(tiled, attnlab.attention_backward(out, q, k, v, scale=2 / np.sqrt(8)), 1e-12)
+
+
+# --- every mask kind, sizes, blocks, threads ------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(MASKS))
+def test_every_mask_kind(rng, name):
+    Lq, Lk = 37, 41
+    q, k, v = _qkv(rng, 2, 4, 2, Lq, Lk)
+    dout = rng.standard_normal((2, 4, Lq, 8))
+    mask = MASKS[name](Lq, Lk)
+    tiled, readable = _ours(q, k, v, dout, mask=mask, block_q=8, block_k=6, threads=2)
+    _close(tiled, readable, 1e-12)
+    if mask is None:
+        return
+    allowed = mask if isinstance(mask, np.ndarray) else M.materialize(mask, Lq, Lk, batch=2, heads=4)
+    allowed = np.broadcast_to(allowed, (2, 4, Lq, Lk))
+    keep = allowed.any(-1)[..., None]                         # SDPA's fully masked rows are NaN: compare the rest
+    dz = np.where(keep, dout, 0)
+    safe = np.where(keep, allowed, True)
+    want = _torch_grads(q, k, v, dz, attn_mask=safe, gqa=True)
+    _close(attnlab.attention_backward(dz, q, k, v, safe), want, 1e-10)
+    _close(attnlab.attention_backward(dz, q, k, v, mask), want, 1e-10)   # a fully masked row adds nothing
+
+
+@pytest.mark.parametrize("Lq,Lk,bq,bk", [(1, 1, None, None), (1, 7, None, None), (7, 1, 3, None),
+                                         (97, 97, 13, 29), (97, 7, 96, 5), (7, 97, 2, 33)])
+def test_odd_sizes_and_blocks_that_do_not_divide(rng, Lq, Lk, bq, bk):
+    q, k, v = _qkv(rng, 1, 4, 2, Lq, Lk, D=6, Dv=3)
+    dout = rng.standard_normal((1, 4, Lq, 3))
+    for mask in (None, M.causal(), M.causal("top_left")):
+        tiled, readable = _ours(q, k, v, dout, mask=mask, block_q=bq, block_k=bk)
+        _close(tiled, readable, 1e-12)
+
+
+def test_long_odd_sizes_match_torch(rng):
+    Lq, Lk = 1023, 1025
+    q, k, v = _qkv(rng, 1, 2, 1, Lq, Lk, D=8)
+    dout = rng.standard_normal((1, 2, Lq, 8))
+    tiled, _ = _ours(q, k, v, dout, mask=M.causal(), threads=2)
+    want = _torch_grads(q, k, v, dout, attn_mask=M.materialize(M.causal(), Lq, Lk), gqa=True)
+    _close(tiled, want, 1e-10)
+
+
+def test_broadcast_leading_dims_sum_their_gradient(rng):
+    q = rng.standard_normal((3, 2, 9, 4))
+    k, v = rng.standard_normal((9, 4)), rng.standard_normal((1, 2, 9, 4))     # k shared by batch and heads
+    dout = rng.standard_normal((3, 2, 9, 4))
+    tiled, readable = _ours(q, k, v, dout, mask=M.causal(), block_q=4, block_k=4)
+    assert tiled.dk.shape == (9, 4) and tiled.dv.shape == (1, 2, 9, 4)
+    want = _torch_grads(q, np.broadcast_to(k, (3, 2, 9, 4)).copy(), np.broadcast_to(v, (3, 2, 9, 4)).copy(), dout,
+                        attn_mask=M.materialize(M.causal(), 9, 9))
+    _close(readable, [want[0], want[1].sum(axis=(0, 1)), want[2].sum(axis=0, keepdims=True)], 1e-10)
+    _close(tiled, readable, 1e-12)
+
+
+def test_threads_and_key_splits_give_the_same_gradients(rng):
+    q, k, v = _qkv(rng, 1, 4, 1, 64, 64)                       # one head group: the keys are split among threads
+    dout = rng.standard_normal((1, 4, 64, 8))
+    stats = RunStats()
+    one, readable = _ours(q, k, v, dout, mask=M.causal(), block_q=4, block_k=8, threads=1)
+    many = attnlab.flash_attention_backward(dout, q, k, v, *attnlab.flash_attention(q, k, v, M.causal(),
+                                                                                     return_lse=True),
+                                            M.causal(), block_q=4, block_k=8, threads=4, stats=stats)
+    assert stats.kv_splits > 1 and stats.tasks == stats.kv_splits
+    _close(one, readable, 1e-12)
+    _close(many, readable, 1e-12)
+
+
+# --- fully masked rows, non-finite inputs ------------------------------------------------------------------------
+def test_fully_masked_rows_give_zero_gradients(rng):
+    q, k, v = _qkv(rng, 2, 2, 2, 10, 12)
+    dout = rng.standard_normal((2, 2, 10, 8))
+    mask = M.padding([12, 5], q_lengths=[10, 4])               # batch 1: query rows 4.. see nothing
+    tiled, readable = _ours(q, k, v, dout, mask=mask, block_q=3, block_k=5)
+    for grads in (tiled, readable):
+        assert all(np.isfinite(g).all() for g in grads)
+        assert not grads.dq[1, :, 4:].any()
+        assert not grads.dk[1, :, 5:].any() and not grads.dv[1, :, 5:].any()     # padded keys
+    _close(tiled, readable, 1e-12)
+
+
+def test_nan_in_masked_keys_and_values_reaches_no_gradient(rng):
+    q, k, v = _qkv(rng, 1, 2, 2, 10, 10)
+    dout = rng.standard_normal((1, 2, 10, 8))
+    clean = _ours(q, k, v, dout, mask=M.causal(), block_q=3, block_k=3)
+    k[0, :, 9], v[0, :, 9], v[0, :, 8, 2] = np.nan, np.inf, np.nan     # key 9 unseen but by the last row
+    mask = M.causal() & ~M.from_function(lambda b, h, qi, ki: ki >= 8)
+    dirty = _ours(q, k, v, dout, mask=mask, block_q=3, block_k=3)
+    want = attnlab.attention_backward(dout, q, np.nan_to_num(k), np.nan_to_num(v), mask)
+    for grads in dirty:
+        assert all(np.isfinite(g).all() for g in grads)
+        _close(grads, want, 1e-12)
+        assert not grads.dk[0, :, 8:].any() and not grads.dv[0, :, 8:].any()
+    assert clean[0].dq.shape == dirty[0].dq.shape
+
+
+def test_nan_only_where_the_forward_has_it(rng):
+    q, k, v = _qkv(rng, 1, 1, 1, 10, 10, D=4)
+    q[0, 0, 3, 1] = np.nan                                     # query row 3 attends keys 0..3
+    v[0, 0, 6, 0] = np.nan                                     # value 6 reaches output column 0 of rows 6..9
+    dout = rng.standard_normal((1, 1, 10, 4))
+    out = attnlab.flash_attention(q, k, v, M.causal())
+    assert np.isnan(out[0, 0]).any(-1).tolist() == [False] * 3 + [True] + [False] * 2 + [True] * 4
+    tiled, readable = _ours(q, k, v, dout, mask=M.causal(), block_q=3, block_k=3)
+    for grads in (tiled, readable):
+        rows = lambda g: np.isnan(g[0, 0]).any(-1).tolist()
+        assert rows(grads.dq) == [False] * 3 + [True] + [False] * 2 + [True] * 4    # rows that met a NaN
+        assert rows(grads.dk) == [True] * 10                   # row 3 reaches keys 0..3, rows 6..9 reach all
+        assert rows(grads.dv) == [True] * 4 + [False] * 6       # P of row 3 is NaN on keys 0..3 only
+        assert np.isfinite(grads.dv[0, 0, 4:]).all()
+    for a, b in zip(tiled, readable):
+        assert (np.isnan(a) == np.isnan(b)).all()
+        np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), atol=1e-12)
+
+
+# --- tiles and memory --------------------------------------------------------------------------------------------
+def test_causal_skips_about_half_the_tiles_from_the_forwards_tile_map(rng):
+    q, k, v = _qkv(rng, 1, 2, 2, 256, 256, dtype=np.float32)
+    out, lse = attnlab.flash_attention(q, k, v, M.causal(), return_lse=True)
+    stats = RunStats()
+    attnlab.flash_attention_backward(out, q, k, v, out, lse, M.causal(), block_q=16, block_k=16, stats=stats)
+    from attnlab.attention import _prepare                     # the planner's own tile map, as the forward builds it
+    expected = TileMaps(M.causal(), layout(_prepare(q, k, v, "test")), 16, 16).counts()
+    assert stats.tiles == expected
+    assert stats.tiles.total == 2 * 16 * 16
+    assert 0.45 < stats.tiles.empty / stats.tiles.total < 0.5
+    assert stats.tiles.partial == 2 * 16                       # the diagonal: the mask is evaluated there only
+
+
+def test_memory_at_16k_has_no_score_sized_allocation(rng):
+    n, D = 16384, 16
+    q, k, v = (rng.standard_normal((1, 1, n, D)).astype(np.float32) for _ in range(3))
+    mask = M.sliding_window(128)                                 # a window keeps the work small; memory is the point
+    out, lse = attnlab.flash_attention(q, k, v, mask, return_lse=True)
+    tracemalloc.start()
+    try:
+        grads = attnlab.flash_attention_backward(out, q, k, v, out, lse, mask, threads=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    outputs = sum(g.nbytes for g in grads)
+    assert peak - outputs < 8 * 2**20                            # a score matrix would be n * n * 4 = 1 GiB
+    sub = attnlab.attention_backward(out[..., n - 40:, :], q[..., n - 40:, :], k[..., n - 168:, :],
+                                     v[..., n - 168:, :], mask)       # the last 40 rows see only the last 168 keys
+    np.testing.assert_allclose(grads.dq[..., n - 40:, :], sub.dq, atol=1e-5)
+
+
+# --- errors ------------------------------------------------------------------------------------------------------
+def test_bad_arguments_are_named(rng):
+    q, k, v = _qkv(rng, 1, 2, 2, 5, 6)
+    out, lse = attnlab.flash_attention(q, k, v, return_lse=True)
+    with pytest.raises(ValueError, match="dout must be a floating NumPy array of shape"):
+        attnlab.flash_attention_backward(out[..., :3, :], q, k, v, out, lse)
+    with pytest.raises(ValueError, match="lse must be"):
+        attnlab.flash_attention_backward(out, q, k, v, out, lse[..., :2])
+    with pytest.raises(ValueError, match="out must be"):
+        attnlab.flash_attention_backward(out, q, k, v, out.astype(int), lse)
+    with pytest.raises(TypeError, match="runs on NumPy arrays"):
+        attnlab.flash_attention_backward(out, torch.tensor(q), torch.tensor(k), torch.tensor(v), out, lse)
+    with pytest.raises(ValueError, match="dout must be a NumPy array shaped like the output"):
+        attnlab.attention_backward(out[..., :3], q, k, v)
+
+
+# --- property: tiled == readable --------------------------------------------------------------------------------
+PROPERTY_MASKS = [None, M.causal(), M.causal("top_left"), M.sliding_window(3, 2), M.padding([5, 9]),
+                  M.dilated(2) & M.causal(), M.global_tokens([1]) | M.sliding_window(1)]
+
+
+@given(Lq=st.integers(1, 24), Lk=st.integers(1, 24), heads=st.sampled_from([(2, 2), (4, 2), (4, 1), (8, 1)]),
+       mask=st.sampled_from(range(len(PROPERTY_MASKS))), bq=st.integers(1, 12), bk=st.integers(1, 12),
+       threads=st.sampled_from([1, 3]), spread=st.sampled_from([0.1, 1.0, 8.0]), seed=st.integers(0, 2**16),
+       mod=st.sampled_from([None, "softcap", "alibi"]))
+def test_property_tiled_equals_readable(Lq, Lk, heads, mask, bq, bk, threads, spread, seed, mod):
+    rng = np.random.default_rng(seed)
+    H, G = heads
+    q, k, v = _qkv(rng, 2, H, G, Lq, Lk, D=4, Dv=3)
+    q *= spread
+    dout = rng.standard_normal((2, H, Lq, 3))
+    score_mod = {None: None, "softcap": scores.softcap(2.0), "alibi": scores.alibi(H)}[mod]
+    tiled, readable = _ours(q, k, v, dout, mask=PROPERTY_MASKS[mask], score_mod=score_mod, block_q=bq,
+                            block_k=bk, threads=threads)
+    _close(tiled, readable, 1e-10 * max(1.0, spread))
