@@ -1,4 +1,4 @@
-"""attnlab experiment bottleneck|scaling|scorers|cost: experiments that show why attention works the way it does.
+"""attnlab experiment bottleneck|scaling|scorers|cost|train: experiments that show why attention works the way it does.
 
 Each experiment takes --seed, --out DIR (its JSON and PNG files go there) and --quick (small sizes, seconds), prints
 its table and conclusion, and lists the files it wrote. The experiments import PyTorch and matplotlib only when
@@ -8,6 +8,7 @@ they run.
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 
 OUT = "attnlab-experiments"
 EXPERIMENTS = {
@@ -16,11 +17,13 @@ EXPERIMENTS = {
     "scaling": "why divide by sqrt(d_k): score variance, softmax saturation and vanishing gradients vs d_k",
     "scorers": "additive vs dot-product attention: speed at growing n and d, accuracy on the bottleneck task",
     "cost": "cost when n doubles: time and memory at n, 2n, 4n for naive, tiled and windowed attention",
+    "train": "training through attnlab's kernel: the same small transformer trained with the autograd bridge and "
+             "with torch SDPA, loss curves compared",
 }
 
 
 def register(sub):
-    p = sub.add_parser("experiment", help="experiments that show why: bottleneck, scaling, scorers, cost",
+    p = sub.add_parser("experiment", help="experiments that show why: bottleneck, scaling, scorers, cost, train",
                        description="Experiments that show why. Each writes JSON + PNG to --out.")
     which = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     for name, text in EXPERIMENTS.items():
@@ -37,6 +40,8 @@ def register(sub):
         elif name == "scorers":
             e.add_argument("--bottleneck", metavar="FILE", help="bottleneck.json to read the accuracy from "
                                                                 "(default: OUT/bottleneck.json)")
+        elif name == "train":
+            e.add_argument("--steps", type=int, help="training steps per run (default 400, quick 120)")
         elif name == "cost":
             e.add_argument("--n", type=int, default=512, help="smallest length; the run uses n, 2n, 4n "
                                                               "(default 512; --quick uses 64)")
@@ -96,4 +101,17 @@ def cost(args):
     _module("cost_doubling").run(n=args.n, out=args.out, seed=args.seed, quick=args.quick)   # prints its own lines
 
 
-RUNNERS = {"bottleneck": bottleneck, "scaling": scaling, "scorers": scorers, "cost": cost}
+def train(args):
+    _check_seed(args.seed)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    t = _module("train")
+    cfg = t.QUICK if args.quick else t.Config()
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
+    result = t.run(out=args.out, seed=args.seed, config=cfg)
+    print(t.table(result))
+    _wrote(args.out, result["files"])
+
+
+RUNNERS = {"bottleneck": bottleneck, "scaling": scaling, "scorers": scorers, "cost": cost, "train": train}

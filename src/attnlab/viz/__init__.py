@@ -24,6 +24,7 @@ _HOME = {
     "entropy_figure": "heads",
     "cost_figure": "cost",
     "save": "_figure",
+    "new_figure": "_figure",
     "ExplorerData": "explorer",
     "explorer_html": "explorer",
     "write_explorer": "explorer",

@@ -1,0 +1,194 @@
+"""Training through attnlab's kernel: ``attnlab experiment train``.
+
+The same small causal transformer is trained twice from the same initial weights on the same batches: once with
+attention computed by attnlab's tiled kernel through the PyTorch autograd bridge
+(``attnlab.integrations.torch.flash_attention``: forward ``attnlab.flash_attention``, backward
+``attnlab.flash_attention_backward``, which recomputes the weights tile by tile from the log-sum-exp), once with
+``torch.nn.functional.scaled_dot_product_attention``. Everything else is the same PyTorch code, so the two loss
+curves can only differ by the float32 rounding of the two attention implementations.
+
+    task:   induction (copying): a sequence of T/2 random symbols, then the same symbols again; the loss is on the
+            second half, where predicting symbol t+1 needs attention to find the earlier copy of symbol t and read
+            the one after it ("A B ... A -> B", Olsson et al. 2022). Chance is 1/V.
+    model:  2 pre-norm blocks, d = 64, 4 query heads sharing 2 key/value heads (GQA), learned positions.
+
+Reported: both loss curves, their largest difference, the final loss and second-half accuracy of each, and the
+time each run took (the only values that change between runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ... import masks
+from ...integrations.torch import flash_attention
+
+IMPLS = {"attnlab": "attnlab tiled kernel (autograd bridge)", "sdpa": "torch scaled_dot_product_attention"}
+
+
+@dataclass(frozen=True)
+class Config:
+    vocab: int = 16             # V symbols
+    length: int = 32            # T, two copies of T/2 symbols
+    d_model: int = 64
+    heads: int = 4              # query heads
+    kv_heads: int = 2           # key/value heads (GQA: 2 query heads per key/value head)
+    layers: int = 2
+    batch: int = 32
+    steps: int = 400
+    lr: float = 3e-3
+    threads: int = 1            # torch's threads for the rest of the model (attnlab's kernel picks its own)
+
+
+QUICK = Config(steps=120, batch=16, length=24)
+
+
+def sample(gen: torch.Generator, cfg: Config) -> torch.Tensor:
+    """(batch, T) sequences: T/2 random symbols, then the same symbols again."""
+    half = torch.randint(0, cfg.vocab, (cfg.batch, cfg.length // 2), generator=gen)
+    return torch.cat([half, half], dim=1)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; attention by ``attend(q, k, v)`` with q (B, H, T, Dh), k/v (B, G, T, Dh)."""
+
+    def __init__(self, cfg: Config, attend):
+        super().__init__()
+        self.cfg, self.attend = cfg, attend
+        self.dh = cfg.d_model // cfg.heads
+        self.norm1, self.norm2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.q = nn.Linear(cfg.d_model, cfg.heads * self.dh)
+        self.kv = nn.Linear(cfg.d_model, 2 * cfg.kv_heads * self.dh)
+        self.o = nn.Linear(cfg.heads * self.dh, cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
+                                 nn.Linear(4 * cfg.d_model, cfg.d_model))
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        h = self.norm1(x)
+        q = self.q(h).view(B, T, self.cfg.heads, self.dh).transpose(1, 2)                  # (B, H, T, Dh)
+        k, v = self.kv(h).view(B, T, 2, self.cfg.kv_heads, self.dh).permute(2, 0, 3, 1, 4)  # (B, G, T, Dh) each
+        a = self.attend(q.contiguous(), k.contiguous(), v.contiguous())                     # (B, H, T, Dh)
+        x = x + self.o(a.transpose(1, 2).reshape(B, T, -1))
+        return x + self.mlp(self.norm2(x))
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: Config, attend):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab, cfg.d_model)
+        self.pos = nn.Parameter(torch.randn(cfg.length, cfg.d_model) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg, attend) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.vocab)
+
+    def forward(self, tokens):                                   # (B, T) -> logits (B, T, V)
+        x = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.out(self.norm(x))
+
+
+def attention_fn(impl: str):
+    """Causal GQA attention on (B, H, T, Dh) queries and (B, G, T, Dh) keys/values."""
+    if impl == "attnlab":
+        causal = masks.causal()
+        return lambda q, k, v: flash_attention(q, k, v, causal)
+    return lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                             enable_gqa=True)
+
+
+def train(impl: str, cfg: Config, seed: int) -> dict:
+    """Train one model; the initial weights and every batch come from ``seed`` alone."""
+    torch.manual_seed(seed)
+    model = Model(cfg, attention_fn(impl))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed + 1)
+    half = cfg.length // 2
+    losses, start = [], time.perf_counter()
+    for _ in range(cfg.steps):
+        tokens = sample(gen, cfg)
+        logits = model(tokens[:, :-1])                                               # (B, T - 1, V)
+        second = logits[:, half - 1:]                                                # predicts tokens half..T-1
+        loss = nn.functional.cross_entropy(second.reshape(-1, cfg.vocab), tokens[:, half:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        tokens = sample(torch.Generator().manual_seed(seed + 2), replace(cfg, batch=256))
+        pred = model(tokens[:, :-1])[:, half - 1:].argmax(-1)
+        accuracy = float((pred == tokens[:, half:]).float().mean())
+    return {"label": IMPLS[impl], "loss": losses, "accuracy": accuracy, "seconds": round(seconds, 2)}
+
+
+def run(out=None, seed: int = 0, quick: bool = False, config: Config | None = None) -> dict:
+    """Train with both attention implementations and compare; write train.json and train.png to ``out``."""
+    cfg = config if config is not None else (QUICK if quick else Config())
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if cfg.steps < 1 or cfg.length < 4 or cfg.length % 2 or cfg.heads % cfg.kv_heads or cfg.d_model % cfg.heads:
+        raise ValueError(f"invalid configuration {cfg}: steps >= 1, an even length >= 4, heads a multiple of "
+                         f"kv_heads, d_model a multiple of heads")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(cfg.threads, threads))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            runs = {impl: train(impl, cfg, seed) for impl in IMPLS}
+    finally:
+        torch.set_num_threads(threads)
+    a, b = runs["attnlab"]["loss"], runs["sdpa"]["loss"]
+    diff = [abs(x - y) for x, y in zip(a, b)]
+    result = {"seed": seed, "config": asdict(cfg), "runs": runs, "max_loss_difference": max(diff),
+              "max_relative_difference": max(d / max(abs(y), 1e-12) for d, y in zip(diff, b)),
+              "chance_loss": math.log(cfg.vocab)}
+    if out is not None:
+        result["files"] = write(result, Path(out))
+    return result
+
+
+def table(result: dict) -> str:
+    cfg = result["config"]
+    lines = [f"induction task, {cfg['layers']} layers, {cfg['heads']} query / {cfg['kv_heads']} key-value heads, "
+             f"T = {cfg['length']}, {cfg['steps']} steps of {cfg['batch']} (seed {result['seed']})",
+             f"{'attention':42} {'first loss':>10} {'final loss':>10} {'accuracy':>9} {'seconds':>8}"]
+    for r in result["runs"].values():
+        lines.append(f"{r['label']:42} {r['loss'][0]:10.4f} {r['loss'][-1]:10.4f} {r['accuracy']:9.3f} "
+                     f"{r['seconds']:8.2f}")
+    lines.append(f"largest loss difference over {cfg['steps']} steps: {result['max_loss_difference']:.2e} "
+                 f"(relative {result['max_relative_difference']:.2e}); chance loss ln V = {result['chance_loss']:.3f}")
+    return "\n".join(lines)
+
+
+def write(result: dict, out: Path) -> list[str]:
+    """train.json and train.png (both loss curves in one plot, their difference below) in ``out``."""
+    from ...viz import new_figure, save                      # matplotlib only when figures are asked for
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig = new_figure(8, 5.5)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    steps = range(1, result["config"]["steps"] + 1)
+    styles = {"attnlab": dict(color="#d62728", lw=2.4), "sdpa": dict(color="#1f77b4", lw=1.0, ls="--")}
+    for impl, r in result["runs"].items():
+        top.plot(steps, r["loss"], label=f"{r['label']} (final {r['loss'][-1]:.4f})", **styles[impl])
+    top.axhline(result["chance_loss"], color="grey", ls=":", lw=1, label="chance (ln V)")
+    top.set(ylabel="training loss (cross-entropy)", yscale="log",
+            title="The same model trained through attnlab's kernel and through torch SDPA")
+    top.legend(loc="lower left")
+    a, b = result["runs"]["attnlab"]["loss"], result["runs"]["sdpa"]["loss"]
+    bottom.plot(steps, [abs(x - y) for x, y in zip(a, b)], color="black", lw=1)
+    bottom.set(xlabel="training step", ylabel="|difference|")
+    bottom.set_yscale("symlog", linthresh=1e-7)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    save(fig, out / "train.png")
+    (out / "train.json").write_text(json.dumps({**result, "files": ["train.json", "train.png"]}, indent=1))
+    return ["train.json", "train.png"]
