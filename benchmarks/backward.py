@@ -1,0 +1,168 @@
+"""Backward benchmark: attnlab's tiled forward + backward against PyTorch's CPU SDPA forward + backward.
+
+    .venv/bin/python benchmarks/backward.py                                   # n = 1024 .. 16384, dense and causal
+    .venv/bin/python benchmarks/backward.py --sizes 1024,2048,4096 --repeats 3 --memory 32768
+
+B=1, H=8, D=64, float32. For each n and case the three measurements run interleaved, --repeats times, and the
+table shows medians: attnlab forward (``flash_attention(..., return_lse=True)``) and backward
+(``flash_attention_backward``), torch ``scaled_dot_product_attention`` forward + ``backward()`` (its fused CPU
+kernel), their ratio, and the floor: the backward's five matrix products alone (S = q k^T, dP = dO v^T,
+dV = P^T dO, dq = dS k, dK = dS^T q) on the same tiles and threads, no exp, no mask, nothing else.
+``--memory N`` also measures the peak extra memory of the backward at n = N (tracemalloc, causal; the outputs
+dq, dk, dv themselves not counted).
+
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, when set, are unset for this script (both sides share the one process and
+its BLAS); the machine's CPU and BLAS kernel are printed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+if __name__ == "__main__" and any(name in os.environ for name in OPENBLAS_VARS):
+    unset = ",".join(f"{name}={os.environ[name]}" for name in OPENBLAS_VARS if name in os.environ)
+    env = {key: value for key, value in os.environ.items() if key not in OPENBLAS_VARS}
+    env["ATTNLAB_BACKWARD_UNSET"] = unset
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+import numpy as np                                               # noqa: E402  (after the environment is final)
+import torch                                                     # noqa: E402
+from threadpoolctl import threadpool_info, threadpool_limits     # noqa: E402
+
+import attnlab                                                   # noqa: E402
+from attnlab import masks, planner                               # noqa: E402
+from attnlab.kernel.backward import backward_blocks              # noqa: E402
+
+B, H, D = 1, 8, 64
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    blas = "; ".join(f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')} "
+                     f"({i.get('num_threads')} threads)" for i in threadpool_info() if i.get("user_api") == "blas")
+    unset = os.environ.get("ATTNLAB_BACKWARD_UNSET")
+    return "\n".join([f"machine: {cpu}, {planner.default_threads()} cores; numpy {np.__version__}, torch "
+                      f"{torch.__version__} ({torch.get_num_threads()} threads)",
+                      f"BLAS: {blas}; OPENBLAS_CORETYPE/L2_SIZE: " + (f"unset for this run ({unset})" if unset
+                                                                      else "not set"),
+                      f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"])
+
+
+def inputs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((B, H, n, D), dtype=np.float32) for _ in range(4)]          # q, k, v, dout
+
+
+def floor(q, k, v, dout, causal, threads):
+    """The backward's five matrix products on the backward's tiles, every head on the kernel's threads (BLAS one
+    thread each), nothing else."""
+    n = q.shape[-2]
+    bq, bk = backward_blocks(1, n, n)
+
+    def head(h):
+        Q, K, V, dO = q[0, h], k[0, h], v[0, h], dout[0, h]
+        S, dP = np.empty((bq, bk), np.float32), np.empty((bq, bk), np.float32)
+        tq, tk, tv = np.empty((bq, D), np.float32), np.empty((bk, D), np.float32), np.empty((bk, D), np.float32)
+        for j in range(0, n, bk):
+            for i in range(0, n, bq):
+                if causal and i + bq <= j:                     # a tile above the diagonal: skipped
+                    continue
+                qi, kj, vj, doi = Q[i:i + bq], K[j:j + bk], V[j:j + bk], dO[i:i + bq]
+                np.matmul(qi, kj.T, out=S)
+                np.matmul(doi, vj.T, out=dP)
+                np.matmul(S.T, doi, out=tv)
+                np.matmul(dP, kj, out=tq)
+                np.matmul(dP.T, qi, out=tk)
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(head, range(H)))
+
+
+def measure(n, causal, repeats, threads):
+    q, k, v, dout = inputs(n)
+    mask = masks.causal() if causal else None
+    tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+    tdo = torch.from_numpy(dout)
+    state = {}
+
+    def ours_forward():
+        state["out"], state["lse"] = attnlab.flash_attention(q, k, v, mask, return_lse=True)
+
+    def ours_backward():
+        attnlab.flash_attention_backward(dout, q, k, v, state["out"], state["lse"], mask)
+
+    def torch_both():
+        out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+        out.backward(tdo)
+        for t in (tq, tk, tv):
+            t.grad = None
+
+    times = {name: [] for name in ("fwd", "bwd", "torch", "floor")}
+    for _ in range(repeats):
+        for name, fn in (("fwd", ours_forward), ("bwd", ours_backward), ("torch", torch_both),
+                         ("floor", lambda: floor(q, k, v, dout, causal, threads))):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_memory(n, threads):
+    q, k, v, dout = inputs(n)
+    mask = masks.causal()
+    out, lse = attnlab.flash_attention(q, k, v, mask, return_lse=True, threads=threads)
+    tracemalloc.start()
+    try:
+        grads = attnlab.flash_attention_backward(dout, q, k, v, out, lse, mask, threads=threads)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - sum(g.nbytes for g in grads), B * H * n * n * 4
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1024,2048,4096,8192,16384", help="comma-separated n")
+    parser.add_argument("--cases", default="dense,causal", help="dense, causal or both")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per measurement (median)")
+    parser.add_argument("--memory", type=int, default=0, help="also the backward's peak extra memory at this n")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    cases = args.cases.split(",")
+    threads = planner.default_threads()
+    torch.set_num_threads(threads)
+    print(f"attnlab backward benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, B={B} H={H} D={D} "
+          f"float32, median of {args.repeats} interleaved runs")
+    print(machine())
+    print(f"{'n':>6} {'case':>7} {'fwd s':>8} {'bwd s':>8} {'fwd+bwd s':>10} {'torch s':>8} {'ratio':>6} "
+          f"{'floor s':>8} {'bwd/floor':>9}")
+    for n in sizes:
+        for case in cases:
+            t = measure(n, case == "causal", args.repeats, threads)
+            both = t["fwd"] + t["bwd"]
+            print(f"{n:6d} {case:>7} {t['fwd']:8.3f} {t['bwd']:8.3f} {both:10.3f} {t['torch']:8.3f} "
+                  f"{both / t['torch']:6.2f} {t['floor']:8.3f} {t['bwd'] / t['floor']:9.2f}", flush=True)
+    print("ratio = attnlab (fwd + bwd) / torch SDPA (fwd + bwd); floor = the backward's five matrix products alone")
+    if args.memory:
+        extra, scores = peak_memory(args.memory, threads)
+        print(f"peak extra memory of the backward at n = {args.memory} (causal, tracemalloc, outputs not counted): "
+              f"{extra / 2**20:.1f} MiB; the score matrix alone would be {scores / 2**30:.1f} GiB")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
