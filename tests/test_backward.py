@@ -347,3 +347,21 @@ def test_property_tiled_equals_readable(Lq, Lk, heads, mask, bq, bk, threads, sp
     tiled, readable = _ours(q, k, v, dout, mask=PROPERTY_MASKS[mask], score_mod=score_mod, block_q=bq,
                             block_k=bk, threads=threads)
     _close(tiled, readable, 1e-10 * max(1.0, spread))
+
+
+@pytest.mark.parametrize("shape,mask", [((1, 8, 2048, 64), M.causal()), ((2, 4, 1500, 32), None)])
+def test_memory_model_matches_tracemalloc(rng, shape, mask):
+    from attnlab.attention import _prepare
+    from attnlab.kernel.backward import backward_blocks, backward_memory
+    q, k, v = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    out, lse = attnlab.flash_attention(q, k, v, mask, return_lse=True)
+    lay = layout(_prepare(q, k, v, "test"))
+    predicted = backward_memory(lay, *backward_blocks(lay.r, lay.Lq, lay.Lk), 2, 4, masked=mask is not None)
+    tracemalloc.start()
+    try:
+        grads = attnlab.flash_attention_backward(out, q, k, v, out, lse, mask, threads=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    measured = peak - sum(g.nbytes for g in grads)
+    assert 0.8 * predicted <= measured <= 1.15 * predicted + 64 * 2**10

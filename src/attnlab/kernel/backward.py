@@ -64,6 +64,32 @@ def backward_blocks(r: int, Lq: int, Lk: int) -> tuple[int, int]:
     return max(1, min(Lq, max(16, BACKWARD_ROWS // r))), max(1, min(Lk, BACKWARD_KEYS))
 
 
+def backward_memory(lay, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool = True) -> int:
+    """Extra bytes of ``flash_attention_backward`` beyond inputs and gradients, from its own schedule: per thread
+    the two score-sized tiles (P, dS), [q | -lse] and [dO | -Delta] rows, [k | 1] and [v | 1] keys and the three
+    product buffers (and on a partial tile the evaluated mask and its negation); once Delta, -Delta and -lse per
+    row and, with split keys, one more dq per extra split. Not counted: the careful path's temporaries (only when
+    an input holds inf/NaN) and a relative mask's cached partial-tile patterns (as in the forward)."""
+    rows = lay.r * min(block_q, max(lay.Lq, 1))
+    cols = min(block_k, max(lay.Lk, 1))
+    D, Dv = lay.q.shape[-1], lay.v.shape[-1]
+    per_thread = itemsize * (2 * rows * cols + rows * (D + 1) + rows * (Dv + 1) + cols * (D + 1) + cols * (Dv + 1)
+                             + rows * D + cols * (D + Dv))
+    per_thread += 2 * rows * cols if masked else 0
+    splits, used = schedule(lay, block_k, threads)
+    rows_out = math.prod(lay.scores_shape[:-1])
+    return used * per_thread + 3 * rows_out * itemsize + (splits - 1) * rows_out * D * itemsize
+
+
+def schedule(lay, block_k: int, threads: int) -> tuple[int, int]:
+    """(dq splits, threads used): one task per head group, the key blocks split among tasks only when there are
+    fewer head groups than threads (``kv_splits``, as the forward); a thread per task at most, fewer for small
+    problems (the backward does 2.5x the forward's multiply-adds)."""
+    groups = math.prod(lay.lead)
+    splits = planner.kv_splits(threads, groups, math.ceil(lay.Lk / block_k))
+    return splits, planner.used_threads(threads, groups * splits, 5 * planner.work(lay) // 2)
+
+
 def flash_attention_backward(dout, q, k, v, out, lse, mask=None, *, scale=None, score_mod=None, bias=None,
                              block_q=None, block_k=None, threads=None, stats: RunStats | None = None) -> Grads:
     """Gradients (dq, dk, dv) of ``flash_attention(q, k, v, mask, scale=, score_mod=, bias=)`` given dout.
@@ -146,12 +172,10 @@ def _tasks(pb, threads):
     """(tasks, dq splits, threads used): the key blocks split among tasks only when there are fewer head groups
     than threads (``planner.kv_splits``, as the forward); biggest first for load balance."""
     lay, nkb = pb.lay, pb.maps.nkb
-    groups = math.prod(lay.lead)
-    splits = planner.kv_splits(threads, groups, nkb)
+    splits, used = schedule(lay, pb.block_k, threads)
     bounds = [(s * nkb // splits, (s + 1) * nkb // splits) for s in range(splits)]
     tasks = [Task(idx, lo, hi, s) for idx in np.ndindex(*lay.lead) for s, (lo, hi) in enumerate(bounds)]
     work = lambda t: int(np.count_nonzero(pb.maps[t.idx][:, t.first:t.stop] != EMPTY))
-    used = planner.used_threads(threads, len(tasks), 2 * planner.work(lay))
     return sorted(tasks, key=work, reverse=True), splits, used
 
 
