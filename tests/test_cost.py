@@ -165,7 +165,7 @@ def test_naive_peak_memory_matches_tracemalloc(spec, dtype, rng):
     (8, 8, 1, 4096, "dense", (None, None)),              # one decode step: 1 x 4096 tiles
 ])
 def test_tiled_peak_memory_matches_tracemalloc(H, G, Lq, Lk, spec, blocks, rng):
-    from attnlab.flash import flash_attention
+    from attnlab.kernel import flash_attention
 
     D = 64
     q = rng.standard_normal((1, H, Lq, D)).astype(np.float32)

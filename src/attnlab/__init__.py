@@ -9,8 +9,8 @@ The public face. NumPy arrays in, NumPy arrays out; PyTorch tensors and other ar
 """
 
 from . import cost, diagnostics, masks, scores
-from .attention import additive_attention, attention, scaled_dot_product_attention
-from .flash import attention_weights_for, flash_attention
+from .api import additive_attention, attention, scaled_dot_product_attention
+from .kernel import attention_weights_for, flash_attention
 from .planner import plan
 from .layers import KVCache, MultiHeadAttention
 from .merge import merge_attention

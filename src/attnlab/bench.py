@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import masks, planner
-from .attention import scaled_dot_product_attention
-from .flash import flash_attention
+from .api import scaled_dot_product_attention
+from .kernel import flash_attention
 from .measure import evict_caches, peak_memory, time_call, time_calls
 
 CASES = ("dense", "causal", "window", "gqa", "decode", "decode_cold")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import cost, masks
-from ..attention import scaled_dot_product_attention
+from ..api import scaled_dot_product_attention
 from ..layers import MultiHeadAttention
 from ..scores import scaled_dot
 

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .. import cost, masks
-from ..attention import scaled_dot_product_attention
+from ..api import scaled_dot_product_attention
 from ..layers import MultiHeadAttention
 from ..softmax import softmax
 from ._format import sig, vec

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import cost, masks
-from ..attention import scaled_dot_product_attention
+from ..api import scaled_dot_product_attention
 from ..layers import KVCache, MultiHeadAttention
 from .report import Report, plain_console
 

@@ -7,7 +7,7 @@ from matplotlib.colors import ListedColormap, Normalize, TwoSlopeNorm
 from matplotlib.patches import Patch
 
 from .. import masks as masks_mod
-from ..attention import scaled_dot_product_attention
+from ..api import scaled_dot_product_attention
 from ..scores import scaled_dot
 from ._figure import (CROSS_UP_TO, SCORE_CMAP, WEIGHT_CMAP, as_matrix, blocked_legend_handle, draw_blocked,
                       draw_matrix, new_figure, set_token_ticks)

@@ -36,7 +36,7 @@ import numpy as np
 
 from ... import cost, planner
 from ...attention import scaled_dot_product_attention
-from ...flash import flash_attention
+from ...kernel import flash_attention
 from ...measure import peak_memory, time_calls
 
 VARIANTS = ("naive", "tiled", "window", "naive-window")

@@ -1,0 +1,15 @@
+"""The tiled (FlashAttention-style) kernel on NumPy: exact attention without the Lq x Lk score matrix.
+
+- ``simple``: Algorithm 1 of Dao et al. 2022 as written (one head, natural exp): read this first;
+- ``layout``: how inputs are viewed and cut into tiles, tile maps, the schedule, named ``Task`` / ``Part``;
+- ``forward``: the fast tiled forward (log2 units, shift folded into the matmul, probe, careful redo);
+- ``decode``: the decode regime (few query rows, every head at once, split-KV);
+- ``ops``, ``threads``: the elementwise steps both share, the thread pool.
+
+Nothing here imports the planner or the public API: they build on this package.
+"""
+
+from .forward import RunStats, attention_weights_for, flash_attention, supports_tiled
+from .simple import simple_attention
+
+__all__ = ["RunStats", "attention_weights_for", "flash_attention", "simple_attention", "supports_tiled"]
