@@ -360,7 +360,7 @@ def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threa
     H, G, layers = B * cfg.n_heads, B * cfg.n_kv_heads, cfg.n_layers
     R, cols = (cfg.n_heads // cfg.n_kv_heads) * min(block_q, Lq), min(block_k, Lk)
     tasks, nkb = G * -(-Lq // block_q), -(-Lk // block_k)
-    if R < 16 and Lq <= block_q:          # decoding: every head in one task per key split (planner.batched_heads)
+    if R < 16 and Lq <= block_q:          # decoding: every head in one task per key split (kernel.layout.decode_regime)
         R, tasks = G * R, 1
         splits = used = max(1, min(nkb, threads))
         per_thread = (R * cols + R * D + 2 * R * Dv + 6 * R) * size                  # tile, scaled q, sums

@@ -292,7 +292,7 @@ def kv_cache(report: Report, quick: bool) -> None:
 # --- 9. the tiled kernel ------------------------------------------------------------------------------------
 def tiled(report: Report, quick: bool) -> None:
     """FlashAttention's idea: the exact result tile by tile, without the n x n matrix."""
-    flash = _optional(report, "attnlab.flash", "the tiled kernel (attnlab.flash)", "it ships with attnlab")
+    flash = _optional(report, "attnlab.kernel", "the tiled kernel (attnlab.kernel)", "it ships with attnlab")
     if flash is None:
         return
     from ..measure import peak_memory
