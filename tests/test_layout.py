@@ -133,3 +133,8 @@ def test_the_core_modules_import_alone_in_a_fresh_interpreter():
     code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
     for name in names:
         subprocess.run([sys.executable, "-c", code, name], check=True, env={"PYTHONPATH": str(SRC)})
+
+
+def test_every_attnlab_import_names_a_module_that_exists():
+    missing = [f"{mod}: {target}" for mod, edges in GRAPH.items() for target, _, _ in edges if target not in MODULES]
+    assert not missing, "\n".join(missing)

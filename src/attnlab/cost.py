@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import masks
+from .checks import positive_int
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
@@ -100,24 +101,24 @@ def model_config(*, n_heads: int, d_model: int | None = None, head_dim: int | No
     >>> model_config(d_model=768, n_heads=12).head_dim
     64
     """
-    n_heads = _positive(n_heads, "n_heads")
-    n_layers = _positive(n_layers, "n_layers")
-    n_kv_heads = n_heads if n_kv_heads is None else _positive(n_kv_heads, "n_kv_heads")
+    n_heads = positive_int(n_heads, "n_heads")
+    n_layers = positive_int(n_layers, "n_layers")
+    n_kv_heads = n_heads if n_kv_heads is None else positive_int(n_kv_heads, "n_kv_heads")
     if d_model is None and head_dim is None:
         raise ValueError("give d_model or head_dim")
     if d_model is not None:
-        d_model = _positive(d_model, "d_model")
+        d_model = positive_int(d_model, "d_model")
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        if head_dim is not None and _positive(head_dim, "head_dim") != d_model // n_heads:
+        if head_dim is not None and positive_int(head_dim, "head_dim") != d_model // n_heads:
             raise ValueError(f"head_dim {head_dim} disagrees with d_model {d_model} / n_heads {n_heads}")
         head_dim = d_model // n_heads
-    head_dim = _positive(head_dim, "head_dim")
+    head_dim = positive_int(head_dim, "head_dim")
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads} (grouped-query "
                          f"attention shares each key/value head among n_heads / n_kv_heads query heads)")
     return ModelConfig(name, n_layers, n_heads, n_kv_heads, head_dim,
-                       None if context is None else _positive(context, "context"), parse_mask(mask))
+                       None if context is None else positive_int(context, "context"), parse_mask(mask))
 
 
 PRESETS = {
@@ -235,7 +236,7 @@ def tile_counts(q_len: int, kv_len: int, mask, block_q: int, block_k: int) -> Ti
     TileCounts(cells=12, keys_read=6, rescales=2, tiles=3)
     """
     spec = parse_mask(mask)
-    block_q, block_k = _positive(block_q, "block_q"), _positive(block_k, "block_k")
+    block_q, block_k = positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
     qs = np.arange(0, q_len, block_q, dtype=np.int64)                  # (nqb,) first row of each query block
     rows = np.minimum(qs + block_q, q_len) - qs                         # (nqb,) rows in each query block
     offset = kv_len - q_len
@@ -314,9 +315,9 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
     cfg = get_preset(model) if isinstance(model, str) else model
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"model must be a preset name or a ModelConfig, got {type(model).__name__}")
-    Lk = _positive(seq_len, "seq_len")
-    Lq = Lk if q_len is None else _positive(q_len, "q_len")
-    B, threads = _positive(batch, "batch"), _positive(threads, "threads")
+    Lk = positive_int(seq_len, "seq_len")
+    Lq = Lk if q_len is None else positive_int(q_len, "q_len")
+    B, threads = positive_int(batch, "batch"), positive_int(threads, "threads")
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
     size = DTYPE_BYTES[dtype]
@@ -355,7 +356,7 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
 
 def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threads) -> PathCost:
     """The tiled kernel: tasks are (sequence, key/value head, query block); each computes R x block_k tiles."""
-    tiles = tile_counts(Lq, Lk, spec, _positive(block_q, "block_q"), _positive(block_k, "block_k"))
+    tiles = tile_counts(Lq, Lk, spec, positive_int(block_q, "block_q"), positive_int(block_k, "block_k"))
     D = Dv = cfg.head_dim
     H, G, layers = B * cfg.n_heads, B * cfg.n_kv_heads, cfg.n_layers
     R, cols = (cfg.n_heads // cfg.n_kv_heads) * min(block_q, Lq), min(block_k, Lk)
@@ -508,10 +509,6 @@ def _scaled(n: float, unit: str) -> str:
     return f"{n:.0f} {unit}".rstrip()
 
 
-def _positive(value, name) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 __all__ = ["Cost", "Doubling", "ModelConfig", "PathCost", "PRESETS", "TileCounts", "allowed_cells", "doubling",

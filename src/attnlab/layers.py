@@ -15,6 +15,7 @@ import numpy as np
 from ._array import as_array, namespace, require_floating, to_namespace
 from . import planner
 from .api import scaled_dot_product_attention
+from .checks import positive_int
 from .scores import rotary
 
 
@@ -119,8 +120,7 @@ class MultiHeadAttention:
         for name, value in {"d_model": d_model, "n_heads": n_heads, "n_kv_heads": n_kv_heads, **optional}.items():
             if value is None and name in optional:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(value, name)
         if rope_base is not None and not (np.isscalar(rope_base) and rope_base > 0):
             raise ValueError(f"rope_base must be a positive number or None, got {rope_base!r}")
         if head_dim is None and d_model % n_heads:

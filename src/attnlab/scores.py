@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ._array import as_array, default_scale, is_real_number, namespace, to_namespace
+from .checks import positive_int
 
 
 # --- scorers ---------------------------------------------------------------------------------------------------
@@ -120,8 +121,7 @@ def alibi_slopes(n_heads: int) -> np.ndarray:
     >>> alibi_slopes(4).tolist()
     [0.25, 0.0625, 0.015625, 0.00390625]
     """
-    if not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
-        raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
+    positive_int(n_heads, "n_heads")
 
     def power_of_two(n):
         start = 2.0 ** (-8.0 / n)

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from ... import cost, planner
-from ...attention import scaled_dot_product_attention
+from ...api import scaled_dot_product_attention
+from ...checks import positive_int
 from ...kernel import flash_attention
 from ...measure import peak_memory, time_calls
 
@@ -135,8 +136,7 @@ def run(n: int = 512, out="attnlab-experiments", seed: int = 0, quick: bool = Fa
     if quick:
         n, heads, head_dim, window, block = (QUICK[key] for key in ("n", "heads", "head_dim", "window", "block"))
     for value, name in ((n, "n"), (heads, "heads"), (head_dim, "head_dim"), (window, "window"), (block, "block")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        positive_int(value, name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = [n, 2 * n, 4 * n]
