@@ -1,4 +1,4 @@
-"""What attention costs: FLOPs, bytes, peak memory and KV cache, for the naive and the tiled path.
+"""What attention costs: FLOPs, bytes, peak memory and KV cache, for the reference and the tiled path.
 
 One attention call per layer, for ``batch`` sequences, ``H`` query heads sharing ``G`` key/value heads (GQA when
 G < H), ``Lq`` queries and ``Lk`` keys of head dim ``D`` (value dim ``Dv = D``). Every count is exact for the model
@@ -7,14 +7,14 @@ it states; ``estimate(...)`` returns them all and ``doubling(...)`` says what ha
 FLOPs (one multiply-add = 2 FLOPs, Vaswani et al. 2017, Table 1 gives the O(n^2 d) per layer):
     Q K^T costs 2 Lq Lk D and P V costs 2 Lq Lk Dv per (sequence, query head).
     The *useful* FLOPs count only the cells a mask allows (about half for causal, n w for a window of w keys).
-    The naive path computes every cell and masks afterwards; the tiled path computes whole tiles that are not
+    The reference path computes every cell and masks afterwards; the tiled path computes whole tiles that are not
     empty (``masks.Mask.blocks``), so its count lies between the two.
 Softmax exponentials are counted apart: one per computed cell, plus, on the tiled path, one rescaling factor
 exp(m_old - m_new) per query row for each visited tile after its first (online softmax, Milakov & Gimelshein 2018).
 
 Bytes moved (traffic to main memory, HBM on a GPU and DRAM on a CPU), after Dao et al. 2022, "FlashAttention",
 Algorithm 0 and Theorem 2:
-    naive: read Q, K, V, write and read back S = Q K^T, write and read back P = softmax(S), write O:
+    reference: read Q, K, V, write and read back S = Q K^T, write and read back P = softmax(S), write O:
            (Lq D + Lk D + Lk Dv + Lq Dv + 4 Lq Lk) * itemsize                    Theta(n d + n^2)
     tiled: read Q once, write O once, read K and V once per query block of ``block_q`` rows (only the key blocks
            of non-empty tiles), once per key/value head since its r = H / G query heads share each tile:
@@ -22,7 +22,7 @@ Algorithm 0 and Theorem 2:
            With block_q ~ M / d for a fast memory of M elements this is Theta(n^2 d^2 / M) (Theorem 2).
 
 Peak extra memory of one call (above its inputs):
-    naive: the reference path ``attnlab.scaled_dot_product_attention`` at its widest point holds NAIVE_LIVE
+    reference: the reference path ``attnlab.scaled_dot_product_attention`` at its widest point holds REFERENCE_LIVE
            matrices of B H Lq Lk: the scores, the shifted scores and their exp (3) when unmasked; with a mask also
            the masked copy (4), plus the boolean mask itself (Lq Lk bytes). (tracemalloc: 3.02 and 4.02 matrices.)
     tiled: ``attnlab.flash_attention``'s buffers: the output and the per-row log-sum-exp, O(n D), plus per thread
@@ -60,7 +60,7 @@ from .checks import positive_int
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
-NAIVE_LIVE = {"dense": 3, "masked": 4}  # full B x H x Lq x Lk matrices alive at the reference path's peak
+REFERENCE_LIVE = {"dense": 3, "masked": 4}  # full B x H x Lq x Lk matrices alive at the reference path's peak
 KERNEL_CALL_BYTES = 16 * 2**10          # one flash_attention call's task list, closures and BLAS-limit bookkeeping
 PARTIAL_TILE_BYTES = 3                  # bytes per cell to evaluate a mask on a tile: boolean comparisons, their
                                         # "and", the inverse used by copyto (measured with tracemalloc)
@@ -259,7 +259,7 @@ class PathCost:
     path: str
     flops: int
     exp_count: int
-    score_bytes: int      # score-matrix storage: naive scores + weights; tiled: its per-thread tiles
+    score_bytes: int      # score-matrix storage: reference scores + weights; tiled: its per-thread tiles
     bytes_moved: int
     peak_bytes: int
 
@@ -279,7 +279,7 @@ class Cost:
     threads: int
     allowed_cells: int            # per sequence and query head
     useful_flops: int             # 2 * allowed cells * (D + Dv), all sequences, heads and layers
-    naive: PathCost
+    reference: PathCost
     tiled: PathCost
     kv_bytes_per_token: int       # per sequence, all layers
     kv_cached_tokens: int         # per sequence
@@ -298,7 +298,7 @@ class Cost:
                 "n_heads": self.config.n_heads, "n_kv_heads": self.config.n_kv_heads,
                 "head_dim": self.config.head_dim, "block_q": self.block_q, "block_k": self.block_k,
                 "threads": self.threads, "allowed_cells": self.allowed_cells, "useful_flops": self.useful_flops,
-                "naive": vars(self.naive), "tiled": vars(self.tiled),
+                "reference": vars(self.reference), "tiled": vars(self.tiled),
                 "kv_bytes_per_token": self.kv_bytes_per_token, "kv_cached_tokens": self.kv_cached_tokens,
                 "kv_cache_bytes": self.kv_cache_bytes}
 
@@ -327,13 +327,13 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
     allowed = allowed_cells(Lq, Lk, spec)
     full = heads * Lq * Lk * size                                     # one B x H x Lq x Lk matrix
     masked = spec[0] != "dense"
-    naive = PathCost(
-        "naive",
+    reference = PathCost(
+        "reference",
         flops=2 * Lq * Lk * (D + Dv) * heads * layers,
         exp_count=Lq * Lk * heads * layers,
         score_bytes=2 * full,
         bytes_moved=(Lq * D + Lk * D + Lk * Dv + Lq * Dv + 4 * Lq * Lk) * size * heads * layers,
-        peak_bytes=max(NAIVE_LIVE["masked" if masked else "dense"] * full + (Lq * Lk if masked else 0),
+        peak_bytes=max(REFERENCE_LIVE["masked" if masked else "dense"] * full + (Lq * Lk if masked else 0),
                        2 * full + heads * Lq * Dv * size, B * cfg.n_kv_heads * Lk * Dv))
     r = cfg.n_heads // cfg.n_kv_heads
     if block_q is None or block_k is None:
@@ -350,7 +350,7 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
     if spec[0] == "window" and Lk > spec[1]:
         notes.append(f"KV cache holds the last {spec[1]} tokens only (rolling buffer)")
     return Cost(cfg, B, Lq, Lk, dtype, spec, block_q, block_k, threads, allowed,
-                2 * allowed * (D + Dv) * heads * layers, naive, tiled, per_token, cached, B * cached * per_token,
+                2 * allowed * (D + Dv) * heads * layers, reference, tiled, per_token, cached, B * cached * per_token,
                 tuple(notes))
 
 
@@ -386,12 +386,12 @@ def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threa
 # --- n -> 2n -----------------------------------------------------------------------------------------------------
 QUANTITIES = {
     "useful FLOPs": lambda c: c.useful_flops,
-    "naive FLOPs": lambda c: c.naive.flops,
+    "reference FLOPs": lambda c: c.reference.flops,
     "tiled FLOPs": lambda c: c.tiled.flops,
-    "naive score bytes": lambda c: c.naive.score_bytes,
-    "naive peak memory": lambda c: c.naive.peak_bytes,
+    "reference score bytes": lambda c: c.reference.score_bytes,
+    "reference peak memory": lambda c: c.reference.peak_bytes,
     "tiled peak memory": lambda c: c.tiled.peak_bytes,
-    "naive bytes moved": lambda c: c.naive.bytes_moved,
+    "reference bytes moved": lambda c: c.reference.bytes_moved,
     "tiled bytes moved": lambda c: c.tiled.bytes_moved,
     "KV cache": lambda c: c.kv_cache_bytes,
 }
@@ -443,14 +443,14 @@ def explain(before: Cost, ratios: dict) -> str:
     elif spec[0] == "window" and n >= spec[1]:
         work = (f"With a window of {spec[1]} keys each query still sees at most {spec[1]} keys: twice the queries, "
                 f"same keys each, so the useful work tends to 2x (n w), not 4x (useful FLOPs {r['useful FLOPs']}, "
-                f"tiled FLOPs {r['tiled FLOPs']}). The naive path still builds the full n x n matrix: "
-                f"{r['naive FLOPs']} FLOPs, {r['naive peak memory']} memory.")
+                f"tiled FLOPs {r['tiled FLOPs']}). The reference path still builds the full n x n matrix: "
+                f"{r['reference FLOPs']} FLOPs, {r['reference peak memory']} memory.")
     else:
         window = (f" (n is below the window of {spec[1]}, so the window does not bind yet)"
                   if spec[0] == "window" else "")
         work = (f"Twice the queries, each seeing twice the keys: the score matrix has 4x the cells, so doubling "
-                f"roughly quadruples the work{window} (useful FLOPs {r['useful FLOPs']}) and the naive path's "
-                f"memory ({r['naive peak memory']}): n^2.")
+                f"roughly quadruples the work{window} (useful FLOPs {r['useful FLOPs']}) and the reference path's "
+                f"memory ({r['reference peak memory']}): n^2.")
     return (f"{work} The tiled path never stores the n x n matrix: its memory grows {r['tiled peak memory']} "
             f"(the output and per-row statistics: linear in the number of queries). The KV cache grows {r['KV cache']} "
             f"(one entry per cached token{'; a window caps it' if spec[0] == 'window' else ''}).")
@@ -463,13 +463,13 @@ def format_cost(c: Cost) -> str:
             f"batch {c.batch}, {_plural(c.q_len, 'query')} x {_plural(c.kv_len, 'key')}, {c.dtype}, mask {mask_name(c.mask)} "
             f"({c.allowed_cells / (c.q_len * c.kv_len):.1%} of cells allowed); tiled: {c.block_q}x{c.block_k} "
             f"tiles, {_plural(c.threads, 'thread')}",
-            f"{'quantity':<34} {'naive':>12} {'tiled':>12}"]
-    rows = [("attention FLOPs, all layers", _flops(c.naive.flops), _flops(c.tiled.flops)),
+            f"{'quantity':<34} {'reference':>12} {'tiled':>12}"]
+    rows = [("attention FLOPs, all layers", _flops(c.reference.flops), _flops(c.tiled.flops)),
             ("  of which useful (allowed cells)", _flops(c.useful_flops), _flops(c.useful_flops)),
-            ("softmax exp count, all layers", _count(c.naive.exp_count), _count(c.tiled.exp_count)),
-            ("score storage, one layer", _bytes(c.naive.score_bytes), _bytes(c.tiled.score_bytes)),
-            ("bytes moved (DRAM/HBM), all layers", _bytes(c.naive.bytes_moved), _bytes(c.tiled.bytes_moved)),
-            ("peak extra memory, one layer", _bytes(c.naive.peak_bytes), _bytes(c.tiled.peak_bytes))]
+            ("softmax exp count, all layers", _count(c.reference.exp_count), _count(c.tiled.exp_count)),
+            ("score storage, one layer", _bytes(c.reference.score_bytes), _bytes(c.tiled.score_bytes)),
+            ("bytes moved (DRAM/HBM), all layers", _bytes(c.reference.bytes_moved), _bytes(c.tiled.bytes_moved)),
+            ("peak extra memory, one layer", _bytes(c.reference.peak_bytes), _bytes(c.tiled.peak_bytes))]
     lines = head + [f"{name:<34} {a:>12} {b:>12}" for name, a, b in rows]
     lines.append(f"KV cache: {_bytes(c.kv_bytes_per_token)} per token per sequence; {_bytes(c.kv_cache_bytes)} "
                  f"for {_plural(c.kv_cached_tokens, 'token')} x batch {c.batch}")

@@ -312,7 +312,7 @@ def tiled(report: Report, quick: bool) -> None:
         out_bytes = H * n * D * 4
         measured["naive"].append(naive)
         measured["tiled"].append(fast)
-        predicted["naive"].append(est.naive.peak_bytes + out_bytes)
+        predicted["naive"].append(est.reference.peak_bytes + out_bytes)
         predicted["tiled"].append(est.tiled.peak_bytes + out_bytes)
         rows.append([n, _mib(naive), _mib(predicted["naive"][-1]), _mib(fast), _mib(predicted["tiled"][-1]),
                      f"{err:.1e}"])
@@ -350,7 +350,7 @@ def doubling(report: Report, quick: bool) -> None:
                                ("Mistral-7B, window 4096", "mistral-7b", "window:4096")):
         d = cost.doubling(model, 8192, mask=mask, dtype="float16")
         r = d.ratios
-        rows.append([label, f"{r['useful FLOPs']:.2f}x", f"{r['naive peak memory']:.2f}x",
+        rows.append([label, f"{r['useful FLOPs']:.2f}x", f"{r['reference peak memory']:.2f}x",
                      f"{r['tiled peak memory']:.2f}x", f"{r['KV cache']:.2f}x"])
     report.table("n = 8192 -> 16384 (attnlab.cost.doubling)", ["model", "FLOPs", "naive memory", "tiled memory",
                                                                "KV cache"], rows)
