@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,27 +35,24 @@ if __name__ == "__main__" and any(name in os.environ for name in OPENBLAS_VARS):
 
 import numpy as np                                               # noqa: E402  (after the environment is final)
 import torch                                                     # noqa: E402
-from threadpoolctl import threadpool_info, threadpool_limits     # noqa: E402
+from threadpoolctl import threadpool_limits                      # noqa: E402
 
 import attnlab                                                   # noqa: E402
-from attnlab import masks, planner                               # noqa: E402
+from attnlab import masks                                        # noqa: E402
+from attnlab.bench import machine_info                           # noqa: E402
 from attnlab.kernel.backward import backward_blocks              # noqa: E402
+from attnlab.kernel.layout import default_threads                # noqa: E402
 
 B, H, D = 1, 8, 64
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    blas = "; ".join(f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')} "
-                     f"({i.get('num_threads')} threads)" for i in threadpool_info() if i.get("user_api") == "blas")
+    meta = machine_info(torch)
+    blas = "; ".join(f"{b['internal_api']} {b['version']} kernel {b['architecture']} ({b['num_threads']} threads)"
+                     for b in meta["blas"])
     unset = os.environ.get("ATTNLAB_BACKWARD_UNSET")
-    return "\n".join([f"machine: {cpu}, {planner.default_threads()} cores; numpy {np.__version__}, torch "
-                      f"{torch.__version__} ({torch.get_num_threads()} threads)",
+    return "\n".join([f"machine: {meta['cpu']}, {meta['cores']} cores; numpy {meta['numpy']}, torch {meta['torch']} "
+                      f"({meta['torch_threads']} threads)",
                       f"BLAS: {blas}; OPENBLAS_CORETYPE/L2_SIZE: " + (f"unset for this run ({unset})" if unset
                                                                       else "not set"),
                       f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"])
@@ -143,7 +139,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     cases = args.cases.split(",")
-    threads = planner.default_threads()
+    threads = default_threads()
     torch.set_num_threads(threads)
     print(f"attnlab backward benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, B={B} H={H} D={D} "
           f"float32, median of {args.repeats} interleaved runs")

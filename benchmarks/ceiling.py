@@ -112,10 +112,10 @@ def _floor(H, n, D, block_q, block_k, threads, *, exp):
     runs = [worker(tiles[t::threads]) for t in range(threads)]
 
     def call():
-        from attnlab.flash import _blas_threads, _pool
+        from attnlab.kernel.threads import blas_threads, pool
 
-        with _blas_threads(1):
-            futures = [_pool(threads - 1).submit(run) for run in runs[1:]]
+        with blas_threads(1):
+            futures = [pool(threads - 1).submit(run) for run in runs[1:]]
             runs[0]()
             for f in futures:
                 f.result()
@@ -124,7 +124,7 @@ def _floor(H, n, D, block_q, block_k, threads, *, exp):
 
 def _sgemm_gflops(threads) -> float:
     """GFLOP/s of one thread's 2048^3 float32 product while every thread runs one."""
-    from attnlab.flash import _blas_threads, _pool
+    from attnlab.kernel.threads import blas_threads, pool
 
     a = np.random.default_rng(2).standard_normal((2048, 2048), dtype=np.float32)
     outs = [np.empty_like(a) for _ in range(threads)]
@@ -136,8 +136,8 @@ def _sgemm_gflops(threads) -> float:
             np.matmul(a, a, out=out)
         return 3 * 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9
 
-    with _blas_threads(1):
-        futures = [_pool(threads - 1).submit(one, out) for out in outs[1:]] if threads > 1 else []
+    with blas_threads(1):
+        futures = [pool(threads - 1).submit(one, out) for out in outs[1:]] if threads > 1 else []
         rates = [one(outs[0])] + [f.result() for f in futures]
     return min(rates)
 

@@ -9,7 +9,7 @@ import pytest
 
 import oracles as O
 from attnlab import additive_attention, attention, masks as M, scaled_dot_product_attention, scores as S
-from attnlab.attention import resolve_mask
+from attnlab._inputs import resolve_mask
 
 TOL = dict(rtol=1e-12, atol=1e-13)
 

@@ -15,8 +15,9 @@ from hypothesis import given, strategies as st
 
 import attnlab
 from attnlab import masks as M, scores
-from attnlab.flash import RunStats
-from attnlab.planner import TileMaps, layout
+from attnlab._inputs import prepare
+from attnlab.kernel import RunStats
+from attnlab.kernel.layout import TileMaps, layout
 from test_flash import MASKS
 
 F = torch.nn.functional
@@ -54,7 +55,7 @@ def _torch_grads(q, k, v, dout, attn_mask=None, scale=None, mod=None, gqa=False,
 
 
 def _ours(q, k, v, dout, mask=None, bias=None, score_mod=None, scale=None, **kw):
-    out, lse = attnlab.flash_attention(q, k, v, mask, bias=bias, bias_fn=score_mod, scale=scale, return_lse=True)
+    out, lse = attnlab.flash_attention(q, k, v, mask, bias=bias, score_mod=score_mod, scale=scale, return_lse=True)
     tiled = attnlab.flash_attention_backward(dout, q, k, v, out, lse, mask, bias=bias, score_mod=score_mod,
                                              scale=scale, **kw)
     readable = attnlab.attention_backward(dout, q, k, v, mask, bias=bias, score_mod=score_mod, scale=scale)
@@ -163,7 +164,7 @@ def test_score_mod_without_derivative_is_refused(rng):
     with pytest.raises(TypeError, match="double has no derivative"):
         attnlab.flash_attention_backward(out, q, k, v, out, lse, score_mod=mod)
     doubled = scores.score_mod(lambda s, b, h, qi, ki: s * 2, grad=lambda s, m, b, h, qi, ki: 2.0)
-    out, lse = attnlab.flash_attention(q, k, v, bias_fn=doubled, return_lse=True)
+    out, lse = attnlab.flash_attention(q, k, v, score_mod=doubled, return_lse=True)
     tiled = attnlab.flash_attention_backward(out, q, k, v, out, lse, score_mod=doubled)
     _close(tiled, attnlab.attention_backward(out, q, k, v, scale=2 / np.sqrt(8)), 1e-12)
 
@@ -286,8 +287,7 @@ def test_causal_skips_about_half_the_tiles_from_the_forwards_tile_map(rng):
     out, lse = attnlab.flash_attention(q, k, v, M.causal(), return_lse=True)
     stats = RunStats()
     attnlab.flash_attention_backward(out, q, k, v, out, lse, M.causal(), block_q=16, block_k=16, stats=stats)
-    from attnlab.attention import _prepare                     # the planner's own tile map, as the forward builds it
-    expected = TileMaps(M.causal(), layout(_prepare(q, k, v, "test")), 16, 16).counts()
+    expected = TileMaps(M.causal(), layout(prepare(q, k, v, "test")), 16, 16).counts()
     assert stats.tiles == expected
     assert stats.tiles.total == 2 * 16 * 16
     assert 0.45 < stats.tiles.empty / stats.tiles.total < 0.5
@@ -351,11 +351,10 @@ def test_property_tiled_equals_readable(Lq, Lk, heads, mask, bq, bk, threads, sp
 
 @pytest.mark.parametrize("shape,mask", [((1, 8, 2048, 64), M.causal()), ((2, 4, 1500, 32), None)])
 def test_memory_model_matches_tracemalloc(rng, shape, mask):
-    from attnlab.attention import _prepare
     from attnlab.kernel.backward import backward_blocks, backward_memory
     q, k, v = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
     out, lse = attnlab.flash_attention(q, k, v, mask, return_lse=True)
-    lay = layout(_prepare(q, k, v, "test"))
+    lay = layout(prepare(q, k, v, "test"))
     predicted = backward_memory(lay, *backward_blocks(lay.r, lay.Lq, lay.Lk), 2, 4, masked=mask is not None)
     tracemalloc.start()
     try:
@@ -365,3 +364,16 @@ def test_memory_model_matches_tracemalloc(rng, shape, mask):
         tracemalloc.stop()
     measured = peak - sum(g.nbytes for g in grads)
     assert 0.8 * predicted <= measured <= 1.15 * predicted + 64 * 2**10
+
+
+def test_plan_covers_the_backward(rng):
+    q, k, v = _qkv(rng, 1, 4, 2, 700, 700, D=16, dtype=np.float32)
+    out, lse = attnlab.flash_attention(q, k, v, M.causal(), return_lse=True)
+    stats = RunStats()
+    attnlab.flash_attention_backward(out, q, k, v, out, lse, M.causal(), threads=2, stats=stats)
+    p = attnlab.plan(q.shape, k.shape, mask=M.causal(), backward=True, threads=2, impl="tiled")
+    assert p.backward and p.impl == "tiled" and "flash_attention_backward" in str(p)
+    assert p.tiles == stats.tiles and (p.block_q, p.block_k, p.threads) == (stats.block_q, stats.block_k,
+                                                                            stats.threads)
+    forward = attnlab.plan(q.shape, k.shape, mask=M.causal(), threads=2, impl="tiled")
+    assert p.reference_bytes > forward.reference_bytes          # the readable backward holds more matrices

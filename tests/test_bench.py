@@ -39,7 +39,7 @@ def test_evict_caches_runs_before_each_timed_run():
 
 
 def test_bench_says_what_it_skips(tmp_path, capsys):
-    cli.main(["bench", "--sizes", "128", "--cases", "window", "--naive-limit", "0.000001",
+    cli.main(["bench", "--sizes", "128", "--cases", "window", "--reference-limit", "0.000001",
               "--torch-mask-limit", "64"])
     text = capsys.readouterr().out
     assert "skipped: needs ~" in text and "skipped: no sliding-window SDPA" in text
@@ -66,3 +66,8 @@ def test_ceiling_script_prints_the_floor_next_to_torch(capsys):
     assert [(r[0], r[2]) for r in rows] == [("dense", p) for p in ("torch", "attnlab", "floor", "matmuls")] + \
         [("causal", p) for p in ("torch", "attnlab", "floor")]
     assert all(float(r[3]) > 0 for r in rows) and float(rows[0][5]) == 1.0
+
+
+def test_bench_keeps_the_old_naive_limit_flag(capsys):
+    cli.main(["bench", "--sizes", "128", "--cases", "window", "--naive-limit", "0.000001", "--torch-mask-limit", "64"])
+    assert "skipped: needs ~" in capsys.readouterr().out

@@ -20,16 +20,16 @@ def test_hand_computed_dense():
     cfg = cost.model_config(head_dim=4, n_heads=2, n_layers=3)
     c = cost.estimate(cfg, 8, batch=2, dtype="float32", block_q=8, block_k=8)
     heads_layers = 2 * 2 * 3
-    assert c.useful_flops == c.naive.flops == c.tiled.flops == (2 * 8 * 8 * 4 + 2 * 8 * 8 * 4) * heads_layers
-    assert c.naive.exp_count == 64 * heads_layers
+    assert c.useful_flops == c.reference.flops == c.tiled.flops == (2 * 8 * 8 * 4 + 2 * 8 * 8 * 4) * heads_layers
+    assert c.reference.exp_count == 64 * heads_layers
     assert c.tiled.exp_count == 64 * heads_layers                     # one tile: no rescaling
-    assert c.naive.score_bytes == 2 * (2 * 2 * 8 * 8 * 4)             # scores + weights, one layer
+    assert c.reference.score_bytes == 2 * (2 * 2 * 8 * 8 * 4)             # scores + weights, one layer
     # naive: Q, K, V, O (4 x 8 x 4 elements) + S written, read, P written, read (4 x 64), 4 bytes each
-    assert c.naive.bytes_moved == (4 * 32 + 4 * 64) * 4 * heads_layers
+    assert c.reference.bytes_moved == (4 * 32 + 4 * 64) * 4 * heads_layers
     # tiled: Q once, O once, K and V once for the single query block
     assert c.tiled.bytes_moved == (32 + 32 + 8 * 8) * 4 * heads_layers
     full = 2 * 2 * 64 * 4
-    assert c.naive.peak_bytes == 3 * full
+    assert c.reference.peak_bytes == 3 * full
     # 8 rows per head (< 16): every head in one task. Output + lse (4 x 8 x (4 + 1) floats) + the 4 heads' tile
     # (32 x 8), scaled q (32 x 4), acc and pv (2 x 32 x 4), 6 row vectors (6 x 32), NumPy's ufunc buffer for
     # the tile's broadcast subtraction (32 x 8)
@@ -48,8 +48,8 @@ def test_causal_useful_flops_are_about_half():
     c = cost.estimate(cost.model_config(head_dim=64, n_heads=1), 4096, mask="causal", block_q=128, block_k=128)
     assert c.allowed_cells == 4096 * 4097 // 2
     assert c.useful_flops == 4 * 64 * 4096 * 4097 // 2
-    assert c.naive.flops == 4 * 64 * 4096 * 4096                      # the naive path computes every cell
-    assert c.useful_flops < c.tiled.flops < 0.52 * c.naive.flops       # whole diagonal tiles are computed
+    assert c.reference.flops == 4 * 64 * 4096 * 4096                      # the naive path computes every cell
+    assert c.useful_flops < c.tiled.flops < 0.52 * c.reference.flops       # whole diagonal tiles are computed
 
 
 def test_gqa_changes_the_kv_cache_not_the_flops():
@@ -121,8 +121,8 @@ def test_doubling_dense_and_causal_quadruple():
     for spec in ("dense", "causal"):
         r = cost.doubling("llama-2-7b", 4096, mask=spec).ratios
         assert r["useful FLOPs"] == pytest.approx(4.0, rel=1e-3)
-        assert r["naive peak memory"] == pytest.approx(4.0, rel=1e-3)
-        assert r["naive score bytes"] == 4.0
+        assert r["reference peak memory"] == pytest.approx(4.0, rel=1e-3)
+        assert r["reference score bytes"] == 4.0
         assert r["tiled peak memory"] == pytest.approx(2.0, rel=0.05)   # linear plus a constant
         assert r["KV cache"] == 2.0
 
@@ -131,7 +131,7 @@ def test_doubling_window_doubles_the_work_but_not_the_naive_memory():
     d = cost.doubling(cost.model_config(head_dim=64, n_heads=8), 65536, mask="window:256")
     assert d.ratios["useful FLOPs"] == pytest.approx(2.0, rel=0.01)
     assert d.ratios["tiled FLOPs"] == pytest.approx(2.0, rel=0.01)
-    assert d.ratios["naive FLOPs"] == 4.0
+    assert d.ratios["reference FLOPs"] == 4.0
     assert d.ratios["KV cache"] == 1.0
     assert "window" in d.explanation and "2x" in d.explanation
 
@@ -153,7 +153,7 @@ def test_naive_peak_memory_matches_tracemalloc(spec, dtype, rng):
     mask = cost.to_mask(spec)
     measured = peak_memory(lambda: attnlab.scaled_dot_product_attention(q, k, v, mask=mask, impl="reference"))
     predicted = cost.estimate(cost.model_config(head_dim=D, n_heads=H), n, batch=B, dtype=dtype,
-                              mask=spec).naive.peak_bytes
+                              mask=spec).reference.peak_bytes
     assert measured == pytest.approx(predicted, rel=0.25)
 
 
@@ -165,7 +165,7 @@ def test_naive_peak_memory_matches_tracemalloc(spec, dtype, rng):
     (8, 8, 1, 4096, "dense", (None, None)),              # one decode step: 1 x 4096 tiles
 ])
 def test_tiled_peak_memory_matches_tracemalloc(H, G, Lq, Lk, spec, blocks, rng):
-    from attnlab.flash import flash_attention
+    from attnlab.kernel import flash_attention
 
     D = 64
     q = rng.standard_normal((1, H, Lq, D)).astype(np.float32)

@@ -12,9 +12,11 @@ import torch
 
 import attnlab
 from attnlab import masks as M
-from attnlab import flash as flash_mod
+from attnlab._inputs import prepare
+from attnlab.kernel import forward as flash_mod
+from attnlab.kernel import layout as kernel_layout
 from attnlab import planner, scores
-from attnlab.flash import RunStats, attention_weights_for, flash_attention
+from attnlab.kernel import RunStats, attention_weights_for, flash_attention
 from attnlab.masks import EMPTY, FULL
 
 import oracles
@@ -51,7 +53,7 @@ def test_equals_the_loop_oracle_with_gqa_mask_and_alibi(rng):
     q, k, v = _qkv(rng, 2, 4, 2, 5, 7, D=3, Dv=2)
     allowed = oracles.both(oracles.causal(), oracles.padding([7, 4]))
     want, _, want_lse = oracles.attention(q, k, v, oracles.scaled_dot(), allowed, mod=oracles.alibi(4))
-    got, lse = flash_attention(q, k, v, M.causal() & M.padding([7, 4]), bias_fn=scores.alibi(4), block_q=2,
+    got, lse = flash_attention(q, k, v, M.causal() & M.padding([7, 4]), score_mod=scores.alibi(4), block_q=2,
                                block_k=3, return_lse=True)
     np.testing.assert_allclose(got, want, rtol=0, atol=TOL[q.dtype.type])
     np.testing.assert_allclose(lse, want_lse, atol=1e-12)
@@ -129,13 +131,13 @@ def test_relative_flag_of_every_kind_and_combination(name):
 def test_cached_tile_patterns_equal_evaluated_ones(mask, rng):
     """Every tile the kernel computes gets the same state, blocked cells and key range from the pattern cache as
     from evaluating the mask on that tile; random sizes (Lq != Lk both ways) and blocks that do not divide them."""
-    from attnlab import flash, planner
+    from attnlab import planner
 
     for _ in range(6):
         Lq, Lk = (int(x) for x in rng.integers(1, 90, 2))
         bq, bk = (int(x) for x in rng.integers(1, 20, 2))
         q, k, v = _qkv(rng, 1, 2, 2, Lq, Lk, D=4)
-        pb = flash._problem(q, k, v, mask, None, None, None, "test")
+        pb = flash_mod.problem(prepare(q, k, v, "test"), mask, None, None, None, "test")
         maps = planner.TileMaps(mask, pb.lay, bq, bk)
         for i, j in zip(*np.nonzero(maps[(0, 0)] != EMPTY)):
             qs, qe, ks, ke = i * bq, min(Lq, (i + 1) * bq), j * bk, min(Lk, (j + 1) * bk)
@@ -159,10 +161,8 @@ def test_cached_tile_patterns_equal_evaluated_ones(mask, rng):
 
 
 def test_a_causal_diagonal_shares_one_pattern(rng):
-    from attnlab import flash
-
     q, k, v = _qkv(rng, 1, 2, 2, 64, 64, D=4)
-    pb = flash._problem(q, k, v, M.causal(), None, None, None, "test")
+    pb = flash_mod.problem(prepare(q, k, v, "test"), M.causal(), None, None, None, "test")
     for i in range(8):                                                # the 8 diagonal tiles of 8 x 8 blocks
         state, [(_, _, blocked, _, _)] = pb.tile((0, 0), slice(8 * i, 8 * i + 8), np.arange(8 * i, 8 * i + 8),
                                                  8 * i, 8 * i + 8, M.PARTIAL)
@@ -174,7 +174,7 @@ def test_a_causal_diagonal_shares_one_pattern(rng):
 def test_relative_masks_match_the_reference_whatever_the_pattern_cache_holds(patterns, rng, monkeypatch):
     from attnlab import planner
 
-    monkeypatch.setattr(planner, "MASK_PATTERNS", patterns)
+    monkeypatch.setattr(kernel_layout, "MASK_PATTERNS", patterns)
     for Lq, Lk in ((61, 100), (100, 61), (77, 77)):
         q, k, v = _qkv(rng, 1, 4, 2, Lq, Lk, dtype=np.float32)
         for mask in (M.causal(), M.causal("top_left"), M.sliding_window(9, 2), M.dilated(3) & M.causal()):
@@ -209,11 +209,10 @@ def test_gqa_mqa_and_broadcast_leading_dims_without_copying(rng):
 
 
 def test_layout_views_do_not_copy_the_inputs(rng):
-    from attnlab.attention import _prepare
     from attnlab.planner import layout
 
     q, k, v = _qkv(rng, 2, 8, 2, 10, 12)
-    lay = layout(_prepare(q, k, v, "test"))
+    lay = layout(prepare(q, k, v, "test"))
     assert lay.r == 4 and lay.lead == (2, 2)
     assert all(np.shares_memory(a, b) for a, b in ((lay.q, q), (lay.k, k), (lay.v, v)))
 
@@ -224,7 +223,7 @@ def test_layout_views_do_not_copy_the_inputs(rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_score_modifiers_per_tile(mod, dtype, rng):
     q, k, v = _qkv(rng, 2, 4, 2, 33, 45, dtype=dtype)
-    _assert_matches(q, k, v, M.causal(), bias_fn=mod, block_q=8, block_k=10, ref_kw={"score_mod": mod})
+    _assert_matches(q, k, v, M.causal(), score_mod=mod, block_q=8, block_k=10, ref_kw={"score_mod": mod})
 
 
 def test_additive_bias_array_sliced_per_tile(rng):
@@ -345,7 +344,7 @@ def test_a_worker_error_reaches_the_caller(rng):
             raise RuntimeError("boom in a tile")
         return s
     with pytest.raises(RuntimeError, match="boom in a tile"):
-        flash_attention(q, k, v, bias_fn=scores.score_mod(boom), threads=2, block_q=32, block_k=64)
+        flash_attention(q, k, v, score_mod=scores.score_mod(boom), threads=2, block_q=32, block_k=64)
 
 
 # --- tiles skipped -----------------------------------------------------------------------------------------------
@@ -383,7 +382,6 @@ def test_boolean_array_masks_are_classified_per_tile(rng):
 
 
 def test_head_dependent_masks_merge_the_group_tile_maps(rng):
-    from attnlab.attention import _prepare
     from attnlab.planner import TileMaps, layout
 
     per_head = np.zeros((1, 4, 64, 64), bool)
@@ -391,7 +389,7 @@ def test_head_dependent_masks_merge_the_group_tile_maps(rng):
     per_head[0, 1] = True                                             # head 1 sees everything
     q, k, v = _qkv(rng, 1, 4, 2, 64, 64)
     mask = M.from_array(per_head)
-    maps = TileMaps(mask, layout(_prepare(q, k, v, "t")), 32, 32)
+    maps = TileMaps(mask, layout(prepare(q, k, v, "t")), 32, 32)
     np.testing.assert_array_equal(maps[(0, 0)], [[FULL, 1], [FULL, 1]])   # heads 0, 1 share kv head 0
     np.testing.assert_array_equal(maps[(0, 1)], [[EMPTY, EMPTY], [EMPTY, EMPTY]])   # heads 2, 3 see nothing
     _assert_matches(q, k, v, mask, block_q=32, block_k=32)
@@ -410,7 +408,7 @@ def test_merging_two_halves_equals_the_whole(dtype, rng):
 
 
 def test_split_kv_decoding_merges_partials(rng, monkeypatch):
-    monkeypatch.setattr(planner, "WORK_PER_THREAD", 1000)        # enough work for 4 threads at this size
+    monkeypatch.setattr(kernel_layout, "WORK_PER_THREAD", 1000)        # enough work for 4 threads at this size
     q, k, v = _qkv(rng, 1, 1, 1, 1, 5000, dtype=np.float32)
     stats = RunStats()
     _assert_matches(q, k, v, M.causal(), threads=4, block_k=512, stats=stats)
@@ -423,7 +421,7 @@ def test_split_kv_decoding_merges_partials(rng, monkeypatch):
 @pytest.mark.parametrize("Lq, n_kv_heads", [(1, 4), (1, 2), (3, 1), (2, 2)])
 def test_decoding_all_heads_at_once_equals_the_reference(mask, Lq, n_kv_heads, rng, monkeypatch):
     """Few query rows (r * Lq < FOLD_MIN_ROWS) run every head in one batched task per key split."""
-    monkeypatch.setattr(planner, "WORK_PER_THREAD", 10_000)
+    monkeypatch.setattr(kernel_layout, "WORK_PER_THREAD", 10_000)
     q, k, v = _qkv(rng, 3, 4, n_kv_heads, Lq, 5000, dtype=np.float32)
     if isinstance(mask, str):
         mask = rng.random((3, 1, Lq, 5000)) < 0.3
@@ -459,9 +457,9 @@ def test_recomputed_rows_equal_reference_weights(mask, rows, rng):
 def test_recomputed_rows_with_a_score_modifier_float32(rng):
     q, k, v = _qkv(rng, 1, 4, 4, 64, 64, dtype=np.float32)
     mod = scores.alibi(4)
-    _, lse = flash_attention(q, k, v, M.causal(), bias_fn=mod, return_lse=True)
+    _, lse = flash_attention(q, k, v, M.causal(), score_mod=mod, return_lse=True)
     _, want = attnlab.scaled_dot_product_attention(q, k, v, M.causal(), score_mod=mod, return_weights=True)
-    got = attention_weights_for(q, k, rows=[0, 63], lse=lse, mask=M.causal(), bias_fn=mod)
+    got = attention_weights_for(q, k, rows=[0, 63], lse=lse, mask=M.causal(), score_mod=mod)
     np.testing.assert_allclose(got, want[..., [0, 63], :], atol=2e-6)
 
 
@@ -491,8 +489,8 @@ def test_token_by_token_decoding_equals_the_full_causal_pass(n_kv_heads, rope, r
     x = rng.standard_normal((2, 24, 32))
     full = layer(x, mask=M.causal())
     calls = []
-    real = attnlab.flash.flash_attention
-    monkeypatch.setattr(attnlab.flash, "flash_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = attnlab.kernel.forward.tiled
+    monkeypatch.setattr(attnlab.kernel.forward, "tiled", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     cache = attnlab.KVCache()
     prefix = layer(x[:, :5], mask=M.causal(), cache=cache)          # a prompt, then one token at a time
     steps = [layer(x[:, t:t + 1], mask=M.causal(), cache=cache) for t in range(5, 24)]
@@ -523,7 +521,8 @@ def test_errors_name_the_argument(rng):
         flash_attention(q, k, v, block_q=0)
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         flash_attention(q, k, v, threads=0)
-    with pytest.raises(TypeError, match="bias_fn must be an attnlab.scores.ScoreMod"):
+    with pytest.raises(TypeError, match="bias_fn must be an attnlab.scores.ScoreMod"), \
+            pytest.warns(DeprecationWarning, match="bias_fn"):
         flash_attention(q, k, v, bias_fn=lambda s: s)
     with pytest.raises(TypeError, match="scale must be a number"):
         flash_attention(q, k, v, scale="big")

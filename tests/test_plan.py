@@ -19,8 +19,8 @@ sdpa = attnlab.scaled_dot_product_attention
 def spy_kernel(monkeypatch):
     """Record every call of the tiled kernel behind scaled_dot_product_attention."""
     calls = []
-    real = attnlab.flash.flash_attention
-    monkeypatch.setattr(attnlab.flash, "flash_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    real = attnlab.kernel.forward.tiled
+    monkeypatch.setattr(attnlab.kernel.forward, "tiled", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     return calls
 
 
@@ -136,7 +136,7 @@ def test_plan_tile_counts_equal_what_the_kernel_did(rng):
     q, k, v = _qkv(rng, (2, 4, 100, 8), (2, 2, 130, 8))
     for mask in (None, M.causal(), M.sliding_window(10), M.padding([130, 40]), M.from_array(
             rng.random((1, 4, 100, 130)) < 0.01)):
-        stats = attnlab.flash.RunStats()
+        stats = attnlab.kernel.RunStats()
         attnlab.flash_attention(q, k, v, mask, block_q=16, block_k=32, stats=stats, threads=2)
         assert attnlab.plan(q.shape, k.shape, mask=mask, impl="tiled", block_q=16, block_k=32).tiles == stats.tiles
 

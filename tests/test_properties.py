@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from attnlab import KVCache, MultiHeadAttention, attention, masks as M, merge_attention, softmax
 from attnlab import scaled_dot_product_attention as sdpa
-from attnlab.flash import flash_attention
+from attnlab.kernel import flash_attention
 
 seeds = st.integers(0, 2 ** 32 - 1)
 lengths = st.integers(1, 9)

@@ -56,7 +56,7 @@ def test_drop_in_sdpa_matches_torch(dtype, tol):
 def test_no_copies_of_the_inputs(monkeypatch):
     q, k, v = _qkv(1, 2, 2, 8, 8, dtype=torch.float32)
     seen = {}
-    forward, backward = bridge._flash_forward, bridge.flash_attention_backward
+    forward, backward = bridge.kernel_forward, bridge.flash_attention_backward
 
     def spy_forward(*arrays, **kw):
         seen["forward"] = [a.ctypes.data for a in arrays[:3]]
@@ -68,7 +68,7 @@ def test_no_copies_of_the_inputs(monkeypatch):
         seen["grads"] = [g.ctypes.data for g in grads]
         return grads
 
-    monkeypatch.setattr(bridge, "_flash_forward", spy_forward)
+    monkeypatch.setattr(bridge, "kernel_forward", spy_forward)
     monkeypatch.setattr(bridge, "flash_attention_backward", spy_backward)
     out = bridge.flash_attention(q, k, v, M.causal())
     out.sum().backward()

@@ -9,13 +9,11 @@ The public face. NumPy arrays in, NumPy arrays out; PyTorch tensors and other ar
 """
 
 from . import cost, diagnostics, masks, scores
-from .attention import additive_attention, attention, scaled_dot_product_attention
-from .flash import attention_weights_for, flash_attention
-from .kernel.backward import flash_attention_backward
+from .api import additive_attention, attention, attention_backward, scaled_dot_product_attention
+from .kernel import attention_weights_for, flash_attention, flash_attention_backward
 from .planner import plan
 from .layers import KVCache, MultiHeadAttention
 from .merge import merge_attention
-from .reference_backward import attention_backward
 from .softmax import logsumexp, softmax
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Benchmark the attention paths in one run: attnlab's naive reference, attnlab's tiled kernel, PyTorch's CPU SDPA.
+"""Benchmark the attention paths in one run: attnlab's reference path, attnlab's tiled kernel, PyTorch's CPU SDPA.
 
 Cases, for B=1, H=8, D=64, float32 (``--heads``/``--head-dim`` change them):
 
@@ -19,7 +19,7 @@ paths measured in the same process, interleaved by size. GFLOP/s counts the usef
 - PyTorch: the growth of the process's peak resident set (``VmHWM`` after resetting it through
   ``/proc/self/clear_refs``) minus the output; "n/a" where /proc does not allow it.
 
-The naive path is skipped (and the table says so) where its score matrices would exceed ``--naive-limit`` GiB;
+The reference path is skipped (and the table says so) where its score matrices would exceed ``--reference-limit`` GiB;
 PyTorch has no sliding-window SDPA, so its window case runs dense attention with a boolean mask and is skipped
 above ``--torch-mask-limit`` keys. Results go to ``OUT/attention.json`` and ``OUT/attention.png``.
 """
@@ -37,13 +37,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import masks, planner
-from .attention import scaled_dot_product_attention
-from .flash import flash_attention
+from .api import scaled_dot_product_attention
+from .kernel import flash_attention
 from .measure import evict_caches, peak_memory, time_call, time_calls
 
 CASES = ("dense", "causal", "window", "gqa", "decode", "decode_cold")
 DECODE = ("decode", "decode_cold")
-IMPLS = ("naive", "tiled", "torch")
+IMPLS = ("reference", "tiled", "torch")
 QUICK_SIZES = (512, 1024, 2048)
 FULL_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 QUICK_CONTEXTS = (1024, 2048, 4096, 8192)
@@ -79,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, full: bool) -> None:
     parser.add_argument("--threads", type=int, default=None, help="attnlab kernel threads (default: all cores)")
     parser.add_argument("--single-core", action="store_true",
                         help="one thread for every path (attnlab kernel, BLAS, torch): a per-core comparison")
-    parser.add_argument("--naive-limit", type=float, default=3.0,
-                        help="skip the naive path above this many GiB of score matrices (default 3)")
+    parser.add_argument("--reference-limit", "--naive-limit", dest="reference_limit", type=float, default=3.0,
+                        help="skip the reference path above this many GiB of score matrices (default 3; "
+                             "--naive-limit is its old name)")
     parser.add_argument("--torch-mask-limit", type=int, default=8192,
                         help="largest n for PyTorch's masked (window) run (default 8192)")
     parser.add_argument("--unset-openblas-env", action="store_true",
@@ -164,7 +165,7 @@ def _one_thread_everywhere(args, torch):
     from threadpoolctl import threadpool_limits
 
     args.threads = 1
-    threadpool_limits(limits=1)                  # the naive path's BLAS, for the rest of the process
+    threadpool_limits(limits=1)                  # the reference path's BLAS, for the rest of the process
     if torch is not None:
         torch.set_num_threads(1)
 
@@ -206,10 +207,11 @@ def _call(case, n, impl, args, torch):
     """(fn, note, output bytes): the call that runs ``impl`` on the case's inputs; fn None when it is skipped."""
     q, k, v, mask, torch_kw = _inputs(case, n, args.heads, args.head_dim)
     out_bytes = q.shape[-2] * q.shape[-3] * v.shape[-1] * 4
-    if impl == "naive":
+    if impl == "reference":
         need = planner.plan(q.shape, k.shape, mask=mask, impl="reference", budget=2**62).reference_bytes
-        if need > args.naive_limit * 2**30:
-            return None, f"skipped: needs ~{need / 2**30:.1f} GiB > --naive-limit {args.naive_limit:g}", out_bytes
+        if need > args.reference_limit * 2**30:
+            return (None, f"skipped: needs ~{need / 2**30:.1f} GiB > --reference-limit {args.reference_limit:g}",
+                    out_bytes)
         return (lambda: _with_budget(need, lambda: scaled_dot_product_attention(q, k, v, mask, impl="reference")),
                 "", out_bytes)
     if impl == "tiled":

@@ -1,4 +1,4 @@
-"""What attention costs: FLOPs, bytes, peak memory and KV cache, for the naive and the tiled path.
+"""What attention costs: FLOPs, bytes, peak memory and KV cache, for the reference and the tiled path.
 
 One attention call per layer, for ``batch`` sequences, ``H`` query heads sharing ``G`` key/value heads (GQA when
 G < H), ``Lq`` queries and ``Lk`` keys of head dim ``D`` (value dim ``Dv = D``). Every count is exact for the model
@@ -7,14 +7,14 @@ it states; ``estimate(...)`` returns them all and ``doubling(...)`` says what ha
 FLOPs (one multiply-add = 2 FLOPs, Vaswani et al. 2017, Table 1 gives the O(n^2 d) per layer):
     Q K^T costs 2 Lq Lk D and P V costs 2 Lq Lk Dv per (sequence, query head).
     The *useful* FLOPs count only the cells a mask allows (about half for causal, n w for a window of w keys).
-    The naive path computes every cell and masks afterwards; the tiled path computes whole tiles that are not
+    The reference path computes every cell and masks afterwards; the tiled path computes whole tiles that are not
     empty (``masks.Mask.blocks``), so its count lies between the two.
 Softmax exponentials are counted apart: one per computed cell, plus, on the tiled path, one rescaling factor
 exp(m_old - m_new) per query row for each visited tile after its first (online softmax, Milakov & Gimelshein 2018).
 
 Bytes moved (traffic to main memory, HBM on a GPU and DRAM on a CPU), after Dao et al. 2022, "FlashAttention",
 Algorithm 0 and Theorem 2:
-    naive: read Q, K, V, write and read back S = Q K^T, write and read back P = softmax(S), write O:
+    reference: read Q, K, V, write and read back S = Q K^T, write and read back P = softmax(S), write O:
            (Lq D + Lk D + Lk Dv + Lq Dv + 4 Lq Lk) * itemsize                    Theta(n d + n^2)
     tiled: read Q once, write O once, read K and V once per query block of ``block_q`` rows (only the key blocks
            of non-empty tiles), once per key/value head since its r = H / G query heads share each tile:
@@ -22,7 +22,7 @@ Algorithm 0 and Theorem 2:
            With block_q ~ M / d for a fast memory of M elements this is Theta(n^2 d^2 / M) (Theorem 2).
 
 Peak extra memory of one call (above its inputs):
-    naive: the reference path ``attnlab.scaled_dot_product_attention`` at its widest point holds NAIVE_LIVE
+    reference: the reference path ``attnlab.scaled_dot_product_attention`` at its widest point holds REFERENCE_LIVE
            matrices of B H Lq Lk: the scores, the shifted scores and their exp (3) when unmasked; with a mask also
            the masked copy (4), plus the boolean mask itself (Lq Lk bytes). (tracemalloc: 3.02 and 4.02 matrices.)
     tiled: ``attnlab.flash_attention``'s buffers: the output and the per-row log-sum-exp, O(n D), plus per thread
@@ -56,10 +56,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import masks
+from .checks import positive_int
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
-NAIVE_LIVE = {"dense": 3, "masked": 4}  # full B x H x Lq x Lk matrices alive at the reference path's peak
+REFERENCE_LIVE = {"dense": 3, "masked": 4}  # full B x H x Lq x Lk matrices alive at the reference path's peak
 KERNEL_CALL_BYTES = 16 * 2**10          # one flash_attention call's task list, closures and BLAS-limit bookkeeping
 PARTIAL_TILE_BYTES = 3                  # bytes per cell to evaluate a mask on a tile: boolean comparisons, their
                                         # "and", the inverse used by copyto (measured with tracemalloc)
@@ -100,24 +101,24 @@ def model_config(*, n_heads: int, d_model: int | None = None, head_dim: int | No
     >>> model_config(d_model=768, n_heads=12).head_dim
     64
     """
-    n_heads = _positive(n_heads, "n_heads")
-    n_layers = _positive(n_layers, "n_layers")
-    n_kv_heads = n_heads if n_kv_heads is None else _positive(n_kv_heads, "n_kv_heads")
+    n_heads = positive_int(n_heads, "n_heads")
+    n_layers = positive_int(n_layers, "n_layers")
+    n_kv_heads = n_heads if n_kv_heads is None else positive_int(n_kv_heads, "n_kv_heads")
     if d_model is None and head_dim is None:
         raise ValueError("give d_model or head_dim")
     if d_model is not None:
-        d_model = _positive(d_model, "d_model")
+        d_model = positive_int(d_model, "d_model")
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
-        if head_dim is not None and _positive(head_dim, "head_dim") != d_model // n_heads:
+        if head_dim is not None and positive_int(head_dim, "head_dim") != d_model // n_heads:
             raise ValueError(f"head_dim {head_dim} disagrees with d_model {d_model} / n_heads {n_heads}")
         head_dim = d_model // n_heads
-    head_dim = _positive(head_dim, "head_dim")
+    head_dim = positive_int(head_dim, "head_dim")
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads} (grouped-query "
                          f"attention shares each key/value head among n_heads / n_kv_heads query heads)")
     return ModelConfig(name, n_layers, n_heads, n_kv_heads, head_dim,
-                       None if context is None else _positive(context, "context"), parse_mask(mask))
+                       None if context is None else positive_int(context, "context"), parse_mask(mask))
 
 
 PRESETS = {
@@ -235,7 +236,7 @@ def tile_counts(q_len: int, kv_len: int, mask, block_q: int, block_k: int) -> Ti
     TileCounts(cells=12, keys_read=6, rescales=2, tiles=3)
     """
     spec = parse_mask(mask)
-    block_q, block_k = _positive(block_q, "block_q"), _positive(block_k, "block_k")
+    block_q, block_k = positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
     qs = np.arange(0, q_len, block_q, dtype=np.int64)                  # (nqb,) first row of each query block
     rows = np.minimum(qs + block_q, q_len) - qs                         # (nqb,) rows in each query block
     offset = kv_len - q_len
@@ -258,7 +259,7 @@ class PathCost:
     path: str
     flops: int
     exp_count: int
-    score_bytes: int      # score-matrix storage: naive scores + weights; tiled: its per-thread tiles
+    score_bytes: int      # score-matrix storage: reference scores + weights; tiled: its per-thread tiles
     bytes_moved: int
     peak_bytes: int
 
@@ -278,7 +279,7 @@ class Cost:
     threads: int
     allowed_cells: int            # per sequence and query head
     useful_flops: int             # 2 * allowed cells * (D + Dv), all sequences, heads and layers
-    naive: PathCost
+    reference: PathCost
     tiled: PathCost
     kv_bytes_per_token: int       # per sequence, all layers
     kv_cached_tokens: int         # per sequence
@@ -297,7 +298,7 @@ class Cost:
                 "n_heads": self.config.n_heads, "n_kv_heads": self.config.n_kv_heads,
                 "head_dim": self.config.head_dim, "block_q": self.block_q, "block_k": self.block_k,
                 "threads": self.threads, "allowed_cells": self.allowed_cells, "useful_flops": self.useful_flops,
-                "naive": vars(self.naive), "tiled": vars(self.tiled),
+                "reference": vars(self.reference), "tiled": vars(self.tiled),
                 "kv_bytes_per_token": self.kv_bytes_per_token, "kv_cached_tokens": self.kv_cached_tokens,
                 "kv_cache_bytes": self.kv_cache_bytes}
 
@@ -314,9 +315,9 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
     cfg = get_preset(model) if isinstance(model, str) else model
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"model must be a preset name or a ModelConfig, got {type(model).__name__}")
-    Lk = _positive(seq_len, "seq_len")
-    Lq = Lk if q_len is None else _positive(q_len, "q_len")
-    B, threads = _positive(batch, "batch"), _positive(threads, "threads")
+    Lk = positive_int(seq_len, "seq_len")
+    Lq = Lk if q_len is None else positive_int(q_len, "q_len")
+    B, threads = positive_int(batch, "batch"), positive_int(threads, "threads")
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
     size = DTYPE_BYTES[dtype]
@@ -326,13 +327,13 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
     allowed = allowed_cells(Lq, Lk, spec)
     full = heads * Lq * Lk * size                                     # one B x H x Lq x Lk matrix
     masked = spec[0] != "dense"
-    naive = PathCost(
-        "naive",
+    reference = PathCost(
+        "reference",
         flops=2 * Lq * Lk * (D + Dv) * heads * layers,
         exp_count=Lq * Lk * heads * layers,
         score_bytes=2 * full,
         bytes_moved=(Lq * D + Lk * D + Lk * Dv + Lq * Dv + 4 * Lq * Lk) * size * heads * layers,
-        peak_bytes=max(NAIVE_LIVE["masked" if masked else "dense"] * full + (Lq * Lk if masked else 0),
+        peak_bytes=max(REFERENCE_LIVE["masked" if masked else "dense"] * full + (Lq * Lk if masked else 0),
                        2 * full + heads * Lq * Dv * size, B * cfg.n_kv_heads * Lk * Dv))
     r = cfg.n_heads // cfg.n_kv_heads
     if block_q is None or block_k is None:
@@ -349,18 +350,18 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
     if spec[0] == "window" and Lk > spec[1]:
         notes.append(f"KV cache holds the last {spec[1]} tokens only (rolling buffer)")
     return Cost(cfg, B, Lq, Lk, dtype, spec, block_q, block_k, threads, allowed,
-                2 * allowed * (D + Dv) * heads * layers, naive, tiled, per_token, cached, B * cached * per_token,
+                2 * allowed * (D + Dv) * heads * layers, reference, tiled, per_token, cached, B * cached * per_token,
                 tuple(notes))
 
 
 def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threads) -> PathCost:
     """The tiled kernel: tasks are (sequence, key/value head, query block); each computes R x block_k tiles."""
-    tiles = tile_counts(Lq, Lk, spec, _positive(block_q, "block_q"), _positive(block_k, "block_k"))
+    tiles = tile_counts(Lq, Lk, spec, positive_int(block_q, "block_q"), positive_int(block_k, "block_k"))
     D = Dv = cfg.head_dim
     H, G, layers = B * cfg.n_heads, B * cfg.n_kv_heads, cfg.n_layers
     R, cols = (cfg.n_heads // cfg.n_kv_heads) * min(block_q, Lq), min(block_k, Lk)
     tasks, nkb = G * -(-Lq // block_q), -(-Lk // block_k)
-    if R < 16 and Lq <= block_q:          # decoding: every head in one task per key split (planner.batched_heads)
+    if R < 16 and Lq <= block_q:          # decoding: every head in one task per key split (kernel.layout.decode_regime)
         R, tasks = G * R, 1
         splits = used = max(1, min(nkb, threads))
         per_thread = (R * cols + R * D + 2 * R * Dv + 6 * R) * size                  # tile, scaled q, sums
@@ -385,12 +386,12 @@ def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threa
 # --- n -> 2n -----------------------------------------------------------------------------------------------------
 QUANTITIES = {
     "useful FLOPs": lambda c: c.useful_flops,
-    "naive FLOPs": lambda c: c.naive.flops,
+    "reference FLOPs": lambda c: c.reference.flops,
     "tiled FLOPs": lambda c: c.tiled.flops,
-    "naive score bytes": lambda c: c.naive.score_bytes,
-    "naive peak memory": lambda c: c.naive.peak_bytes,
+    "reference score bytes": lambda c: c.reference.score_bytes,
+    "reference peak memory": lambda c: c.reference.peak_bytes,
     "tiled peak memory": lambda c: c.tiled.peak_bytes,
-    "naive bytes moved": lambda c: c.naive.bytes_moved,
+    "reference bytes moved": lambda c: c.reference.bytes_moved,
     "tiled bytes moved": lambda c: c.tiled.bytes_moved,
     "KV cache": lambda c: c.kv_cache_bytes,
 }
@@ -442,14 +443,14 @@ def explain(before: Cost, ratios: dict) -> str:
     elif spec[0] == "window" and n >= spec[1]:
         work = (f"With a window of {spec[1]} keys each query still sees at most {spec[1]} keys: twice the queries, "
                 f"same keys each, so the useful work tends to 2x (n w), not 4x (useful FLOPs {r['useful FLOPs']}, "
-                f"tiled FLOPs {r['tiled FLOPs']}). The naive path still builds the full n x n matrix: "
-                f"{r['naive FLOPs']} FLOPs, {r['naive peak memory']} memory.")
+                f"tiled FLOPs {r['tiled FLOPs']}). The reference path still builds the full n x n matrix: "
+                f"{r['reference FLOPs']} FLOPs, {r['reference peak memory']} memory.")
     else:
         window = (f" (n is below the window of {spec[1]}, so the window does not bind yet)"
                   if spec[0] == "window" else "")
         work = (f"Twice the queries, each seeing twice the keys: the score matrix has 4x the cells, so doubling "
-                f"roughly quadruples the work{window} (useful FLOPs {r['useful FLOPs']}) and the naive path's "
-                f"memory ({r['naive peak memory']}): n^2.")
+                f"roughly quadruples the work{window} (useful FLOPs {r['useful FLOPs']}) and the reference path's "
+                f"memory ({r['reference peak memory']}): n^2.")
     return (f"{work} The tiled path never stores the n x n matrix: its memory grows {r['tiled peak memory']} "
             f"(the output and per-row statistics: linear in the number of queries). The KV cache grows {r['KV cache']} "
             f"(one entry per cached token{'; a window caps it' if spec[0] == 'window' else ''}).")
@@ -462,13 +463,13 @@ def format_cost(c: Cost) -> str:
             f"batch {c.batch}, {_plural(c.q_len, 'query')} x {_plural(c.kv_len, 'key')}, {c.dtype}, mask {mask_name(c.mask)} "
             f"({c.allowed_cells / (c.q_len * c.kv_len):.1%} of cells allowed); tiled: {c.block_q}x{c.block_k} "
             f"tiles, {_plural(c.threads, 'thread')}",
-            f"{'quantity':<34} {'naive':>12} {'tiled':>12}"]
-    rows = [("attention FLOPs, all layers", _flops(c.naive.flops), _flops(c.tiled.flops)),
+            f"{'quantity':<34} {'reference':>12} {'tiled':>12}"]
+    rows = [("attention FLOPs, all layers", _flops(c.reference.flops), _flops(c.tiled.flops)),
             ("  of which useful (allowed cells)", _flops(c.useful_flops), _flops(c.useful_flops)),
-            ("softmax exp count, all layers", _count(c.naive.exp_count), _count(c.tiled.exp_count)),
-            ("score storage, one layer", _bytes(c.naive.score_bytes), _bytes(c.tiled.score_bytes)),
-            ("bytes moved (DRAM/HBM), all layers", _bytes(c.naive.bytes_moved), _bytes(c.tiled.bytes_moved)),
-            ("peak extra memory, one layer", _bytes(c.naive.peak_bytes), _bytes(c.tiled.peak_bytes))]
+            ("softmax exp count, all layers", _count(c.reference.exp_count), _count(c.tiled.exp_count)),
+            ("score storage, one layer", _bytes(c.reference.score_bytes), _bytes(c.tiled.score_bytes)),
+            ("bytes moved (DRAM/HBM), all layers", _bytes(c.reference.bytes_moved), _bytes(c.tiled.bytes_moved)),
+            ("peak extra memory, one layer", _bytes(c.reference.peak_bytes), _bytes(c.tiled.peak_bytes))]
     lines = head + [f"{name:<34} {a:>12} {b:>12}" for name, a, b in rows]
     lines.append(f"KV cache: {_bytes(c.kv_bytes_per_token)} per token per sequence; {_bytes(c.kv_cache_bytes)} "
                  f"for {_plural(c.kv_cached_tokens, 'token')} x batch {c.batch}")
@@ -508,10 +509,6 @@ def _scaled(n: float, unit: str) -> str:
     return f"{n:.0f} {unit}".rstrip()
 
 
-def _positive(value, name) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 __all__ = ["Cost", "Doubling", "ModelConfig", "PathCost", "PRESETS", "TileCounts", "allowed_cells", "doubling",

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from ._array import as_array, namespace, require_floating, to_namespace
-from .attention import scaled_dot_product_attention
-from .flash import supports_tiled
+from . import planner
+from .api import scaled_dot_product_attention
+from .checks import positive_int
 from .scores import rotary
 
 
@@ -119,8 +120,7 @@ class MultiHeadAttention:
         for name, value in {"d_model": d_model, "n_heads": n_heads, "n_kv_heads": n_kv_heads, **optional}.items():
             if value is None and name in optional:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(value, name)
         if rope_base is not None and not (np.isscalar(rope_base) and rope_base > 0):
             raise ValueError(f"rope_base must be a positive number or None, got {rope_base!r}")
         if head_dim is None and d_model % n_heads:
@@ -182,9 +182,9 @@ class MultiHeadAttention:
         if self.rope_base is not None:
             q = rotary(q, np.arange(past, past + Lq), base=self.rope_base)
         k, v = self._keys_values(xp, x, context, cache, unbatched)                      # (B, G, Lk, Dh)
-        decode = cache is not None and Lq == 1 and not return_weights and supports_tiled(q, k, v)
+        impl = planner.decode_impl(q, k, v, cached=cache is not None, return_weights=return_weights)
         out = scaled_dot_product_attention(q, k, v, mask, scale=self.scale, bias=bias, return_weights=return_weights,
-                                           impl="tiled" if decode else "auto")   # one new token: O(context) kernel
+                                           impl=impl)                          # one new token: O(context) kernel
         out, weights = out if return_weights else (out, None)
         out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (B, Lq, H * Dh))          # (B, Lq, H*Dh)
         out = self._project(xp, out, self.w_o, self.b_o)                                # (B, Lq, d_model)

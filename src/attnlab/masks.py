@@ -29,6 +29,8 @@ from typing import Callable
 
 import numpy as np
 
+from .checks import non_negative_int, positive_int
+
 EMPTY, PARTIAL, FULL = 0, 1, 2
 ALIGNS = ("bottom_right", "top_left")
 
@@ -201,12 +203,6 @@ def _classify(full, empty):
     return np.where(empty, EMPTY, np.where(full, FULL, PARTIAL))
 
 
-def _nonneg_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
 # --- the mask kinds ------------------------------------------------------------------------------------------
 def full() -> Mask:
     """Every query may attend to every key (no mask)."""
@@ -230,7 +226,7 @@ def causal(align: str = "bottom_right") -> Mask:
 
 def sliding_window(left: int, right: int = 0, align: str = "bottom_right") -> Mask:
     """Query at position p may attend to keys p-left .. p+right (Longformer / Mistral local attention)."""
-    left, right = _nonneg_int(left, "left"), _nonneg_int(right, "right")
+    left, right = non_negative_int(left, "left"), non_negative_int(right, "right")
     _check_align(align)
 
     def fn(b, h, q, kv, Lq, Lk):
@@ -279,7 +275,7 @@ def _lengths(values, name):
 
 def key_prefix(n: int) -> Mask:
     """Keys 0..n-1 are visible to every query (the bidirectional part of a prefix LM)."""
-    n = _nonneg_int(n, "n")
+    n = non_negative_int(n, "n")
     return Mask(lambda b, h, q, kv, Lq, Lk: (kv < n) & (q >= 0), f"key_prefix({n})",
                 tile_fn=lambda Lq, Lk, qs, qe, ks, ke, b, h: _classify(full=ke <= n, empty=ks >= n))
 
@@ -339,7 +335,7 @@ def _range_per_tile(values, starts):
 def dilated(stride: int, align: str = "bottom_right") -> Mask:
     """Query at position p attends to keys at distance 0, stride, 2*stride, ... (dilated / strided attention,
     Child et al. 2019). Combine with ``causal()`` or ``sliding_window`` for a causal dilated window."""
-    stride = _nonneg_int(stride, "stride")
+    stride = non_negative_int(stride, "stride")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     _check_align(align)
@@ -377,8 +373,8 @@ def random_blocks(block_size: int, n_random: int, seed: int = 0, align: str = "b
     """BigBird's random attention: each query block of ``block_size`` positions sees ``n_random`` key blocks
     chosen at random (seeded, so the same seed gives the same mask). Combine with ``sliding_window`` and
     ``global_tokens`` for the full BigBird pattern (Zaheer et al. 2020)."""
-    block_size = _nonneg_int(block_size, "block_size")
-    n_random = _nonneg_int(n_random, "n_random")
+    block_size = non_negative_int(block_size, "block_size")
+    n_random = non_negative_int(n_random, "n_random")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     _check_align(align)
@@ -430,8 +426,7 @@ def from_function(fn, name: str | None = None, *, batch: int | None = None, head
     if not callable(fn):
         raise TypeError(f"fn must be callable (b, h, q_idx, kv_idx) -> bool, got {type(fn).__name__}")
     for value, what in ((batch, "batch"), (heads, "heads")):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"{what} must be a positive integer or None, got {value!r}")
+        positive_int(value, what, allow_none=True)
     return Mask(lambda b, h, q, kv, Lq, Lk: np.asarray(fn(b, h, q, kv), dtype=bool),
                 name or getattr(fn, "__name__", "custom"), batch=batch, heads=heads)
 

@@ -30,6 +30,8 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 
+from .checks import is_int, non_negative_int
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -62,10 +64,9 @@ def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None) -> list[Timi
     for fn in fns + (() if before is None else (before,)):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 5:
+    if not is_int(repeat) or repeat < 5:
         raise ValueError(f"repeat must be an integer >= 5 (the median needs enough runs), got {repeat!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    non_negative_int(warmup, "warmup")
     for _ in range(warmup):
         for fn in fns:
             fn()

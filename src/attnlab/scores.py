@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ._array import as_array, default_scale, is_real_number, namespace, to_namespace
+from .checks import positive_int
 
 
 # --- scorers ---------------------------------------------------------------------------------------------------
@@ -121,13 +122,17 @@ class ScoreMod:
     def apply(self, scores, b, h, q_idx, kv_idx, Lq: int, Lk: int):
         return self.fn(scores, b, h, q_idx, kv_idx, Lq, Lk)
 
+    def require_derivative(self) -> None:
+        """Raise TypeError when the backward pass cannot differentiate through this modifier."""
+        if not self.differentiable:
+            raise TypeError(f"score_mod {self.name} has no derivative for the backward pass; build it with "
+                            f"attnlab.scores.score_mod(fn, grad=...) or additive=True")
+
     def derivative(self, scores, modified, b, h, q_idx, kv_idx, Lq: int, Lk: int):
         """d modified / d scores, elementwise; None when it is 1 everywhere (an additive modifier)."""
         if self.additive:
             return None
-        if self.grad is None:
-            raise TypeError(f"score_mod {self.name} has no derivative for the backward pass; build it with "
-                            f"attnlab.scores.score_mod(fn, grad=...) or additive=True")
+        self.require_derivative()
         return self.grad(scores, modified, b, h, q_idx, kv_idx, Lq, Lk)
 
     def then(self, other: "ScoreMod") -> "ScoreMod":
@@ -151,8 +156,7 @@ def alibi_slopes(n_heads: int) -> np.ndarray:
     >>> alibi_slopes(4).tolist()
     [0.25, 0.0625, 0.015625, 0.00390625]
     """
-    if not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
-        raise ValueError(f"n_heads must be a positive integer, got {n_heads!r}")
+    positive_int(n_heads, "n_heads")
 
     def power_of_two(n):
         start = 2.0 ** (-8.0 / n)

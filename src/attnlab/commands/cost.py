@@ -7,7 +7,7 @@ ARCH = ("d_model", "head_dim", "n_heads", "n_kv_heads", "layers")
 
 def register(sub):
     p = sub.add_parser("cost", help="attention cost model: FLOPs, memory, bytes moved, KV cache; n -> 2n",
-                       description="Cost of attention for a preset model or a custom shape, naive vs tiled path. "
+                       description="Cost of attention for a preset model or a custom shape, reference vs tiled path. "
                                    f"Presets: {', '.join(cost.PRESETS)}.")
     p.add_argument("--preset", help=f"a published model: {', '.join(cost.PRESETS)}")
     p.add_argument("--d-model", type=int, help="model width (or give --head-dim)")

@@ -119,12 +119,12 @@ def _cost(args):
             raise ValueError(f"{args.data} must hold a JSON object with 'predicted' (and optionally 'measured')")
         return viz.cost_figure(spec["predicted"], spec.get("measured"))
     n = [2 ** p for p in range(8, 16)]
-    runs = {"naive, dense": ("naive", "dense"), "tiled, dense": ("tiled", "dense"),
+    runs = {"reference, dense": ("reference", "dense"), "tiled, dense": ("tiled", "dense"),
             "tiled, causal": ("tiled", "causal"), "tiled, window 256": ("tiled", "window:256")}
     est = {name: [getattr(cost.estimate(args.preset, x, mask=m), path) for x in n]
            for name, (path, m) in runs.items()}
     return viz.cost_figure({
         "FLOPs, all layers": {name: (n, [c.flops for c in cs]) for name, cs in est.items()},
         "peak memory of one call (bytes)": {name: (n, [c.peak_bytes for c in cs]) for name, cs in est.items()
-                                            if name in ("naive, dense", "tiled, dense")},
+                                            if name in ("reference, dense", "tiled, dense")},
     })

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from .. import masks
-from ..attention import scaled_dot_product_attention
+from ..api import scaled_dot_product_attention
 from ..planner import plan
 from . import launch
 from .comm import gather

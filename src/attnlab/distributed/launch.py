@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ..checks import positive_int
 from .comm import RingError, timeout_seconds
 
 
@@ -106,8 +107,7 @@ def run_local(fn, world: int, *args, timeout: float = 120.0, init_timeout: float
     (never a hang); their RankResult has ok=False and says so. ``ranks``: start only these ranks (a fault drill:
     the others never join). Returns one RankResult per started rank, in rank order.
     """
-    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
-        raise ValueError(f"world must be a positive integer, got {world!r}")
+    world = positive_int(world, "world")
     ranks = list(range(world)) if ranks is None else sorted(ranks)
     if not ranks or any(not 0 <= r < world for r in ranks):
         raise ValueError(f"ranks must be a non-empty subset of range({world}), got {ranks!r}")

@@ -37,7 +37,7 @@ import torch
 from .. import masks as masks_mod
 from .. import planner
 from .._array import default_scale, to_numpy
-from ..attention import scaled_dot_product_attention
+from ..api import scaled_dot_product_attention
 from ..merge import merge_attention
 from . import layout as layout_mod
 from .comm import Ring, RingError

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from .. import masks as masks_mod
-from ..flash import flash_attention as _flash_forward
-from ..kernel.backward import flash_attention_backward
+from ..kernel import flash_attention_backward
+from ..kernel import flash_attention as kernel_forward
 from ..scores import ScoreMod
 
 DTYPES = (torch.float32, torch.float64)
@@ -52,8 +52,8 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, options: Options):
-        out, lse = _flash_forward(q.detach().numpy(), k.detach().numpy(), v.detach().numpy(), options.mask,
-                                  scale=options.scale, bias_fn=options.score_mod, bias=options.bias,
+        out, lse = kernel_forward(q.detach().numpy(), k.detach().numpy(), v.detach().numpy(), options.mask,
+                                  scale=options.scale, score_mod=options.score_mod, bias=options.bias,
                                   block_q=options.block_q, block_k=options.block_k, threads=options.threads,
                                   return_lse=True)
         out_t, lse_t = torch.from_numpy(out), torch.from_numpy(lse)
@@ -91,10 +91,8 @@ def flash_attention(q, k, v, mask=None, *, scale=None, score_mod=None, bias=None
         raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them first")
     if score_mod is not None and not isinstance(score_mod, ScoreMod):
         raise TypeError(f"score_mod must be an attnlab.scores.ScoreMod, got {type(score_mod).__name__}")
-    if score_mod is not None and not score_mod.differentiable and torch.is_grad_enabled() \
-            and any(x.requires_grad for x in (q, k, v)):
-        raise TypeError(f"score_mod {score_mod.name} has no derivative for the backward pass; build it with "
-                        f"attnlab.scores.score_mod(fn, grad=...) or additive=True")
+    if score_mod is not None and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        score_mod.require_derivative()
     options = Options(_mask(mask), _bias(bias, q.dtype), scale, score_mod, block_q, block_k, threads)
     return FlashAttentionFunction.apply(q, k, v, options)
 

@@ -14,10 +14,10 @@ row's whole sum, not a running one), and needs no running max: (Dao 2023, "Flash
             dS  = P * (dP - Delta_i) * mod'(S)         chain rule for score modifiers
             dq_i += dS k_j * scale,   dK_j += dS^T q_i * scale
 
-As in the forward (``attnlab.flash``): scores are in log2 units when there is no score modifier (q is scaled by
-scale * log2(e) once and exp2 is twice as fast as exp), and -lse is folded into the score matmul as an extra
-column of q against a column of ones beside the keys, so S - lse costs no pass of its own; -Delta is folded the
-same way into dP - Delta = [dO | -Delta] [v | 1]^T. The tile map is the forward's (``planner.TileMaps``): empty
+As in the forward (``attnlab.kernel.forward``): scores are in log2 units when there is no score modifier (q is
+scaled by scale * log2(e) once and exp2 is twice as fast as exp), and -lse is folded into the score matmul as an
+extra column of q against a column of ones beside the keys, so S - lse costs no pass of its own; -Delta is folded the
+same way into dP - Delta = [dO | -Delta] [v | 1]^T. The tile map is the forward's (``layout.TileMaps``): empty
 tiles are skipped, full ones never evaluate the mask, partial ones are cut into the same narrowed row slices.
 
 Threads: one task per (key/value head group, range of key blocks). A task owns its dK/dV blocks, so no two
@@ -35,15 +35,19 @@ dq per split; never Lq x Lk.
 from __future__ import annotations
 
 import math
-from concurrent.futures import wait
 from typing import NamedTuple
 
 import numpy as np
 
-from .. import planner
-from ..flash import LN2, LOG2E, RunStats, _blas_threads, _pool, _problem
+from .._inputs import prepare
+from ..checks import positive_int
 from ..masks import EMPTY
-from ..reference_backward import Grads, product, sum_to_shape
+from ..reference import Grads, to_input, weighted_sum
+from . import layout as layout_mod
+from .forward import RunStats, problem
+from .layout import TileCounts, TileMaps
+from .ops import LN2, LOG2E, exp2_masked
+from .threads import run_tasks
 
 BACKWARD_ROWS = 512                  # rows per tile (r * block_q) in the backward
 BACKWARD_KEYS = 256                  # keys per tile in the backward
@@ -62,6 +66,13 @@ class Task(NamedTuple):
 def backward_blocks(r: int, Lq: int, Lk: int) -> tuple[int, int]:
     """Default (block_q, block_k) of the backward: r * block_q ~ BACKWARD_ROWS rows, BACKWARD_KEYS keys."""
     return max(1, min(Lq, max(16, BACKWARD_ROWS // r))), max(1, min(Lk, BACKWARD_KEYS))
+
+
+def blocks(lay, block_q=None, block_k=None) -> tuple[int, int]:
+    """The backward's tile sizes of a call: the ones given (checked) or ``backward_blocks``."""
+    bq, bk = backward_blocks(lay.r, lay.Lq, lay.Lk)
+    return (positive_int(block_q, "block_q", allow_none=True) or bq,
+            positive_int(block_k, "block_k", allow_none=True) or bk)
 
 
 def backward_memory(lay, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool = True) -> int:
@@ -86,8 +97,8 @@ def schedule(lay, block_k: int, threads: int) -> tuple[int, int]:
     fewer head groups than threads (``kv_splits``, as the forward); a thread per task at most, fewer for small
     problems (the backward does 2.5x the forward's multiply-adds)."""
     groups = math.prod(lay.lead)
-    splits = planner.kv_splits(threads, groups, math.ceil(lay.Lk / block_k))
-    return splits, planner.used_threads(threads, groups * splits, 5 * planner.work(lay) // 2)
+    splits = layout_mod.kv_splits(threads, groups, math.ceil(lay.Lk / block_k))
+    return splits, layout_mod.used_threads(threads, groups * splits, 5 * layout_mod.work(lay) // 2)
 
 
 def flash_attention_backward(dout, q, k, v, out, lse, mask=None, *, scale=None, score_mod=None, bias=None,
@@ -111,16 +122,14 @@ def flash_attention_backward(dout, q, k, v, out, lse, mask=None, *, scale=None, 
     >>> max(float(np.abs(a - b).max()) for a, b in zip((dq, dk, dv), ref)) < 1e-12
     True
     """
-    pb = _problem(q, k, v, mask, scale, score_mod, bias, "flash_attention_backward")
-    if score_mod is not None and not score_mod.differentiable:
-        raise TypeError(f"score_mod {score_mod.name} has no derivative for the backward pass; build it with "
-                        f"attnlab.scores.score_mod(fn, grad=...) or additive=True")
+    p = prepare(q, k, v, "flash_attention_backward", dot=True, scale=scale, score_mod=score_mod)
+    if score_mod is not None:
+        score_mod.require_derivative()
+    pb = problem(p, mask, scale, score_mod, bias, "flash_attention_backward")
     lay, dtype = pb.lay, pb.dtype
-    threads = planner.default_threads() if threads is None else planner.check_threads(threads)
-    bq, bk = backward_blocks(lay.r, lay.Lq, lay.Lk)
-    pb.block_q = planner.check_block(block_q, "block_q") or bq
-    pb.block_k = planner.check_block(block_k, "block_k") or bk
-    pb.maps = planner.TileMaps(mask, lay, pb.block_q, pb.block_k)
+    threads = layout_mod.threads_of(threads)
+    pb.block_q, pb.block_k = blocks(lay, block_q, block_k)
+    pb.maps = TileMaps(mask, lay, pb.block_q, pb.block_k)
     inner = lay.lead + (lay.r, lay.Lq)                                            # (*lead, r, Lq)
     dO = _row_array(dout, "dout", lay.scores_shape[:-1] + (pb.Dv,), dtype).reshape(inner + (pb.Dv,))
     O = _row_array(out, "out", lay.scores_shape[:-1] + (pb.Dv,), dtype).reshape(inner + (pb.Dv,))
@@ -128,22 +137,23 @@ def flash_attention_backward(dout, q, k, v, out, lse, mask=None, *, scale=None, 
     careful = not all(_finite(x) for x in (q, k, v, dO, O)) or bool(np.isnan(lse).any())
     with np.errstate(invalid="ignore"):
         delta = np.einsum("...d,...d->...", dO, O)                               # (*lead, r, Lq)
-    run = _Run(pb, dO, delta, lse, careful)
+    run = Run(pb, dO, delta, lse, careful)
     tasks, splits, used = _tasks(pb, threads)
     dq = np.zeros((splits,) + inner + (pb.D,), dtype)                             # (S, *lead, r, Lq, D)
     dk = np.zeros(lay.lead + (1, lay.Lk, pb.D), dtype)                            # (*lead, 1, Lk, D)
     dv = np.zeros(lay.lead + (1, lay.Lk, pb.Dv), dtype)                           # (*lead, 1, Lk, Dv)
-    counts = _execute(run, tasks, dq, dk, dv, used, threads)
+    counts, _ = run_tasks(tasks, lambda ws, task, c: run.task(ws, task, dq[task.split], dk, dv, c),
+                          lambda: Workspace(pb), used, threads)
     dq_sum = dq[0] if splits == 1 else dq.sum(axis=0)
     dq_sum *= pb.scale
     if run.fold:
         dk *= LN2                  # dK accumulated against q * scale * log2(e)
     if stats is not None:
-        stats.tiles = planner.TileCounts(*map(int, counts))
+        stats.tiles = TileCounts(*map(int, counts))
         stats.block_q, stats.block_k, stats.threads = pb.block_q, pb.block_k, used
         stats.tasks, stats.kv_splits = len(tasks), splits
-    return Grads(dq=_to_input(dq_sum, lay.q.shape, np.shape(q)), dk=_to_input(dk, lay.k.shape, np.shape(k)),
-                 dv=_to_input(dv, lay.v.shape, np.shape(v)))
+    return Grads(dq=to_input(dq_sum, lay.q.shape, np.shape(q)), dk=to_input(dk, lay.k.shape, np.shape(k)),
+                 dv=to_input(dv, lay.v.shape, np.shape(v)))
 
 
 def _row_array(x, name, shape, dtype):
@@ -162,15 +172,10 @@ def _finite(x) -> bool:
         return bool(np.isfinite(np.sum(x, dtype=np.float64)))
 
 
-def _to_input(grad, layout_shape, shape):
-    """A gradient in the kernel's layout, summed over broadcast axes and reshaped to its input's shape."""
-    return np.ascontiguousarray(sum_to_shape(grad, layout_shape).reshape(shape))
-
-
 # --- tasks and threads ---------------------------------------------------------------------------------------------
 def _tasks(pb, threads):
     """(tasks, dq splits, threads used): the key blocks split among tasks only when there are fewer head groups
-    than threads (``planner.kv_splits``, as the forward); biggest first for load balance."""
+    than threads (``layout.kv_splits``, as the forward); biggest first for load balance."""
     lay, nkb = pb.lay, pb.maps.nkb
     splits, used = schedule(lay, pb.block_k, threads)
     bounds = [(s * nkb // splits, (s + 1) * nkb // splits) for s in range(splits)]
@@ -179,35 +184,8 @@ def _tasks(pb, threads):
     return sorted(tasks, key=work, reverse=True), splits, used
 
 
-def _execute(run, tasks, dq, dk, dv, n, threads) -> np.ndarray:
-    """Run the tasks on ``n`` threads (BLAS held to one thread inside each; BLAS may use ``threads`` when n is 1).
-    Returns the tile counts [empty, partial, full]."""
-    queue = iter(list(tasks))
-    import threading
-    lock = threading.Lock()
-
-    def next_task():
-        with lock:
-            return next(queue, None)
-
-    def work():
-        ws, counts = _Workspace(run.pb), np.zeros(3, np.int64)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            while (task := next_task()) is not None:
-                run.task(ws, task, dq[task.split], dk, dv, counts)
-        return counts
-
-    with _blas_threads(1 if n > 1 else threads):
-        futures = [_pool(n - 1).submit(work) for _ in range(n - 1)]
-        try:
-            mine = work()
-        finally:
-            wait(futures)
-        return mine + sum((f.result() for f in futures), np.zeros(3, np.int64))
-
-
 # --- one task -----------------------------------------------------------------------------------------------------
-class _Workspace:
+class Workspace:
     """Preallocated per-thread buffers, viewed at the size of each tile."""
 
     def __init__(self, pb):
@@ -225,19 +203,18 @@ class _Workspace:
         self.tv = np.empty((cols, Dv), pb.dtype)                  # P^T dO                         (bk, Dv)
 
 
-class _Run:
+class Run:
     """The inputs of one backward call in the kernel's layout and how one tile is computed."""
 
     def __init__(self, pb, dO, delta, lse, careful):
         self.pb, self.dO, self.careful = pb, dO, careful
         self.fold = pb.mods is None and not careful                # log2 units, -lse and -Delta folded
-        self.slope = pb.bias_fn is not None and not pb.bias_fn.additive
+        self.slope = pb.score_mod is not None and not pb.score_mod.additive
         units = LOG2E if self.fold else 1.0
         self.q_scale = pb.dtype.type(pb.scale * units)
         # a row with nothing to attend to (lse -inf) gets P = exp(S - inf) = 0 on every cell
         self.neg_lse = np.where(np.isneginf(lse), -np.inf, -lse * units).astype(pb.dtype)   # (*lead, r, Lq)
         self.neg_delta = np.negative(delta)                                                # (*lead, r, Lq)
-        self.matmul = product if careful else np.matmul
 
     def task(self, ws, task, dq, dk, dv, counts):
         """The key blocks first:stop of one head group: dK, dV of those blocks, dq of every row they reach."""
@@ -276,7 +253,7 @@ class _Run:
         P = ws.p[:R * c].reshape(r, n, c)
         if self.fold:
             np.matmul(qa, ka.T, out=P)                                          # S - lse, log2 units
-            _exp2_blocked(P, blocked)                                           # P
+            exp2_masked(P, blocked)                                             # P
             slope = None
         else:
             slope = self.probabilities(P, qa, ka, idx, qs, qe, cs, ce, blocked)
@@ -296,7 +273,7 @@ class _Run:
 
     def _product(self, a, b, out):
         if self.careful:
-            np.copyto(out, product(a, b))
+            np.copyto(out, weighted_sum(np, a, b))
             return out
         return np.matmul(a, b, out=out)
 
@@ -310,12 +287,12 @@ class _Run:
             b = pb.bias_arr[idx]
             np.add(P, (b[:1] if b.strides[0] == 0 else b)[:, qs:qe, cs:ce], out=P, casting="same_kind")
         slope = None
-        if pb.bias_fn is not None:
+        if pb.score_mod is not None:
             (b, h), _ = pb.heads(idx)
             at = (b, h, np.arange(qs, qe)[:, None], np.arange(cs, ce)[None, :], pb.lay.Lq, pb.lay.Lk)
-            modified = pb.bias_fn.apply(P, *at)
+            modified = pb.score_mod.apply(P, *at)
             if self.slope:
-                slope = pb.bias_fn.derivative(P, modified, *at)
+                slope = pb.score_mod.derivative(P, modified, *at)
             np.copyto(P, modified, casting="same_kind")
         P += qa[..., D:]                                                        # - lse (inf for empty rows)
         if blocked is not None:
@@ -324,13 +301,3 @@ class _Run:
         if self.careful and blocked is not None:
             np.copyto(P, 0, where=blocked)
         return slope
-
-
-def _exp2_blocked(S, blocked):
-    """S = exp2(S) in place, exactly 0 where ``blocked``; blocked cells enter exp2 as 0 (NumPy's float32 exp2 is
-    slow on -inf)."""
-    if blocked is not None:
-        np.copyto(S, 0, where=blocked)
-    np.exp2(S, out=S)
-    if blocked is not None:
-        np.copyto(S, 0, where=blocked)

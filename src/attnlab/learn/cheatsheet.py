@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import cost, masks
-from ..attention import scaled_dot_product_attention
+from ..api import scaled_dot_product_attention
 from ..layers import MultiHeadAttention
 from ..scores import scaled_dot
 
@@ -29,7 +29,7 @@ MASK_NOTE = "M[i, j] = 0 where query i may attend key j, -inf where blocked (Tru
 EXAMPLE = {"B": 2, "Lq": 5, "Lk": 7, "H": 6, "G": 3, "Dh": 4}
 COST_FORMULAS = [
     ("FLOPs", "4 B H Lq Lk Dh  (Q K^T and P V, 2 FLOPs per multiply-add)"),
-    ("score memory, naive", "B H Lq Lk x bytes  -> O(n^2)"),
+    ("score memory, reference", "B H Lq Lk x bytes  -> O(n^2)"),
     ("memory, tiled (Flash)", "O(B H (Lq + Lk) Dh) + fixed tiles  -> O(n)"),
     ("sliding window w", "FLOPs ~ 4 B H n w Dh  -> O(n w)"),
     ("causal", "about half the dense FLOPs (tiles above the diagonal skipped)"),
@@ -116,7 +116,7 @@ def build() -> Sheet:
     cfg = cost.model_config(n_heads=8, head_dim=64)
     dense = cost.doubling(cfg, 4096, mask="causal", dtype="float16").ratios
     window = cost.doubling(cfg, 4096, mask="window:512", dtype="float16").ratios
-    doubling = {"FLOPs, causal": dense["useful FLOPs"], "naive memory": dense["naive peak memory"],
+    doubling = {"FLOPs, causal": dense["useful FLOPs"], "reference memory": dense["reference peak memory"],
                 "tiled memory": dense["tiled peak memory"], "FLOPs, window 512": window["tiled FLOPs"],
                 "KV cache": dense["KV cache"]}
     rows, setting = _heads_rows()

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import masks as masks_mod
-from ..attention import additive_attention, scaled_dot_product_attention
+from ..api import additive_attention, scaled_dot_product_attention
 from ._format import sig, vec
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .. import cost, masks
-from ..attention import scaled_dot_product_attention
+from ..api import scaled_dot_product_attention
 from ..layers import MultiHeadAttention
 from ..softmax import softmax
 from ._format import sig, vec
@@ -354,8 +354,8 @@ def _cost_exercise(rng) -> Exercise:
         Part("dense attention: FLOPs", _ratio_check(dense["useful FLOPs"], [
             (2, f"Twice the queries AND twice the keys each. {quadratic}"),
             (8, "Attention is quadratic in n (n^2 d), not cubic.")], quadratic), sig(dense["useful FLOPs"])),
-        Part("dense attention: memory of the naive n x n score matrix", _ratio_check(dense["naive peak memory"], [
-            (2, f"The score matrix is n x n. {quadratic}")], quadratic), sig(dense["naive peak memory"])),
+        Part("dense attention: memory of the naive n x n score matrix", _ratio_check(dense["reference peak memory"], [
+            (2, f"The score matrix is n x n. {quadratic}")], quadratic), sig(dense["reference peak memory"])),
         Part(f"sliding window of w={w} keys: FLOPs of the tiled kernel", _ratio_check(window["tiled FLOPs"], [
             (4, f"Each query only sees w={w} keys: the work is about n*w, linear in n (the kernel skips the empty "
                 f"tiles).")], f"n*w grows like n: {sig(window['tiled FLOPs'])}x."), sig(window["tiled FLOPs"])),

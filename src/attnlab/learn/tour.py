@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import cost, masks
-from ..attention import scaled_dot_product_attention
+from ..api import scaled_dot_product_attention
 from ..layers import KVCache, MultiHeadAttention
 from .report import Report, plain_console
 
@@ -292,7 +292,7 @@ def kv_cache(report: Report, quick: bool) -> None:
 # --- 9. the tiled kernel ------------------------------------------------------------------------------------
 def tiled(report: Report, quick: bool) -> None:
     """FlashAttention's idea: the exact result tile by tile, without the n x n matrix."""
-    flash = _optional(report, "attnlab.flash", "the tiled kernel (attnlab.flash)", "it ships with attnlab")
+    flash = _optional(report, "attnlab.kernel", "the tiled kernel (attnlab.kernel)", "it ships with attnlab")
     if flash is None:
         return
     from ..measure import peak_memory
@@ -312,7 +312,7 @@ def tiled(report: Report, quick: bool) -> None:
         out_bytes = H * n * D * 4
         measured["naive"].append(naive)
         measured["tiled"].append(fast)
-        predicted["naive"].append(est.naive.peak_bytes + out_bytes)
+        predicted["naive"].append(est.reference.peak_bytes + out_bytes)
         predicted["tiled"].append(est.tiled.peak_bytes + out_bytes)
         rows.append([n, _mib(naive), _mib(predicted["naive"][-1]), _mib(fast), _mib(predicted["tiled"][-1]),
                      f"{err:.1e}"])
@@ -350,7 +350,7 @@ def doubling(report: Report, quick: bool) -> None:
                                ("Mistral-7B, window 4096", "mistral-7b", "window:4096")):
         d = cost.doubling(model, 8192, mask=mask, dtype="float16")
         r = d.ratios
-        rows.append([label, f"{r['useful FLOPs']:.2f}x", f"{r['naive peak memory']:.2f}x",
+        rows.append([label, f"{r['useful FLOPs']:.2f}x", f"{r['reference peak memory']:.2f}x",
                      f"{r['tiled peak memory']:.2f}x", f"{r['KV cache']:.2f}x"])
     report.table("n = 8192 -> 16384 (attnlab.cost.doubling)", ["model", "FLOPs", "naive memory", "tiled memory",
                                                                "KV cache"], rows)

@@ -7,7 +7,8 @@ from matplotlib.colors import ListedColormap, Normalize, TwoSlopeNorm
 from matplotlib.patches import Patch
 
 from .. import masks as masks_mod
-from ..attention import scaled_dot_product_attention
+from ..api import scaled_dot_product_attention
+from ..checks import is_int, positive_int
 from ..scores import scaled_dot
 from ._figure import (CROSS_UP_TO, SCORE_CMAP, WEIGHT_CMAP, as_matrix, blocked_legend_handle, draw_blocked,
                       draw_matrix, new_figure, set_token_ticks)
@@ -29,7 +30,7 @@ def mask_figure(mask, Lq: int, Lk: int, block=None):
     >>> len(fig.axes)   # two alignments, each with its tile map
     4
     """
-    Lq, Lk = _length(Lq, "Lq"), _length(Lk, "Lk")
+    Lq, Lk = positive_int(Lq, "Lq"), positive_int(Lk, "Lk")
     variants = _variants(mask, Lq, Lk)
     bq, bk = _block(block)
     rows = 1 if block is None else 2                       # the cells, then the tile map, under each other
@@ -48,18 +49,12 @@ def mask_figure(mask, Lq: int, Lk: int, block=None):
     return fig
 
 
-def _length(n, name):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    return int(n)
-
-
 def _block(block):
     if block is None:
         return None, None
     bq, bk = (block, block) if np.isscalar(block) else tuple(block)
     for b in (bq, bk):
-        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
+        if not is_int(b) or b < 1:
             raise ValueError(f"block must be a positive integer or a pair (block_q, block_k), got {block!r}")
     return int(bq), int(bk)
 

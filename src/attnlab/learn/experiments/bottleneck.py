@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...attention import additive_attention, scaled_dot_product_attention
+from ...api import additive_attention, scaled_dot_product_attention
+from ...checks import non_negative_int
 from ...diagnostics import row_entropy
 
 MODELS = {"none": "no attention (fixed vector)", "additive": "additive (Bahdanau)",
@@ -280,8 +281,7 @@ def run(out=None, seed: int = 0, quick: bool = False, config: Config | None = No
 def _check(cfg: Config, seed: int) -> None:
     if not isinstance(cfg, Config):
         raise TypeError(f"config must be a bottleneck.Config, got {type(cfg).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    non_negative_int(seed, "seed")
     if not 1 <= cfg.min_len <= cfg.max_len:
         raise ValueError(f"lengths must satisfy 1 <= min_len <= max_len, got {cfg.min_len}..{cfg.max_len}")
     if min(cfg.steps, cfg.batch, cfg.test_per_length, cfg.threads) < 1:

@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from ... import cost, planner
-from ...attention import scaled_dot_product_attention
-from ...flash import flash_attention
+from ...api import scaled_dot_product_attention
+from ...checks import positive_int
+from ...kernel import flash_attention
 from ...measure import peak_memory, time_calls
 
 VARIANTS = ("naive", "tiled", "window", "naive-window")
@@ -78,13 +79,13 @@ def measure(variant: str, sizes, *, heads: int, head_dim: int, window: int, bloc
     data = [inputs(n, heads, head_dim, seed) for n in sizes]
     calls = [attention_call(variant, *qkv, window=window, block=block) for qkv in data]
     models = [predict(variant, n, heads=heads, head_dim=head_dim, window=window, block=block) for n in sizes]
-    budget = 2 * max(m.naive.peak_bytes for m in models)
+    budget = 2 * max(m.reference.peak_bytes for m in models)
     with _blas_controller().limit(limits=1, user_api="blas"), memory_budget(budget):
         timings = time_calls(*calls, repeat=repeat)
         peaks = [peak_memory(call) for call in calls]
     rows = []
     for n, timing, peak, model in zip(sizes, timings, peaks, models):
-        path = model.naive if variant.startswith("naive") else model.tiled
+        path = model.reference if variant.startswith("naive") else model.tiled
         rows.append({"variant": variant, "n": n, "time_s": timing.median_s, "time_min_s": timing.min_s,
                      "time_runs_s": list(timing.runs), "peak_bytes": peak, "predicted_flops": path.flops,
                      "useful_flops": model.useful_flops, "predicted_peak_bytes": path.peak_bytes})
@@ -135,8 +136,7 @@ def run(n: int = 512, out="attnlab-experiments", seed: int = 0, quick: bool = Fa
     if quick:
         n, heads, head_dim, window, block = (QUICK[key] for key in ("n", "heads", "head_dim", "window", "block"))
     for value, name in ((n, "n"), (heads, "heads"), (head_dim, "head_dim"), (window, "window"), (block, "block")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        positive_int(value, name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = [n, 2 * n, 4 * n]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...checks import int_list, non_negative_int, positive_int
 from ...diagnostics import row_entropy
 from ...scores import dot, scaled_dot
 from ...softmax import softmax
@@ -64,13 +65,9 @@ def measure(d_k: int, n_queries: int, n_keys: int, rng: np.random.Generator) -> 
 
 def run(out=None, seed: int = 0, quick: bool = False, d_ks=D_KS, n_keys: int = 64) -> dict:
     """Measure every d_k in ``d_ks``; write scaling.json and scaling.png to ``out``; return the results."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    d_ks = tuple(d_ks)
-    if not d_ks or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in d_ks):
-        raise ValueError(f"d_ks must be positive integers, got {d_ks!r}")
-    if isinstance(n_keys, bool) or not isinstance(n_keys, int) or n_keys < 2:
-        raise ValueError(f"n_keys must be an integer >= 2, got {n_keys!r}")
+    non_negative_int(seed, "seed")
+    d_ks = tuple(int_list(tuple(d_ks), "d_ks"))
+    positive_int(n_keys, "n_keys", minimum=2)
     n_queries = 128 if quick else 1024
     rng = np.random.default_rng(seed)
     rows = [measure(d, n_queries, n_keys, rng) for d in d_ks]

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ...attention import additive_attention, scaled_dot_product_attention
+from ...api import additive_attention, scaled_dot_product_attention
+from ...checks import int_list, non_negative_int
 from ...measure import peak_memory, time_call
 
 NS, DS = (64, 128, 256, 512), (16, 64, 128)
@@ -82,13 +83,11 @@ def run(out=None, seed: int = 0, quick: bool = False, bottleneck=None, ns=None, 
     ``bottleneck``: path of a bottleneck.json; by default ``out``/bottleneck.json. When there is none the
     accuracy part is left out and ``result["accuracy_note"]`` says why.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    non_negative_int(seed, "seed")
     ns = tuple(ns or (QUICK_NS if quick else NS))
     ds = tuple(ds or (QUICK_DS if quick else DS))
     for name, sizes in (("ns", ns), ("ds", ds)):
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-            raise ValueError(f"{name} must be positive integers, got {sizes!r}")
+        int_list(sizes, name)
     if bottleneck is None and out is None:
         source = None
     else:

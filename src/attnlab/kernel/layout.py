@@ -1,0 +1,286 @@
+"""The tiled kernel's layout: how inputs are viewed, how they are cut into tiles, which tiles a mask leaves empty,
+and how the work is scheduled on threads. Named types replace positional tuples: a ``Task`` is one unit of work of
+the thread pool, a ``Part`` one rectangle of a tile the kernel multiplies.
+
+The planner (``attnlab.planner``) reads the same functions, so ``plan()``'s tile counts and threads are exactly
+the tiles and threads the kernel uses.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import masks as masks_mod
+from ..checks import positive_int
+from ..masks import EMPTY, FULL, PARTIAL
+
+FOLD_MIN_ROWS = 16                   # tiles of this many rows fold the running max into the score matmul
+WORK_PER_THREAD = 2**21              # multiply-adds (scores x (D + Dv)) a thread must get, else fewer threads
+TILE_ROWS = 1024                     # rows per tile (r * block_q)
+PARTIAL_ROWS = 128                   # rows per slice of a partial tile, each slice narrowed to its own keys
+MASK_PATTERNS = 8                    # partial-tile patterns of a relative mask a kernel call keeps (per diagonal)
+TILE_SCORES = 2**17                  # scores per tile when the rows are few: 512 KiB in float32
+DECODE_KEYS = 2048                   # keys per tile at most when the rows are few (decoding): blocks to split
+
+
+class Task(NamedTuple):
+    """One unit of work of the thread pool: query block ``block`` of head group ``group`` (an index into
+    ``Layout.lead``; None in the decode regime: every head at once) over key blocks key_lo:key_hi, written to
+    partial result ``split`` (split-KV)."""
+
+    group: tuple | None
+    block: int
+    key_lo: int
+    key_hi: int
+    split: int
+
+
+class Part(NamedTuple):
+    """A rectangle of a tile to compute: its query rows row_lo:row_hi (all r heads) against keys key_lo:key_hi,
+    the cells ``blocked`` (bool (r or 1, rows, cols), or None) set to -inf. In a cached pattern the key range is
+    relative to the tile's first key; ``Problem.tile`` hands out absolute ones."""
+
+    row_lo: int
+    row_hi: int
+    blocked: np.ndarray | None
+    key_lo: int
+    key_hi: int
+
+
+# --- the kernel's layout ---------------------------------------------------------------------------------------
+@dataclass
+class Layout:
+    """q (*lead, r, Lq, D), k (*lead, 1, Lk, D), v (*lead, 1, Lk, Dv): views, never copies.
+
+    The r query heads that share one key/value head (GQA, MQA) sit together on axis -3, so one task multiplies a
+    tall (r * block_q, D) block of queries by one key tile. ``lead`` is the broadcast of the remaining leading dims
+    (batch, key/value heads); ``scores_shape`` is the reference's (..., Hq, Lq, Lk).
+    """
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    lead: tuple
+    r: int
+    scores_shape: tuple
+
+    @property
+    def Lq(self) -> int:
+        return self.q.shape[-2]
+
+    @property
+    def Lk(self) -> int:
+        return self.k.shape[-2]
+
+    def to_internal(self, x):
+        """An array broadcastable to the scores (mask, bias) as a (*lead, r, Lq, Lk) view."""
+        full = np.broadcast_to(x, self.scores_shape)
+        return full.reshape(self.lead + (self.r,) + self.scores_shape[-2:])      # splits/inserts axes: a view
+
+    def heads_of(self, idx) -> tuple[np.ndarray, np.ndarray]:
+        """Batch and head index (in the scores' (..., B, H, Lq, Lk) layout) of the r query heads of task ``idx``:
+        two int arrays of shape (r,), 0 where the scores have no such axis."""
+        flat = int(np.ravel_multi_index(idx, self.lead)) if self.lead else 0
+        ids = flat * self.r + np.arange(self.r)
+        outer = self.scores_shape[:-2]
+        coords = np.unravel_index(ids, outer) if outer else ()
+        zeros = np.zeros(self.r, dtype=np.int64)
+        h = coords[-1] if len(outer) >= 1 else zeros
+        b = coords[-2] if len(outer) >= 2 else zeros
+        return b, h
+
+
+def layout(p) -> Layout:
+    """The kernel's view of inputs prepared by ``attnlab._inputs.prepare`` (which validated shapes and dtypes)."""
+    q, k, v = p.q, p.k, p.v
+    if p.groups > 1:                                          # (..., G, r, Lq, D) and (..., G, 1, Lk, D)
+        r = p.groups
+    elif q.ndim >= 3 and q.shape[-3] > 1 and all(x.ndim < 3 or x.shape[-3] == 1 for x in (k, v)):
+        r = q.shape[-3]                                       # every query head shares one key/value head (MQA)
+        k, v = (x if x.ndim >= 3 else x[None] for x in (k, v))
+    else:
+        r = 1
+        q, k, v = q[..., None, :, :], k[..., None, :, :], v[..., None, :, :]
+    lead = tuple(np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    return Layout(q, k, v, lead, r, tuple(p.scores_shape))
+
+
+def mask_heads(mask, lay: Layout, b, h):
+    """(b, h) as the reference's ``resolve_mask`` reads them for a Mask: with 3-D scores (X, Lq, Lk) axis -3 is the
+    batch unless the mask depends on the head."""
+    if len(lay.scores_shape) == 3 and mask.heads is None:
+        return h, np.zeros_like(h)
+    return b, h
+
+
+def check_mask_axes(mask, scores_shape) -> None:
+    """Raise like the reference does when a Mask defined for some batch/head size does not fit the scores."""
+    outer = scores_shape[:-2]
+    heads_axis = len(outer) >= 2 or (len(outer) == 1 and mask.heads is not None)
+    batch_axis = len(outer) >= 2 or (len(outer) == 1 and mask.heads is None)
+    for size, what, present, axis in ((mask.batch, "batch size", batch_axis, -2 if len(outer) >= 2 else -1),
+                                      (mask.heads, "heads", heads_axis, -1)):
+        if size is None:
+            continue
+        actual = outer[axis] if present else None
+        if actual != size and not (actual is None and size == 1):     # padding([n]) fits unbatched scores
+            raise ValueError(f"mask {mask.name} is defined for {what} {size}, but the scores "
+                             f"{tuple(scores_shape)} have {actual if actual is not None else 'no such axis'}")
+
+
+# --- block sizes and threads -------------------------------------------------------------------------------------
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def default_blocks(r: int, Lq: int, Lk: int) -> tuple[int, int]:
+    """block_q so that a tile has r * block_q ~ TILE_ROWS rows (tall matmuls; the kernel cuts partial tiles into
+    PARTIAL_ROWS slices, so a causal diagonal wastes little); block_k = 256 keys, more when the rows are few
+    (decoding): up to TILE_SCORES scores and DECODE_KEYS keys per tile, so that a long context still has blocks
+    to split among the threads."""
+    block_q = max(1, min(Lq, max(16, TILE_ROWS // r)))
+    block_k = max(1, min(Lk, max(256, min(DECODE_KEYS, TILE_SCORES // (r * block_q)))))
+    return block_q, block_k
+
+
+def blocks(lay: Layout, block_q=None, block_k=None) -> tuple[int, int]:
+    """The tile sizes of a call: the ones given (checked) or ``default_blocks``."""
+    bq, bk = default_blocks(lay.r, lay.Lq, lay.Lk)
+    bq = positive_int(block_q, "block_q", allow_none=True) or bq
+    bk = positive_int(block_k, "block_k", allow_none=True) or bk
+    return bq, bk
+
+
+def threads_of(threads) -> int:
+    """The threads of a call: the ones given (checked) or every usable core."""
+    return default_threads() if threads is None else positive_int(threads, "threads")
+
+
+# --- tile maps -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TileCounts:
+    """Tiles of one run. A tile is block_q queries x block_k keys of one key/value head, its r query heads
+    together. ``empty`` tiles are skipped, ``full`` ones computed without evaluating the mask, ``partial`` ones
+    computed with it."""
+
+    empty: int = 0
+    partial: int = 0
+    full: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.empty + self.partial + self.full
+
+    @property
+    def computed(self) -> int:
+        return self.partial + self.full
+
+    def __str__(self) -> str:
+        return (f"{self.total} tiles: {self.computed} computed ({self.full} full, {self.partial} partial), "
+                f"{self.empty} empty skipped")
+
+
+class TileMaps:
+    """Which tiles a task visits: EMPTY (skip), PARTIAL (evaluate the mask), FULL (no mask).
+
+    Built from ``mask.blocks`` once per (batch, head) the mask depends on; the r heads of a group are merged
+    (EMPTY only when empty for all of them, FULL only when full for all). Boolean-array masks are classified per
+    tile while running (``by_array``), so their map says PARTIAL everywhere.
+    """
+
+    def __init__(self, mask, lay: Layout, block_q: int, block_k: int):
+        self.nqb, self.nkb = math.ceil(lay.Lq / block_q), math.ceil(lay.Lk / block_k)
+        self.by_array = mask is not None and not isinstance(mask, masks_mod.Mask)
+        self._maps = {}
+        self._shared = None
+        if mask is None or self.by_array:
+            self._shared = np.full((self.nqb, self.nkb), PARTIAL if self.by_array else FULL, np.int8)
+        elif mask.batch is None and mask.heads is None:
+            self._shared = mask.blocks(lay.Lq, lay.Lk, block_q, block_k)
+        else:
+            per_head = {}
+            for idx in np.ndindex(*lay.lead):
+                b, h = mask_heads(mask, lay, *lay.heads_of(idx))
+                keys = [(int(bi) if mask.batch else 0, int(hi) if mask.heads else 0) for bi, hi in zip(b, h)]
+                for key in keys:
+                    if key not in per_head:
+                        per_head[key] = mask.blocks(lay.Lq, lay.Lk, block_q, block_k, b=key[0], h=key[1])
+                self._maps[idx] = merge_group_maps([per_head[key] for key in dict.fromkeys(keys)])
+        self.n_lead = math.prod(lay.lead)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        """The (nqb, nkb) int8 map of task group ``idx``."""
+        return self._shared if self._shared is not None else self._maps[idx]
+
+    def counts(self) -> TileCounts:
+        maps = [self._shared] * self.n_lead if self._shared is not None else list(self._maps.values())
+        if self.by_array:
+            return TileCounts()
+        tally = [sum(int(np.count_nonzero(m == state)) for m in maps) for state in (EMPTY, PARTIAL, FULL)]
+        return TileCounts(*tally)
+
+
+def merge_group_maps(maps):
+    """One tile map for the r heads of a group: EMPTY where all are empty, FULL where all are full."""
+    stack = np.stack(maps)
+    return np.where((stack == EMPTY).all(0), EMPTY, np.where((stack == FULL).all(0), FULL, PARTIAL)).astype(np.int8)
+
+
+# --- the schedule --------------------------------------------------------------------------------------------------
+def decode_regime(lay: Layout, block_q: int, mods: bool = False) -> bool:
+    """Whether the kernel runs in the decode regime (``attnlab.kernel.decode``): every head in one task per key
+    split. It does for one query block of fewer than FOLD_MIN_ROWS rows per head group and no score modifier,
+    where a task per head would spend its time in Python."""
+    return not mods and math.ceil(lay.Lq / block_q) <= 1 and lay.r * lay.Lq < FOLD_MIN_ROWS
+
+
+def kv_splits(threads: int, pairs: int, n_key_blocks: int) -> int:
+    """How many parts the keys are split into: more than one only when there are fewer (head group, query block)
+    pairs than threads, as when decoding one token (split-KV; the parts are merged by their log-sum-exp)."""
+    if not pairs or n_key_blocks < 2 or pairs >= threads:
+        return 1
+    return min(n_key_blocks, math.ceil(threads / pairs))
+
+
+def schedule(lay: Layout, block_q: int, block_k: int, threads: int, decode: bool) -> tuple[int, int]:
+    """(key splits, threads used) of a kernel call. Decode regime: one task per key split, the keys split among
+    the threads the work pays for. Otherwise a task per (head group, query block, key split), the keys split
+    when there are fewer (head group, query block) pairs than threads."""
+    n_key_blocks = math.ceil(lay.Lk / block_k)
+    if decode:
+        splits = max(1, min(n_key_blocks, used_threads(threads, n_key_blocks, work(lay))))
+        return splits, splits
+    pairs = math.prod(lay.lead) * math.ceil(lay.Lq / block_q)
+    splits = kv_splits(threads, pairs, n_key_blocks)
+    return splits, used_threads(threads, pairs * splits, work(lay))
+
+
+def work(lay: Layout) -> int:
+    """Multiply-adds of the dense problem: scores x (D + Dv)."""
+    return math.prod(lay.scores_shape) * (lay.q.shape[-1] + lay.v.shape[-1])
+
+
+def used_threads(threads: int, tasks: int, work_: int) -> int:
+    """At most one thread per task, and fewer for small problems (WORK_PER_THREAD multiply-adds per thread at
+    least): waking a worker costs more than it saves there."""
+    return max(1, min(threads, tasks, work_ // WORK_PER_THREAD))
+
+
+def tasks(maps: TileMaps, lay: Layout, splits: int, decode: bool) -> list[Task]:
+    """The tasks of a call, biggest first for load balance; in the decode regime one per key split."""
+    nkb = maps.nkb
+    bounds = [(s * nkb // splits, (s + 1) * nkb // splits) for s in range(splits)]
+    if decode:
+        return [Task(None, 0, lo, hi, s) for s, (lo, hi) in enumerate(bounds)]
+    pairs = [(idx, i) for idx in np.ndindex(*lay.lead) for i in range(maps.nqb)]
+    todo = [Task(idx, i, lo, hi, s) for idx, i in pairs for s, (lo, hi) in enumerate(bounds)]
+    visited = lambda t: int(np.count_nonzero(maps[t.group][t.block, t.key_lo:t.key_hi] != EMPTY))
+    return sorted(todo, key=visited, reverse=True)
