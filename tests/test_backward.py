@@ -377,3 +377,13 @@ def test_plan_covers_the_backward(rng):
                                                                             stats.threads)
     forward = attnlab.plan(q.shape, k.shape, mask=M.causal(), threads=2, impl="tiled")
     assert p.reference_bytes > forward.reference_bytes          # the readable backward holds more matrices
+
+
+@pytest.mark.parametrize("Lq,Lk", [(0, 5), (5, 0), (0, 0)])
+def test_empty_lengths_give_empty_or_zero_gradients(Lq, Lk):
+    q, k, v = np.ones((2, Lq, 4)), np.ones((2, Lk, 4)), np.ones((2, Lk, 3))
+    out, lse = np.zeros((2, Lq, 3)), np.full((2, Lq), -np.inf)      # what the forward gives for these lengths
+    for grads in (attnlab.flash_attention_backward(np.ones_like(out), q, k, v, out, lse),
+                  attnlab.attention_backward(np.ones_like(out), q, k, v)):
+        assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
+        assert not any(g.any() for g in grads)
