@@ -294,19 +294,24 @@ def test_causal_skips_about_half_the_tiles_from_the_forwards_tile_map(rng):
     assert stats.tiles.partial == 2 * 16                       # the diagonal: the mask is evaluated there only
 
 
-def test_memory_at_16k_has_no_score_sized_allocation(rng):
-    n, D = 16384, 16
-    q, k, v = (rng.standard_normal((1, 1, n, D)).astype(np.float32) for _ in range(3))
-    mask = M.sliding_window(128)                                 # a window keeps the work small; memory is the point
-    out, lse = attnlab.flash_attention(q, k, v, mask, return_lse=True)
+def _backward_with_memory(q, k, v, out, lse, mask):
+    """(gradients, peak bytes tracemalloc saw during the backward beyond the gradients themselves), 2 threads."""
     tracemalloc.start()
     try:
         grads = attnlab.flash_attention_backward(out, q, k, v, out, lse, mask, threads=2)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    outputs = sum(g.nbytes for g in grads)
-    assert peak - outputs < 8 * 2**20                            # a score matrix would be n * n * 4 = 1 GiB
+    return grads, peak - sum(g.nbytes for g in grads)
+
+
+def test_memory_at_16k_has_no_score_sized_allocation(rng):
+    n, D = 16384, 16
+    q, k, v = (rng.standard_normal((1, 1, n, D)).astype(np.float32) for _ in range(3))
+    mask = M.sliding_window(128)                                 # a window keeps the work small; memory is the point
+    out, lse = attnlab.flash_attention(q, k, v, mask, return_lse=True)
+    grads, extra = _backward_with_memory(q, k, v, out, lse, mask)
+    assert extra < 8 * 2**20                                     # a score matrix would be n * n * 4 = 1 GiB
     sub = attnlab.attention_backward(out[..., n - 40:, :], q[..., n - 40:, :], k[..., n - 168:, :],
                                      v[..., n - 168:, :], mask)       # the last 40 rows see only the last 168 keys
     np.testing.assert_allclose(grads.dq[..., n - 40:, :], sub.dq, atol=1e-5)
@@ -356,13 +361,7 @@ def test_memory_model_matches_tracemalloc(rng, shape, mask):
     out, lse = attnlab.flash_attention(q, k, v, mask, return_lse=True)
     lay = layout(prepare(q, k, v, "test"))
     predicted = backward_memory(lay, *backward_blocks(lay.r, lay.Lq, lay.Lk), 2, 4, masked=mask is not None)
-    tracemalloc.start()
-    try:
-        grads = attnlab.flash_attention_backward(out, q, k, v, out, lse, mask, threads=2)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    measured = peak - sum(g.nbytes for g in grads)
+    _, measured = _backward_with_memory(q, k, v, out, lse, mask)
     assert 0.8 * predicted <= measured <= 1.15 * predicted + 64 * 2**10
 
 
