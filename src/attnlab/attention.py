@@ -245,7 +245,37 @@ def _score_mod_indices(p: _Prepared):
     return b, h, np.arange(Lq)[:, None], np.arange(Lk)[None, :]
 
 
-def _attend(p: _Prepared, scorer, mask, bias, score_mod, return_weights, return_lse=False):
+@dataclass
+class Steps:
+    """Every intermediate of one reference pass, heads on axis -3 (H query heads; GQA not repeated in k/v).
+
+    scores (..., H, Lq, Lk): scaled logits with bias and score_mod, before masking; mask (..., Lq, Lk) bool
+    broadcastable to scores, or None; weights (..., H, Lq, Lk); lse (..., H, Lq); out (..., H, Lq, Dv)."""
+    out: object
+    weights: object
+    lse: object
+    scores: object
+    mask: object
+
+
+def attention_steps(q, k, v, mask=None, *, scale=None, bias=None, score_mod=None) -> Steps:
+    """The reference path of ``scaled_dot_product_attention`` returning every intermediate (``Steps``): what a
+    layer's recorder keeps, so views show the numbers the forward pass computed.
+
+    >>> import numpy as np
+    >>> s = attention_steps(np.eye(2), np.eye(2), np.eye(2), mask=masks_mod.causal())
+    >>> s.scores.round(3).tolist(), s.weights.round(3).tolist(), s.mask.tolist()
+    ([[0.707, 0.0], [0.0, 0.707]], [[1.0, 0.0], [0.33, 0.67]], [[True, False], [True, True]])
+    """
+    p = _prepare(q, k, v, "attention_steps")
+    if p.k.shape[-1] != p.q.shape[-1]:
+        raise ValueError(f"key has head dim {p.k.shape[-1]} but query has {p.q.shape[-1]}")
+    if scale is not None and not is_real_number(scale):
+        raise TypeError(f"scale must be a number, got {type(scale).__name__}")
+    return _attend(p, lambda q_, k_: scaled_dot(q_, k_, scale), mask, bias, score_mod, True, True, steps=True)
+
+
+def _attend(p: _Prepared, scorer, mask, bias, score_mod, return_weights, return_lse=False, steps=False):
     xp = p.xp
     scores = scorer(p.q, p.k)                                                  # (..., [G, r,] Lq, Lk)
     Lq, Lk = p.scores_shape[-2:]
@@ -262,6 +292,11 @@ def _attend(p: _Prepared, scorer, mask, bias, score_mod, return_weights, return_
     mask_arr = _split_heads(xp, resolve_mask(mask, p.scores_shape, xp, p.q), p.groups) if mask is not None else None
     weights = softmax(scores, axis=-1, mask=mask_arr)                          # (..., [G, r,] Lq, Lk)
     out = weighted_sum(xp, weights, p.v)                                       # (..., [G, r,] Lq, Dv)
+    if steps:
+        lse = logsumexp(scores, axis=-1, mask=mask_arr, keepdims=True)[..., 0]
+        merge = lambda x: None if x is None else _merge_heads(xp, x, p.groups)
+        return Steps(out=merge(out), weights=merge(weights), lse=_merge_heads(xp, lse[..., None], p.groups)[..., 0],
+                     scores=merge(scores), mask=None if mask is None else resolve_mask(mask, p.scores_shape, xp, p.q))
     results = [_merge_heads(xp, out, p.groups)]
     if return_weights:
         results.append(_merge_heads(xp, weights, p.groups))
