@@ -539,3 +539,14 @@ def test_errors_name_the_argument(rng):
     with pytest.raises(ValueError, match=r"lse must be a NumPy array of shape \(1, 2, 4\)"):
         attention_weights_for(q, k, rows=0, lse=np.zeros((2, 4)))
     assert math.isfinite(float(flash_attention(q, k, v).sum()))
+
+
+def test_bias_fn_is_a_deprecated_name_of_score_mod(rng):
+    q, k, v = _qkv(rng, 1, 2, 2, 9, 11)
+    mod = scores.alibi(2)
+    want = flash_attention(q, k, v, M.causal(), score_mod=mod)
+    with pytest.warns(DeprecationWarning, match="bias_fn=.* is deprecated; pass score_mod="):
+        got = flash_attention(q, k, v, M.causal(), bias_fn=mod)
+    np.testing.assert_array_equal(got, want)
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="not both"):
+        flash_attention(q, k, v, score_mod=mod, bias_fn=mod)

@@ -17,7 +17,7 @@ from . import planner
 from ._array import as_array
 from ._inputs import prepare
 from .kernel import forward as kernel_forward
-from .reference import attend, attend_backward, to_input
+from .reference import Attended, attend, attend_backward, to_input
 from .scores import get_scorer, scaled_dot
 
 
@@ -77,6 +77,21 @@ def attention(q, k, v, score="scaled_dot", mask=None, *, bias=None, score_mod=No
     params = {name: as_array(value, name) if name != "scale" else value for name, value in score_params.items()}
     res = attend(p, get_scorer(score, **params), mask, bias, score_mod, weights=return_weights)
     return _results(res, return_weights, False)
+
+
+def attention_steps(q, k, v, mask=None, *, scale=None, bias=None, score_mod=None) -> Attended:
+    """The reference path of ``scaled_dot_product_attention`` returning every intermediate (an
+    ``attnlab.reference.Attended``: out, weights, lse, pre-mask scores, resolved mask): what a layer's recorder
+    keeps, so views show the numbers the forward pass computed.
+
+    >>> import numpy as np, attnlab
+    >>> s = attention_steps(np.eye(2), np.eye(2), np.eye(2), mask=attnlab.masks.causal())
+    >>> s.scores.round(3).tolist(), s.weights.round(3).tolist(), s.mask.tolist()
+    ([[0.707, 0.0], [0.0, 0.707]], [[1.0, 0.0], [0.33, 0.67]], [[True, False], [True, True]])
+    """
+    p = prepare(q, k, v, "attention_steps", dot=True, scale=scale, score_mod=score_mod)
+    return attend(p, lambda q_, k_: scaled_dot(q_, k_, scale), mask, bias, score_mod, weights=True, lse=True,
+                  scores=True)
 
 
 def additive_attention(q, k, v, w_q, w_k, w_v, mask=None, *, return_weights=False):

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._array import as_array, namespace, require_floating, to_namespace
 from . import planner
-from .api import scaled_dot_product_attention
+from ._array import as_array, namespace, require_floating, to_namespace, to_numpy
+from .api import attention_steps, scaled_dot_product_attention
 from .checks import positive_int
+from .record import AttentionRecord, Recorder
 from .scores import rotary
 
 
@@ -157,7 +158,7 @@ class MultiHeadAttention:
         return 2 * self.n_kv_heads * self.head_dim * itemsize
 
     def __call__(self, x, context=None, mask=None, cache: KVCache | None = None, return_weights: bool = False,
-                 bias=None):
+                 bias=None, *, recorder: Recorder | None = None, layer=0, kind: str | None = None):
         """x (B, Lq, d_model) or (Lq, d_model); context (B, Lk, kdim) for cross-attention (default: x), or a pair
         (key_input (B, Lk, kdim), value_input (B, Lk, vdim)) when kdim != vdim (PyTorch's separate key and value).
 
@@ -165,6 +166,10 @@ class MultiHeadAttention:
         ``cache``, keys/values of x are appended to it and the queries attend to everything cached (bottom-right
         aligned masks then do the right thing); for cross-attention the context is projected once and cached.
         Returns (B, Lq, d_model) [, weights (B, H, Lq, Lk)].
+
+        ``recorder`` (an ``attnlab.record.Recorder``): when it wants ``layer``, the call adds one
+        ``AttentionRecord`` of what this pass computed (q, k, v, pre-mask scores, mask, weights, lse, the heads'
+        outputs), of ``kind`` "self", "causal" or "cross" (default: "cross" with a context, else "self").
         """
         x = as_array(x, "x")
         xp = namespace(x)
@@ -182,16 +187,39 @@ class MultiHeadAttention:
         if self.rope_base is not None:
             q = rotary(q, np.arange(past, past + Lq), base=self.rope_base)
         k, v = self._keys_values(xp, x, context, cache, unbatched)                      # (B, G, Lk, Dh)
-        impl = planner.decode_impl(q, k, v, cached=cache is not None, return_weights=return_weights)
-        out = scaled_dot_product_attention(q, k, v, mask, scale=self.scale, bias=bias, return_weights=return_weights,
-                                           impl=impl)                          # one new token: O(context) kernel
-        out, weights = out if return_weights else (out, None)
+        if recorder is not None and recorder.wants(layer):
+            out, weights = self._recorded(q, k, v, mask, bias, recorder, layer,
+                                          kind or ("cross" if context is not None else "self"), return_weights)
+        else:
+            impl = planner.decode_impl(q, k, v, cached=cache is not None, return_weights=return_weights)
+            out = scaled_dot_product_attention(q, k, v, mask, scale=self.scale, bias=bias,
+                                               return_weights=return_weights,
+                                               impl=impl)                            # one new token: O(context)
+            out, weights = out if return_weights else (out, None)
         out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (B, Lq, H * Dh))          # (B, Lq, H*Dh)
         out = self._project(xp, out, self.w_o, self.b_o)                                # (B, Lq, d_model)
         if unbatched:
             out = out[0]
             weights = None if weights is None else weights[0]
         return (out, weights) if return_weights else out
+
+    def _recorded(self, q, k, v, mask, bias, recorder, layer, kind, return_weights):
+        """Attend as ``__call__`` does and add what was computed to ``recorder``; returns (out, weights)."""
+        scale = self.scale if self.scale is not None else 1.0 / float(np.sqrt(q.shape[-1]))
+        if recorder.needs_weights():
+            st = attention_steps(q, k, v, mask, scale=self.scale, bias=bias)       # the reference pass itself
+            out, weights, lse, scores, mask_arr = st.out, st.weights, st.lse, st.scores, st.mask
+        else:                                                                     # any path, no n x n matrix kept
+            out, lse = scaled_dot_product_attention(q, k, v, mask, scale=self.scale, bias=bias, return_lse=True)
+            weights = scores = mask_arr = None
+        if mask_arr is not None:
+            mask_arr = to_numpy(mask_arr)
+            mask_arr = mask_arr.reshape((1,) * (4 - mask_arr.ndim) + mask_arr.shape)   # (B|1, H|1, Lq, Lk)
+        keep = lambda x: None if x is None else np.array(to_numpy(x))
+        recorder.add(AttentionRecord(layer=layer, kind=kind, scale=scale, q=keep(q), k=keep(k), v=keep(v),
+                                     scores=keep(scores), mask=mask_arr, weights=keep(weights), lse=keep(lse),
+                                     out=keep(out)))
+        return out, (weights if return_weights else None)
 
     def project(self, x):
         """Self-attention queries (B, H, L, Dh), keys and values (B, G, L, Dh) of x (B, L, d_model), rotary

@@ -439,3 +439,176 @@ def materialize(mask, Lq: int, Lk: int, *, batch: int | None = None, heads: int 
     if not isinstance(mask, Mask):
         raise TypeError(f"expected a attnlab.masks.Mask, got {type(mask).__name__}")
     return mask.to_array(Lq, Lk, batch=batch, heads=heads)
+
+
+# --- the mask-spec grammar: one text form for masks, used by every command, the cost model and the explorer ---
+SPEC_GRAMMAR = """\
+A mask spec is the Python call written as text: NAME or NAME:ARG[,ARG...], combined with & (and), | (or),
+~ (not) and parentheses, binding ~ tighter than & tighter than |. Spaces are ignored.
+  full | dense | none     every query sees every key                      masks.full()
+  causal[:top_left]       keys 0..p (bottom-right aligned unless top_left)  masks.causal(align)
+  window:L[,R]            keys p-L .. p+R (R defaults to 0: L keys back)  masks.sliding_window(L, R)
+  prefix:N                the first N keys bidirectional, then causal     masks.prefix_lm(N)
+  keys:N                  keys 0..N-1 visible to every query              masks.key_prefix(N)
+  padding:N[,N...]        keys >= N hidden, one length per batch row      masks.padding([N, ...])
+  document:N[,N...]       packed documents of these lengths               masks.document(ids)
+  dilated:S               keys at distance 0, S, 2S, ...                  masks.dilated(S)
+  global:I[,I...]         tokens I attend and are attended everywhere     masks.global_tokens([I, ...])
+  random:BLOCK,N[,SEED]   BigBird random key blocks                       masks.random_blocks(BLOCK, N, SEED)
+Examples: "causal & window:256", "window:3,3 | global:0", "document:4,4 & causal", "~dilated:2 & causal"."""
+
+_SPEC_ARITY = {  # name -> (min args, max args or None for any number)
+    "full": (0, 0), "dense": (0, 0), "none": (0, 0), "causal": (0, 1), "window": (1, 2), "prefix": (1, 1),
+    "keys": (1, 1), "padding": (1, None), "document": (1, None), "dilated": (1, 1), "global": (1, None),
+    "random": (2, 3),
+}
+
+
+class MaskSpecError(ValueError):
+    """A mask spec that does not follow ``SPEC_GRAMMAR``; the message points at the offending place."""
+
+
+def parse(spec: str) -> Mask:
+    """The ``Mask`` a spec string describes (grammar: ``attnlab.masks.SPEC_GRAMMAR``); ``mask.spec`` holds the
+    canonical text, so ``parse(m.spec)`` rebuilds the same mask.
+
+    >>> m = parse("causal & window:2")
+    >>> m.spec
+    'causal & window:2'
+    >>> m.to_array(4, 4).sum(axis=1).tolist()
+    [1, 2, 3, 3]
+    >>> parse("window:1,1 | global:0").to_array(4, 4).astype(int).tolist()
+    [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 1, 1]]
+    """
+    if isinstance(spec, Mask):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"mask spec must be a string such as 'causal & window:256', got {type(spec).__name__}")
+    tokens = _spec_tokens(spec)
+    if not tokens:
+        raise MaskSpecError(f"mask spec is empty; expected e.g. 'causal' or 'causal & window:256'")
+    parser = _SpecParser(spec, tokens)
+    mask, text = parser.union()
+    if parser.pos != len(tokens):
+        raise MaskSpecError(f"mask spec {spec!r}: unexpected {tokens[parser.pos]!r}; {_SPEC_HINT}")
+    mask.spec = text
+    return mask
+
+
+def spec_of(mask) -> str | None:
+    """The spec text of a mask built by ``parse`` (None for masks built otherwise, and for None)."""
+    return getattr(mask, "spec", None)
+
+
+_SPEC_HINT = "see attnlab.masks.SPEC_GRAMMAR (e.g. 'causal & window:256')"
+
+
+def _spec_tokens(spec: str) -> list[str]:
+    out, i = [], 0
+    while i < len(spec):
+        c = spec[i]
+        if c.isspace():
+            i += 1
+        elif c in "&|~()":
+            out.append(c)
+            i += 1
+        else:
+            j = i
+            while j < len(spec) and not spec[j].isspace() and spec[j] not in "&|~()":
+                j += 1
+            out.append(spec[i:j])
+            i = j
+    return out
+
+
+class _SpecParser:
+    """Recursive descent over the tokens: union := inter ('|' inter)*; inter := unary ('&' unary)*;
+    unary := '~' unary | '(' union ')' | atom. Each rule returns (Mask, canonical text)."""
+
+    def __init__(self, spec, tokens):
+        self.spec, self.tokens, self.pos = spec, tokens, 0
+
+    def _peek(self):
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def _binary(self, op, sub, combine):
+        mask, text = sub()
+        while self._peek() == op:
+            self.pos += 1
+            other, other_text = sub()
+            mask, text = combine(mask, other), f"{text} {op} {other_text}"
+        return mask, text
+
+    def union(self):
+        return self._binary("|", self.inter, lambda a, b: a | b)
+
+    def inter(self):
+        mask, text = self._binary("&", self.unary, lambda a, b: a & b)
+        return mask, text
+
+    def unary(self):
+        tok = self._peek()
+        if tok is None:
+            raise MaskSpecError(f"mask spec {self.spec!r} ends too early; {_SPEC_HINT}")
+        if tok == "~":
+            self.pos += 1
+            mask, text = self.unary()
+            return ~mask, f"~{text}"
+        if tok == "(":
+            self.pos += 1
+            mask, text = self.union()
+            if self._peek() != ")":
+                raise MaskSpecError(f"mask spec {self.spec!r}: missing ')'")
+            self.pos += 1
+            return mask, f"({text})"
+        if tok in "&|)":
+            raise MaskSpecError(f"mask spec {self.spec!r}: unexpected {tok!r}; {_SPEC_HINT}")
+        self.pos += 1
+        return _spec_atom(self.spec, tok)
+
+
+def _spec_atom(spec, tok):
+    name, _, rest = tok.partition(":")
+    name = name.lower()
+    if name not in _SPEC_ARITY:
+        raise MaskSpecError(f"mask spec {spec!r}: unknown mask {name!r}; expected one of "
+                            f"{', '.join(_SPEC_ARITY)}")
+    args = [a for a in rest.split(",")] if rest else []
+    lo, hi = _SPEC_ARITY[name]
+    if len(args) < lo or (hi is not None and len(args) > hi):
+        want = f"{lo}" if lo == hi else (f"{lo} or more" if hi is None else f"{lo} to {hi}")
+        raise MaskSpecError(f"mask spec {spec!r}: {name} takes {want} argument(s) after ':', got {len(args)}")
+    if name == "causal":
+        if args and args[0] not in ALIGNS:
+            raise MaskSpecError(f"mask spec {spec!r}: causal's argument must be one of {ALIGNS}, got {args[0]!r}")
+        align = args[0] if args else "bottom_right"
+        return causal(align), "causal" if align == "bottom_right" else f"causal:{align}"
+    ints = [_spec_int(spec, name, a) for a in args]
+    text = name if not ints else f"{name}:{','.join(map(str, ints))}"
+    if name in ("full", "dense", "none"):
+        return full(), "full"
+    if name == "window":
+        return sliding_window(ints[0], ints[1] if len(ints) > 1 else 0), (
+            f"window:{ints[0]}" if len(ints) == 1 or ints[1] == 0 else text)
+    if name == "prefix":
+        return prefix_lm(ints[0]), text
+    if name == "keys":
+        return key_prefix(ints[0]), text
+    if name == "padding":
+        return padding(ints), text
+    if name == "document":
+        if min(ints) < 1:
+            raise MaskSpecError(f"mask spec {spec!r}: document lengths must be >= 1, got {ints}")
+        return document(np.repeat(np.arange(len(ints)), ints)), text
+    if name == "dilated":
+        return dilated(ints[0]), text
+    if name == "global":
+        return global_tokens(ints), text
+    return random_blocks(*ints), text
+
+
+def _spec_int(spec, name, arg):
+    arg = arg.strip()
+    if not arg.isdigit():
+        raise MaskSpecError(f"mask spec {spec!r}: {name} takes non-negative integers, got {arg!r}")
+    return int(arg)

@@ -44,12 +44,14 @@ from .softmax import logsumexp, softmax
 class Attended(NamedTuple):
     """What one reference pass computed, heads ungrouped: out (..., Hq, Lq, Dv); weights (..., Hq, Lq, Lk),
     lse (..., Hq, Lq) and scores (..., Hq, Lq, Lk, scaled, bias and score modifier applied, before the mask)
-    when asked for, else None."""
+    when asked for, else None; with the scores, ``mask`` is the resolved boolean mask (broadcastable to the
+    scores, True = may attend) or None when nothing is masked."""
 
     out: object
     weights: object = None
     lse: object = None
     scores: object = None
+    mask: object = None
 
 
 def attend(p: Prepared, scorer, mask=None, bias=None, score_mod=None, *, weights=False, lse=False,
@@ -65,14 +67,15 @@ def attend(p: Prepared, scorer, mask=None, bias=None, score_mod=None, *, weights
         s = s + group_heads(xp, resolve_bias(bias, p), p.groups)
     if score_mod is not None:
         s = score_mod.apply(s, *score_mod_indices(p), Lq, Lk)
-    mask_arr = group_heads(xp, resolve_mask(mask, p.scores_shape, xp, p.q), p.groups) if mask is not None else None
+    resolved = resolve_mask(mask, p.scores_shape, xp, p.q) if mask is not None else None
+    mask_arr = group_heads(xp, resolved, p.groups) if mask is not None else None
     w = softmax(s, axis=-1, mask=mask_arr)                                     # (..., [G, r,] Lq, Lk)
     out = weighted_sum(xp, w, p.v)                                             # (..., [G, r,] Lq, Dv)
     row_lse = None
     if lse:
         row_lse = ungroup_heads(xp, logsumexp(s, axis=-1, mask=mask_arr, keepdims=True), p.groups)[..., 0]
     return Attended(ungroup_heads(xp, out, p.groups), ungroup_heads(xp, w, p.groups) if weights else None,
-                    row_lse, ungroup_heads(xp, s, p.groups) if scores else None)
+                    row_lse, ungroup_heads(xp, s, p.groups) if scores else None, resolved if scores else None)
 
 
 def weighted_sum(xp, weights, v):

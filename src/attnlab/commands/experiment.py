@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import replace
 
+from ..checks import non_negative_int, positive_int
+
 OUT = "attnlab-experiments"
 EXPERIMENTS = {
     "bottleneck": "the fixed-vector bottleneck: seq2seq with and without attention vs source length "
@@ -56,8 +58,7 @@ def _module(name):
 
 
 def _check_seed(seed):
-    if seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer, got {seed}")
+    non_negative_int(seed, "--seed")
 
 
 def _wrote(out, files):
@@ -68,8 +69,8 @@ def bottleneck(args):
     _check_seed(args.seed)
     b = _module("bottleneck")
     for flag, value in (("--steps", args.steps), ("--max-len", args.max_len)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be a positive integer, got {value}")
+        if value is not None:
+            positive_int(value, flag)
     cfg = b.with_overrides(b.QUICK if args.quick else b.Config(), steps=args.steps, max_len=args.max_len)
     result = b.run(out=args.out, seed=args.seed, config=cfg, progress=not args.no_progress)
     print(b.table(result))
@@ -96,8 +97,7 @@ def scorers(args):
 
 def cost(args):
     _check_seed(args.seed)
-    if args.n < 1:
-        raise ValueError(f"--n must be a positive integer, got {args.n}")
+    positive_int(args.n, "--n")
     _module("cost_doubling").run(n=args.n, out=args.out, seed=args.seed, quick=args.quick)   # prints its own lines
 
 
