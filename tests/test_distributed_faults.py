@@ -89,3 +89,24 @@ def test_rank_that_never_joins_fails_the_rendezvous():
         assert r.error.startswith("RingError") and f"did not form within {TIMEOUT:g} s" in r.error, r.error
         assert r.seconds < TIMEOUT + SLACK
     assert time.monotonic() - start < 120
+
+
+def _stop_or_attend(victim):
+    """The victim stops itself (SIGSTOP: alive, never scheduled again); the others let RingError escape."""
+    if dist.get_rank() == victim:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    q = torch.randn(1, 2, 8, 4)
+    ring_attention(q, q, q, causal=True, timeout=TIMEOUT)
+    return "finished"
+
+
+def test_launcher_ends_a_stopped_rank_once_the_others_have_failed():
+    start = time.monotonic()
+    results = launch.run_local(_stop_or_attend, 3, 1, timeout=120, grace=2.0)
+    elapsed = time.monotonic() - start
+    victim = results[1]
+    assert not victim.ok and victim.exitcode is None and "another rank failed" in victim.error, victim.error
+    for r in (results[0], results[2]):             # every survivor's own error is reported, not hidden
+        assert not r.ok and r.error.startswith("RingError") and "peer rank" in r.error, r.error
+    assert "peer rank 1" in results[2].error       # rank 2 receives from the stopped rank
+    assert elapsed < 60, elapsed                   # far from the 120 s deadline

@@ -1,7 +1,7 @@
 """Communication for the ring, on torch.distributed, with a timeout on every wait.
 
 - ``Ring``: the neighbours of this rank in a process group and non-blocking shifts of tensors one step around
-  the ring (each rank sends to rank+1 and receives from rank-1, with ``batch_isend_irecv``). ``Shift.wait()``
+  the ring (each rank sends to rank+1 and receives from rank-1). ``Shift.wait()``
   waits with a timeout and turns a dead, stalled or missing peer into a ``RingError`` that names the peer rank,
   the operation and the timeout, instead of hanging.
 - ``gather`` / ``scatter``: move a sequence between "sharded over the ranks" and "whole on every rank", in either
@@ -66,16 +66,29 @@ class Ring:
 
     def shift(self, send: list, recv: list, tag: int = 0, what: str = "block") -> "Shift":
         """Post sends of ``send`` to rank+1 and receives into ``recv`` from rank-1 (tensor i with tag ``tag + i``);
-        returns at once."""
+        returns at once.
+
+        NCCL needs the operations posted as one batch (``batch_isend_irecv``); other backends (gloo) get them one
+        at a time, so that a transport failure while posting (a peer killed mid-ring resets its connection)
+        names the peer it concerns. Either way, every failure becomes a ``RingError``."""
         send = [t.contiguous() for t in send]                     # kept alive by the Shift until wait()
+        peers = [("sending", self.next)] * len(send) + [("receiving", self.prev)] * len(recv)
         ops = [dist.P2POp(dist.isend, t, self._global(self.next), self.group, tag + i) for i, t in enumerate(send)]
         ops += [dist.P2POp(dist.irecv, t, self._global(self.prev), self.group, tag + i) for i, t in enumerate(recv)]
-        try:
-            works = dist.batch_isend_irecv(ops)
-        except dist.DistError as err:                             # a transport failure, not a local mistake
-            raise self._error(f"posting the {what} exchange with ranks {self.next} and {self.prev}", self.prev,
-                              err) from err
-        peers = [("sending", self.next)] * len(send) + [("receiving", self.prev)] * len(recv)
+        if dist.get_backend(self.group) == "nccl":
+            try:
+                works = dist.batch_isend_irecv(ops)
+            except RuntimeError as err:                           # a transport failure, not a local mistake
+                raise self._error(f"posting the {what} exchange with ranks {self.next} and {self.prev}",
+                                  self.prev if self.next == self.prev else None, err) from err
+            return Shift(self, works, peers, what, send)
+        works = []
+        for op, (doing, peer) in zip(ops, peers):
+            try:
+                works.append(op.op(op.tensor, op.peer, op.group, op.tag))
+            except RuntimeError as err:
+                direction = "to" if doing == "sending" else "from"
+                raise self._error(f"posting the {what} {direction} rank {peer}", peer, err) from err
         return Shift(self, works, peers, what, send)
 
     def all_gather(self, x: torch.Tensor, what: str) -> list[torch.Tensor]:

@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.nproc is not None:
         results = launch.run_local(_rank_main, args.nproc, args, timeout=max(600.0, 10 * args.timeout),
-                                   init_timeout=args.timeout, threads=args.threads)
+                                   init_timeout=args.timeout, threads=args.threads,
+                                   grace=2 * args.timeout)
         failed = [r for r in results if not r.ok]
         for r in failed:
             print(f"rank {r.rank} failed: {r.error}", file=sys.stderr)

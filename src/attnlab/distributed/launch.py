@@ -100,12 +100,14 @@ class RankResult:
 
 
 def run_local(fn, world: int, *args, timeout: float = 120.0, init_timeout: float = 30.0, backend: str = "gloo",
-              threads: int = 1, ranks=None) -> list[RankResult]:
+              threads: int = 1, ranks=None, grace: float | None = None) -> list[RankResult]:
     """Run ``fn(*args)`` on ``world`` spawned processes forming a process group on 127.0.0.1.
 
     Every process gets ``torch.set_num_threads(threads)``. Processes alive after ``timeout`` seconds are killed
-    (never a hang); their RankResult has ok=False and says so. ``ranks``: start only these ranks (a fault drill:
-    the others never join). Returns one RankResult per started rank, in rank order.
+    (never a hang); their RankResult has ok=False and says so. Once a rank has failed (raised or died), the ranks
+    still silent ``grace`` seconds after the last report (default: ``init_timeout``) are killed too: a stalled rank
+    does not hold the others' errors until the deadline. ``ranks``: start only these ranks (a fault drill: the
+    others never join). Returns one RankResult per started rank, in rank order.
     """
     world = positive_int(world, "world")
     ranks = list(range(world)) if ranks is None else sorted(ranks)
@@ -123,10 +125,12 @@ def run_local(fn, world: int, *args, timeout: float = 120.0, init_timeout: float
         procs.append(p)
         readers[reader] = rank
     deadline = time.monotonic() + timeout
-    messages = _collect(procs, readers, deadline)
+    grace = float(init_timeout if grace is None else grace)
+    messages, cut_short = _collect(procs, readers, deadline, grace)
     results = []
     for rank, p in zip(ranks, procs):
-        p.join(max(0.5, deadline - time.monotonic()))
+        if not cut_short:
+            p.join(max(0.5, deadline - time.monotonic()))
         kind, value, error, seconds = messages.get(rank, ("dead", None, None, 0.0))
         exitcode = p.exitcode
         if p.is_alive():
@@ -134,32 +138,49 @@ def run_local(fn, world: int, *args, timeout: float = 120.0, init_timeout: float
             p.join(5)
             exitcode = None
             if kind == "dead":
-                error = f"killed after the {timeout:g} s timeout of run_local"
+                error = (f"killed: still running {grace:g} s after another rank failed (stalled?)" if cut_short
+                         else f"killed after the {timeout:g} s timeout of run_local")
         elif kind == "dead":
             error = f"process ended with exit code {p.exitcode} without reporting a result"
         results.append(RankResult(rank, kind == "ok", value, error, exitcode, seconds))
     return results
 
 
-def _collect(procs, readers: dict, deadline: float) -> dict:
-    """Read each rank's one message until all processes end or the deadline passes."""
+def _collect(procs, readers: dict, deadline: float, grace: float) -> tuple[dict, bool]:
+    """Read each rank's one message until all processes end or the deadline passes; once a rank has failed, stop
+    waiting ``grace`` seconds after the last report. Returns (messages by rank, whether the grace cut it short)."""
     messages, pending = {}, dict(readers)
+    failed, last = False, time.monotonic()
     while pending and time.monotonic() < deadline:
-        ready = multiprocessing.connection.wait(list(pending) + [p.sentinel for p in procs if p.is_alive()],
-                                                timeout=max(0.0, deadline - time.monotonic()))
+        until = min(deadline, last + grace) if failed else deadline
+        if time.monotonic() >= until:
+            return messages, True
+        alive = [p.sentinel for p in procs if p.is_alive()]
+        ready = multiprocessing.connection.wait(list(pending) + alive, timeout=max(0.0, until - time.monotonic()))
         for obj in ready:
             if obj in pending:
                 rank = pending.pop(obj)
-                try:
-                    messages[rank] = obj.recv()
-                except EOFError:                                  # the process died before sending
-                    pass
+                last = time.monotonic()
+                message = _receive(obj)
+                if message is None or message[0] != "ok":        # died before sending, or raised
+                    failed = True
+                if message is not None:
+                    messages[rank] = message
         if not any(p.is_alive() for p in procs):
             for reader, rank in list(pending.items()):
-                if reader.poll():
-                    messages[rank] = reader.recv()
+                message = _receive(reader) if reader.poll() else None
+                if message is not None:
+                    messages[rank] = message
             break
-    return messages
+    return messages, False
+
+
+def _receive(reader):
+    """One rank's message, or None if its process ended without sending one."""
+    try:
+        return reader.recv()
+    except (EOFError, OSError):
+        return None
 
 
 def _worker(rank, world, port, fn, args, writer, backend, init_timeout, threads):
