@@ -88,6 +88,10 @@ class Tokenizer:
     def tokens(self, ids) -> list[str]:
         return [self._tok.id_to_token(int(i)) or f"<{int(i)}>" for i in ids]
 
+    def decode(self, ids) -> str:
+        """The text of token ids as the tokenizer's decoder writes it (special tokens kept)."""
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
     @staticmethod
     def load(folder: Path) -> "Tokenizer | None":
         return Tokenizer(folder) if (folder / "tokenizer.json").is_file() else None
