@@ -68,6 +68,15 @@ class Mask:
     def __repr__(self) -> str:
         return self.name
 
+    def _repr_html_(self, n: int = 16) -> str:
+        """Notebook display: the mask drawn as text at n x n (``show``), or why it cannot be drawn at that size."""
+        import html
+        try:
+            body = self.show(n, n)
+        except ValueError as err:
+            body = f"(cannot draw at {n} x {n}: {err})"
+        return f"<pre style='line-height:1.05'>{html.escape(body)}</pre>"
+
     # --- algebra -------------------------------------------------------------------------------------------
     def __and__(self, other: "Mask") -> "Mask":
         other = _require_mask(other, "&")

@@ -92,6 +92,11 @@ class Plan:
                          "(the torch bridge runs the tiled one)")
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """Notebook display: the same text as ``print(plan)``."""
+        import html
+        return f"<pre>{html.escape(str(self))}</pre>"
+
     def __repr__(self) -> str:
         peak = "n/a" if self.peak_bytes is None else _mib(self.peak_bytes)
         return f"Plan(impl={self.impl!r}, peak~{peak}, reason={self.reason!r})"

@@ -29,6 +29,7 @@ _HOME = {
     "explorer_html": "explorer",
     "write_explorer": "explorer",
     "serve": "explorer",
+    "attention_view": "explorer",
 }
 
 __all__ = sorted(_HOME)

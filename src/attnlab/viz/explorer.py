@@ -177,6 +177,24 @@ class ExplorerData:
                 f'style="width:100%;height:760px;border:1px solid #ddd" title="attnlab explorer"></iframe>')
 
 
+def attention_view(model, text, layer: int | None = None, *, max_layers_tokens: int = 128) -> ExplorerData:
+    """A model's attention on ``text`` as explorer data, which notebooks display inline (offline: the page's
+    script and style are inlined in a sandboxed iframe, no CDN). ``model``: any ``attnlab.models`` model;
+    ``layer``: one layer only (default: every layer up to ``max_layers_tokens`` tokens, else layer 0, said in
+    the title)."""
+    parts = model.attention_parts(text)
+    n_layers, _, L, _ = parts.scores.shape
+    if layer is None and L > max_layers_tokens:
+        layer = 0
+    chosen = list(range(n_layers)) if layer is None else [layer]
+    if layer is not None and not 0 <= layer < n_layers:
+        raise ValueError(f"layer must be in [0, {n_layers - 1}], got {layer}")
+    title = model.name if layer is None else f"{model.name}: layer {layer} of {n_layers}"
+    return ExplorerData(tokens=parts.tokens, scores=parts.scores[chosen], base_mask=parts.base_mask,
+                        queries=parts.queries[chosen], keys=parts.keys[chosen], values=parts.values[chosen],
+                        scale=parts.scale, title=title, layer_names=[f"L{i}" for i in chosen], meta=parts.meta)
+
+
 # --- normalization --------------------------------------------------------------------------------------------
 def _as_4d(x, name, float_=False) -> np.ndarray:
     arr = to_numpy(as_array(x, name))

@@ -26,7 +26,7 @@
     if (text !== undefined) e.textContent = text;
     return e;
   }
-  function fmt(x) { return Number.isFinite(x) ? x.toPrecision(4) : String(x); }
+  function fmt(x) { return Number.isInteger(x) ? String(x) : Number.isFinite(x) ? x.toPrecision(4) : String(x); }
   function status(text, isError) { const s = $("status"); s.textContent = text; s.className = isError ? "error" : ""; }
   async function post(path, body) {
     const r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
