@@ -201,3 +201,29 @@ def test_no_private_name_is_reached_through_another_module():
                 for use in _private_uses(path, set(), name if path.name == "__init__.py" else name.rpartition(".")[0])
                 if not use.startswith("from ")]             # (the from-import form: the test above)
     assert not crossing, "\n".join(crossing)
+
+
+def test_no_private_method_of_another_module_s_class_is_called():
+    """``layer._heads(...)`` from outside layers.py: a private method of a class, reached through an instance.
+    Calls on ``self``/``cls`` (a subclass using its base's hooks) are the class's own business."""
+    trees = {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
+    defined: dict[str, set[str]] = {}
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("_") \
+                            and not item.name.startswith("__"):
+                        defined.setdefault(item.name, set()).add(name)
+    assert "layers" in str(defined.get("_keys_values"))                # the check sees MultiHeadAttention's
+    crossing = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in defined and name not in defined[node.attr]:
+                base = node.value
+                if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+                    continue
+                if isinstance(base, ast.Call) and getattr(base.func, "id", "") == "super":
+                    continue
+                crossing.append(f"{name}: {ast.unparse(node)} (defined in {sorted(defined[node.attr])})")
+    assert not crossing, "\n".join(crossing)
