@@ -246,8 +246,9 @@ class MultiHeadAttention:
 
     def project(self, x, context=None):
         """Queries (B, H, Lq, Dh), keys and values (B, G, Lk, Dh) of x (B, Lq, d_model) (or (Lq, d_model): B = 1)
-        and ``context`` (as in ``__call__``; default: x), rotary applied: what ``__call__`` attends with when there is no cache, computed
-        by the same code. To see what a pass computed (scores, weights, outputs too), record it (``Recorder``)."""
+        and ``context`` (as in ``__call__``; default: x), rotary applied: what ``__call__`` attends with when there
+        is no cache, computed by the same code. To see what a pass computed (scores, weights and outputs too),
+        record it (``Recorder``)."""
         x = as_array(x, "x")
         unbatched = x.ndim == 2
         return self._qkv(namespace(x), x[None, ...] if unbatched else x, context, None, unbatched)
