@@ -238,10 +238,10 @@ class MultiHeadAttention:
         if mask_arr is not None:
             mask_arr = to_numpy(mask_arr)
             mask_arr = mask_arr.reshape((1,) * (4 - mask_arr.ndim) + mask_arr.shape)   # (B|1, H|1, Lq, Lk)
-        keep = lambda x: None if x is None else np.array(to_numpy(x))
-        recorder.add(AttentionRecord(layer=layer, kind=kind, scale=scale, q=keep(q), k=keep(k), v=keep(v),
-                                     scores=keep(scores), mask=mask_arr, weights=keep(weights), lse=keep(lse),
-                                     out=keep(out)))
+        kept = {name: None if x is None or name not in recorder.fields else np.array(to_numpy(x))   # copies
+                for name, x in (("q", q), ("k", k), ("v", v), ("scores", scores), ("weights", weights),
+                                ("lse", lse), ("out", out))}                    # of the asked fields only
+        recorder.add(AttentionRecord(layer=layer, kind=kind, scale=scale, mask=mask_arr, **kept))
         return out, (weights if return_weights else None)
 
     def project(self, x, context=None):
