@@ -72,3 +72,13 @@ def test_bench_rejects_bad_arguments(capsys):
 def test_bench_keeps_the_old_naive_limit_flag(capsys):
     cli.main(["bench", "--sizes", "128", "--cases", "window", "--naive-limit", "0.000001", "--torch-mask-limit", "64"])
     assert "skipped: needs ~" in capsys.readouterr().out
+
+
+def test_the_paths_of_one_size_share_inputs_and_interleave_their_runs(monkeypatch):
+    from attnlab import measure
+
+    calls, real = [], measure.time_calls
+    monkeypatch.setattr(bench, "time_calls", lambda *fns, **kw: calls.append(len(fns)) or real(*fns, **kw))
+    rows = bench.measure("causal", 32, bench.Settings(sizes=(32,), impls=("reference", "tiled")), None)
+    assert calls == [2] and [r.impl for r in rows] == ["reference", "tiled"]     # one interleaved timing
+    assert all(len(r.runs) == 5 and r.median_s > 0 and r.peak_bytes is not None for r in rows)

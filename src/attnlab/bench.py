@@ -10,8 +10,9 @@ Cases, for B=1, H=8, D=64, float32 (``heads``/``head_dim`` change them):
   a real model, where the other layers' steps push a layer's KV cache out between two of its steps.
 
 Every number is the median of ``repeat`` (>= 5; at least DECODE_REPEAT for the millisecond decode steps) timed
-runs after a warm-up (``attnlab.measure.time_call``), all paths measured in the same process, interleaved by size;
-"x torch" is a row's time over PyTorch's in the same run. GFLOP/s counts the useful work
+runs after a warm-up. The paths of one case and size share their inputs and their timed runs are interleaved
+(``attnlab.measure.time_calls``: reference, tiled, torch, torch, tiled, ...), so "x torch", a row's time over
+PyTorch's, compares runs taken side by side, whatever the machine's load does meanwhile. GFLOP/s counts the useful work
 4 * B * H * D * (number of (query, key) pairs the mask allows): the matmuls q k^T and p v. The header names the
 machine, the BLAS library and the kernel it chose. Peak memory is measured during the warm-up run (see
 MEMORY_NOTE for what it means for each path: for PyTorch, a lower bound).
@@ -39,7 +40,7 @@ from . import masks, planner
 from .api import scaled_dot_product_attention
 from .checks import choice, finite_real, int_list, positive_int
 from .kernel import flash_attention
-from .measure import evict_caches, peak_memory, time_call
+from .measure import evict_caches, peak_memory, time_calls
 
 CASES = ("dense", "causal", "window", "gqa", "decode", "decode_cold")
 DECODE = ("decode", "decode_cold")
@@ -146,9 +147,9 @@ def run(settings: Settings, echo=print) -> Report:
     report = Report(meta)
     for case in settings.cases:
         for n in (settings.contexts if case in DECODE else settings.sizes):
-            for impl in settings.impls:
-                result = measure(case, n, impl, settings, torch)
-                report.results.append(result)
+            rows = measure(case, n, settings, torch)
+            report.results.extend(rows)
+            for result in rows:
                 echo(_row(result, report.results))
     meta["load_after"] = os.getloadavg()
     echo("")
@@ -175,8 +176,20 @@ def load_torch():
     return torch
 
 
-def _inputs(case, n, heads, head_dim, seed=0):
-    """q, k, v (NumPy float32), the attnlab mask and the kwargs PyTorch needs for the same attention."""
+@dataclass(frozen=True)
+class Inputs:
+    """One case's inputs: q, k, v (NumPy float32), the attnlab mask (or None) and the keyword arguments PyTorch's
+    SDPA needs for the same attention."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    mask: object
+    torch_kw: dict
+
+
+def inputs(case, n, heads, head_dim, seed=0) -> Inputs:
+    """The inputs of ``case`` at size ``n`` (random normal, seeded)."""
     rng = np.random.default_rng(seed)
     kv_heads = 2 if case == "gqa" else heads
     Lq = 1 if case in DECODE else n
@@ -185,7 +198,7 @@ def _inputs(case, n, heads, head_dim, seed=0):
     v = rng.standard_normal((1, kv_heads, n, head_dim), dtype=np.float32)
     mask = {"causal": masks.causal(), "window": masks.sliding_window(WINDOW - 1)}.get(case)
     torch_kw = {"causal": {"is_causal": True}, "gqa": {"enable_gqa": True}}.get(case, {})
-    return q, k, v, mask, torch_kw
+    return Inputs(q, k, v, mask, torch_kw)
 
 
 def allowed_pairs(case, n) -> int:
@@ -200,9 +213,11 @@ def allowed_pairs(case, n) -> int:
     return n * n
 
 
-def call(case, n, impl, settings: Settings, torch=None) -> Call:
-    """The call that runs path ``impl`` on the inputs of ``case`` at size ``n`` (fn None when it is skipped)."""
-    q, k, v, mask, torch_kw = _inputs(case, n, settings.heads, settings.head_dim)
+def call(case, n, impl, settings: Settings, torch=None, data: Inputs | None = None) -> Call:
+    """The call that runs path ``impl`` on the inputs of ``case`` at size ``n`` (fn None when it is skipped);
+    ``data``: those inputs, when several paths share them (default: made here)."""
+    data = data or inputs(case, n, settings.heads, settings.head_dim)
+    q, k, v, mask, torch_kw = data.q, data.k, data.v, data.mask, data.torch_kw
     out_bytes = q.shape[-2] * q.shape[-3] * v.shape[-1] * 4
     threads = 1 if settings.single_core else settings.threads
     if impl == "reference":
@@ -221,20 +236,27 @@ def call(case, n, impl, settings: Settings, torch=None) -> Call:
     return Call(fn, note, out_bytes)
 
 
-def measure(case, n, impl, settings: Settings, torch=None) -> Result:
-    """One row: peak memory in a warm-up run, then the median of the timed runs."""
-    result = Result(case, n, impl)
-    c = call(case, n, impl, settings, torch)
-    result.note = c.note
-    if c.fn is None:
-        return result
-    peak = _rss_growth(c.fn) if impl == "torch" else peak_memory(c.fn, warmup=False)
-    result.peak_bytes = None if peak is None else max(0, peak - c.out_bytes)
-    repeat = max(settings.repeat, DECODE_REPEAT) if case in DECODE else settings.repeat
-    timing = time_call(c.fn, repeat=repeat, warmup=0, before=evict_caches if case == "decode_cold" else None)
-    result.median_s, result.runs = timing.median_s, timing.runs
-    result.gflops = 4 * settings.heads * settings.head_dim * allowed_pairs(case, n) / timing.median_s / 1e9
-    return result
+def measure(case, n, settings: Settings, torch=None) -> list[Result]:
+    """The rows of one case and size, one per path of ``settings.impls``: each path's peak memory in its warm-up
+    run, then the timed runs of all paths interleaved, on the same inputs."""
+    data = inputs(case, n, settings.heads, settings.head_dim)
+    rows, timed = [], []
+    for impl in settings.impls:
+        result, c = Result(case, n, impl), call(case, n, impl, settings, torch, data)
+        result.note = c.note
+        if c.fn is not None:
+            peak = _rss_growth(c.fn) if impl == "torch" else peak_memory(c.fn, warmup=False)   # the warm-up run
+            result.peak_bytes = None if peak is None else max(0, peak - c.out_bytes)
+            timed.append((result, c.fn))
+        rows.append(result)
+    if timed:
+        repeat = max(settings.repeat, DECODE_REPEAT) if case in DECODE else settings.repeat
+        timings = time_calls(*(fn for _, fn in timed), repeat=repeat, warmup=0,
+                             before=evict_caches if case == "decode_cold" else None)
+        for (result, _), timing in zip(timed, timings):
+            result.median_s, result.runs = timing.median_s, timing.runs
+            result.gflops = 4 * settings.heads * settings.head_dim * allowed_pairs(case, n) / timing.median_s / 1e9
+    return rows
 
 
 def _with_budget(budget, fn):
