@@ -11,16 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from test_models_decoders import llama_dir  # noqa: F401  (the random Llama checkpoint: GQA + RoPE)
+
 from attnlab import layers, models
 from attnlab.record import Recorder
 
 IDS = np.array([5, 17, 3, 42, 8, 9, 60, 1, 33])
-
-
-def _save(model, folder):
-    model.eval()
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +26,9 @@ def gpt2_dir(tmp_path_factory):
     torch.manual_seed(1)
     cfg = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=3, n_head=4, bos_token_id=0,
                      eos_token_id=0, scale_attn_by_inverse_layer_idx=True)          # a different scale per layer
-    return _save(GPT2LMHeadModel(cfg), tmp_path_factory.mktemp("gpt2-scaled"))
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      rope_theta=500.0, tie_word_embeddings=False)
-    return _save(LlamaForCausalLM(cfg), tmp_path_factory.mktemp("llama"))
+    folder = tmp_path_factory.mktemp("gpt2-scaled")
+    GPT2LMHeadModel(cfg).eval().save_pretrained(folder, safe_serialization=True)
+    return folder
 
 
 def _hf_attentions(hf, ids) -> np.ndarray:

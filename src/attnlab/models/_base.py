@@ -171,10 +171,8 @@ class Transformer:
         """Attach ``recorder`` to every attention layer (as layer 0, 1, ...; kind "causal" for decoders, else
         "self") for the forward passes run inside the ``with``; detach afterwards, even on error.
 
-        >>> with model.recording(Recorder(fields=("weights",))) as rec:      # doctest: +SKIP
-        ...     model.forward(ids)
-        >>> rec.get(0).weights.shape                                           # doctest: +SKIP
-        (B, H, L, L)
+        For example ``with model.recording(Recorder(fields=("weights",))) as rec: model.forward(ids)``, then
+        ``rec.get(0).weights`` is layer 0's (B, H, L, L).
         """
         kind = "causal" if self.causal else "self"
         for layer, mha in enumerate(self.attn):
