@@ -25,13 +25,10 @@ import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
-OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+import openblas_env
 
-if __name__ == "__main__" and any(name in os.environ for name in OPENBLAS_VARS):
-    unset = ",".join(f"{name}={os.environ[name]}" for name in OPENBLAS_VARS if name in os.environ)
-    env = {key: value for key, value in os.environ.items() if key not in OPENBLAS_VARS}
-    env["ATTNLAB_BACKWARD_UNSET"] = unset
-    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+if __name__ == "__main__":
+    openblas_env.restart_without_overrides()                   # before NumPy loads OpenBLAS
 
 import numpy as np                                               # noqa: E402  (after the environment is final)
 import torch                                                     # noqa: E402
@@ -39,7 +36,7 @@ from threadpoolctl import threadpool_limits                      # noqa: E402
 
 import attnlab                                                   # noqa: E402
 from attnlab import masks                                        # noqa: E402
-from attnlab.bench import machine_info                           # noqa: E402
+from attnlab.bench import format_header, machine_info            # noqa: E402
 from attnlab.kernel.backward import backward_blocks              # noqa: E402
 from attnlab.kernel.layout import default_threads                # noqa: E402
 
@@ -48,14 +45,9 @@ B, H, D = 1, 8, 64
 
 def machine() -> str:
     meta = machine_info(torch)
-    blas = "; ".join(f"{b['internal_api']} {b['version']} kernel {b['architecture']} ({b['num_threads']} threads)"
-                     for b in meta["blas"])
-    unset = os.environ.get("ATTNLAB_BACKWARD_UNSET")
-    return "\n".join([f"machine: {meta['cpu']}, {meta['cores']} cores; numpy {meta['numpy']}, torch {meta['torch']} "
-                      f"({meta['torch_threads']} threads)",
-                      f"BLAS: {blas}; OPENBLAS_CORETYPE/L2_SIZE: " + (f"unset for this run ({unset})" if unset
-                                                                      else "not set"),
-                      f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"])
+    meta["load_before"] = os.getloadavg()
+    lines = format_header(meta).splitlines()[1:]               # the title line is main()'s
+    return "\n".join(lines + [openblas_env.unset_note()])
 
 
 def inputs(n, seed=0):

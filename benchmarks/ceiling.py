@@ -27,15 +27,18 @@ import sys
 import time
 
 import numpy as np
+import openblas_env
 
 import attnlab
 from attnlab import bench, planner
+from attnlab.commands.bench import comma_ints
 from attnlab.measure import time_calls
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="4096", help="sequence lengths, comma-separated (default 4096)")
+    parser.add_argument("--sizes", type=comma_ints, default=(4096,),
+                        help="sequence lengths, comma-separated (default 4096)")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=7)
@@ -43,19 +46,20 @@ def main(argv=None) -> int:
                         help="if OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE are set, restart without them (for every "
                              "path of the run: PyTorch does not use OpenBLAS)")
     args = parser.parse_args(argv)
-    bench._maybe_restart_without_openblas_env(args)
+    openblas_env.restart_without_overrides(args.unset_openblas_env)
     import torch
 
     meta = bench.machine_info(torch)
     meta["load_before"] = os.getloadavg()
-    print(bench._header(meta).replace("attention benchmark", "kernel ceiling"))
+    print(bench.format_header(meta, title="kernel ceiling"))
+    print(openblas_env.unset_note())
     threads = planner.default_threads()
     print(f"sgemm 2048^3 per thread, {threads} threads at once: {_sgemm_gflops(threads):.1f} GFLOP/s each")
     print(f"{'case':8s} {'n':>6s} {'path':9s} {'median ms':>10s} {'GFLOP/s':>8s} {'x torch':>8s}")
-    for n in bench._ints(args.sizes):
+    for n in args.sizes:
         for line in _rows(n, args.heads, args.head_dim, args.repeat, threads, torch):
             print(line)
-    print(f"load average after {bench._load(os.getloadavg())}")
+    print(f"load average after {bench.format_load(os.getloadavg())}")
     return 0
 
 

@@ -138,3 +138,92 @@ def test_the_core_modules_import_alone_in_a_fresh_interpreter():
 def test_every_attnlab_import_names_a_module_that_exists():
     missing = [f"{mod}: {target}" for mod, edges in GRAPH.items() for target, _, _ in edges if target not in MODULES]
     assert not missing, "\n".join(missing)
+
+
+BENCHMARKS = SRC.parent / "benchmarks"
+
+
+def _private_uses(path: Path, local: set[str], package: str = ""):
+    """``from M import _x`` and ``m._x`` where M / m is an attnlab module or a sibling script in ``local``
+    (``package``: the package a module of attnlab lives in, for its relative imports)."""
+    tree = ast.parse(path.read_text(), str(path))
+    ours = lambda mod: mod.split(".")[0] == "attnlab" or mod in local
+    bound = set()                                   # names bound to one of our modules: import x / from x import m
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if ours(a.name):
+                    bound.add(a.asname or a.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package.split(".")
+                module = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else []))
+            if not ours(module):
+                continue
+            node.module = module
+            for a in node.names:
+                if f"{node.module}.{a.name}" in MODULES:
+                    bound.add(a.asname or a.name)
+                elif a.name.startswith("_") and a.name != "__version__":
+                    yield f"from {node.module} import {a.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in bound:
+                yield f"{ast.unparse(node)}"
+
+
+def test_benchmarks_use_no_private_name_of_another_module():
+    """The benchmark scripts call attnlab (and each other) through public names only, attribute access included."""
+    scripts = sorted(BENCHMARKS.glob("*.py"))
+    assert scripts
+    local = {p.stem for p in scripts}
+    crossing = [f"benchmarks/{p.name}: {use}" for p in scripts for use in _private_uses(p, local)]
+    assert not crossing, "\n".join(crossing)
+
+
+def test_the_private_name_check_sees_attribute_access(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text("from attnlab import bench\nimport helper\nbench._row(1)\nhelper._x\n"
+                      "from attnlab.bench import _row\nbench.run\n")
+    assert sorted(_private_uses(script, {"helper"})) == ["bench._row", "from attnlab.bench import _row",
+                                                         "helper._x"]
+    script.write_text("from .. import bench\nfrom ..kernel import forward as f\nbench._row\nf._x.y\n")
+    assert sorted(_private_uses(script, set(), "attnlab.commands")) == ["bench._row", "f._x"]
+
+
+def test_no_private_name_is_reached_through_another_module():
+    """``from . import bench`` then ``bench._row``: the attribute-access form of a private import."""
+    crossing = [f"{name}: {use}" for name, path in MODULES.items()
+                for use in _private_uses(path, set(), name if path.name == "__init__.py" else name.rpartition(".")[0])
+                if not use.startswith("from ")]             # (the from-import form: the test above)
+    assert not crossing, "\n".join(crossing)
+
+
+def test_no_private_method_of_another_module_s_class_is_called():
+    """``layer._heads(...)`` from outside layers.py: a private method of a class, reached through an instance.
+    Calls on ``self``/``cls`` (a subclass using its base's hooks) are the class's own business."""
+    trees = {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
+    defined: dict[str, set[str]] = {}
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name.startswith("_") \
+                            and not item.name.startswith("__"):
+                        defined.setdefault(item.name, set()).add(name)
+    assert "layers" in str(defined.get("_keys_values"))                # the check sees MultiHeadAttention's
+    crossing = []
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in defined and name not in defined[node.attr]:
+                base = node.value
+                if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+                    continue
+                if isinstance(base, ast.Call) and getattr(base.func, "id", "") == "super":
+                    continue
+                crossing.append(f"{name}: {ast.unparse(node)} (defined in {sorted(defined[node.attr])})")
+    assert not crossing, "\n".join(crossing)

@@ -61,3 +61,67 @@ def test_recorder_skips_unwanted_layers_and_rejects_bad_fields():
         AttentionRecord(layer=0, kind="sideways", scale=1.0)
     with pytest.raises(KeyError, match="no record of layer 5"):
         rec.get(5)
+
+
+def rope_loop(x, base):
+    """Rotate-half RoPE (Su et al. 2021; the Llama layout) of one (L, D) head, by loops in float64."""
+    L, D = x.shape
+    out = np.empty_like(x, dtype=np.float64)
+    for p in range(L):
+        for i in range(D // 2):
+            angle = p * base ** (-2 * i / D)
+            a, b = x[p, i], x[p, i + D // 2]
+            out[p, i] = a * np.cos(angle) - b * np.sin(angle)
+            out[p, i + D // 2] = b * np.cos(angle) + a * np.sin(angle)
+    return out
+
+
+def test_recorded_queries_keys_and_scores_include_rope_and_the_bias():
+    rng = np.random.default_rng(2)
+    H, G, Dh, L = 4, 2, 4, 5
+    mha = MultiHeadAttention(16, H, G, seed=3, rope_base=100.0, dtype=np.float64)
+    mha.b_q, mha.b_k = rng.standard_normal(H * Dh), rng.standard_normal(G * Dh)
+    x, bias = rng.standard_normal((1, L, 16)), rng.standard_normal((H, L, L))
+    rec = Recorder()
+    out = mha(x, mask=masks.causal(), bias=bias, recorder=rec, kind="causal")
+    np.testing.assert_allclose(out, mha(x, mask=masks.causal(), bias=bias), atol=1e-12)
+    r = rec.get(0, "causal")
+    q_lin = (x[0] @ mha.w_q.T + mha.b_q).reshape(L, H, Dh)                          # before RoPE, (L, H, Dh)
+    k_lin = (x[0] @ mha.w_k.T + mha.b_k).reshape(L, G, Dh)
+    allowed = np.tril(np.ones((L, L), bool))
+    for h in range(H):
+        q, k = rope_loop(q_lin[:, h], 100.0), rope_loop(k_lin[:, h // 2], 100.0)
+        np.testing.assert_allclose(r.q[0, h], q, atol=1e-12)
+        np.testing.assert_allclose(r.k[0, h // 2], k, atol=1e-12)
+        s = loop_attention(q, k, r.v[0, h // 2], allowed, r.scale)[0] + bias[h]    # q.k * scale + bias
+        np.testing.assert_allclose(r.scores[0, h], s, atol=1e-12)                   # the bias is in the scores
+        e = np.where(allowed, np.exp(s - s.max(-1, keepdims=True)), 0)
+        np.testing.assert_allclose(r.weights[0, h], e / e.sum(-1, keepdims=True), atol=1e-12)
+        np.testing.assert_allclose(r.out[0, h], (e / e.sum(-1, keepdims=True)) @ r.v[0, h // 2], atol=1e-12)
+
+
+def test_an_attached_recorder_records_until_detached_and_a_passed_one_wins():
+    mha, x = MultiHeadAttention(8, 2, seed=0), np.ones((1, 3, 8), np.float32)
+    attached, passed = Recorder(), Recorder()
+    mha.attach(attached, layer="decoder.1", kind="causal")
+    mha(x, mask=masks.causal())
+    mha(x, recorder=passed, layer=7)
+    mha.detach()
+    mha(x)
+    assert [(r.layer, r.kind) for r in attached.records] == [("decoder.1", "causal")]
+    assert [(r.layer, r.kind) for r in passed.records] == [(7, "self")]
+
+
+def test_project_is_what_the_call_attends_with():
+    rng = np.random.default_rng(4)
+    mha = MultiHeadAttention(8, 4, 2, seed=0, rope_base=50.0, dtype=np.float64)
+    x, ctx = rng.standard_normal((2, 3, 8)), rng.standard_normal((2, 6, 8))
+    for context in (None, ctx):
+        rec = Recorder(fields=("q", "k", "v"))
+        mha(x, context, recorder=rec)
+        q, k, v = mha.project(x, context)
+        r = rec.get(0)
+        np.testing.assert_array_equal(q, r.q)
+        np.testing.assert_array_equal(k, r.k)
+        np.testing.assert_array_equal(v, r.v)
+    assert mha.project(x[0])[0].shape == (1, 4, 3, 2)                               # unbatched: B = 1

@@ -10,6 +10,8 @@ Weights follow PyTorch's Linear convention (out_features, in_features): q = x @ 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import planner
@@ -99,6 +101,15 @@ def _nbytes(x) -> int:
     return int(np.prod(x.shape)) * itemsize
 
 
+@dataclass(frozen=True)
+class Attached:
+    """A recorder attached to a layer (``MultiHeadAttention.attach``): where its calls go, as which layer and kind."""
+
+    recorder: Recorder
+    layer: int | str = 0
+    kind: str | None = None
+
+
 class MultiHeadAttention:
     """Multi-head attention; MHA when n_kv_heads == n_heads, MQA at 1, GQA between.
 
@@ -143,6 +154,7 @@ class MultiHeadAttention:
         self.w_o = _xavier(rng, d_model, H * Dh, dtype)
         zeros = (lambda n: np.zeros(n, dtype)) if bias else (lambda n: None)
         self.b_q, self.b_k, self.b_v, self.b_o = zeros(H * Dh), zeros(G * Dh), zeros(G * Dh), zeros(d_model)
+        self.attached: Attached | None = None
 
     def __repr__(self) -> str:
         kind = "MHA" if self.n_kv_heads == self.n_heads else ("MQA" if self.n_kv_heads == 1 else "GQA")
@@ -152,6 +164,18 @@ class MultiHeadAttention:
     @property
     def kind(self) -> str:
         return "MHA" if self.n_kv_heads == self.n_heads else ("MQA" if self.n_kv_heads == 1 else "GQA")
+
+    def attach(self, recorder: Recorder, *, layer=0, kind: str | None = None) -> None:
+        """Record every later call of this layer into ``recorder`` (as ``layer``, of ``kind``) until ``detach()``,
+        without the caller passing it: the TransformerLens hook idea, so a model's blocks need not thread a
+        recorder through. A ``recorder=`` passed to a call takes precedence."""
+        if not isinstance(recorder, Recorder):
+            raise TypeError(f"recorder must be an attnlab.record.Recorder, got {type(recorder).__name__}")
+        self.attached = Attached(recorder, layer, kind)
+
+    def detach(self) -> None:
+        """Stop recording into the attached recorder (nothing happens when none is attached)."""
+        self.attached = None
 
     def kv_bytes_per_token(self, itemsize: int = 4) -> int:
         """Bytes of keys plus values one position adds to the cache of this layer (per sequence)."""
@@ -169,8 +193,11 @@ class MultiHeadAttention:
 
         ``recorder`` (an ``attnlab.record.Recorder``): when it wants ``layer``, the call adds one
         ``AttentionRecord`` of what this pass computed (q, k, v, pre-mask scores, mask, weights, lse, the heads'
-        outputs), of ``kind`` "self", "causal" or "cross" (default: "cross" with a context, else "self").
+        outputs), of ``kind`` "self", "causal" or "cross" (default: "cross" with a context, else "self"). Without
+        one, a recorder attached with ``attach`` records the call.
         """
+        if recorder is None and self.attached is not None:
+            recorder, layer, kind = self.attached.recorder, self.attached.layer, kind or self.attached.kind
         x = as_array(x, "x")
         xp = namespace(x)
         require_floating(xp, x, "x")
@@ -182,11 +209,7 @@ class MultiHeadAttention:
                              f"got {tuple(x.shape)}")
         B, Lq, _ = x.shape
         H, G, Dh = self.n_heads, self.n_kv_heads, self.head_dim
-        past = 0 if cache is None or cache.static else cache.length
-        q = self._heads(xp, self._project(xp, x, self.w_q, self.b_q), H)               # (B, H, Lq, Dh)
-        if self.rope_base is not None:
-            q = rotary(q, np.arange(past, past + Lq), base=self.rope_base)
-        k, v = self._keys_values(xp, x, context, cache, unbatched)                      # (B, G, Lk, Dh)
+        q, k, v = self._qkv(xp, x, context, cache, unbatched)                           # (B, H|G, L, Dh)
         if recorder is not None and recorder.wants(layer):
             out, weights = self._recorded(q, k, v, mask, bias, recorder, layer,
                                           kind or ("cross" if context is not None else "self"), return_weights)
@@ -215,21 +238,28 @@ class MultiHeadAttention:
         if mask_arr is not None:
             mask_arr = to_numpy(mask_arr)
             mask_arr = mask_arr.reshape((1,) * (4 - mask_arr.ndim) + mask_arr.shape)   # (B|1, H|1, Lq, Lk)
-        keep = lambda x: None if x is None else np.array(to_numpy(x))
-        recorder.add(AttentionRecord(layer=layer, kind=kind, scale=scale, q=keep(q), k=keep(k), v=keep(v),
-                                     scores=keep(scores), mask=mask_arr, weights=keep(weights), lse=keep(lse),
-                                     out=keep(out)))
+        kept = {name: None if x is None or name not in recorder.fields else np.array(to_numpy(x))   # copies
+                for name, x in (("q", q), ("k", k), ("v", v), ("scores", scores), ("weights", weights),
+                                ("lse", lse), ("out", out))}                    # of the asked fields only
+        recorder.add(AttentionRecord(layer=layer, kind=kind, scale=scale, mask=mask_arr, **kept))
         return out, (weights if return_weights else None)
 
-    def project(self, x):
-        """Self-attention queries (B, H, L, Dh), keys and values (B, G, L, Dh) of x (B, L, d_model), rotary
-        applied: what ``__call__`` attends with when there is no cache. Diagnostics and the explorer read them."""
+    def project(self, x, context=None):
+        """Queries (B, H, Lq, Dh), keys and values (B, G, Lk, Dh) of x (B, Lq, d_model) (or (Lq, d_model): B = 1)
+        and ``context`` (as in ``__call__``; default: x), rotary applied: what ``__call__`` attends with when there
+        is no cache, computed by the same code. To see what a pass computed (scores, weights and outputs too),
+        record it (``Recorder``)."""
         x = as_array(x, "x")
-        xp = namespace(x)
-        q = self._heads(xp, self._project(xp, x, self.w_q, self.b_q), self.n_heads)       # (B, H, L, Dh)
+        unbatched = x.ndim == 2
+        return self._qkv(namespace(x), x[None, ...] if unbatched else x, context, None, unbatched)
+
+    def _qkv(self, xp, x, context, cache, unbatched):
+        """q (B, H, Lq, Dh) of x (B, Lq, d_model); k, v (B, G, Lk, Dh) of the context (or x), through ``cache``."""
+        past = 0 if cache is None or cache.static else cache.length
+        q = self._heads(xp, self._project(xp, x, self.w_q, self.b_q), self.n_heads)     # (B, H, Lq, Dh)
         if self.rope_base is not None:
-            q = rotary(q, np.arange(x.shape[-2]), base=self.rope_base)
-        k, v = self._keys_values(xp, x, None, None, False)                                # (B, G, L, Dh)
+            q = rotary(q, np.arange(past, past + x.shape[1]), base=self.rope_base)
+        k, v = self._keys_values(xp, x, context, cache, unbatched)                      # (B, G, Lk, Dh)
         return q, k, v
 
     def _keys_values(self, xp, x, context, cache, unbatched):

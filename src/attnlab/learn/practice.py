@@ -284,7 +284,7 @@ def mha_shapes(B: int, L: int, d_model: int, H: int) -> dict:
     """Shapes of every step of multi-head self-attention, taken from running attnlab's layer on zeros."""
     layer = MultiHeadAttention(d_model, H, seed=0)
     x = np.zeros((B, L, d_model), np.float32)                                      # (B, L, d_model)
-    q = layer._heads(np, layer._project(np, x, layer.w_q, layer.b_q), H)           # (B, H, L, Dh)
+    q = layer.project(x)[0]                                                        # (B, H, L, Dh)
     heads, weights = scaled_dot_product_attention(q, q, q, return_weights=True)    # (B, H, L, Dh), (B, H, L, L)
     y = layer(x)                                                                   # (B, L, d_model)
     return {"q": q.shape, "weights": weights.shape, "heads": heads.shape, "output": y.shape}

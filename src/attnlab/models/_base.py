@@ -1,14 +1,24 @@
 """What every model in attnlab.models shares: tokens in, padded batches with a padding mask, attention weights
 and the per-head pieces (queries, keys, values, pre-mask scores) out.
 
-A model subclass supplies ``_embed(ids)`` (B, L) -> (B, L, d), ``_block(l, x, mask, return_weights)`` ->
-(x, weights (B, H, L, L) or None, the input its attention layer saw (B, L, d)) and ``_final(x)``.
+A model subclass puts its attention layers (``attnlab.MultiHeadAttention``, one per block, in order) in
+``self.attn`` and supplies ``_embed(ids)`` (B, L) -> (B, L, d), ``_block(l, x, mask, return_weights)`` ->
+(x, weights (B, H, L, L) or None, the input its attention layer saw (B, L, d)), calling ``self.attn[l]`` on the
+block's input, and ``_final(x)``.
 Batches are right-padded: sequence b holds ``lengths[b]`` real tokens, keys past that are hidden with
 ``attnlab.masks.padding`` (padded query rows still compute, as in Hugging Face, and are ignored).
+
+What a model shows of its attention comes from one forward pass with an ``attnlab.record.Recorder`` attached to
+every layer (``recording``, ``record``): ``attentions`` and ``attention_parts`` (what the explorer, ``attnlab
+inspect``, the diagnostics and the tour read) are the numbers the pass computed, rotary embedding, per-layer scales
+and any bias included, never a recomputation beside the model. The public methods a model family inherits:
+``tokenize``, ``token_strings``, ``batch``, ``mask``, ``forward``, ``run_blocks``, ``recording``, ``record``,
+``attentions``, ``attention_parts`` (and ``logits`` for decoders).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +26,7 @@ import numpy as np
 
 from .. import masks
 from ..layers import MultiHeadAttention
+from ..record import Recorder
 from ._checkpoint import Tokenizer
 
 
@@ -27,6 +38,7 @@ class AttentionParts:
     attend) or None; queries/keys: (layers, H, L, Dh) (rotary applied; GQA key heads repeated per query head);
     values: (layers, H, L, Dv); weights: (layers, H, L, L) = softmax(scores where base_mask). ``scale`` is layer
     0's (q.k * scale = scores); a model whose layers use different scales lists them in meta["scale per layer"].
+    Every array is what the model's forward pass computed (``Transformer.record``).
     """
     tokens: list[str]
     scores: np.ndarray
@@ -37,6 +49,17 @@ class AttentionParts:
     weights: np.ndarray
     scale: float
     meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Recording:
+    """A forward pass over one sequence: its tokens and the ``Recorder`` that the layers filled."""
+
+    tokens: list[str]
+    recorder: Recorder
+
+    def __iter__(self):                       # tokens, recorder = model.record(text)
+        return iter((self.tokens, self.recorder))
 
 
 class Transformer:
@@ -143,33 +166,58 @@ class Transformer:
         x = self._final(x)
         return (x, np.stack(weights) if return_weights else None, np.stack(inputs) if capture else None)
 
-    def attentions(self, text_or_ids, truncate: bool = False) -> tuple[list[str], np.ndarray]:
-        """Tokens and attention weights (layers, H, L, L) of one text (or id sequence)."""
+    @contextmanager
+    def recording(self, recorder: Recorder):
+        """Attach ``recorder`` to every attention layer (as layer 0, 1, ...; kind "causal" for decoders, else
+        "self") for the forward passes run inside the ``with``; detach afterwards, even on error.
+
+        For example ``with model.recording(Recorder(fields=("weights",))) as rec: model.forward(ids)``, then
+        ``rec.get(0).weights`` is layer 0's (B, H, L, L).
+        """
+        kind = "causal" if self.causal else "self"
+        for layer, mha in enumerate(self.attn):
+            mha.attach(recorder, layer=layer, kind=kind)
+        try:
+            yield recorder
+        finally:
+            for mha in self.attn:
+                mha.detach()
+
+    def record(self, text_or_ids, truncate: bool = False, fields=Recorder.ALL_FIELDS, layers=None) -> Recording:
+        """One forward pass over one text (or id sequence) with a recorder attached: the tokens and the
+        ``Recorder`` holding, for each layer in ``layers`` (None: all), the ``fields`` the pass computed (see
+        ``attnlab.record.AttentionRecord``; arrays keep the batch axis, B = 1)."""
         ids = self._ids(text_or_ids, truncate)
-        _, w, _ = self.forward(ids[None, :], return_weights=True)
-        return self.token_strings(ids), w[:, 0]
+        with self.recording(Recorder(layers=layers, fields=fields)) as recorder:
+            self.forward(ids[None, :])
+        return Recording(self.token_strings(ids), recorder)
+
+    def attentions(self, text_or_ids, truncate: bool = False) -> tuple[list[str], np.ndarray]:
+        """Tokens and attention weights (layers, H, L, L) of one text (or id sequence), as the pass computed them."""
+        tokens, rec = self.record(text_or_ids, truncate, fields=("weights",))
+        return tokens, np.stack([rec.get(layer).weights[0] for layer in range(self.n_layers)])
 
     def attention_parts(self, text_or_ids, truncate: bool = False) -> AttentionParts:
-        """Queries, keys, values and pre-mask scores of every head for one sequence (see AttentionParts)."""
-        ids = self._ids(text_or_ids, truncate)
-        L = len(ids)
-        _, w, inputs = self.forward(ids[None, :], return_weights=True, capture=True)
-        qs, ks, vs = [], [], []
-        for layer, mha in enumerate(self.attn):
-            q, k, v = mha.project(inputs[layer])                                   # (1, H|G, L, Dh)
-            r = mha.n_heads // mha.n_kv_heads
-            qs.append(q[0])
-            ks.append(np.repeat(k[0], r, axis=0))                                  # (H, L, Dh)
-            vs.append(np.repeat(v[0], r, axis=0))
-        q, k, v = np.stack(qs), np.stack(ks), np.stack(vs)                         # (layers, H, L, Dh)
-        scales = np.array([mha.scale or 1.0 / np.sqrt(q.shape[-1]) for mha in self.attn])   # (layers,)
-        scores = q @ np.swapaxes(k, -1, -2) * scales[:, None, None, None]         # (layers, H, L, L)
-        base = masks.causal().to_array(L, L) if self.causal else None
+        """Queries, keys, values, pre-mask scores and weights of every head for one sequence, recorded during one
+        forward pass (see AttentionParts)."""
+        tokens, rec = self.record(text_or_ids, truncate, fields=("q", "k", "v", "scores", "mask", "weights"))
+        records = [rec.get(layer) for layer in range(self.n_layers)]
+        q = np.stack([r.q[0] for r in records])                                    # (layers, H, L, Dh)
+        k = np.stack([np.repeat(r.k[0], r.groups, axis=0) for r in records])       # (layers, H, L, Dh)
+        v = np.stack([np.repeat(r.v[0], r.groups, axis=0) for r in records])       # (layers, H, L, Dv)
+        scores = np.stack([r.scores[0] for r in records])                          # (layers, H, L, L)
+        weights = np.stack([r.weights[0] for r in records])                        # (layers, H, L, L)
+        mask = records[0].mask                                                     # (1, 1, L, L) or None
+        if any((r.mask is None) != (mask is None) or (mask is not None and not np.array_equal(r.mask, mask))
+               for r in records) or (mask is not None and mask.shape[:2] != (1, 1)):
+            raise ValueError("attention_parts needs one (L, L) mask shared by every layer and head")
+        base = None if mask is None else mask[0, 0]
+        scales = np.array([r.scale for r in records])                              # (layers,)
         meta = {"model": self.name, "family": self.family, "layers": self.n_layers, "heads": self.n_heads,
                 "kv_heads": self.attn[0].n_kv_heads}
         if not np.allclose(scales, scales[0]):
             meta["scale per layer"] = ", ".join(f"{s:.4g}" for s in scales)   # GPT-2 scale_attn_by_inverse_layer_idx
-        return AttentionParts(self.token_strings(ids), scores, base, q, k, v, w[:, 0], float(scales[0]), meta)
+        return AttentionParts(tokens, scores, base, q, k, v, weights, float(scales[0]), meta)
 
 
 class Decoder(Transformer):
