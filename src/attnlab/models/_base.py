@@ -208,9 +208,9 @@ class Transformer:
         scores = np.stack([r.scores[0] for r in records])                          # (layers, H, L, L)
         weights = np.stack([r.weights[0] for r in records])                        # (layers, H, L, L)
         mask = records[0].mask                                                     # (1, 1, L, L) or None
-        if any((r.mask is None) != (mask is None) or (mask is not None and not np.array_equal(r.mask, mask))
-               for r in records) or (mask is not None and mask.shape[:2] != (1, 1)):
-            raise ValueError("attention_parts needs one (L, L) mask shared by every layer and head")
+        assert all((r.mask is None) == (mask is None) and (mask is None or np.array_equal(r.mask, mask))
+                   for r in records) and (mask is None or mask.shape[:2] == (1, 1)), \
+            "every layer and head of one sequence attends under the same (L, L) mask"
         base = None if mask is None else mask[0, 0]
         scales = np.array([r.scale for r in records])                              # (layers,)
         meta = {"model": self.name, "family": self.family, "layers": self.n_layers, "heads": self.n_heads,
