@@ -15,8 +15,10 @@ lse = m + log l. Read ``simple.py`` first; this module changes how, never what, 
   of ones beside the keys): its tiles need no max, subtraction or rescaling, just exp2 and the P v matmul;
 - the first pass is optimistic: a row's first shift comes from a probe (the max over a few of the tile's keys,
   a score the row really has, so l >= 1) and nothing is checked per tile; if the accumulators end non-finite
-  (a later score rose far above the shift, or an input holds inf/NaN) the task is redone carefully, every tile
-  checked and rescaled as in Algorithm 1, non-finite values reaching only the rows that attend to them;
+  (a later score rose far above the shift, or an input holds inf/NaN) or a started row's sum ends below 1/2
+  (huge |q|, |k|: the folded shift lost the row's own max to rounding), the task is redone carefully, without
+  the fold, every tile checked and rescaled as in Algorithm 1, non-finite values reaching only the rows that
+  attend to them;
 - tiles the mask leaves empty are skipped, full tiles never evaluate the mask, partial tiles evaluate it on
   the tile's indices only (``layout.TileMaps``), once per diagonal for a relative mask (``Mask.relative``), and
   are cut into row slices narrowed to the keys they may see (``Part``);
@@ -105,6 +107,11 @@ def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, bloc
     """``flash_attention`` on inputs already checked by ``attnlab._inputs.prepare`` (with ``dot=True``)."""
     pb = problem(p, mask, scale, score_mod, bias, fn_name)
     lay = pb.lay
+    outer = lay.scores_shape[:-2]
+    if 0 in lay.scores_shape:                      # nothing to compute: what the reference returns
+        empty_out = np.zeros(outer + (lay.Lq, pb.Dv), pb.dtype)
+        empty_lse = np.full(outer + (lay.Lq,), -np.inf, pb.dtype)
+        return (empty_out, empty_lse) if return_lse else empty_out
     threads = layout_mod.threads_of(threads)
     pb.block_q, pb.block_k = layout_mod.blocks(lay, block_q, block_k)
     pb.maps = TileMaps(mask, lay, pb.block_q, pb.block_k)
@@ -122,7 +129,6 @@ def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, bloc
         stats.tiles = TileCounts(*map(int, counts))
         stats.block_q, stats.block_k, stats.threads = pb.block_q, pb.block_k, used
         stats.tasks, stats.kv_splits = len(tasks), splits
-    outer = lay.scores_shape[:-2]
     final_out = final_out.reshape(outer + (lay.Lq, pb.Dv))
     return (final_out, final_lse.reshape(outer + (lay.Lq,))) if return_lse else final_out
 
@@ -164,8 +170,28 @@ def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, score_mod=N
         s = pb.modify(s, idx, rows, rows, 0, lay.Lk, None if allowed is None else ~allowed)
         row_lse = lse[idx][:, rows, None]                                          # (r, n, 1)
         finite = np.isfinite(row_lse)
-        np.exp(s - np.where(finite, row_lse, 0), out=weights[idx], where=finite)
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.exp(s - np.where(finite, row_lse, 0), out=weights[idx], where=finite)
+        _renormalise_drifted(weights[idx], s, finite[..., 0])
     return weights.reshape(lay.scores_shape[:-2] + (n, lay.Lk))
+
+
+WEIGHT_SUM_TOLERANCE = 1e-3
+
+
+def _renormalise_drifted(w, s, live):
+    """Rows of w (r, n, Lk) = exp(s - lse) whose sum drifted from 1 by more than WEIGHT_SUM_TOLERANCE (or went
+    non-finite) are recomputed as the softmax of their scores s: recomputed scores round differently from the
+    forward's, and at huge magnitudes (float32 scores near 1e30) that difference exceeds what exp absorbs."""
+    with np.errstate(invalid="ignore"):
+        drift = live & ~(np.abs(w.sum(axis=-1) - 1) <= WEIGHT_SUM_TOLERANCE)      # (r, n); NaN sums drift
+    if not drift.any():
+        return
+    rows = s[drift]                                                              # (bad, Lk)
+    top = rows.max(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(rows - top)
+        w[drift] = e / e.sum(axis=-1, keepdims=True)
 
 
 def supports_tiled(*arrays) -> bool:
@@ -361,7 +387,7 @@ def run_task(pb, ws, task: layout_mod.Task, out, lse, counts):
     counts[EMPTY] += len(row_map) - len(visit)
     tiles = list(zip((visit + j_lo).tolist(), row_map[visit].tolist()))
     st = _tiles(pb, ws, idx, qs, qe, tiles, counts, careful=False)
-    if not st.finite():
+    if not st.trustworthy():
         st = _tiles(pb, ws, idx, qs, qe, tiles, np.zeros(3, np.int64), careful=True)
     st.finish(out[split][idx][:, qs:qe], lse[split][idx][:, qs:qe])       # (r, rows, Dv), (r, rows)
 
@@ -374,7 +400,9 @@ def _tiles(pb, ws, idx, qs, qe, tiles, counts, careful):
     qa = ws.qa[:R * (D + 1)].reshape(R, D + 1)
     np.multiply(pb.q[idx][:, q_sel], pb.q_scale, out=qa[:, :D].reshape(r, qe - qs, D))
     qa[:, D] = 0
-    fold = pb.mods is None and R >= FOLD_MIN_ROWS          # tall enough to pay for copying the key tile
+    # tall enough to pay for copying the key tile; never in the careful pass, where the shift is subtracted after
+    # the matmul (exactly 0 for a row's max) instead of inside it (rounded like any product of q and k)
+    fold = pb.mods is None and R >= FOLD_MIN_ROWS and not careful
     st = RowState(ws, r, qe - qs, pb.Dv, pb.dtype, careful, fold)
     for j, state in tiles:
         state, parts = pb.tile(idx, q_sel, q_pos, j * bk, min(lay.Lk, (j + 1) * bk), state)
@@ -422,6 +450,7 @@ class RowState:
     unchecked pass ended non-finite). ``fold``: started rows carry -m in the last column of the scaled queries."""
 
     PROBE_KEYS = 16                                  # keys a probe scores to pick a row's first shift
+    SUM_FLOOR = 0.5                                  # a started row's sum below this is redone carefully
 
     def __init__(self, ws, r, rows, Dv, dtype, careful, fold):
         R = r * rows
@@ -506,8 +535,15 @@ class RowState:
         np.copyto(acc, tmp)
         return True
 
-    def finite(self) -> bool:
-        return bool(np.isfinite(self.acc).all())
+    def trustworthy(self) -> bool:
+        """Whether the optimistic pass can stand: every accumulator finite, and every started row's sum l at
+        least SUM_FLOOR. A started row holds one score equal to its shift, so l >= 1 in exact arithmetic; a
+        smaller l means the folded shift lost the score to rounding (|q|, |k| so large that q.k - m, computed
+        inside one matmul, is off by more than exp2 can absorb) and the row must be redone carefully."""
+        if not np.isfinite(self.acc).all():
+            return False
+        started = self.m > self.lowest
+        return bool((self.acc[:, self.Dv][started] >= self.SUM_FLOOR).all())
 
     def finish(self, dest_out, dest_lse):
         """out = acc / l, 0 where l = 0 (nothing to attend to); lse = (m + log2 l) * ln 2, -inf where l = 0.
