@@ -133,7 +133,7 @@ def test_generate_appends_the_greedy_token_and_counts_the_cache(app, llama_dir):
         best = int(hf(torch.tensor([[5, 9, 5]])).logits[0, -1].argmax())
     assert r["ids"][r["chosen"]] == best and r["text"].split()[-1] == f"w{best}"
     # 2 (k and v) x 2 layers x 2 key/value heads x 4 tokens x head dim 8 x 4 bytes; MHA would have 4 kv heads
-    assert r["kv_cache"] == {"length": 4, "bytes": 2 * 2 * 2 * 4 * 8 * 4, "mha_bytes": 2 * 2 * 4 * 4 * 8 * 4,
+    assert r["kv_cache"] == {"length": 4, "bytes": 2 * 2 * 2 * 4 * 8 * 4, "mha_bytes": 2 * 2 * 4 * 4 * 8 * 4, "measured": True,
                              "itemsize": 4}
 
 

@@ -51,6 +51,7 @@ def page(live):
 
         ctx.route("**/*", route)
         pg = ctx.new_page()
+        pg.set_default_timeout(90000)                # a busy 2-core machine: slow, never hung
         pg.dialogs, pg.errors, pg.outside = [], [], outside
         pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
         pg.on("pageerror", lambda e: pg.errors.append(str(e)))

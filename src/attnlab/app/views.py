@@ -144,44 +144,65 @@ def _probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(logits.astype(np.float64) / temperature)
 
 
+def _check_decoder(model):
+    if not getattr(model, "causal", False):
+        raise RequestError(f"{model.name} is an encoder: it does not predict a next token (pick a decoder)")
+
+
+def _top(model, logits: np.ndarray, temperature: float, top_k: int, length: int) -> dict:
+    p = _probabilities(np.asarray(logits, dtype=np.float64), temperature)
+    top = np.argsort(-p, kind="stable")[:top_k]
+    return {"model": model.name, "temperature": temperature, "top_k": top_k, "length": int(length),
+            "tokens": model.token_strings(top), "ids": top.tolist(), "probabilities": p[top].tolist(),
+            "logits": np.asarray(logits, dtype=np.float64)[top].tolist()}
+
+
 def next_tokens(model, text: str, temperature: float = 1.0, top_k: int = 10) -> dict:
     """A decoder's distribution over the next token after ``text``: the top_k tokens and their probabilities
     under softmax(logits / temperature) (temperature 0: greedy)."""
-    if not getattr(model, "causal", False):
-        raise RequestError(f"{model.name} is an encoder: it does not predict a next token (pick a decoder)")
+    _check_decoder(model)
     ids = checked_ids(model, text, room=1)
-    logits = np.asarray(model.logits(ids)[-1], dtype=np.float64)              # (vocab,)
-    p = _probabilities(logits, temperature)
-    top = np.argsort(-p, kind="stable")[:top_k]
-    return {"model": model.name, "temperature": temperature, "top_k": top_k, "length": int(len(ids)),
-            "tokens": model.token_strings(top), "ids": top.tolist(), "probabilities": p[top].tolist(),
-            "logits": logits[top].tolist()}
+    return _top(model, model.logits(ids)[-1], temperature, top_k, len(ids))
 
 
 def kv_cache_bytes(model, length: int) -> dict:
     """The key/value cache a decoder holds after ``length`` tokens, from its layers' shapes, beside what
-    multi-head attention with one key/value head per query head would hold."""
+    multi-head attention with one key/value head per query head would hold (see ``generate_step`` for the
+    measured version)."""
     itemsize = np.dtype(getattr(model, "dtype", np.float32)).itemsize
     per = [(a.n_kv_heads, a.n_heads, a.d_model // a.n_heads) for a in model.attn]
     kv = sum(2 * g * length * dh * itemsize for g, _, dh in per)
     mha = sum(2 * h * length * dh * itemsize for _, h, dh in per)
-    return {"length": length, "bytes": kv, "mha_bytes": mha, "itemsize": itemsize}
+    return {"length": length, "bytes": kv, "mha_bytes": mha, "itemsize": itemsize, "measured": False}
 
 
 def generate_step(model, text: str, temperature: float = 0.0, top_k: int = 10, seed: int = 0) -> dict:
-    """Append one token to ``text`` (greedy at temperature 0, else sampled from the top_k with ``seed``)."""
-    nxt = next_tokens(model, text, temperature, top_k)
+    """Append one token to ``text`` (greedy at temperature 0, else sampled from the top_k with ``seed``).
+
+    A model with a KV cache (``new_caches``/``step``) runs the prompt once into its caches, then the chosen token
+    as one decode step; the cache bytes are then read off the caches' arrays (and an MHA-sized copy of them)."""
+    _check_decoder(model)
+    ids = checked_ids(model, text, room=1)
+    caches = model.new_caches() if hasattr(model, "new_caches") and hasattr(model, "step") else None
+    logits = model.step(ids[None, :], caches)[0, -1] if caches is not None else model.logits(ids)[-1]
+    nxt = _top(model, logits, temperature, top_k, len(ids))
     if temperature == 0:
         choice = 0
     else:
         p = np.asarray(nxt["probabilities"])
         choice = int(np.random.default_rng(seed).choice(len(p), p=p / p.sum()))
-    token = nxt["tokens"][choice]
-    ids = model.tokenize(text)
     new_ids = np.concatenate([ids, [nxt["ids"][choice]]])
-    new_text = _detokenize(model, new_ids, text, token)
-    return {**nxt, "chosen": choice, "token": token, "text": new_text,
-            "kv_cache": kv_cache_bytes(model, len(new_ids))}
+    if caches is not None:
+        from ..models.generation import mha_equivalent_bytes
+        model.step(new_ids[None, -1:], caches)                               # the new token enters the cache
+        kv = {"length": int(len(new_ids)), "bytes": int(sum(c.nbytes for c in caches)),
+              "mha_bytes": int(mha_equivalent_bytes(caches, model.n_heads)),
+              "itemsize": int(np.dtype(getattr(model, "dtype", np.float32)).itemsize), "measured": True}
+    else:
+        kv = kv_cache_bytes(model, len(new_ids))
+    token = nxt["tokens"][choice]
+    return {**nxt, "chosen": choice, "token": token, "text": _detokenize(model, new_ids, text, token),
+            "kv_cache": kv}
 
 
 def _detokenize(model, ids, text, token) -> str:
