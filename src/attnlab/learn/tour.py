@@ -433,8 +433,55 @@ def real_model(report: Report, quick: bool) -> None:
         write_explorer(ExplorerData.from_parts(_sentence_parts(model)), report.out_dir / "explorer.html")
         report.link("explorer.html", "open the interactive explorer for this sentence (offline, every layer and "
                                      "head, mask toggles, step panel)")
+    _decoder(report)
     report.next(f'attnlab inspect "{SENTENCE}" --layer {prev.layer} --head {prev.head}   or   '
-                f'attnlab.models.load("all-MiniLM-L6-v2").attentions(text)')
+                f'attnlab.models.load("all-MiniLM-L6-v2").attentions(text)   or   attnlab serve')
+
+
+DECODER_PROMPT = "The capital of France is"
+
+
+def _decoder(report: Report) -> None:
+    """Causal attention on a trained decoder: SmolLM2-135M (GQA) continues a prompt; its cache and its sinks."""
+    models = _optional(report, "attnlab.models", "attnlab.models", "it ships with attnlab")
+    if models is None:
+        return
+    try:
+        t0 = time.perf_counter()
+        if "smollm" not in _MODEL_CACHE:
+            _MODEL_CACHE["smollm"] = models.load("smollm2-135m")
+        model = _MODEL_CACHE["smollm"]
+        loaded = time.perf_counter() - t0
+    except (ImportError, FileNotFoundError) as err:
+        report.missing("the trained decoder (SmolLM2-135M)", str(err).rsplit(": ", 1)[-1])
+        return
+    from ..diagnostics import sink_score
+    from ..models.generation import greedy
+
+    t0 = time.perf_counter()
+    gen = greedy(model, model.tokenize(DECODER_PROMPT), max_new=4)
+    took = time.perf_counter() - t0
+    text = model.tokenizer.decode(gen.new)
+    tokens, w = model.attentions(gen.ids)                                        # (layers, H, L, L), causal
+    sinks = sink_score(w, (0,))                                                  # (layers, H): mass on token 0
+    a = model.attn[0]
+    report.say(f"A trained decoder, SmolLM2-135M (Llama family, {model.n_layers} layers, {a.n_heads} query heads "
+               f"over {a.n_kv_heads} key/value heads: GQA), loaded from its 4-bit GGUF file in {loaded:.1f} s: "
+               f"'{DECODER_PROMPT}' -> {text!r} (greedy, {len(gen.new)} tokens in {took:.1f} s, every token one "
+               f"causal step against the KV cache).\nIts cache after {len(gen.ids) - 1} positions: "
+               f"{gen.cache_bytes:,} bytes, measured from the cache arrays; with one key/value head per query head "
+               f"(MHA) it would hold {gen.mha_cache_bytes:,} ({gen.mha_cache_bytes / gen.cache_bytes:.0f}x).")
+    report.table("attention sinks: mean weight on the first token, per layer (causal heads)",
+                 ["layers", "mean weight on token 0", "heads above 0.5"],
+                 [[f"{l0}-{l0 + 4}", f"{sinks[l0:l0 + 5].mean():.2f}", int((sinks[l0:l0 + 5] > 0.5).sum())]
+                  for l0 in range(0, model.n_layers, 5)])
+    report.say("Every row of a causal head is zero above the diagonal (a query sees only earlier positions); "
+               "most heads of most layers park much of their weight on the first token, whatever it is: "
+               "attention sinks (Xiao et al. 2023), measured here on trained weights.")
+    viz = _viz(report)
+    if viz:
+        deep = int(np.argmax(sinks.mean(axis=1)))
+        report.figure("11-smollm-causal.png", lambda: viz.heads_grid(w[deep:deep + 1], tokens))
 
 
 # --- 12. failure modes -----------------------------------------------------------------------------------------
