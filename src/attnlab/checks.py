@@ -69,3 +69,23 @@ def choice(value, name: str, options) -> str:
     if value not in tuple(options):
         raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
     return value
+
+
+def int_arg(low: int, high: int):
+    """An argparse ``type=`` for an integer in [low, high]: a bad value is argparse's one-line error (exit 2).
+
+    >>> int_arg(1, 8)("3")
+    3
+    """
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {value}")
+        return value
+    parse.__name__ = f"integer in [{low}, {high}]"
+    return parse

@@ -46,13 +46,38 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, TypeError, FileNotFoundError, ImportError) as err:
-        if os.environ.get("ATTNLAB_DEBUG"):
-            raise
-        message = " ".join(str(err).split())
-        print(f"attnlab {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:                     # `attnlab ... | head`: the reader left; end quietly
+        _silence_stdout()
+        return 0
+    except (UsageError, ValueError, TypeError, ImportError, OSError, EOFError, MemoryError, ArithmeticError) as err:
+        return _one_line(args.command, err, "")
+    except Exception as err:                    # a defect of attnlab's own: still one line, and how to see more
+        return _one_line(args.command, err, f"internal error ({type(err).__name__}): ",
+                         " (a defect in attnlab: ATTNLAB_DEBUG=1 shows the traceback; please report it)")
+
+
+def _one_line(command: str, err: BaseException, prefix: str, suffix: str = "") -> int:
+    if os.environ.get("ATTNLAB_DEBUG"):
+        raise err
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, MemoryError) and not str(err):
+        message = "out of memory: try a smaller size"
+    print(f"attnlab {command}: error: {prefix}{message}{suffix}", file=sys.stderr)
+    return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # run the package's module, not this file's second copy (__main__), so the errors raised by the commands
+    # (attnlab.cli.UsageError) are the ones main() catches
+    from attnlab.cli import main as _main
+
+    sys.exit(_main())

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import int_arg
+
 MODEL = "all-MiniLM-L6-v2"
 
 
@@ -16,7 +18,7 @@ def register(sub):
                                    "Runs the model in float64 (finite differences need it).")
     p.add_argument("--model", default=MODEL, help=f"BERT-family sentence encoder (default {MODEL})")
     p.add_argument("--sentences", help="a text file, one sentence per line (default: the project sentences)")
-    p.add_argument("--limit", type=int, help="use only the first N sentences")
+    p.add_argument("--limit", type=int_arg(1, 100_000), help="use only the first N sentences")
     p.add_argument("--out", help="folder for faithfulness.png and faithfulness.json")
     p.set_defaults(func=run)
 

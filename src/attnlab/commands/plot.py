@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import int_arg
+
 MASKS = ("none", "causal", "window")
 
 
@@ -18,22 +20,22 @@ def register(sub):
 
     h = _figure_parser(kinds, "heatmap", "one weight matrix with tokens, numbers and blocked cells")
     h.add_argument("--weights", help="a .npy file with a (Lq, Lk) weight matrix (default: the demo)")
-    h.add_argument("--n", type=int, help="demo: tokens (default: the demo sentence)")
+    h.add_argument("--n", type=int_arg(1, 512), help="demo: tokens (default: the demo sentence)")
     h.add_argument("--layer", type=int, default=0, help="demo: layer (default 0)")
     h.add_argument("--head", type=int, default=0, help="demo: head (default 0)")
     h.add_argument("--mask", choices=MASKS, default="causal", help="demo: mask to apply (default causal)")
     h.add_argument("--left", type=int, default=2, help="window mask: keys on each side (default 2)")
 
     c = _figure_parser(kinds, "causal", "scores -> causal mask -> softmax -> output, for random q, k, v")
-    c.add_argument("--n", type=int, default=6, help="tokens (default 6)")
-    c.add_argument("--d", type=int, default=4, help="head dim (default 4)")
+    c.add_argument("--n", type=int_arg(1, 512), default=6, help="tokens (default 6)")
+    c.add_argument("--d", type=int_arg(1, 4096), default=4, help="head dim (default 4)")
     c.add_argument("--seed", type=int, default=0, help="seed (default 0)")
 
     for name, text in (("heads", "a layers x heads grid of weight matrices"),
                        ("entropy", "normalized entropy of every head")):
         g = _figure_parser(kinds, name, text)
         g.add_argument("--weights", help="a .npy file with weights (heads, L, L) or (layers, heads, L, L)")
-        g.add_argument("--n", type=int, help="demo: tokens (default: the demo sentence)")
+        g.add_argument("--n", type=int_arg(1, 512), help="demo: tokens (default: the demo sentence)")
 
     k = _figure_parser(kinds, "cost", "cost model curves (with measured points from --data), log-log")
     k.add_argument("--preset", default="gpt2", help="model preset of attnlab.cost (default gpt2)")

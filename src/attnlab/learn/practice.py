@@ -496,10 +496,13 @@ def make(kind: str, seed: int) -> Exercise:
     return KINDS[kind](np.random.default_rng([seed, list(KINDS).index(kind)]))
 
 
+MAX_EXERCISES = 1000
+
+
 def exercises(seed: int, kinds=None, count: int | None = None) -> list:
     """``count`` exercises cycling through ``kinds`` (default: one of each kind, in the study guide's order)."""
     kinds = list(kinds or KINDS)
     count = len(kinds) if count is None else count
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_EXERCISES:
+        raise ValueError(f"count must be an integer in [1, {MAX_EXERCISES}] (one session), got {count!r}")
     return [make(kinds[i % len(kinds)], seed + i // len(kinds)) for i in range(count)]
