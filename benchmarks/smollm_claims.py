@@ -8,7 +8,8 @@ import time
 import numpy as np
 
 from attnlab import diagnostics, masks, models
-from attnlab.models.decoder_probes import induction_survey, planted_fact, sink_shares
+from attnlab.data import sentences
+from attnlab.models.decoder_probes import induction_survey, next_token_agreement, planted_fact, sink_shares
 
 TEXTS = ["The cat sat on the mat because it was tired.", "Attention lets every token look at every other token.",
          "In 1969 two astronauts walked on the Moon.", "She opened the door, and the dog ran out into the rain.",
@@ -38,10 +39,15 @@ def main():
         ent.append((n, diagnostics.entropy(w, mask=masks.causal()).mean()))
     print("\nentropy vs length (normalized, mean of heads, real text): "
           + ", ".join(f"L={n}: {e:.3f}" for n, e in ent))
-    r = planted_fact(m, filler_sentences=(0, 4, 16, 48), trials=4)
+    r = planted_fact(m, filler_sentences=(0, 16, 64, 160, 320), trials=3)
     print("\nplanted fact (4-digit code, teacher forced) vs filler tokens between fact and question:")
     for d, a in zip(r.distances, r.accuracy):
         print(f"  {d:5d} tokens  accuracy {a:.2f} ({r.trials} trials)")
+    texts = sentences()
+    agree = next_token_agreement(m, texts)
+    print(f"\nnext-token prediction, {len(agree.items)} of {len(texts)} project sentences: Kendall tau-b per "
+          f"sentence over the context tokens")
+    print(agree.table())
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 

@@ -86,3 +86,39 @@ def test_planted_fact_reads_the_predictions_of_the_answer():
     r = planted_fact(Fake(), filler_sentences=(0, 2), trials=3)     # off by one position would score 0
     assert r.trials == 3 and r.distances[0] == 0 < r.distances[1] and r.accuracy == [1.0, 1.0]
     assert planted_fact(Blind(), filler_sentences=(0, 2), trials=3).accuracy == [0.0, 0.0]
+
+
+class Counter(Fake):
+    """Logits of position i: how often each token occurs in ids[..., :i+1] (a 'model' whose leave-one-out is
+    known: dropping one copy of the target lowers its logit by 1)."""
+
+    vocab_size = 50
+
+    def logits(self, ids):
+        ids = np.asarray(ids)
+        single = ids.ndim == 1
+        ids = ids[None] if single else ids
+        onehot = np.eye(self.vocab_size)[ids]                     # (B, L, V)
+        out = np.cumsum(onehot, axis=1) * 3.0
+        return out[0] if single else out
+
+
+def test_next_token_leave_one_out_equals_a_loop():
+    from attnlab.models.decoder_probes import next_token_agreement, next_token_importance
+
+    m = Counter()
+    s = next_token_importance(m, "abcabca")
+    ids = m.tokenize("abcabca")
+    def logp(seq):
+        z = m.logits(seq)[-1].astype(np.float64)
+        return z - np.log(np.exp(z).sum())
+    assert s.target == int(np.argmax(m.logits(ids)[-1]))
+    loop = [logp(ids)[s.target] - logp(np.delete(ids, i))[s.target] for i in range(len(ids) - 1)]
+    np.testing.assert_allclose(s.scores["leave_one_out"], loop, rtol=0, atol=1e-12)
+    _, w = m.attentions(ids)
+    np.testing.assert_allclose(s.scores["attention_last"], w[-1, :, -1, :-1].mean(0))
+    assert len(s.tokens) == len(ids) - 1
+    agree = next_token_agreement(m, ["abcabca", "hello there"])
+    assert set(agree.tau) == {"attention_last vs leave_one_out", "rollout_last vs leave_one_out",
+                              "attention_last vs rollout_last"}
+    assert "tau mean" in agree.table()

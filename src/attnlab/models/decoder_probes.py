@@ -103,3 +103,73 @@ def planted_fact(model, filler_sentences=(0, 4, 16, 64), trials: int = 4, seed: 
         distances.append(int(np.mean(dist)))
         accuracy.append(hits / trials)
     return FactRetrieval(distances, accuracy, trials)
+
+
+# --- weights vs explanation on next-token prediction --------------------------------------------------------
+DECODER_METHODS = ("attention_last", "rollout_last", "leave_one_out")
+
+
+@dataclass
+class NextTokenImportance:
+    """Importance of each context token 0..L-2 for the model's own next-token choice after the last token."""
+
+    text: str
+    tokens: list                 # the L-1 ranked tokens (the last token, the query, is left out)
+    target: int                  # the argmax next token of the full text
+    scores: dict                 # method -> (L-1,)
+
+
+def next_token_importance(model, text: str) -> NextTokenImportance:
+    """Three importances of the context tokens for the argmax next token t after ``text`` (L tokens):
+
+    attention_last: last-layer weight from the last query to each key, mean over heads; rollout_last: the last
+    row of ``diagnostics.rollout``; leave_one_out: log p(t | text) - log p(t | text without token i) (the token
+    is dropped and later positions shift, as in ``attnlab.faithfulness.leave_one_out``)."""
+    ids = model.tokenize(text)
+    L = len(ids)
+    if L < 4:
+        raise ValueError(f"need at least 4 tokens to rank 3, {text!r} has {L}")
+    tokens, w = model.attentions(ids)                                              # w (layers, H, L, L)
+    full = _log_softmax(model.logits(ids)[-1])                                     # (vocab,)
+    target = int(np.argmax(full))
+    dropped = np.stack([np.delete(ids, i) for i in range(L - 1)])                  # (L-1, L-1), no padding
+    without = _log_softmax(model.logits(dropped)[:, -1])                           # (L-1, vocab)
+    scores = {"attention_last": w[-1, :, -1, : L - 1].mean(axis=0),
+              "rollout_last": diagnostics.rollout(w)[-1, : L - 1],
+              "leave_one_out": full[target] - without[:, target]}
+    return NextTokenImportance(text, tokens[: L - 1], target,
+                               {k: np.asarray(v, np.float64) for k, v in scores.items()})
+
+
+def _log_softmax(x):
+    x = np.asarray(x, np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class NextTokenAgreement:
+    items: list                  # NextTokenImportance per text
+    tau: dict                    # "a vs b" -> (texts,) Kendall tau-b
+
+    def table(self) -> str:
+        lines = [f"{'pair':<32} {'tau mean':>8} {'median':>7} {'top-1 same':>10}"]
+        for pair, t in self.tau.items():
+            a, b = pair.split(" vs ")
+            same = np.mean([np.argmax(s.scores[a]) == np.argmax(s.scores[b]) for s in self.items])
+            lines.append(f"{pair:<32} {t.mean():>8.3f} {np.median(t):>7.3f} {same:>10.0%}")
+        return "\n".join(lines)
+
+
+def next_token_agreement(model, texts) -> NextTokenAgreement:
+    """``next_token_importance`` for each text and Kendall tau-b of attention and rollout against leave-one-out
+    (texts whose leave-one-out scores are all equal are skipped: tau is undefined there)."""
+    from ..faithfulness import kendall_tau
+
+    items = [next_token_importance(model, t) for t in texts]
+    items = [s for s in items if np.ptp(s.scores["leave_one_out"]) > 0]
+    tau = {f"{m} vs leave_one_out": np.array([kendall_tau(s.scores[m], s.scores["leave_one_out"]) for s in items])
+           for m in ("attention_last", "rollout_last")}
+    tau["attention_last vs rollout_last"] = np.array(
+        [kendall_tau(s.scores["attention_last"], s.scores["rollout_last"]) for s in items])
+    return NextTokenAgreement(items, tau)
