@@ -149,3 +149,14 @@ def test_bad_gguf_path_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a gguf file at all")
     with pytest.raises(ValueError, match="not a readable GGUF file"):
         models.load(str(bad))
+
+
+def test_the_trained_decoder_has_sinks_and_induction_heads(ours):
+    """The facts docs/failure-modes.md reports (benchmarks/smollm_claims.py), on a smaller sample."""
+    from attnlab.models.decoder_probes import induction_survey, sink_shares
+
+    s = sink_shares(ours, ["The cat sat on the mat because it was tired."], ours.tokenizer.bos_id)
+    assert s.with_bos[12:].mean() > 0.5 and s.without_bos[12:].mean() > 0.5     # deep layers park on token 0
+    assert s.with_bos[0].mean() < 0.3                                            # layer 0 does not
+    ind = induction_survey(ours, n=20, seeds=(0,), prefix=(ours.tokenizer.bos_id,))
+    assert ind.top[0][2] > 0.5 and np.median(ind.scores) < 0.1                   # a few induction heads, not all
