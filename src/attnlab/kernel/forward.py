@@ -106,6 +106,12 @@ def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, bloc
     pb = problem(p, mask, scale, score_mod, bias, fn_name)
     lay = pb.lay
     threads = layout_mod.threads_of(threads)
+    outer = lay.scores_shape[:-2]
+    if 0 in lay.scores_shape[:-1]:               # no query row at all (Lq, B or H is 0): the empty result
+        if stats is not None:
+            stats.block_q, stats.block_k, stats.threads, stats.tasks = 0, 0, 0, 0
+        empty_out = np.zeros(outer + (lay.Lq, pb.Dv), pb.dtype)
+        return (empty_out, np.zeros(outer + (lay.Lq,), pb.dtype)) if return_lse else empty_out
     pb.block_q, pb.block_k = layout_mod.blocks(lay, block_q, block_k)
     pb.maps = TileMaps(mask, lay, pb.block_q, pb.block_k)
     pb.decode = layout_mod.decode_regime(lay, pb.block_q, mods=pb.mods is not None)
@@ -122,7 +128,6 @@ def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, bloc
         stats.tiles = TileCounts(*map(int, counts))
         stats.block_q, stats.block_k, stats.threads = pb.block_q, pb.block_k, used
         stats.tasks, stats.kv_splits = len(tasks), splits
-    outer = lay.scores_shape[:-2]
     final_out = final_out.reshape(outer + (lay.Lq, pb.Dv))
     return (final_out, final_lse.reshape(outer + (lay.Lq,))) if return_lse else final_out
 
@@ -164,8 +169,30 @@ def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, score_mod=N
         s = pb.modify(s, idx, rows, rows, 0, lay.Lk, None if allowed is None else ~allowed)
         row_lse = lse[idx][:, rows, None]                                          # (r, n, 1)
         finite = np.isfinite(row_lse)
-        np.exp(s - np.where(finite, row_lse, 0), out=weights[idx], where=finite)
+        w = weights[idx]
+        with np.errstate(over="ignore"):                                      # repaired below
+            np.exp(s - np.where(finite, row_lse, 0), out=w, where=finite)
+        _renormalise(w, s, finite)
     return weights.reshape(lay.scores_shape[:-2] + (n, lay.Lk))
+
+
+def _renormalise(w, s, finite):
+    """Rows of weights w = exp(s - lse) (r, n, Lk) whose sum is not 1 to within sqrt(eps) (or that hold a weight
+    above 1) recomputed as the softmax of their own scores s. At huge scores (float32 near 1e30) the recomputed s
+    rounds differently from the forward's, so exp(s - lse) can be inf or 0; the weights of a row must stay in
+    [0, 1] and sum to 1. Rows with a non-finite lse (nothing to attend to, or NaN) are left as they are."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = w.sum(axis=-1, keepdims=True)                                  # (r, n, 1)
+        tol = np.sqrt(np.finfo(w.dtype).eps)
+        bad = finite & ~(np.abs(total - 1) <= tol) & ~np.isnan(total)
+        bad |= finite & (w.max(axis=-1, keepdims=True, initial=0) > 1)
+    for h, i in zip(*np.nonzero(bad[..., 0])):
+        row = s[h, i].astype(np.float64)
+        top = row.max(initial=-np.inf)
+        if not np.isfinite(top):
+            continue
+        e = np.exp(row - top)
+        w[h, i] = e / e.sum()
 
 
 def supports_tiled(*arrays) -> bool:
@@ -361,7 +388,7 @@ def run_task(pb, ws, task: layout_mod.Task, out, lse, counts):
     counts[EMPTY] += len(row_map) - len(visit)
     tiles = list(zip((visit + j_lo).tolist(), row_map[visit].tolist()))
     st = _tiles(pb, ws, idx, qs, qe, tiles, counts, careful=False)
-    if not st.finite():
+    if not st.finite() or st.lost():
         st = _tiles(pb, ws, idx, qs, qe, tiles, np.zeros(3, np.int64), careful=True)
     st.finish(out[split][idx][:, qs:qe], lse[split][idx][:, qs:qe])       # (r, rows, Dv), (r, rows)
 
@@ -508,6 +535,15 @@ class RowState:
 
     def finite(self) -> bool:
         return bool(np.isfinite(self.acc).all())
+
+    def lost(self) -> bool:
+        """Whether a row that met an allowed key ends with a sum l below eps: its shift (the probe's max, or a
+        tile max) overshot the folded scores by more than the mantissa holds. That happens only when the scores
+        are so large that their rounding error exceeds 1 (float64 |q|, |k| ~ 1e12): the two matmuls round the same
+        score differently, exp2 of the difference underflows and the row would end 0 with lse -inf. The careful
+        pass starts every row from its own tile max, so l >= 1 there."""
+        l = self.acc[:, self.Dv]
+        return bool(((self.m > self.lowest) & (l < np.finfo(l.dtype).eps)).any())
 
     def finish(self, dest_out, dest_lse):
         """out = acc / l, 0 where l = 0 (nothing to attend to); lse = (m + log2 l) * ln 2, -inf where l = 0.
