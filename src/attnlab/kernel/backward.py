@@ -28,6 +28,11 @@ Non-finite inputs: when q, k, v, dout or out hold inf/NaN the whole call runs ca
 cells are exactly 0, dS is 0 wherever P is (never 0 * NaN) and every product keeps a non-finite value away from
 the outputs whose coefficient is 0, so NaN reaches exactly the gradients the forward's NaN depends on.
 
+Huge scores: when a score's rounding error can exceed 1 (``score_error``: float64 |q|, |k| ~ 1e12, or scale ~
+1e12), the forward's lse no longer fits the backward's recomputed scores and exp(S - lse) could be 0 or inf. The
+call then runs carefully after a statistics pass (``Run.own_statistics``) that recomputes each row's max and sum
+from the same tiles and matmuls: P = exp(S - m) / l, clamped to [0, 1].
+
 Extra memory: per thread a few (R, block_k) tiles and (R, D) rows, plus Delta (..., Lq) and, with split keys, one
 dq per split; never Lq x Lk.
 """

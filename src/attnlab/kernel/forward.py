@@ -15,7 +15,9 @@ lse = m + log l. Read ``simple.py`` first; this module changes how, never what, 
   of ones beside the keys): its tiles need no max, subtraction or rescaling, just exp2 and the P v matmul;
 - the first pass is optimistic: a row's first shift comes from a probe (the max over a few of the tile's keys,
   a score the row really has, so l >= 1) and nothing is checked per tile; if the accumulators end non-finite
-  (a later score rose far above the shift, or an input holds inf/NaN) the task is redone carefully, every tile
+  (a later score rose far above the shift, or an input holds inf/NaN), or a row that met an allowed key ends
+  with l < eps (scores so huge, ~1e24, that the probe and the folded matmul round one score apart by more than
+  exp2 can absorb), the task is redone carefully, every tile
   checked and rescaled as in Algorithm 1, non-finite values reaching only the rows that attend to them;
 - tiles the mask leaves empty are skipped, full tiles never evaluate the mask, partial tiles evaluate it on
   the tile's indices only (``layout.TileMaps``), once per diagonal for a relative mask (``Mask.relative``), and
