@@ -28,6 +28,11 @@ Non-finite inputs: when q, k, v, dout or out hold inf/NaN the whole call runs ca
 cells are exactly 0, dS is 0 wherever P is (never 0 * NaN) and every product keeps a non-finite value away from
 the outputs whose coefficient is 0, so NaN reaches exactly the gradients the forward's NaN depends on.
 
+Huge scores: when a score's rounding error can exceed 1 (``score_error``: float64 |q|, |k| ~ 1e12, or scale ~
+1e12), the forward's lse no longer fits the backward's recomputed scores and exp(S - lse) could be 0 or inf. The
+call then runs carefully after a statistics pass (``Run.own_statistics``) that recomputes each row's max and sum
+from the same tiles and matmuls: P = exp(S - m) / l, clamped to [0, 1].
+
 Extra memory: per thread a few (R, block_k) tiles and (R, D) rows, plus Delta (..., Lq) and, with split keys, one
 dq per split; never Lq x Lk.
 """
@@ -134,11 +139,15 @@ def flash_attention_backward(dout, q, k, v, out, lse, mask=None, *, scale=None, 
     dO = _row_array(dout, "dout", lay.scores_shape[:-1] + (pb.Dv,), dtype).reshape(inner + (pb.Dv,))
     O = _row_array(out, "out", lay.scores_shape[:-1] + (pb.Dv,), dtype).reshape(inner + (pb.Dv,))
     lse = _row_array(lse, "lse", lay.scores_shape[:-1], dtype).reshape(inner)
-    careful = not all(_finite(x) for x in (q, k, v, dO, O)) or bool(np.isnan(lse).any())
+    finite = all(_finite(x) for x in (q, k, v, dO, O)) and not bool(np.isnan(lse).any())
+    huge = finite and score_error(pb, bias) > 1         # the forward's lse may not fit these scores' rounding
+    careful = not finite or huge
     with np.errstate(invalid="ignore"):
         delta = np.einsum("...d,...d->...", dO, O)                               # (*lead, r, Lq)
     run = Run(pb, dO, delta, lse, careful)
     tasks, splits, used = _tasks(pb, threads)
+    if huge:
+        run.own_statistics(tasks, splits, used, threads)
     dq = np.zeros((splits,) + inner + (pb.D,), dtype)                             # (S, *lead, r, Lq, D)
     dk = np.zeros(lay.lead + (1, lay.Lk, pb.D), dtype)                            # (*lead, 1, Lk, D)
     dv = np.zeros(lay.lead + (1, lay.Lk, pb.Dv), dtype)                           # (*lead, 1, Lk, Dv)
@@ -163,6 +172,21 @@ def _row_array(x, name, shape, dtype):
                          f"{type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))} "
                          f"and dtype {getattr(x, 'dtype', None)}")
     return x.astype(dtype, copy=False)
+
+
+def score_error(pb, bias) -> float:
+    """A bound on the rounding error of a recomputed score, natural units: D * eps * max|q_i| * max|k_j| * |scale|
+    (Cauchy-Schwarz) plus eps * max|bias| (finite entries). The forward and the backward compute each score with
+    different matmuls; above an error of about 1, exp(S - lse) can leave [0, 1] (inf, then NaN, at 1e12
+    magnitudes), so the backward then runs carefully, probabilities clamped to [0, 1]."""
+    eps = float(np.finfo(pb.dtype).eps)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = lambda x: float(np.sqrt(np.max(np.einsum("...d,...d->...", x, x), initial=0.0)))
+        bound = pb.D * eps * norm(pb.lay.q) * norm(pb.lay.k) * abs(float(pb.scale))
+        if bias is not None and np.size(bias):
+            b = np.abs(np.asarray(bias, dtype=np.float64))
+            bound += eps * float(np.max(b, where=np.isfinite(b), initial=0.0))
+    return bound if np.isfinite(bound) else math.inf
 
 
 def _finite(x) -> bool:
@@ -215,9 +239,44 @@ class Run:
         # a row with nothing to attend to (lse -inf) gets P = exp(S - inf) = 0 on every cell
         self.neg_lse = np.where(np.isneginf(lse), -np.inf, -lse * units).astype(pb.dtype)   # (*lead, r, Lq)
         self.neg_delta = np.negative(delta)                                                # (*lead, r, Lq)
+        self.inv_l = None                # set by ``own_statistics``: P = exp(S - m) / l with the backward's m, l
 
-    def task(self, ws, task, dq, dk, dv, counts):
-        """The key blocks first:stop of one head group: dK, dV of those blocks, dq of every row they reach."""
+    def own_statistics(self, tasks, splits, used, threads):
+        """Recompute each row's max m and sum l from this backward's own scores (same tiles, same matmuls, so
+        the same bits), for scores so large that their rounding exceeds 1: exp(S - lse) with the forward's lse
+        could then be 0 or inf on the row's only key. P = exp(S - m) / l sums to 1 by construction."""
+        pb = self.pb
+        inner = pb.lay.lead + (pb.lay.r, pb.lay.Lq)
+        m = np.full((splits,) + inner, -np.inf, pb.dtype)                       # (S, *lead, r, Lq)
+        l = np.zeros((splits,) + inner, pb.dtype)
+        run_tasks(tasks, lambda ws, task, c: self.task(ws, task, None, None, None, c, (m[task.split], l[task.split])),
+                  lambda: Workspace(pb), used, threads)
+        top = m.max(axis=0)                                                     # (*lead, r, Lq)
+        safe = np.where(np.isneginf(top), 0, top)
+        total = (l * np.exp(m - safe)).sum(axis=0)
+        self.neg_lse = np.where(np.isneginf(top), -np.inf, -top).astype(pb.dtype)
+        self.inv_l = np.where(total > 0, 1 / np.where(total > 0, total, 1), 1).astype(pb.dtype)
+
+    def stats_tile(self, ws, idx, qs, qe, cs, ce, ks, blocked, stats):
+        """Fold one tile's scores into the running (m, l) of rows qs:qe (the statistics pass)."""
+        pb = self.pb
+        r, n, c, D = pb.lay.r, qe - qs, ce - cs, pb.D
+        ka = ws.ka[cs - ks:ce - ks]
+        qa = ws.qa[:r * n * (D + 1)].reshape(r, n, D + 1)
+        np.multiply(pb.q[idx][:, qs:qe], self.q_scale, out=qa[..., :D])
+        qa[..., D] = 0
+        S = ws.p[:r * n * c].reshape(r, n, c)
+        self.scores(S, qa, ka, idx, qs, qe, cs, ce, blocked)                   # S, -inf where blocked
+        m, l = stats[0][idx][:, qs:qe], stats[1][idx][:, qs:qe]                  # (r, n) views
+        m_new = np.maximum(m, S.max(axis=-1))
+        safe = np.where(np.isneginf(m_new), 0, m_new)
+        l *= np.exp(m - safe)
+        l += np.exp(S - safe[..., None]).sum(axis=-1)
+        np.copyto(m, m_new)
+
+    def task(self, ws, task, dq, dk, dv, counts, stats=None):
+        """The key blocks first:stop of one head group: dK, dV of those blocks, dq of every row they reach (or,
+        with ``stats`` = (m, l) of the task's split, only the rows' statistics: ``own_statistics``)."""
         pb = self.pb
         lay, bq, bk = pb.lay, pb.block_q, pb.block_k
         tile_map = pb.maps[task.idx]                                            # (nqb, nkb)
@@ -236,7 +295,10 @@ class Run:
                 state, parts = pb.tile(task.idx, slice(qs, qe), np.arange(qs, qe), ks, ke, state)
                 counts[state] += 1
                 for a, b, blocked, cs, ce in parts if state != EMPTY else ():
-                    self.tile(ws, task.idx, qs + a, qs + b, cs, ce, ks, blocked, dq, dk, dv)
+                    if stats is not None:
+                        self.stats_tile(ws, task.idx, qs + a, qs + b, cs, ce, ks, blocked, stats)
+                    else:
+                        self.tile(ws, task.idx, qs + a, qs + b, cs, ce, ks, blocked, dq, dk, dv)
 
     def tile(self, ws, idx, qs, qe, cs, ce, ks, blocked, dq, dk, dv):
         """Query rows qs:qe (all r heads) against keys cs:ce of the key block starting at ks."""
@@ -280,6 +342,19 @@ class Run:
     def probabilities(self, P, qa, ka, idx, qs, qe, cs, ce, blocked):
         """P = exp(mod(S + bias) - lse) in natural units for a tile (modifiers or careful); returns the
         modifier's derivative at S + bias (None when it is 1)."""
+        slope = self.scores(P, qa, ka, idx, qs, qe, cs, ce, blocked)
+        if self.careful:                 # S <= lse in exact arithmetic: a rounding above it must not reach inf
+            np.minimum(P, 0, out=P)
+        np.exp(P, out=P)
+        if self.careful and blocked is not None:
+            np.copyto(P, 0, where=blocked)
+        if self.inv_l is not None:
+            P *= self.inv_l[idx][:, qs:qe, None]
+        return slope
+
+    def scores(self, P, qa, ka, idx, qs, qe, cs, ce, blocked):
+        """P = mod(S + bias) - lse (the last column of qa), -inf where ``blocked``; returns the modifier's
+        derivative at S + bias (None when it is 1)."""
         pb = self.pb
         D = pb.D
         np.matmul(qa[..., :D], ka[:, :D].T, out=P)                             # S
@@ -297,7 +372,4 @@ class Run:
         P += qa[..., D:]                                                        # - lse (inf for empty rows)
         if blocked is not None:
             np.copyto(P, -np.inf, where=blocked)
-        np.exp(P, out=P)
-        if self.careful and blocked is not None:
-            np.copyto(P, 0, where=blocked)
         return slope

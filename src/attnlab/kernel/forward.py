@@ -15,10 +15,10 @@ lse = m + log l. Read ``simple.py`` first; this module changes how, never what, 
   of ones beside the keys): its tiles need no max, subtraction or rescaling, just exp2 and the P v matmul;
 - the first pass is optimistic: a row's first shift comes from a probe (the max over a few of the tile's keys,
   a score the row really has, so l >= 1) and nothing is checked per tile; if the accumulators end non-finite
-  (a later score rose far above the shift, or an input holds inf/NaN) or a started row's sum ends below 1/2
-  (huge |q|, |k|: the folded shift lost the row's own max to rounding), the task is redone carefully, without
-  the fold, every tile checked and rescaled as in Algorithm 1, non-finite values reaching only the rows that
-  attend to them;
+  (a later score rose far above the shift, or an input holds inf/NaN), or a row that met an allowed key ends
+  with l < eps (scores so huge, ~1e24, that the probe and the folded matmul round one score apart by more than
+  exp2 can absorb), the task is redone carefully, every tile
+  checked and rescaled as in Algorithm 1, non-finite values reaching only the rows that attend to them;
 - tiles the mask leaves empty are skipped, full tiles never evaluate the mask, partial tiles evaluate it on
   the tile's indices only (``layout.TileMaps``), once per diagonal for a relative mask (``Mask.relative``), and
   are cut into row slices narrowed to the keys they may see (``Part``);
@@ -113,6 +113,12 @@ def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, bloc
         empty_lse = np.full(outer + (lay.Lq,), -np.inf, pb.dtype)
         return (empty_out, empty_lse) if return_lse else empty_out
     threads = layout_mod.threads_of(threads)
+    outer = lay.scores_shape[:-2]
+    if 0 in lay.scores_shape[:-1]:               # no query row at all (Lq, B or H is 0): the empty result
+        if stats is not None:
+            stats.block_q, stats.block_k, stats.threads, stats.tasks = 0, 0, 0, 0
+        empty_out = np.zeros(outer + (lay.Lq, pb.Dv), pb.dtype)
+        return (empty_out, np.zeros(outer + (lay.Lq,), pb.dtype)) if return_lse else empty_out
     pb.block_q, pb.block_k = layout_mod.blocks(lay, block_q, block_k)
     pb.maps = TileMaps(mask, lay, pb.block_q, pb.block_k)
     pb.decode = layout_mod.decode_regime(lay, pb.block_q, mods=pb.mods is not None)
@@ -170,28 +176,30 @@ def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, score_mod=N
         s = pb.modify(s, idx, rows, rows, 0, lay.Lk, None if allowed is None else ~allowed)
         row_lse = lse[idx][:, rows, None]                                          # (r, n, 1)
         finite = np.isfinite(row_lse)
-        with np.errstate(over="ignore", invalid="ignore"):
-            np.exp(s - np.where(finite, row_lse, 0), out=weights[idx], where=finite)
-        _renormalise_drifted(weights[idx], s, finite[..., 0])
+        w = weights[idx]
+        with np.errstate(over="ignore"):                                      # repaired below
+            np.exp(s - np.where(finite, row_lse, 0), out=w, where=finite)
+        _renormalise(w, s, finite)
     return weights.reshape(lay.scores_shape[:-2] + (n, lay.Lk))
 
 
-WEIGHT_SUM_TOLERANCE = 1e-3
-
-
-def _renormalise_drifted(w, s, live):
-    """Rows of w (r, n, Lk) = exp(s - lse) whose sum drifted from 1 by more than WEIGHT_SUM_TOLERANCE (or went
-    non-finite) are recomputed as the softmax of their scores s: recomputed scores round differently from the
-    forward's, and at huge magnitudes (float32 scores near 1e30) that difference exceeds what exp absorbs."""
-    with np.errstate(invalid="ignore"):
-        drift = live & ~(np.abs(w.sum(axis=-1) - 1) <= WEIGHT_SUM_TOLERANCE)      # (r, n); NaN sums drift
-    if not drift.any():
-        return
-    rows = s[drift]                                                              # (bad, Lk)
-    top = rows.max(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", over="ignore"):
-        e = np.exp(rows - top)
-        w[drift] = e / e.sum(axis=-1, keepdims=True)
+def _renormalise(w, s, finite):
+    """Rows of weights w = exp(s - lse) (r, n, Lk) whose sum is not 1 to within sqrt(eps) (or that hold a weight
+    above 1) recomputed as the softmax of their own scores s. At huge scores (float32 near 1e30) the recomputed s
+    rounds differently from the forward's, so exp(s - lse) can be inf or 0; the weights of a row must stay in
+    [0, 1] and sum to 1. Rows with a non-finite lse (nothing to attend to, or NaN) are left as they are."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = w.sum(axis=-1, keepdims=True)                                  # (r, n, 1)
+        tol = np.sqrt(np.finfo(w.dtype).eps)
+        bad = finite & ~(np.abs(total - 1) <= tol) & ~np.isnan(total)
+        bad |= finite & (w.max(axis=-1, keepdims=True, initial=0) > 1)
+    for h, i in zip(*np.nonzero(bad[..., 0])):
+        row = s[h, i].astype(np.float64)
+        top = row.max(initial=-np.inf)
+        if not np.isfinite(top):
+            continue
+        e = np.exp(row - top)
+        w[h, i] = e / e.sum()
 
 
 def supports_tiled(*arrays) -> bool:
@@ -387,7 +395,7 @@ def run_task(pb, ws, task: layout_mod.Task, out, lse, counts):
     counts[EMPTY] += len(row_map) - len(visit)
     tiles = list(zip((visit + j_lo).tolist(), row_map[visit].tolist()))
     st = _tiles(pb, ws, idx, qs, qe, tiles, counts, careful=False)
-    if not st.trustworthy():
+    if not st.finite() or st.lost():
         st = _tiles(pb, ws, idx, qs, qe, tiles, np.zeros(3, np.int64), careful=True)
     st.finish(out[split][idx][:, qs:qe], lse[split][idx][:, qs:qe])       # (r, rows, Dv), (r, rows)
 
@@ -544,6 +552,15 @@ class RowState:
             return False
         started = self.m > self.lowest
         return bool((self.acc[:, self.Dv][started] >= self.SUM_FLOOR).all())
+
+    def lost(self) -> bool:
+        """Whether a row that met an allowed key ends with a sum l below eps: its shift (the probe's max, or a
+        tile max) overshot the folded scores by more than the mantissa holds. That happens only when the scores
+        are so large that their rounding error exceeds 1 (float64 |q|, |k| ~ 1e12): the two matmuls round the same
+        score differently, exp2 of the difference underflows and the row would end 0 with lse -inf. The careful
+        pass starts every row from its own tile max, so l >= 1 there."""
+        l = self.acc[:, self.Dv]
+        return bool(((self.m > self.lowest) & (l < np.finfo(l.dtype).eps)).any())
 
     def finish(self, dest_out, dest_lse):
         """out = acc / l, 0 where l = 0 (nothing to attend to); lse = (m + log2 l) * ln 2, -inf where l = 0.

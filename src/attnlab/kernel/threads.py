@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
@@ -60,59 +61,70 @@ def run_tasks(tasks, run_one, make_workspace, n: int, threads: int):
             _INSIDE.depth -= 1
         return counts
 
-    if nested:
-        return (work() if tasks else np.zeros(3, np.int64)), 1
-    with blas_threads(1 if n > 1 else threads):     # one thread of ours: BLAS may use the others
-        futures = [pool(n - 1).submit(work) for _ in range(n - 1)]
+    if getattr(_WORKER, "active", False):
+        # Nested use (a score modifier calling the kernel, on a worker or in a caller running tasks): run inline.
+        # Submitting to the shared pool from inside it could leave every worker waiting on tasks none can run.
+        return work() if tasks else np.zeros(3, np.int64), 1
+
+    def work_marked():
+        _WORKER.active = True
         try:
-            mine = work() if tasks else np.zeros(3, np.int64)
+            return work()
+        finally:
+            _WORKER.active = False
+
+    with blas_threads(1 if n > 1 else threads):     # one thread of ours: BLAS may use the others
+        futures = [pool(n - 1).submit(work_marked) for _ in range(n - 1)]
+        try:
+            mine = work_marked() if tasks else np.zeros(3, np.int64)
         finally:
             wait(futures)
         return mine + sum((f.result() for f in futures), np.zeros(3, np.int64)), n
 
 
+_WORKER = threading.local()          # .active: this thread is running a kernel call's tasks
+
+
 _POOL = {"executor": None, "size": 0}
+_POOL_LOCK = threading.Lock()
 
 
 def pool(size: int) -> ThreadPoolExecutor:
     """A process-wide pool with at least ``size`` workers (created on first use, grown when needed)."""
-    if _POOL["size"] < size:
-        old = _POOL["executor"]
-        _POOL["executor"], _POOL["size"] = ThreadPoolExecutor(size, thread_name_prefix="attnlab-flash"), size
-        if old is not None:
-            old.shutdown(wait=False)
-    return _POOL["executor"]
+    with _POOL_LOCK:                 # several user threads may call at once
+        if _POOL["size"] < size:
+            old = _POOL["executor"]
+            _POOL["executor"], _POOL["size"] = ThreadPoolExecutor(size, thread_name_prefix="attnlab-flash"), size
+            if old is not None:
+                old.shutdown(wait=False)
+        return _POOL["executor"]
 
 
-_INSIDE = threading.local()       # depth: how many kernel tasks this thread is running (nested calls: > 1)
-_BLAS = {"controller": None, "active": [], "original": None}
+_BLAS = {"controller": None, "active": 0, "saved": None}
 _BLAS_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
+@contextmanager
 def blas_threads(limit: int):
     """A context limiting BLAS (OpenBLAS, MKL, BLIS) to ``limit`` threads while the kernel runs.
 
-    Concurrent calls share one process-wide state: the limit is the smallest any running call asked for, the
-    first call in saves the original limits and the last call out restores them, whatever the interleaving."""
+    BLAS thread counts are process-wide, so concurrent calls from several user threads share one state: the first
+    call to enter saves the original limits and sets its own, later ones entering meanwhile keep it, and the last
+    to leave restores the original, whatever the order they finish in (threadpoolctl's own contexts restore what
+    each saw on entry, which leaves BLAS at 1 thread when they end out of order)."""
     from threadpoolctl import ThreadpoolController
 
     with _BLAS_LOCK:
         if _BLAS["controller"] is None:
             _BLAS["controller"] = ThreadpoolController()
-        active = _BLAS["active"]
-        if not active:
-            _BLAS["original"] = _BLAS["controller"].limit(limits=limit, user_api="blas")   # saves the originals
-        elif limit < min(active):
-            _BLAS["controller"].limit(limits=limit, user_api="blas")
-        active.append(limit)
+        if _BLAS["active"] == 0:
+            _BLAS["saved"] = _BLAS["controller"].limit(limits=limit, user_api="blas")
+        _BLAS["active"] += 1
     try:
         yield
     finally:
         with _BLAS_LOCK:
-            active.remove(limit)
-            if not active:
-                _BLAS["original"].restore_original_limits()
-                _BLAS["original"] = None
-            elif limit < min(active):
-                _BLAS["controller"].limit(limits=min(active), user_api="blas")
+            _BLAS["active"] -= 1
+            if _BLAS["active"] == 0:
+                _BLAS["saved"].restore_original_limits()
+                _BLAS["saved"] = None
