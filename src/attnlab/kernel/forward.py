@@ -107,11 +107,6 @@ def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, bloc
     """``flash_attention`` on inputs already checked by ``attnlab._inputs.prepare`` (with ``dot=True``)."""
     pb = problem(p, mask, scale, score_mod, bias, fn_name)
     lay = pb.lay
-    outer = lay.scores_shape[:-2]
-    if 0 in lay.scores_shape:                      # nothing to compute: what the reference returns
-        empty_out = np.zeros(outer + (lay.Lq, pb.Dv), pb.dtype)
-        empty_lse = np.full(outer + (lay.Lq,), -np.inf, pb.dtype)
-        return (empty_out, empty_lse) if return_lse else empty_out
     threads = layout_mod.threads_of(threads)
     outer = lay.scores_shape[:-2]
     if 0 in lay.scores_shape[:-1]:               # no query row at all (Lq, B or H is 0): the empty result
@@ -408,9 +403,7 @@ def _tiles(pb, ws, idx, qs, qe, tiles, counts, careful):
     qa = ws.qa[:R * (D + 1)].reshape(R, D + 1)
     np.multiply(pb.q[idx][:, q_sel], pb.q_scale, out=qa[:, :D].reshape(r, qe - qs, D))
     qa[:, D] = 0
-    # tall enough to pay for copying the key tile; never in the careful pass, where the shift is subtracted after
-    # the matmul (exactly 0 for a row's max) instead of inside it (rounded like any product of q and k)
-    fold = pb.mods is None and R >= FOLD_MIN_ROWS and not careful
+    fold = pb.mods is None and R >= FOLD_MIN_ROWS          # tall enough to pay for copying the key tile
     st = RowState(ws, r, qe - qs, pb.Dv, pb.dtype, careful, fold)
     for j, state in tiles:
         state, parts = pb.tile(idx, q_sel, q_pos, j * bk, min(lay.Lk, (j + 1) * bk), state)
@@ -458,7 +451,6 @@ class RowState:
     unchecked pass ended non-finite). ``fold``: started rows carry -m in the last column of the scaled queries."""
 
     PROBE_KEYS = 16                                  # keys a probe scores to pick a row's first shift
-    SUM_FLOOR = 0.5                                  # a started row's sum below this is redone carefully
 
     def __init__(self, ws, r, rows, Dv, dtype, careful, fold):
         R = r * rows
@@ -543,15 +535,8 @@ class RowState:
         np.copyto(acc, tmp)
         return True
 
-    def trustworthy(self) -> bool:
-        """Whether the optimistic pass can stand: every accumulator finite, and every started row's sum l at
-        least SUM_FLOOR. A started row holds one score equal to its shift, so l >= 1 in exact arithmetic; a
-        smaller l means the folded shift lost the score to rounding (|q|, |k| so large that q.k - m, computed
-        inside one matmul, is off by more than exp2 can absorb) and the row must be redone carefully."""
-        if not np.isfinite(self.acc).all():
-            return False
-        started = self.m > self.lowest
-        return bool((self.acc[:, self.Dv][started] >= self.SUM_FLOOR).all())
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.acc).all())
 
     def lost(self) -> bool:
         """Whether a row that met an allowed key ends with a sum l below eps: its shift (the probe's max, or a

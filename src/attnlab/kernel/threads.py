@@ -2,18 +2,10 @@
 
 NumPy releases the GIL inside BLAS and ufuncs, so tasks on a thread pool run in parallel; BLAS itself is held to
 one thread while the pool runs so the two do not oversubscribe the cores.
-
-Two rules keep this safe under any use:
-- nested calls (a score modifier, or anything running inside a kernel task, that calls the kernel again) run
-  inline on the calling thread: a worker waiting on the pool it belongs to would wait forever;
-- the BLAS thread limit is process-wide state shared by concurrent calls from several user threads: the first
-  call to enter saves the original limits and the last to leave restores them (a per-call save/restore would
-  restore out of order and leave BLAS at one thread for good).
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -43,13 +35,9 @@ def run_tasks(tasks, run_one, make_workspace, n: int, threads: int):
     matrix-vector products do). Each worker makes its own workspace. Returns the tile counts
     [empty, partial, full] and the number of threads used."""
     queue = TaskQueue(tasks)
-    nested = getattr(_INSIDE, "depth", 0) > 0
-    if nested:
-        n = 1                                       # inside a kernel task: inline, no pool, BLAS left as it is
 
     def work():
         ws, counts = make_workspace(), np.zeros(3, np.int64)
-        _INSIDE.depth = getattr(_INSIDE, "depth", 0) + 1
         try:   # overflow and 0 * inf are detected and handled in the tiles; NaN inputs propagate as in the reference
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 for task in queue:
@@ -57,8 +45,6 @@ def run_tasks(tasks, run_one, make_workspace, n: int, threads: int):
         except BaseException:
             queue.stopped = True
             raise
-        finally:
-            _INSIDE.depth -= 1
         return counts
 
     if getattr(_WORKER, "active", False):
