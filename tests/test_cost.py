@@ -29,8 +29,12 @@ def test_hand_computed_dense():
     # tiled: Q once, O once, K and V once for the single query block
     assert c.tiled.bytes_moved == (32 + 32 + 8 * 8) * 4 * heads_layers
     full = 2 * 2 * 64 * 4
-    # 3 score matrices + the output (4 heads x 8 x 4 floats) + one byte per value of v (its finiteness check)
-    assert c.reference.peak_bytes == 3 * full + 2 * 2 * 8 * 4 * 4 + 2 * 2 * 8 * 4
+    # the softmax's 3 score matrices, larger than the weighted sum's weights + output + the check of v
+    assert c.reference.peak_bytes == 3 * full > full + 2 * 2 * 8 * 4 * 4 + 2 * 2 * 8 * 4
+    # a decode step with head dim 16: the weighted sum's weights (4 x 1 x 8 floats), check of v (4 x 8 x 16 bytes)
+    # and output (4 x 16 floats) outweigh the softmax's 3 x (4 x 1 x 8) floats
+    step = cost.estimate(cost.model_config(head_dim=16, n_heads=2), 8, q_len=1, batch=2, dtype="float32")
+    assert step.reference.peak_bytes == 4 * 8 * 4 + 4 * 8 * 16 + 4 * 16 * 4 > 3 * 4 * 8 * 4
     # 8 rows per head (< 16): every head in one task. Output + lse (4 x 8 x (4 + 1) floats) + the 4 heads' tile
     # (32 x 8), scaled q (32 x 4), acc and pv (2 x 32 x 4), 6 row vectors (6 x 32), NumPy's ufunc buffer for
     # the tile's broadcast subtraction (32 x 8)

@@ -26,8 +26,9 @@ included (what tracemalloc sees around the call). One definition, in ``reference
 ``estimate`` and by ``attnlab.plan`` alike; both work on the kernel's own layout (``kernel.layout.layout``):
     reference: the reference path ``attnlab.scaled_dot_product_attention`` at its widest point holds REFERENCE_LIVE
            matrices of (..., Lq, Lk): the scores, the shifted scores and their exp (3) when unmasked; with a mask also
-           the masked copy (4), plus the boolean mask itself (Lq Lk bytes); plus the output (..., Lq, Dv) and
-           one byte per value of v (its finiteness check, which dominates a one-query decode step).
+           the masked copy (4), plus the boolean mask itself (Lq Lk bytes); or, if larger, its weighted-sum stage:
+           the weights, the output (..., Lq, Dv) and one byte per value of v (its finiteness check), which is what
+           a one-query decode step's peak is made of.
            (tracemalloc: 3.00 and 4.03 matrices.) ``reference_scores_bytes`` (the matrices alone) is what
            ``attnlab.planner.MEMORY_BUDGET`` bounds.
     tiled: ``attnlab.flash_attention``'s buffers, threads and key splits from ``kernel.layout.schedule``: the
@@ -282,13 +283,17 @@ def reference_scores_bytes(lay: Layout, itemsize: int, masked: bool) -> int:
 
 
 def reference_peak(lay: Layout, itemsize: int, masked: bool) -> int:
-    """Peak extra memory of the reference path: the score-sized intermediates, the materialized boolean mask
-    (Lq x Lk bytes), the output (..., Lq, Dv) and the finiteness check of v (one byte per value of v, see
-    ``reference.weighted_sum``). Peak = bytes allocated during the call above its inputs, the returned output
-    included (what tracemalloc sees around the call)."""
+    """Peak extra memory of the reference path, the larger of its two stages, with the materialized boolean mask
+    (Lq x Lk bytes) alive in both: the softmax (REFERENCE_LIVE score-sized matrices), then the weighted sum (the
+    weights, the finiteness check of v, one byte per value, see ``reference.weighted_sum``, and the output
+    (..., Lq, Dv)). Peak = bytes allocated during the call above its inputs, the returned output included (what
+    tracemalloc sees around the call); the second stage is the larger one only when Lk is small next to D (a
+    decode step)."""
+    scores = math.prod(lay.scores_shape) * itemsize
     out = math.prod(lay.scores_shape[:-1]) * lay.v.shape[-1] * itemsize
     finite_v = math.prod(np.broadcast_shapes(lay.lead + (1, 1, 1), lay.v.shape)[:-3]) * lay.Lk * lay.v.shape[-1]
-    return reference_scores_bytes(lay, itemsize, masked) + (lay.Lq * lay.Lk if masked else 0) + out + finite_v
+    mask = lay.Lq * lay.Lk if masked else 0
+    return mask + max(reference_scores_bytes(lay, itemsize, masked), scores + finite_v + out)
 
 
 def tiled_peak(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool = True) -> int:
