@@ -57,6 +57,7 @@ class MemoryBudgetError(ValueError):
 @dataclass
 class Plan:
     """Which path runs, why, and the estimated memory of each path (``attnlab.cost``: one model for both).
+    "call peak" in ``print(plan)`` is that model's peak: above the inputs, the output included.
 
     ``peak_bytes`` is the chosen path's peak extra memory as ``attnlab.cost`` defines it: bytes allocated during
     the call above its inputs, the returned output included. ``reference_bytes`` is only the reference path's
@@ -89,8 +90,9 @@ class Plan:
                  f"  path:      {self.impl or 'none fits'}",
                  f"  why:       {self.reason}",
                  f"  reference: ~{_mib(self.reference_bytes)} of score-sized intermediates "
-                 f"(budget {_mib(self.budget)})",
-                 f"  tiled:     ~{_mib(self.tiled_bytes)} ({self.threads} thread(s), tiles of "
+                 f"(budget {_mib(self.budget)})" + ("" if self.reference_peak is None else
+                                                   f", call peak ~{_mib(self.reference_peak)}"),
+                 f"  tiled:     ~{_mib(self.tiled_bytes)} call peak ({self.threads} thread(s), tiles of "
                  f"{self.r} head(s) x {self.block_q} queries x {self.block_k} keys)"]
         if self.impl == "tiled" and self.tiles is not None:
             lines.append(f"  tiles:     {self.tiles}")
