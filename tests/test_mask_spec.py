@@ -74,3 +74,5 @@ def test_the_commands_take_a_spec_on_the_command_line(tmp_path, capsys):
     assert main(["plot", "heatmap", "--mask", "window", "--out", str(tmp_path / "x.svg")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "window takes 1 to 2 argument(s)" in err
+    assert main(["mask", "causal & window:2", "--align", "top_left"]) == 2
+    assert "--align applies to a bare KIND" in capsys.readouterr().err

@@ -41,6 +41,8 @@ def register(sub):
 def build(args, Lk):
     """The Mask that the arguments describe: a bare KIND from its options, anything else by ``masks.parse``."""
     if args.kind not in KINDS:
+        if args.align != "bottom_right":
+            raise ValueError(f"--align applies to a bare KIND; in the spec {args.kind!r} write causal:top_left")
         return masks.parse(args.kind)
     if args.kind == "full":
         return masks.full()
