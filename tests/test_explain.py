@@ -114,7 +114,7 @@ def test_cli_files_and_random(tmp_path, capsys):
     (["--q", "1,zz", "--k", "1,0", "--v", "1"], "'zz' in row 0 is not a number"),
     (["--q", "1,0", "--k", "1,0,0", "--v", "1"], "k has 3 columns but q has 2"),
     (["--q", "1,0", "--k", "1,0", "--v", "1;2"], "v has 2 rows but k has 1"),
-    (["--q", "1,0", "--k", "1,0", "--v", "1", "--mask", "triangle"], "mask must be"),
+    (["--q", "1,0", "--k", "1,0", "--v", "1", "--mask", "triangle"], "unknown mask 'triangle'"),
     (["--q", "1,0"], "give all three"),
     (["--random", "--q", "1"], "exactly one input"),
     (["--q", "nofile.json", "--k", "1", "--v", "1"], "no such file"),

@@ -21,26 +21,37 @@ Algorithm 0 and Theorem 2:
            H (Lq D + Lq Dv) + G (keys read over all query blocks) (D + Dv), times itemsize.
            With block_q ~ M / d for a fast memory of M elements this is Theta(n^2 d^2 / M) (Theorem 2).
 
-Peak extra memory of one call (above its inputs):
+Peak extra memory of one call: the bytes allocated during the call above its inputs, the returned output
+included (what tracemalloc sees around the call). One definition, in ``reference_peak`` and ``tiled_peak``, read by
+``estimate`` and by ``attnlab.plan`` alike; both work on the kernel's own layout (``kernel.layout.layout``):
     reference: the reference path ``attnlab.scaled_dot_product_attention`` at its widest point holds REFERENCE_LIVE
-           matrices of B H Lq Lk: the scores, the shifted scores and their exp (3) when unmasked; with a mask also
-           the masked copy (4), plus the boolean mask itself (Lq Lk bytes). (tracemalloc: 3.02 and 4.02 matrices.)
-    tiled: ``attnlab.flash_attention``'s buffers: the output and the per-row log-sum-exp, O(n D), plus per thread
-           one R x block_k score tile (R = r block_q rows; the probabilities overwrite the scores), R x (D + 1)
-           for the scaled queries and the folded running max, 3 R x (Dv + 1) for the accumulator, P V and a
-           spare, 3 row vectors, a column of ones, from 16 rows a block_k x (D + 1) key tile with its column of
-           ones, and on a partial tile of a mask PARTIAL_TILE_BYTES per cell plus NumPy's UFUNC_BUFFER for
-           evaluating the mask: O(threads block_q block_k + n D), never n^2. (Relative masks also keep their
-           partial-tile patterns, 2 or 3 boolean tiles for causal and windows: ``planner.tiled_memory``.)
-           A decoding step (fewer than 16 rows per head group, one query block) runs every head in one task per
-           key split: per thread a tile, scaled queries, accumulator and P V, row vectors for all G r Lq rows,
-           NumPy's ufunc buffer for the tile's broadcast subtraction, and on a mask one boolean tile.
+           matrices of (..., Lq, Lk): the scores, the shifted scores and their exp (3) when unmasked; with a mask also
+           the masked copy (4), plus the boolean mask itself (Lq Lk bytes); or, if larger, its weighted-sum stage:
+           the weights, the output (..., Lq, Dv) and one byte per value of v (its finiteness check), which is what
+           a one-query decode step's peak is made of.
+           (tracemalloc: 3.00 and 4.03 matrices.) ``reference_scores_bytes`` (the matrices alone) is what
+           ``attnlab.planner.MEMORY_BUDGET`` bounds.
+    tiled: ``attnlab.flash_attention``'s buffers, threads and key splits from ``kernel.layout.schedule``: the
+           output and the per-row log-sum-exp, O(n D), once per key split, plus per used thread one R x block_k
+           score tile (R = r block_q rows; the probabilities overwrite the scores), R x (D + 1) for the scaled
+           queries and the folded running max, 3 R x (Dv + 1) for the accumulator, P V and a spare, 3 row vectors,
+           a column of ones, from FOLD_MIN_ROWS rows a block_k x (D + 1) key tile with its column of ones, and on a
+           masked call PARTIAL_TILE_BYTES per cell of one head's block_q x block_k (the r heads of a group share
+           the mask) plus NumPy's UFUNC_BUFFER for evaluating the mask:
+           O(threads block_q block_k + n D), never n^2. (Relative masks also keep a few partial-tile patterns.)
+           In the decode regime (``kernel.layout.decode_regime``: one query block of fewer than FOLD_MIN_ROWS rows)
+           every head runs in one task per key split: per thread a tile, scaled queries, accumulator and P V, row
+           vectors for all G r Lq rows, NumPy's ufunc buffer for the tile's broadcast subtraction, and on a mask one
+           boolean tile.
 
-KV cache (per sequence): 2 (K and V) * n_layers * G * D * itemsize bytes per token; a sliding window of w keys
-needs only the last w tokens (the rolling buffer cache of Jiang et al. 2023, "Mistral 7B", section 2).
+KV cache (per sequence): 2 (K and V) * n_layers * G * D * itemsize bytes per token; a mask that lets the last query
+see only its last w keys (a window) needs only those (the rolling buffer cache of Jiang et al. 2023, "Mistral 7B",
+section 2): ``cached_tokens``.
 
-Masks: "dense", "causal", or ("window", w) / "window:w": each query sees at most w keys, itself and the w - 1
-before it, i.e. ``attnlab.masks.sliding_window(w - 1)``. Queries are bottom-right aligned as in ``attnlab.masks``.
+Masks: any spec of ``attnlab.masks.SPEC_GRAMMAR``, parsed by ``attnlab.masks.parse``, the grammar every command
+uses: "full" (or "dense"), "causal", "window:L" (keys p - L .. p: at most L + 1 keys a query), "causal & window:256",
+"window:3,3 | global:0", ... Queries are bottom-right aligned as in ``attnlab.masks``. The tiled path's counts come
+from the kernel's tile maps (``kernel.layout.TileMaps``, built from ``Mask.blocks``): ``tile_work``.
 
 >>> c = estimate("llama-2-7b", 4096, dtype="float16")
 >>> c.kv_bytes_per_token // 1024   # KiB per token: 2 * 32 layers * 32 heads * 128 * 2 bytes
@@ -51,16 +62,21 @@ before it, i.e. ``attnlab.masks.sliding_window(w - 1)``. Queries are bottom-righ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import masks
+from ._inputs import prepare
 from .checks import positive_int
+from .kernel.layout import (FOLD_MIN_ROWS, Layout, TileMaps, blocks, decode_regime, layout,  # the kernel's own
+                            schedule)
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
-REFERENCE_LIVE = {"dense": 3, "masked": 4}  # full B x H x Lq x Lk matrices alive at the reference path's peak
+REFERENCE_LIVE = (3, 4)                 # (..., Lq, Lk) matrices alive at the reference path's peak, without / with
+                                        # a mask (tracemalloc: 3.00 and 4.03 of them with the mask's bytes)
 KERNEL_CALL_BYTES = 16 * 2**10          # one flash_attention call's task list, closures and BLAS-limit bookkeeping
 PARTIAL_TILE_BYTES = 3                  # bytes per cell to evaluate a mask on a tile: boolean comparisons, their
                                         # "and", the inverse used by copyto (measured with tracemalloc)
@@ -79,7 +95,7 @@ class ModelConfig:
     n_kv_heads: int
     head_dim: int
     context: int | None = None          # trained context length, when published
-    mask: tuple = ("dense",)            # the mask the model uses
+    mask: str = "full"                  # the mask the model uses, a spec (attnlab.masks.SPEC_GRAMMAR)
     source: str = ""
 
     @property
@@ -95,7 +111,7 @@ class ModelConfig:
 
 def model_config(*, n_heads: int, d_model: int | None = None, head_dim: int | None = None,
                  n_kv_heads: int | None = None, n_layers: int = 1, context: int | None = None,
-                 mask="dense", name: str = "custom") -> ModelConfig:
+                 mask="full", name: str = "custom") -> ModelConfig:
     """A ModelConfig from d_model or head_dim (one is enough; both must agree).
 
     >>> model_config(d_model=768, n_heads=12).head_dim
@@ -118,29 +134,30 @@ def model_config(*, n_heads: int, d_model: int | None = None, head_dim: int | No
         raise ValueError(f"n_heads {n_heads} must be a multiple of n_kv_heads {n_kv_heads} (grouped-query "
                          f"attention shares each key/value head among n_heads / n_kv_heads query heads)")
     return ModelConfig(name, n_layers, n_heads, n_kv_heads, head_dim,
-                       None if context is None else positive_int(context, "context"), parse_mask(mask))
+                       None if context is None else positive_int(context, "context"), mask_name(mask))
 
 
 PRESETS = {
     # Radford et al. 2019, "Language Models are Unsupervised Multitask Learners", Table 2 (smallest model: 12
     # layers, d_model 768) and the released config (openai-community/gpt2: n_head 12, n_ctx 1024).
-    "gpt2": ModelConfig("GPT-2 small", 12, 12, 12, 64, 1024, ("causal",),
+    "gpt2": ModelConfig("GPT-2 small", 12, 12, 12, 64, 1024, "causal",
                         "Radford et al. 2019, Table 2; openai-community/gpt2 config.json"),
     # Touvron et al. 2023, "Llama 2", Table 1 (7B: context 4k, no GQA) and meta-llama/Llama-2-7b-hf config.json:
     # hidden_size 4096, num_hidden_layers 32, num_attention_heads 32, num_key_value_heads 32.
-    "llama-2-7b": ModelConfig("Llama-2-7B", 32, 32, 32, 128, 4096, ("causal",),
+    "llama-2-7b": ModelConfig("Llama-2-7B", 32, 32, 32, 128, 4096, "causal",
                               "Touvron et al. 2023, Table 1; meta-llama/Llama-2-7b-hf config.json"),
     # Touvron et al. 2023, Table 1 (70B uses GQA) and meta-llama/Llama-2-70b-hf config.json: hidden_size 8192,
     # num_hidden_layers 80, num_attention_heads 64, num_key_value_heads 8.
-    "llama-2-70b": ModelConfig("Llama-2-70B", 80, 64, 8, 128, 4096, ("causal",),
+    "llama-2-70b": ModelConfig("Llama-2-70B", 80, 64, 8, 128, 4096, "causal",
                                "Touvron et al. 2023, Table 1; meta-llama/Llama-2-70b-hf config.json"),
     # Jiang et al. 2023, "Mistral 7B", Table 1: dim 4096, n_layers 32, head_dim 128, n_heads 32, n_kv_heads 8,
-    # window_size 4096, context_len 8192.
-    "mistral-7b": ModelConfig("Mistral-7B", 32, 32, 8, 128, 8192, ("window", 4096),
+    # window_size 4096, context_len 8192; section 2: a rolling buffer cache of W = 4096 entries, so each query sees
+    # itself and the W - 1 keys before it: window:4095 (keys p - 4095 .. p).
+    "mistral-7b": ModelConfig("Mistral-7B", 32, 32, 8, 128, 8192, "window:4095",
                               "Jiang et al. 2023, Table 1"),
     # Llama Team 2024, "The Llama 3 Herd of Models", Table 3 (8B: 32 layers, model dim 4096, 32 attention heads,
     # 8 key/value heads) and the Meta-Llama-3-8B model card (context length 8k).
-    "llama-3-8b": ModelConfig("Llama-3-8B", 32, 32, 8, 128, 8192, ("causal",),
+    "llama-3-8b": ModelConfig("Llama-3-8B", 32, 32, 8, 128, 8192, "causal",
                               "Llama Team 2024, Table 3; meta-llama/Meta-Llama-3-8B model card"),
 }
 
@@ -154,101 +171,153 @@ def get_preset(name: str) -> ModelConfig:
 
 
 # --- masks -------------------------------------------------------------------------------------------------------
-def parse_mask(spec) -> tuple:
-    """Normalize a mask kind: "dense" | "causal" | ("window", w) | "window:w" -> ("dense",) / ("causal",) /
-    ("window", w).
+def parse_mask(spec) -> masks.Mask:
+    """The ``attnlab.masks.Mask`` of a mask spec (``attnlab.masks.SPEC_GRAMMAR``: "causal", "window:4096",
+    "causal & window:256", ...; None means "full"). A Mask is returned as given. The one grammar of every command.
 
-    >>> parse_mask("window:256")
-    ('window', 256)
+    >>> parse_mask("window:2").to_array(4, 4).sum(axis=1).tolist()      # keys p-2 .. p: up to 3 keys a query
+    [1, 2, 3, 3]
     """
-    if isinstance(spec, str):
-        text = spec.strip().lower()
-        if text in ("dense", "full", "none"):
-            return ("dense",)
-        if text == "causal":
-            return ("causal",)
-        if text.startswith("window:"):
-            spec = ("window", text.split(":", 1)[1])
-    if isinstance(spec, tuple) and len(spec) == 1 and spec[0] in ("dense", "causal"):
-        return spec
-    if isinstance(spec, tuple) and len(spec) == 2 and spec[0] == "window":
-        try:
-            w = int(spec[1])
-        except (TypeError, ValueError):
-            w = 0
-        if w < 1 or str(spec[1]).strip() != str(w):
-            raise ValueError(f"window width must be a positive integer (keys each query sees), got {spec[1]!r}")
-        return ("window", w)
-    raise ValueError(f"mask must be 'dense', 'causal' or 'window:W' (e.g. window:4096), got {spec!r}")
+    return masks.full() if spec is None else masks.parse(spec)
 
 
 def mask_name(spec) -> str:
-    spec = parse_mask(spec)
-    return spec[0] if len(spec) == 1 else f"window:{spec[1]}"
+    """The canonical spec text of a mask spec ("full" for a dense mask)."""
+    m = parse_mask(spec)
+    return masks.spec_of(m) or m.name
 
 
 def to_mask(spec):
-    """The ``attnlab.masks`` object for a mask kind (None for dense): what the kernels are given."""
-    spec = parse_mask(spec)
-    if spec[0] == "dense":
-        return None
-    return masks.causal() if spec[0] == "causal" else masks.sliding_window(spec[1] - 1)
+    """The ``attnlab.masks`` object for a mask spec (None for a full mask): what the kernels are given."""
+    m = parse_mask(spec)
+    return None if is_full(m) else m
 
 
-def _key_range(q_pos, Lk, spec):
-    """First and one-past-last allowed key for query positions ``q_pos`` (int array), clipped to [0, Lk]."""
-    if spec[0] == "dense":
-        return np.zeros_like(q_pos), np.full_like(q_pos, Lk)
-    stop = np.clip(q_pos + 1, 0, Lk)
-    start = np.zeros_like(q_pos) if spec[0] == "causal" else np.clip(q_pos - spec[1] + 1, 0, Lk)
-    return start, np.maximum(stop, start)
+def is_full(mask) -> bool:
+    """Whether a parsed mask allows every cell by construction (spec "full", "dense" or "none")."""
+    return masks.spec_of(mask) == "full"
 
 
-def allowed_cells(q_len: int, kv_len: int, mask="dense") -> int:
-    """Cells (query, key) the mask allows, per sequence and head.
+def allowed_cells(q_len: int, kv_len: int, mask="full") -> int:
+    """Cells (query, key) the mask allows, per sequence and head, counted exactly: whole tiles from the mask's tile
+    map (``Mask.blocks``), cell by cell only inside partial tiles, so long sequences stay cheap.
 
-    >>> allowed_cells(4, 4, "causal"), allowed_cells(4, 4, "window:2")
+    >>> allowed_cells(4, 4, "causal"), allowed_cells(4, 4, "window:1")
     (10, 7)
     """
-    spec = parse_mask(mask)
-    pos = np.arange(q_len, dtype=np.int64) + (kv_len - q_len)        # (Lq,) query positions, bottom-right
-    start, stop = _key_range(pos, kv_len, spec)
-    return int((stop - start).sum())
+    m = parse_mask(mask)
+    if q_len == 0 or kv_len == 0:
+        return 0
+    b = max(8, -(-max(q_len, kv_len) // 1024))                          # at most ~1024 x 1024 tiles
+    tmap = m.blocks(q_len, kv_len, b, b)                                # (nqb, nkb) EMPTY / PARTIAL / FULL
+    rows = np.minimum(np.arange(tmap.shape[0]) * b + b, q_len) - np.arange(tmap.shape[0]) * b
+    cols = np.minimum(np.arange(tmap.shape[1]) * b + b, kv_len) - np.arange(tmap.shape[1]) * b
+    total = int(rows @ (tmap == masks.FULL) @ cols)
+    for i, j in zip(*np.nonzero(tmap == masks.PARTIAL)):
+        qi = np.arange(i * b, i * b + rows[i])[:, None]
+        kj = np.arange(j * b, j * b + cols[j])[None, :]
+        total += int(np.count_nonzero(m.evaluate(q_len, kv_len, qi, kj)))
+    return total
+
+
+def cached_tokens(kv_len: int, mask="full") -> int:
+    """Keys a KV cache must hold for the next query: from the first key the last query may see to the end (a
+    window keeps only its last keys: the rolling buffer of Jiang et al. 2023, section 2)."""
+    m = parse_mask(mask)
+    row = m.evaluate(kv_len, kv_len, np.array([[kv_len - 1]]), np.arange(kv_len)[None, :])[0]
+    first = np.flatnonzero(row)
+    return int(kv_len - first[0]) if first.size else 0
 
 
 @dataclass(frozen=True)
-class TileCounts:
-    """What a tiled kernel visits: cells of non-empty tiles, keys read per query block, (row, tile) pairs."""
+class TileWork:
+    """What the tiled kernel visits, per key/value head group summed over the kernel's groups (``Layout.lead``):
+    ``cells`` of non-empty tiles per query head, ``keys_read`` per query block summed over blocks, ``rescales`` =
+    sum over query rows of (visited tiles - 1), the exp(m_old - m_new) factors, and the ``tiles`` computed
+    (``kernel.layout.TileCounts`` gives the same tiles as empty / partial / full)."""
 
     cells: int
     keys_read: int
-    rescales: int         # sum over query rows of (visited tiles - 1): exp(m_old - m_new) factors
+    rescales: int
     tiles: int
 
 
-def tile_counts(q_len: int, kv_len: int, mask, block_q: int, block_k: int) -> TileCounts:
-    """Count the non-empty tiles of a (q_len x kv_len) mask cut into block_q x block_k tiles.
+def tile_work(lay: Layout, mask, block_q: int, block_k: int) -> TileWork:
+    """Count the work of the kernel's own tile maps (``kernel.layout.TileMaps``) for a mask (None: full).
 
-    The allowed keys of a query block form one contiguous range for these mask kinds, so the non-empty key
-    blocks of each query block are the blocks that range touches.
-
-    >>> tile_counts(4, 4, "causal", 2, 2)
-    TileCounts(cells=12, keys_read=6, rescales=2, tiles=3)
+    >>> tile_work(layout_of(1, 1, 1, 4, 4, 8), masks.causal(), 2, 2)
+    TileWork(cells=12, keys_read=6, rescales=2, tiles=3)
     """
-    spec = parse_mask(mask)
-    block_q, block_k = positive_int(block_q, "block_q"), positive_int(block_k, "block_k")
-    qs = np.arange(0, q_len, block_q, dtype=np.int64)                  # (nqb,) first row of each query block
-    rows = np.minimum(qs + block_q, q_len) - qs                         # (nqb,) rows in each query block
-    offset = kv_len - q_len
-    first, _ = _key_range(qs + offset, kv_len, spec)                    # keys of the block's first query
-    _, last = _key_range(qs + rows - 1 + offset, kv_len, spec)          # ... and of its last query
-    kb_start = first // block_k
-    kb_stop = np.where(last > first, -(-last // block_k), kb_start)      # ceil; empty range -> no tiles
-    keys = np.minimum(kb_stop * block_k, kv_len) - kb_start * block_k   # (nqb,) keys in the touched key blocks
-    keys = np.where(kb_stop > kb_start, keys, 0)
-    n_tiles = kb_stop - kb_start
-    rescales = rows * np.maximum(n_tiles - 1, 0)
-    return TileCounts(int((rows * keys).sum()), int(keys.sum()), int(rescales.sum()), int(n_tiles.sum()))
+    maps = TileMaps(mask, lay, block_q, block_k)
+    starts_q, starts_k = np.arange(maps.nqb) * block_q, np.arange(maps.nkb) * block_k
+    rows = np.minimum(starts_q + block_q, lay.Lq) - starts_q                # (nqb,) rows per query block
+    cols = np.minimum(starts_k + block_k, lay.Lk) - starts_k                # (nkb,) keys per key block
+    shared = mask is None or not isinstance(mask, masks.Mask) or (mask.batch is None and mask.heads is None)
+    groups = [(maps[None], maps.n_lead)] if shared else [(maps[idx], 1) for idx in np.ndindex(*lay.lead)]
+    cells = keys = rescales = tiles = 0
+    for tmap, times in groups:
+        visited = (tmap != masks.EMPTY).astype(np.int64)                    # (nqb, nkb)
+        per_block = visited.sum(axis=1)                                     # (nqb,) tiles per query block
+        cells += times * int(rows @ visited @ cols)
+        keys += times * int((visited @ cols).sum())
+        rescales += times * int((rows * np.maximum(per_block - 1, 0)).sum())
+        tiles += times * int(per_block.sum())
+    return TileWork(cells, keys, rescales, tiles)
+
+
+def layout_of(batch: int, n_heads: int, n_kv_heads: int, q_len: int, kv_len: int, head_dim: int,
+              v_dim: int | None = None) -> Layout:
+    """The kernel's layout (``kernel.layout.layout``) of q (batch, n_heads, q_len, head_dim) and k, v (batch,
+    n_kv_heads, kv_len, head_dim / v_dim), from shapes alone (zero-stride arrays, nothing allocated)."""
+    shapes = ((batch, n_heads, q_len, head_dim), (batch, n_kv_heads, kv_len, head_dim),
+              (batch, n_kv_heads, kv_len, head_dim if v_dim is None else v_dim))
+    arrays = [np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), s, (0,) * len(s)) for s in shapes]
+    return layout(prepare(*arrays, "cost"))
+
+
+# --- peak memory: one definition, used by estimate() and by attnlab.plan() ----------------------------------------
+def reference_scores_bytes(lay: Layout, itemsize: int, masked: bool) -> int:
+    """The score-sized intermediates of the reference path: REFERENCE_LIVE matrices of (..., Lq, Lk) at its
+    widest point. This is what ``attnlab.planner.MEMORY_BUDGET`` bounds."""
+    return REFERENCE_LIVE[bool(masked)] * math.prod(lay.scores_shape) * itemsize
+
+
+def reference_peak(lay: Layout, itemsize: int, masked: bool) -> int:
+    """Peak extra memory of the reference path, the larger of its two stages, with the materialized boolean mask
+    (Lq x Lk bytes) alive in both: the softmax (REFERENCE_LIVE score-sized matrices), then the weighted sum (the
+    weights, the finiteness check of v, one byte per value, see ``reference.weighted_sum``, and the output
+    (..., Lq, Dv)). Peak = bytes allocated during the call above its inputs, the returned output included (what
+    tracemalloc sees around the call); the second stage is the larger one only when Lk is small next to D (a
+    decode step)."""
+    scores = math.prod(lay.scores_shape) * itemsize
+    out = math.prod(lay.scores_shape[:-1]) * lay.v.shape[-1] * itemsize
+    finite_v = math.prod(np.broadcast_shapes(lay.lead + (1, 1, 1), lay.v.shape)[:-3]) * lay.Lk * lay.v.shape[-1]
+    mask = lay.Lq * lay.Lk if masked else 0
+    return mask + max(reference_scores_bytes(lay, itemsize, masked), scores + finite_v + out)
+
+
+def tiled_peak(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool = True) -> int:
+    """Peak extra memory of ``attnlab.flash_attention`` (same definition as ``reference_peak``: above the inputs,
+    output included), from the kernel's own schedule (``kernel.layout.schedule``, ``decode_regime``): the output
+    and the per-row log-sum-exp (once per key split), plus per used thread the buffers of one task, plus
+    KERNEL_CALL_BYTES. Not counted: the few partial-tile patterns a relative mask keeps for the call."""
+    D, Dv = lay.q.shape[-1], lay.v.shape[-1]
+    R, cols = lay.r * min(block_q, max(lay.Lq, 1)), min(block_k, max(lay.Lk, 1))
+    decode = decode_regime(lay, block_q)
+    splits, used = schedule(lay, block_q, block_k, threads, decode)
+    if decode:                            # every head in one task per key split
+        R *= math.prod(lay.lead)
+        per_thread = (R * cols + R * D + 2 * R * Dv + 6 * R) * itemsize                  # tile, scaled q, sums
+        per_thread += min(R * cols, UFUNC_BUFFER[0]) * itemsize  # NumPy buffers the shift's broadcast subtraction
+        per_thread += R * cols if masked else 0                                           # the tile's mask
+    else:
+        per_thread = (R * cols + R * (D + 1) + 3 * R * (Dv + 1) + 3 * R + cols) * itemsize  # tile, [q | -m], acc
+        per_thread += cols * (D + 1) * itemsize if R >= FOLD_MIN_ROWS else 0          # [k | 1] key tile
+        if masked:                        # the mask is evaluated on (1, block_q, cols): the r heads share it
+            cells = min(block_q, max(lay.Lq, 1)) * cols
+            per_thread += cells * PARTIAL_TILE_BYTES + min(cells, UFUNC_BUFFER[0]) * UFUNC_BUFFER[1]
+    rows_out = math.prod(lay.scores_shape[:-1])
+    return splits * rows_out * (Dv + 1) * itemsize + used * per_thread + KERNEL_CALL_BYTES
 
 
 # --- the estimate ------------------------------------------------------------------------------------------------
@@ -273,7 +342,7 @@ class Cost:
     q_len: int
     kv_len: int
     dtype: str
-    mask: tuple
+    mask: str                     # canonical spec (attnlab.masks.SPEC_GRAMMAR)
     block_q: int
     block_k: int
     threads: int
@@ -321,66 +390,41 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
     size = DTYPE_BYTES[dtype]
-    spec = cfg.mask if mask is None else parse_mask(mask)
+    spec = mask_name(cfg.mask if mask is None else mask)
+    m = to_mask(spec)                                                 # None: full, what the kernel is given
     D = Dv = cfg.head_dim
     heads, layers = B * cfg.n_heads, cfg.n_layers                     # (sequence, query head) pairs per layer
     allowed = allowed_cells(Lq, Lk, spec)
-    full = heads * Lq * Lk * size                                     # one B x H x Lq x Lk matrix
-    masked = spec[0] != "dense"
+    lay = layout_of(B, cfg.n_heads, cfg.n_kv_heads, Lq, Lk, D, Dv)
+    masked = m is not None
     reference = PathCost(
         "reference",
         flops=2 * Lq * Lk * (D + Dv) * heads * layers,
         exp_count=Lq * Lk * heads * layers,
-        score_bytes=2 * full,
+        score_bytes=2 * heads * Lq * Lk * size,                       # scores and weights, one layer
         bytes_moved=(Lq * D + Lk * D + Lk * Dv + Lq * Dv + 4 * Lq * Lk) * size * heads * layers,
-        peak_bytes=max(REFERENCE_LIVE["masked" if masked else "dense"] * full + (Lq * Lk if masked else 0),
-                       2 * full + heads * Lq * Dv * size, B * cfg.n_kv_heads * Lk * Dv))
-    r = cfg.n_heads // cfg.n_kv_heads
-    if block_q is None or block_k is None:
-        from .planner import default_blocks
-
-        bq, bk = default_blocks(r, Lq, Lk)
-        block_q, block_k = block_q or bq, block_k or bk
-    tiled = _tiled_path(cfg, B, Lq, Lk, size, spec, block_q, block_k, threads)
+        peak_bytes=reference_peak(lay, size, masked))
+    block_q, block_k = blocks(lay, block_q, block_k)                  # the kernel's own choice where not given
+    work = tile_work(lay, m, block_q, block_k)
+    splits, used = schedule(lay, block_q, block_k, threads, decode_regime(lay, block_q))
+    rows = lay.r * min(block_q, Lq) * (math.prod(lay.lead) if decode_regime(lay, block_q) else 1)
+    tiled = PathCost(
+        "tiled",
+        flops=2 * work.cells * lay.r * (D + Dv) * layers,
+        exp_count=(work.cells + work.rescales) * lay.r * layers,
+        score_bytes=used * rows * min(block_k, Lk) * size,
+        bytes_moved=(heads * Lq * (D + Dv) + work.keys_read * (D + Dv)) * size * layers,
+        peak_bytes=tiled_peak(lay, block_q, block_k, threads, size, masked))
     per_token = 2 * layers * cfg.n_kv_heads * D * size
-    cached = min(Lk, spec[1]) if spec[0] == "window" else Lk
+    cached = cached_tokens(Lk, spec)
     notes = []
     if cfg.context and Lk > cfg.context:
         notes.append(f"seq_len {Lk} exceeds {cfg.name}'s published context {cfg.context}")
-    if spec[0] == "window" and Lk > spec[1]:
-        notes.append(f"KV cache holds the last {spec[1]} tokens only (rolling buffer)")
+    if cached < Lk:
+        notes.append(f"KV cache holds the last {cached} tokens only (rolling buffer)")
     return Cost(cfg, B, Lq, Lk, dtype, spec, block_q, block_k, threads, allowed,
                 2 * allowed * (D + Dv) * heads * layers, reference, tiled, per_token, cached, B * cached * per_token,
                 tuple(notes))
-
-
-def _tiled_path(cfg: ModelConfig, B, Lq, Lk, size, spec, block_q, block_k, threads) -> PathCost:
-    """The tiled kernel: tasks are (sequence, key/value head, query block); each computes R x block_k tiles."""
-    tiles = tile_counts(Lq, Lk, spec, positive_int(block_q, "block_q"), positive_int(block_k, "block_k"))
-    D = Dv = cfg.head_dim
-    H, G, layers = B * cfg.n_heads, B * cfg.n_kv_heads, cfg.n_layers
-    R, cols = (cfg.n_heads // cfg.n_kv_heads) * min(block_q, Lq), min(block_k, Lk)
-    tasks, nkb = G * -(-Lq // block_q), -(-Lk // block_k)
-    if R < 16 and Lq <= block_q:          # decoding: every head in one task per key split (kernel.layout.decode_regime)
-        R, tasks = G * R, 1
-        splits = used = max(1, min(nkb, threads))
-        per_thread = (R * cols + R * D + 2 * R * Dv + 6 * R) * size                  # tile, scaled q, sums
-        per_thread += min(R * cols, UFUNC_BUFFER[0]) * size     # NumPy buffers the shift's broadcast subtraction
-        per_thread += R * cols if spec[0] != "dense" else 0                           # the tile's mask
-    else:
-        splits = min(nkb, -(-threads // tasks)) if nkb > 1 and tasks < threads else 1   # keys split when few tasks
-        used = min(threads, tasks * splits)
-        per_thread = (R * cols + R * (D + 1) + 3 * R * (Dv + 1) + 3 * R + cols) * size    # tile, [q | -m], acc
-        per_thread += cols * (D + 1) * size if R >= 16 else 0   # [k | 1] key tile: planner.FOLD_MIN_ROWS rows up
-        if spec[0] != "dense":
-            per_thread += R * cols * PARTIAL_TILE_BYTES + min(R * cols, UFUNC_BUFFER[0]) * UFUNC_BUFFER[1]
-    return PathCost(
-        "tiled",
-        flops=2 * tiles.cells * (D + Dv) * H * layers,
-        exp_count=(tiles.cells + tiles.rescales) * H * layers,
-        score_bytes=used * R * cols * size,
-        bytes_moved=(H * Lq * (D + Dv) + G * tiles.keys_read * (D + Dv)) * size * layers,
-        peak_bytes=splits * H * Lq * (Dv + 1) * size + used * per_thread + KERNEL_CALL_BYTES)
 
 
 # --- n -> 2n -----------------------------------------------------------------------------------------------------
@@ -434,26 +478,25 @@ def doubling(model, seq_len: int, **kwargs) -> Doubling:
 
 def explain(before: Cost, ratios: dict) -> str:
     """A short explanation of the n -> 2n ratios in words."""
-    spec, n = before.mask, before.kv_len
+    n, w = before.kv_len, before.kv_cached_tokens          # w < n: the mask keeps only the last w keys
+    windowed = w < n
     r = {k: f"{v:.2f}x" for k, v in ratios.items()}
     if before.q_len != n:
         q = _plural(before.q_len, "query")
         work = (f"Only the context doubles ({q}): every query reads twice the keys, so work, "
                 f"bytes moved and the KV cache grow about 2x (useful FLOPs {r['useful FLOPs']}), linear in n.")
-    elif spec[0] == "window" and n >= spec[1]:
-        work = (f"With a window of {spec[1]} keys each query still sees at most {spec[1]} keys: twice the queries, "
-                f"same keys each, so the useful work tends to 2x (n w), not 4x (useful FLOPs {r['useful FLOPs']}, "
-                f"tiled FLOPs {r['tiled FLOPs']}). The reference path still builds the full n x n matrix: "
-                f"{r['reference FLOPs']} FLOPs, {r['reference peak memory']} memory.")
+    elif windowed:
+        work = (f"With a window ({mask_name(before.mask)}) each query still sees at most {w} keys: twice the "
+                f"queries, same keys each, so the useful work tends to 2x (n w), not 4x (useful FLOPs "
+                f"{r['useful FLOPs']}, tiled FLOPs {r['tiled FLOPs']}). The reference path still builds the full "
+                f"n x n matrix: {r['reference FLOPs']} FLOPs, {r['reference peak memory']} memory.")
     else:
-        window = (f" (n is below the window of {spec[1]}, so the window does not bind yet)"
-                  if spec[0] == "window" else "")
         work = (f"Twice the queries, each seeing twice the keys: the score matrix has 4x the cells, so doubling "
-                f"roughly quadruples the work{window} (useful FLOPs {r['useful FLOPs']}) and the reference path's "
+                f"roughly quadruples the work (useful FLOPs {r['useful FLOPs']}) and the reference path's "
                 f"memory ({r['reference peak memory']}): n^2.")
     return (f"{work} The tiled path never stores the n x n matrix: its memory grows {r['tiled peak memory']} "
             f"(the output and per-row statistics: linear in the number of queries). The KV cache grows {r['KV cache']} "
-            f"(one entry per cached token{'; a window caps it' if spec[0] == 'window' else ''}).")
+            f"(one entry per cached token{'; a window caps it' if windowed else ''}).")
 
 
 # --- formatting --------------------------------------------------------------------------------------------------
@@ -511,5 +554,6 @@ def _scaled(n: float, unit: str) -> str:
 
 
 
-__all__ = ["Cost", "Doubling", "ModelConfig", "PathCost", "PRESETS", "TileCounts", "allowed_cells", "doubling",
-           "estimate", "explain", "get_preset", "model_config", "parse_mask", "tile_counts", "to_mask"]
+__all__ = ["Cost", "Doubling", "ModelConfig", "PathCost", "PRESETS", "TileWork", "allowed_cells", "cached_tokens",
+           "doubling", "estimate", "explain", "get_preset", "layout_of", "mask_name", "model_config", "parse_mask",
+           "reference_peak", "reference_scores_bytes", "tile_work", "tiled_peak", "to_mask"]

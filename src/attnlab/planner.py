@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import cost
 from . import masks as masks_mod
 from ._inputs import Prepared, prepare
 from .checks import choice
@@ -41,8 +42,8 @@ from .kernel.layout import (DECODE_KEYS, FOLD_MIN_ROWS, MASK_PATTERNS, PARTIAL_R
 
 MEMORY_BUDGET = 256 * 2**20          # bytes the reference path may use for score-sized intermediates
 TILED_FROM_SCORES = 2**21            # impl="auto" on NumPy picks the tiled kernel from this many scores (B*H*Lq*Lk)
-REFERENCE_COPIES = (3.25, 4.0)       # score-sized float arrays alive at once in the reference path, without / with
-                                     # a mask (tracemalloc peaks, B=2 H=4 n=1024 float32, see tests/test_plan.py)
+REFERENCE_COPIES = cost.REFERENCE_LIVE  # score-sized arrays alive in the reference path (the cost model's; old name)
+tiled_memory = cost.tiled_peak            # the tiled kernel's peak memory (the cost model's; old name)
 REFERENCE_BACKWARD_COPIES = 5.5     # score-sized float arrays alive at once in attention_backward (tracemalloc peak,
                                      # B=2 H=4 n=1024 float32, with and without a mask: 5.25-5.5; tests/test_backward.py)
 IMPLS = ("auto", "reference", "tiled")
@@ -55,14 +56,19 @@ class MemoryBudgetError(ValueError):
 # --- the plan ------------------------------------------------------------------------------------------------------
 @dataclass
 class Plan:
-    """Which path runs, why, and the estimated extra memory (beyond inputs and outputs) of each path."""
+    """Which path runs, why, and the estimated memory of each path (``attnlab.cost``: one model for both).
+    "call peak" in ``print(plan)`` is that model's peak: above the inputs, the output included.
+
+    ``peak_bytes`` is the chosen path's peak extra memory as ``attnlab.cost`` defines it: bytes allocated during
+    the call above its inputs, the returned output included. ``reference_bytes`` is only the reference path's
+    score-sized intermediates, the part the memory budget bounds."""
 
     impl: str | None              # "reference", "tiled", or None when no path fits the budget
     reason: str
     scores_shape: tuple
     dtype: str
     reference_bytes: int          # score-sized intermediates of the reference path
-    tiled_bytes: int              # per-thread tiles and row statistics of the tiled kernel
+    tiled_bytes: int              # peak of the tiled kernel: output, row statistics, per-thread tiles
     budget: int
     block_q: int
     block_k: int
@@ -70,11 +76,13 @@ class Plan:
     r: int
     tiles: TileCounts | None      # for the tiled kernel; None when the reference runs or the mask is an array
     backward: bool = False        # a plan for the gradients: attention_backward / flash_attention_backward
+    reference_peak: int | None = None   # peak of the reference path (cost.reference_peak); None: the scores only
 
     @property
     def peak_bytes(self) -> int | None:
-        """Estimated extra memory of the chosen path (None when no path fits)."""
-        return {"reference": self.reference_bytes, "tiled": self.tiled_bytes}.get(self.impl)
+        """Peak extra memory of the chosen path, output included (None when no path fits)."""
+        ref = self.reference_bytes if self.reference_peak is None else self.reference_peak
+        return {"reference": ref, "tiled": self.tiled_bytes}.get(self.impl)
 
     def __str__(self) -> str:
         what = "attention backward plan" if self.backward else "attention plan"
@@ -82,8 +90,9 @@ class Plan:
                  f"  path:      {self.impl or 'none fits'}",
                  f"  why:       {self.reason}",
                  f"  reference: ~{_mib(self.reference_bytes)} of score-sized intermediates "
-                 f"(budget {_mib(self.budget)})",
-                 f"  tiled:     ~{_mib(self.tiled_bytes)} ({self.threads} thread(s), tiles of "
+                 f"(budget {_mib(self.budget)})" + ("" if self.reference_peak is None else
+                                                   f", call peak ~{_mib(self.reference_peak)}"),
+                 f"  tiled:     ~{_mib(self.tiled_bytes)} call peak ({self.threads} thread(s), tiles of "
                  f"{self.r} head(s) x {self.block_q} queries x {self.block_k} keys)"]
         if self.impl == "tiled" and self.tiles is not None:
             lines.append(f"  tiles:     {self.tiles}")
@@ -150,11 +159,13 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
     if backward:
         bq, bk = kernel_backward.blocks(lay, block_q, block_k)
         ref_bytes = int(REFERENCE_BACKWARD_COPIES * n_scores * itemsize)
+        ref_peak = None
         tiled_bytes = kernel_backward.backward_memory(lay, bq, bk, threads, itemsize, masked=mask is not None)
-    else:
+    else:                                 # the cost model's peaks: one formula for plan() and attnlab cost
         bq, bk = blocks(lay, block_q, block_k)
-        ref_bytes = int(REFERENCE_COPIES[mask is not None] * n_scores * itemsize)
-        tiled_bytes = tiled_memory(lay, bq, bk, threads, itemsize, masked=mask is not None)
+        ref_bytes = cost.reference_scores_bytes(lay, itemsize, mask is not None)
+        ref_peak = cost.reference_peak(lay, itemsize, mask is not None)
+        tiled_bytes = cost.tiled_peak(lay, bq, bk, threads, itemsize, mask is not None)
     blocker = _tiled_blocker(numpy, p.q.dtype)
     chosen, reason = _choose(impl, return_weights, blocker, ref_bytes, n_scores, budget)
     tiles = None
@@ -165,7 +176,7 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
     used = kernel_backward.schedule(lay, bk, threads)[1] if backward else \
         schedule(lay, bq, bk, threads, decode_regime(lay, bq))[1]
     return Plan(chosen, reason, lay.scores_shape, str(p.q.dtype), ref_bytes, tiled_bytes, budget, bq, bk, used,
-                lay.r, tiles, backward)
+                lay.r, tiles, backward, ref_peak)
 
 
 def _shape(shape, name) -> tuple:
@@ -182,29 +193,6 @@ def decode_impl(q, k, v, *, cached: bool, return_weights: bool) -> str:
     "auto"."""
     decode = cached and q.shape[-2] == 1 and not return_weights and supports_tiled(q, k, v)
     return "tiled" if decode else "auto"
-
-
-def tiled_memory(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool = True) -> int:
-    """Extra bytes of ``attnlab.flash_attention`` beyond inputs and output: per thread the score tile, the scaled
-    queries, the key tile with its column of ones, the accumulators and row statistics (and on a partial tile
-    the evaluated mask and its negation); once the log-sum-exp rows and, with split keys, the partial outputs.
-    Not counted: the partial-tile patterns a relative mask keeps for the call (``kernel.forward.Problem.tile``),
-    at most MASK_PATTERNS boolean tiles of rows x cols bytes shared by the threads; causal and sliding-window masks keep 2
-    or 3 (plus 2 for the shorter last blocks when the lengths are not multiples of the blocks)."""
-    rows = lay.r * min(block_q, max(lay.Lq, 1))
-    cols = min(block_k, max(lay.Lk, 1))
-    D, Dv = lay.q.shape[-1], lay.v.shape[-1]
-    per_thread = itemsize * (rows * cols + rows * (D + 1) + 3 * rows * (Dv + 1) + 3 * rows + cols)
-    per_thread += itemsize * cols * (D + 1) if rows >= FOLD_MIN_ROWS else 0
-    per_thread += 2 * rows * cols if masked else 0
-    decode = decode_regime(lay, block_q)
-    if decode:             # every head at once: the tile (and its mask), the scaled queries, sums, row statistics
-        rows *= math.prod(lay.lead)
-        per_thread = itemsize * (rows * cols + rows * D + 2 * rows * Dv + 6 * rows + min(rows * cols, 8192))
-        per_thread += rows * cols if masked else 0
-    splits, used = schedule(lay, block_q, block_k, threads, decode)
-    rows_out = math.prod(lay.scores_shape[:-1])
-    return used * per_thread + splits * rows_out * itemsize + (splits - 1) * rows_out * (Dv + 1) * itemsize
 
 
 def _tiled_blocker(numpy, dtype):

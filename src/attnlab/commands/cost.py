@@ -19,7 +19,8 @@ def register(sub):
     p.add_argument("--q-len", type=int, help="queries per step, e.g. 1 for one decode step over a --seq cache")
     p.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
     p.add_argument("--dtype", default="float16", help=f"one of {', '.join(cost.DTYPE_BYTES)} (default float16)")
-    p.add_argument("--mask", help="dense, causal or window:W (default: the preset's own, else dense)")
+    p.add_argument("--mask", help="a mask spec (attnlab.masks.SPEC_GRAMMAR): full, causal, window:L (keys p-L..p), "
+                                  "causal & window:256, ... (default: the preset's own, else full)")
     p.add_argument("--block-q", type=int, help="tiled kernel: query rows per tile (default: the kernel's choice)")
     p.add_argument("--block-k", type=int, help="tiled kernel: keys per tile (default: the kernel's choice)")
     p.add_argument("--threads", type=int, default=1, help="tiled kernel: threads (default 1)")

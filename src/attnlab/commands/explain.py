@@ -20,7 +20,8 @@ def register(sub):
     p.add_argument("--lq", type=int, default=2, help="queries for --random (default 2)")
     p.add_argument("--lk", type=int, default=3, help="keys for --random (default 3)")
     p.add_argument("--dim", type=int, default=2, help="d for --random (default 2)")
-    p.add_argument("--mask", help="causal | window:W | padding:N")
+    p.add_argument("--mask", help="a mask spec (attnlab.masks.SPEC_GRAMMAR): causal | window:L (L keys back) | "
+                                  "padding:N | causal & window:2 ...")
     p.add_argument("--score", choices=("dot", "additive"), default="dot", help="scoring function (default dot)")
     p.add_argument("--wq", help="additive: W_q (A, d) inline or file")
     p.add_argument("--wk", help="additive: W_k (A, d) inline or file")

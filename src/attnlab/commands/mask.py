@@ -1,4 +1,10 @@
-"""attnlab mask KIND: draw a mask as text and as a picture (with the tile map a kernel sees)."""
+"""attnlab mask KIND|SPEC: draw a mask as text and as a picture (with the tile map a kernel sees).
+
+SPEC is any mask spec of ``attnlab.masks.SPEC_GRAMMAR`` ("causal & window:2", "window:3,3 | global:0"), parsed by
+``attnlab.masks.parse`` like every other command's ``--mask``; a bare KIND takes its parameters from the options
+(``window --left L --right R`` is ``window:L,R``)."""
+
+import re
 
 from .. import masks
 
@@ -8,8 +14,10 @@ KINDS = ("full", "causal", "window", "padding", "prefix", "document", "dilated",
 def register(sub):
     p = sub.add_parser("mask", help="draw a mask: text in the terminal, picture to --out (png/svg/pdf)",
                        description="Examples: attnlab mask causal --n 8; attnlab mask window --n 16 --left 3 "
-                                   "--block 4; attnlab mask causal --lq 4 --lk 10 (both alignments)")
-    p.add_argument("kind", choices=KINDS, help="which mask")
+                                   "--block 4; attnlab mask 'causal & window:2' --n 8; attnlab mask causal --lq 4 "
+                                   "--lk 10 (both alignments)")
+    p.add_argument("kind", metavar="KIND|SPEC",
+                   help=f"a kind ({', '.join(KINDS)}) with its options, or a mask spec of attnlab.masks.SPEC_GRAMMAR")
     p.add_argument("--n", type=int, default=8, help="queries and keys (default 8)")
     p.add_argument("--lq", type=int, help="queries (default --n)")
     p.add_argument("--lk", type=int, help="keys (default --n)")
@@ -31,7 +39,11 @@ def register(sub):
 
 
 def build(args, Lk):
-    """The Mask that the arguments describe."""
+    """The Mask that the arguments describe: a bare KIND from its options, anything else by ``masks.parse``."""
+    if args.kind not in KINDS:
+        if args.align != "bottom_right":
+            raise ValueError(f"--align applies to a bare KIND; in the spec {args.kind!r} write causal:top_left")
+        return masks.parse(args.kind)
     if args.kind == "full":
         return masks.full()
     if args.kind == "causal":
@@ -66,8 +78,8 @@ def run(args):
     from ..viz import mask_figure, save
     from ..viz._figure import figure_path
 
-    out = figure_path(args.out or f"mask-{args.kind}.png")
     mask = build(args, Lk)
+    out = figure_path(args.out or f"mask-{re.sub(r'[^A-Za-z0-9]+', '-', args.kind).strip('-') or 'spec'}.png")
     print(mask.show(Lq, Lk))
     save(mask_figure(mask, Lq, Lk, block=args.block), out)
     print(f"wrote {out}")

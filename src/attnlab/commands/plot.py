@@ -11,8 +11,6 @@ import numpy as np
 
 from ..checks import int_arg
 
-MASKS = ("none", "causal", "window")
-
 
 def register(sub):
     p = sub.add_parser("plot", help="figures: heatmap, causal, heads, entropy, cost (--out png/svg/pdf)")
@@ -23,8 +21,9 @@ def register(sub):
     h.add_argument("--n", type=int_arg(1, 512), help="demo: tokens (default: the demo sentence)")
     h.add_argument("--layer", type=int, default=0, help="demo: layer (default 0)")
     h.add_argument("--head", type=int, default=0, help="demo: head (default 0)")
-    h.add_argument("--mask", choices=MASKS, default="causal", help="demo: mask to apply (default causal)")
-    h.add_argument("--left", type=int, default=2, help="window mask: keys on each side (default 2)")
+    h.add_argument("--mask", default="causal",
+                   help="demo: mask spec to apply (attnlab.masks.SPEC_GRAMMAR: none, causal, window:L[,R], "
+                        "causal & window:2, ...; default causal)")
 
     c = _figure_parser(kinds, "causal", "scores -> causal mask -> softmax -> output, for random q, k, v")
     c.add_argument("--n", type=int_arg(1, 512), default=6, help="tokens (default 6)")
@@ -78,13 +77,21 @@ def _heatmap(args):
     if args.weights:
         return viz.heatmap(_load(args.weights))
     data = _demo(args)
-    mask = {"none": None, "causal": masks.causal(), "window": masks.sliding_window(args.left, args.left)}[args.mask]
+    mask = demo_mask(args.mask)
     L, H = data.shape[:2]
     if not (0 <= args.layer < L and 0 <= args.head < H):
         raise ValueError(f"the demo has {L} layers and {H} heads, got --layer {args.layer} --head {args.head}")
     w = data.weights(mask)[args.layer, args.head]
     return viz.heatmap(w, data.tokens, mask=mask,
-                       title=f"demo, layer {args.layer} head {args.head}, mask {args.mask}")
+                       title=f"demo, layer {args.layer} head {args.head}, mask {masks.spec_of(mask) or 'none'}")
+
+
+def demo_mask(spec: str):
+    """The Mask of ``--mask`` (``attnlab.masks.parse``, the one grammar), None for a full mask."""
+    from .. import masks
+
+    mask = masks.parse(spec)
+    return None if masks.spec_of(mask) == "full" else mask
 
 
 def _causal(args):
@@ -122,7 +129,7 @@ def _cost(args):
         return viz.cost_figure(spec["predicted"], spec.get("measured"))
     n = [2 ** p for p in range(8, 16)]
     runs = {"reference, dense": ("reference", "dense"), "tiled, dense": ("tiled", "dense"),
-            "tiled, causal": ("tiled", "causal"), "tiled, window 256": ("tiled", "window:256")}
+            "tiled, causal": ("tiled", "causal"), "tiled, window:255": ("tiled", "window:255")}
     est = {name: [getattr(cost.estimate(args.preset, x, mask=m), path) for x in n]
            for name, (path, m) in runs.items()}
     return viz.cost_figure({

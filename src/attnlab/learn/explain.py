@@ -114,22 +114,19 @@ def to_matrix(rows, name: str) -> np.ndarray:
 
 
 def parse_mask(spec: str | None, Lq: int, Lk: int) -> tuple[np.ndarray | None, str]:
-    """``causal``, ``window:W`` (itself and W keys back), ``padding:N`` (keys >= N hidden) -> (Lq, Lk) bool, name.
+    """A mask spec (``attnlab.masks.SPEC_GRAMMAR``, parsed by ``attnlab.masks.parse``: ``causal``, ``window:L``
+    (itself and L keys back), ``padding:N``, ``causal & window:2``, ...) -> (Lq, Lk) bool, its canonical text.
+    None (and the full mask) -> (None, "none"): nothing is blocked.
 
     >>> parse_mask("window:1", 3, 3)[0].astype(int).tolist()
     [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
     """
-    if spec is None or spec == "none":
+    if spec is None:
         return None, "none"
-    kind, _, arg = spec.partition(":")
-    if kind == "causal" and not arg:
-        mask = masks_mod.causal()
-    elif kind in ("window", "padding") and arg.strip().isdigit():
-        n = int(arg)
-        mask = masks_mod.sliding_window(n) if kind == "window" else masks_mod.padding([n])
-    else:
-        raise ValueError(f"mask must be causal, window:W or padding:N (W, N non-negative integers), got {spec!r}")
-    return np.asarray(mask.to_array(Lq, Lk)).reshape(Lq, Lk), mask.name
+    mask = masks_mod.parse(spec)
+    if masks_mod.spec_of(mask) == "full":
+        return None, "none"
+    return np.asarray(mask.to_array(Lq, Lk)).reshape(Lq, Lk), masks_mod.spec_of(mask)
 
 
 def random_inputs(seed: int, Lq: int = 2, Lk: int = 3, d: int = 2, dv: int = 2):
@@ -151,7 +148,8 @@ def worked_example(q, k, v, mask=None, *, score: str = "dot", w_q=None, w_k=None
                    seed: int = 0) -> WorkedExample:
     """Every intermediate of attention for q (Lq, D), k (Lk, D), v (Lk, Dv), checked against attnlab.
 
-    ``mask``: None, a spec string (``causal``, ``window:W``, ``padding:N``) or a boolean (Lq, Lk) array.
+    ``mask``: None, a spec string (``attnlab.masks.SPEC_GRAMMAR``: ``causal``, ``window:L``, ``padding:N``,
+    ``causal & window:1``, ...) or a boolean (Lq, Lk) array.
     ``score``: "dot" (scaled dot product) or "additive" (w_q, w_k, w_v given, or seeded with ``seed``).
     """
     q, k, v = (to_matrix(np.asarray(x, dtype=object).tolist(), n) for x, n in ((q, "q"), (k, "k"), (v, "v")))

@@ -50,11 +50,17 @@ def inputs(n: int, heads: int, head_dim: int, seed: int, dtype=np.float32):
     return tuple(rng.standard_normal((1, heads, n, head_dim)).astype(dtype) for _ in range(3))
 
 
+def window_spec(window: int) -> str:
+    """The mask spec (``attnlab.masks.SPEC_GRAMMAR``) of a window of ``window`` keys: the query and the
+    window - 1 keys before it."""
+    return f"window:{window - 1}"
+
+
 def attention_call(variant: str, q, k, v, *, window: int, block: int):
     """A zero-argument callable running one variant on q, k, v (the tiled kernel on 1 thread, as modelled)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    mask = cost.to_mask(("window", window)) if variant.endswith("window") else None
+    mask = cost.to_mask(window_spec(window)) if variant.endswith("window") else None
     if variant.startswith("naive"):
         return lambda: scaled_dot_product_attention(q, k, v, mask=mask, impl="reference")
     return lambda: flash_attention(q, k, v, mask=mask, block_q=block, block_k=block, threads=1)
@@ -62,7 +68,7 @@ def attention_call(variant: str, q, k, v, *, window: int, block: int):
 
 def predict(variant: str, n: int, *, heads: int, head_dim: int, window: int, block: int) -> cost.Cost:
     """The cost model's estimate for one variant at length n (float32, batch 1, one layer)."""
-    mask = ("window", window) if variant.endswith("window") else "dense"
+    mask = window_spec(window) if variant.endswith("window") else "full"
     cfg = cost.model_config(head_dim=head_dim, n_heads=heads)
     return cost.estimate(cfg, n, dtype="float32", mask=mask, block_q=block, block_k=block, threads=1)
 
