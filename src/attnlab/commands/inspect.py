@@ -2,7 +2,10 @@
 
 from pathlib import Path
 
+import numpy as np
+
 from ..cli import UsageError
+from ..record import Recorder
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -13,18 +16,25 @@ def register(sub):
                                    "the tokens and a diagnostic table (entropy, effective tokens, top-1 mass, "
                                    "sink mass, distance, previous/next/same-token scores, flags). With --out: "
                                    "heatmap.png (one head), heads.png, entropy.png and explorer.html.")
-    p.add_argument("text", help="the text (up to the model's limit, 512 tokens for MiniLM)")
+    p.add_argument("text", nargs="?", help="the text (up to the model's limit, 512 tokens for MiniLM)")
     p.add_argument("--model", default=MODEL, help=f"model name or local Hugging Face directory (default {MODEL})")
     p.add_argument("--layer", type=int, help="show only this layer (0-based); with --head: one head")
     p.add_argument("--head", type=int, help="show only this head (0-based; needs --layer)")
     p.add_argument("--out", help="folder for the figures and the explorer page")
     p.add_argument("--truncate", action="store_true", help="cut texts longer than the model allows")
+    p.add_argument("--audio", help="a WAV file for a speech model (--model whisper-tiny.en, the default with it, "
+                                   "or whisper-base): transcript, cross-attention over time, alignment")
+    p.add_argument("--say", help="a sentence spoken by espeak-ng and given to the speech model, as --audio")
     p.set_defaults(func=run)
 
 
 def run(args):
     from .. import diagnostics, models
 
+    if args.audio or args.say:
+        return _speech(args)
+    if args.text is None or not args.text.strip():
+        raise UsageError("give the text to inspect (or --audio WAV / --say TEXT for a speech model)")
     model = models.load(args.model)
     layer, head = _selection(args, model)
     parts = model.attention_parts(args.text, truncate=args.truncate)
@@ -83,3 +93,66 @@ def _explorer_layers(parts, layer):
     print(f"explorer.html holds layer {layer} only: {L} tokens x {n_layers * n_heads} heads would make a page of "
           f"~{n_layers * n_heads * L * L * 5.4 / 1e6:.0f} MB (choose the layer with --layer)")
     return [layer]
+
+
+SPEECH_MODEL = "whisper-tiny.en"
+
+
+def _speech(args):
+    """A speech model on a WAV (or espeak-ng's reading of --say): transcript, alignment, the three attention
+    kinds, and with --out the cross-attention figure and an explorer page whose keys are audio positions."""
+    from .. import diagnostics, models
+    from ..models import audio
+    from ..models.whisper import SECONDS_PER_POSITION, Whisper, align_words, cross_attention_map
+
+    if args.audio and args.say:
+        raise UsageError("give --audio or --say, not both")
+    name = SPEECH_MODEL if args.model == MODEL else args.model
+    model = models.load(name)
+    if not isinstance(model, Whisper):
+        raise UsageError(f"--audio/--say need a speech model (whisper-tiny.en, whisper-base), got {name!r}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    wav = Path(args.audio) if args.audio else audio.say(args.say, Path(args.out) / "speech.wav" if args.out else None)
+    if not wav.is_file():
+        raise UsageError(f"--audio: no such file {str(wav)!r}")
+    r = model.transcribe(wav, record=True)
+    seconds = r.meta["seconds"]
+    print(f"{model.name}: {len(model.encoder)} encoder + {len(model.decoder)} decoder layers x {model.H} heads; "
+          f"{seconds:.2f} s of audio -> {len(r.ids)} tokens")
+    print(f"transcript: {r.text.strip()}")
+    words = align_words(model, r)
+    print("alignment (read off the cross-attention of the alignment heads): "
+          + "  ".join(f"{w.text}@{w.start:.2f}s" for w in words))
+    speech = max(1, int(round(seconds / SECONDS_PER_POSITION)))
+    for kind, layers in (("self", [f"encoder.{i}" for i in range(len(model.encoder))]),
+                         ("causal", [f"decoder.{i}" for i in range(len(model.decoder))]),
+                         ("cross", [f"decoder.{i}" for i in range(len(model.decoder))])):
+        ent = []
+        for layer in layers:
+            recs = [x.weights[0] for x in r.recorder.records if x.layer == layer and x.kind == kind]
+            if kind == "self":                       # encoder rows and keys: the speech part
+                recs = [w[:, :speech, :speech] for w in recs]
+            # one record per decoding step (the cache grows): each step's rows, averaged
+            ent.append(float(np.mean([diagnostics.entropy(w).mean() for w in recs])))
+        print(f"{kind:>6} attention ({'encoder' if kind == 'self' else 'decoder'}), mean normalized entropy per "
+              f"layer: " + " ".join(f"{e:.2f}" for e in ent))
+    if args.out:
+        from ..viz import cross_attention_figure, save
+        from ..viz.explorer import ExplorerData, write_explorer
+
+        folder = Path(args.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        fig = cross_attention_figure(cross_attention_map(model, r), r.tokens, r.meta["mel"], seconds, words=words,
+                                     title=f"{model.name}: cross-attention of the alignment heads")
+        print(f"wrote {save(fig, folder / 'cross.png')}")
+        layer = len(model.decoder) - 1
+        rec = Recorder(layers=[f"decoder.{layer}"], fields=("q", "k", "v", "scores"))
+        model.decode(r.prompt + r.ids, model.encode(r.meta["mel"]), None, rec)
+        c = rec.get(f"decoder.{layer}", "cross")
+        keys = [f"{j * SECONDS_PER_POSITION:.2f}s" for j in range(c.k.shape[-2])]        # all 1500 positions
+        data = ExplorerData(tokens=[model.tokenizer.decode([i]) for i in r.prompt + r.ids], k_tokens=keys,
+                            scores=c.scores[0], queries=c.q[0], keys=c.k[0], values=c.v[0], scale=c.scale,
+                            title=f"{model.name} decoder layer {layer}: cross-attention (keys = 20 ms of audio "
+                                  f"each; speech in the first {seconds:.1f} s)", layer_names=[f"L{layer} cross"])
+        print(f"wrote {write_explorer(data, folder / 'explorer.html')}")
