@@ -180,7 +180,7 @@ def test_bad_requests_get_clear_errors(server):
     status, _, body = _post(server.url, "/api/mask", {"spec": "causal", "n": 10**6})
     assert status == 400 and "n must be an integer in [1, 512]" in json.loads(body)["error"]
     with socket.create_connection(server.server_address[:2], timeout=10) as s:   # a body past the limit
-        s.sendall(b"POST /api/attention HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n")
+        s.sendall(b"POST /api/attention HTTP/1.1\r\nHost: x\r\nContent-Length: 8388608\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.0 413")                         # refused before it is read
     assert _get(server.url, "/api/attention")[0] == 405
 
@@ -264,3 +264,25 @@ def test_serve_starts_and_stops_cleanly_on_ctrl_c():
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_speech_view_is_the_models_own_transcript_and_alignment(tmp_path):
+    from attnlab.models import audio
+    from attnlab.models.whisper import align_words, cross_attention_map
+
+    whisper = models.load("whisper-tiny.en")
+    view = views.speech_view(whisper, say="The quick brown fox jumps over the lazy dog.")
+    wav = audio.say("The quick brown fox jumps over the lazy dog.", tmp_path / "fox.wav")
+    r = whisper.transcribe(wav, record=True)
+    assert view["transcript"] == r.text.strip() and view["tokens"] == r.tokens
+    assert [w["start"] for w in view["words"]] == [w.start for w in align_words(whisper, r)]
+    np.testing.assert_allclose(views.decode(view["cross"]), cross_attention_map(whisper, r)[:, :view["positions"]],
+                               atol=1e-7)
+    one = views.speech_view(whisper, wav_b64=__import__("base64").b64encode(wav.read_bytes()).decode(), layer=3,
+                            head=0)
+    np.testing.assert_allclose(views.decode(one["cross"]), cross_attention_map(whisper, r, [(3, 0)])[:, :one["positions"]],
+                               atol=1e-7)
+    with pytest.raises(views.RequestError, match="either say"):
+        views.speech_view(whisper)
+    with pytest.raises(views.RequestError, match="base64"):
+        views.speech_view(whisper, wav_b64="not base64!!")

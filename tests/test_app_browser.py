@@ -24,7 +24,8 @@ HOSTILE = "<script>alert(1)</script> \"'><img src=x onerror=alert(2)> \u202etxet
 
 @pytest.fixture(scope="module")
 def live(llama_dir):  # noqa: F811
-    app = App({MINILM: models.load(MINILM), "tiny-llama": models.load(llama_dir)})
+    app = App({MINILM: models.load(MINILM), "tiny-llama": models.load(llama_dir),
+               "whisper-tiny.en": models.load("whisper-tiny.en")})
     srv = app.serve()
     yield app, srv
     srv.shutdown()
@@ -149,6 +150,18 @@ def test_the_mask_language_panel_draws_the_tile_map(page):
         page.click("#mask-draw")
     page.wait_for_function("document.querySelector('#mask-info').textContent.includes('tiles of 4')")
     assert "1 empty" in page.text_content("#mask-info")
+
+
+def test_the_speech_model_transcribes_a_spoken_sentence_and_draws_cross_attention(page):
+    page.select_option("#model", "whisper-tiny.en")
+    page.wait_for_selector("#speech-panel:not([hidden])")
+    page.fill("#text", "The quick brown fox jumps over the lazy dog.")
+    with page.expect_response(lambda r: r.url.endswith("/api/speech")):
+        page.click("#run")
+    page.locator("#transcript", has_text="quick brown fox").wait_for()      # (no string predicates: the CSP)
+    assert "@" in page.text_content("#words") and page.is_hidden("#heatmap")
+    assert page.evaluate("window.attnlabApp.state.speech.positions") > 50
+    page.select_option("#model", MINILM)
 
 
 def test_nothing_leaves_loopback(page):

@@ -12,6 +12,8 @@ Routes (JSON in, JSON out unless said otherwise):
 - ``POST /api/mask {spec, n, block}``, ``POST /api/cost {model, n, mask}``
 - ``POST /api/figure {model, text, layer, head, mask, format}`` the heatmap as PNG/SVG (attnlab.viz)
 - ``POST /api/page {model, text, layer}`` the static offline explorer page of this text
+- ``POST /api/speech {model, say | wav (base64), layer, head}`` a speech model: transcript, alignment, the
+  spectrogram and the cross-attention over it
 
 Every response carries a Content-Security-Policy that allows only this origin's own script, style and requests.
 """
@@ -39,7 +41,7 @@ class ModelChoice:
     """A model the app offers: its name for ``attnlab.models.load``, its kind and a line about it."""
 
     name: str
-    kind: str          # "encoder" | "decoder"
+    kind: str          # "encoder" | "decoder" | "speech"
     about: str
 
 
@@ -48,6 +50,8 @@ CHOICES = (
                                                "heads, trained sentence encoder"),
     ModelChoice("smollm2-135m", "decoder", "SmolLM2-135M (Llama family): causal self-attention, 30 layers, 9 query "
                                            "heads over 3 key/value heads (GQA)"),
+    ModelChoice("whisper-tiny.en", "speech", "Whisper tiny.en (encoder-decoder): encoder self-attention over audio, "
+                                             "decoder causal self-attention and cross-attention to the audio"),
 )
 
 
@@ -74,7 +78,8 @@ class App:
             models, choices = {n: m for n, (_, m) in found.items()}, [c for c, _ in found.values()]
         self._models = dict(models)
         if choices is None:
-            choices = [ModelChoice(n, "decoder" if getattr(m, "causal", False) else "encoder", repr(m))
+            choices = [ModelChoice(n, "speech" if hasattr(m, "transcribe") else
+                                   "decoder" if getattr(m, "causal", False) else "encoder", repr(m))
                        for n, m in self._models.items()]
         if first is not None:
             if first not in [c.name for c in choices]:
@@ -102,12 +107,13 @@ class App:
         r[("GET", "/api/models")] = self._list
         for path, fn in (("/api/attention", self._attention), ("/api/next", self._next),
                          ("/api/generate", self._generate), ("/api/mask", self._mask), ("/api/cost", self._cost),
-                         ("/api/figure", self._figure), ("/api/page", self._page)):
+                         ("/api/figure", self._figure), ("/api/page", self._page), ("/api/speech", self._speech)):
             r[("POST", path)] = fn
         return r
 
     def serve(self, host: str = LOOPBACK, port: int = 0, *, allow_remote: bool = False, **limits) -> BoundedServer:
         """Start serving in a background thread; returns the server (``.url``, ``.shutdown()``)."""
+        limits.setdefault("max_body", 4 << 20)             # an uploaded WAV travels as base64 JSON
         return BoundedServer(self.routes(), host, port, security_headers=SECURITY_HEADERS,
                              allow_remote=allow_remote, **limits).start()
 
@@ -153,6 +159,15 @@ class App:
         choice = self.choices.get(p.get("model"))
         mask = p.get("mask") or ("causal" if choice is not None and choice.kind == "decoder" else "dense")
         return Reply.json(self._run(p, views.cost_view, n, mask))
+
+    def _speech(self, p) -> Reply:
+        layer = p.get("layer")
+        head = p.get("head")
+        for key, value in (("layer", layer), ("head", head)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise RequestError(f"{key} must be an integer or null, got {value!r}")
+        return Reply.json(self._run(p, lambda m: views.speech_view(m, say=p.get("say"), wav_b64=p.get("wav"),
+                                                                   layer=layer, head=head)))
 
     def _figure(self, p) -> Reply:
         fmt = p.get("format", "png")

@@ -245,3 +245,53 @@ def cost_view(model, n: int, mask: str = "dense") -> dict:
     out["kv_cache"] = kv_cache_bytes(model, n)
     out["table"] = c.table()
     return out
+
+
+MAX_AUDIO_BYTES = 2_000_000      # an uploaded WAV (about 60 s of 16 kHz 16-bit mono)
+
+
+def speech_view(model, *, say: str | None = None, wav_b64: str | None = None, layer: int | None = None,
+                head: int | None = None) -> dict:
+    """A speech model (Whisper) on a sentence spoken by espeak-ng or an uploaded WAV (base64): the transcript,
+    the word alignment, the log-mel spectrogram of the speech and the cross-attention over it: the alignment
+    heads' mean (layer None) or one decoder layer's heads (one head when ``head`` is given)."""
+    import tempfile
+    from pathlib import Path
+
+    from ..models import audio
+    from ..models.whisper import SECONDS_PER_POSITION, align_words, cross_attention_map
+
+    if (say is None) == (wav_b64 is None):
+        raise RequestError("give either say (a sentence to speak) or wav (a WAV file, base64)")
+    with tempfile.TemporaryDirectory(prefix="attnlab-app-") as tmp:
+        if say is not None:
+            path = audio.say(text_of({"say": say}, "say"), Path(tmp) / "speech.wav")
+        else:
+            try:
+                raw = base64.b64decode(wav_b64, validate=True)
+            except (ValueError, TypeError) as err:
+                raise RequestError(f"wav must be base64: {err}") from None
+            if len(raw) > MAX_AUDIO_BYTES:
+                raise RequestError(f"the WAV is {len(raw)} bytes; the app takes at most {MAX_AUDIO_BYTES}", 413)
+            path = Path(tmp) / "upload.wav"
+            path.write_bytes(raw)
+        r = model.transcribe(path, record=True)
+    seconds = r.meta["seconds"]
+    speech = max(1, int(np.ceil(seconds / SECONDS_PER_POSITION)))
+    if layer is None:
+        cross = cross_attention_map(model, r)[:, :speech]                      # (new, speech)
+        shown = "the alignment heads' mean"
+    else:
+        if not 0 <= layer < len(model.decoder):
+            raise RequestError(f"layer must be in [0, {len(model.decoder) - 1}], got {layer}")
+        heads = [(layer, h) for h in (range(model.H) if head is None else [head])]
+        if head is not None and not 0 <= head < model.H:
+            raise RequestError(f"head must be in [0, {model.H - 1}], got {head}")
+        cross = cross_attention_map(model, r, heads)[:, :speech]
+        shown = f"decoder layer {layer}, " + ("mean of its heads" if head is None else f"head {head}")
+    words = align_words(model, r)
+    return {"model": model.name, "transcript": r.text.strip(), "tokens": r.tokens, "seconds": seconds,
+            "positions": speech, "seconds_per_position": SECONDS_PER_POSITION, "shown": shown,
+            "cross": encode(cross), "mel": encode(r.meta["mel"][:, :2 * speech]),
+            "words": [{"text": w.text, "start": w.start, "end": w.end} for w in words],
+            "layers": len(model.decoder), "heads": model.H}

@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
-  const state = { view: null, head: 0, row: 0, key: 0, model: null, models: {} };
+  const state = { view: null, speech: null, head: 0, row: 0, key: 0, model: null, models: {} };
   const HEAD_COLOURS = ["#e53935", "#1e88e5", "#43a047", "#fb8c00", "#8e24aa", "#00897b", "#6d4c41", "#3949ab",
     "#c0ca33", "#d81b60", "#5e35b1", "#00acc1", "#7cb342", "#f4511e", "#546e7a", "#fdd835"];
 
@@ -45,7 +45,39 @@
   function allowedArr() { const v = state.view; return v.what_if ? v.what_if.allowedArr : v.modelMaskArr; }
   function L() { return state.view.tokens.length; }
 
+  async function runSpeech(wav) {
+    const m = state.models[state.model];
+    status("transcribing with " + state.model + " ...");
+    const layer = $("speech-layer").value, head = $("speech-head").value;
+    const body = { model: state.model, layer: layer === "" ? null : Number(layer), head: head === "" ? null : Number(head) };
+    if (wav) body.wav = wav; else body.say = $("text").value;
+    try {
+      const r = await post("/api/speech", body);
+      state.speech = r;
+      const ls = $("speech-layer"), hs = $("speech-head");
+      if (ls.options.length === 1) for (let i = 0; i < r.layers; i++) ls.appendChild(el("option", { value: String(i) }, "decoder L" + i));
+      if (hs.options.length === 1) for (let h = 0; h < r.heads; h++) hs.appendChild(el("option", { value: String(h) }, "H" + h));
+      $("transcript").textContent = "transcript: " + r.transcript;
+      $("words").textContent = "alignment (read off the cross-attention): " + r.words.map((w) => `${w.text}@${w.start.toFixed(2)}s`).join("  ");
+      const cross = decode(r.cross), mel = decode(r.mel), n = cross.shape[0], T = cross.shape[1];
+      const c = $("speech-cross"), g = c.getContext("2d"), rowH = 18, left = 110, colW = (c.width - left) / T;
+      c.height = rowH * n; g.clearRect(0, 0, c.width, c.height); g.font = "12px monospace"; g.textAlign = "right";
+      for (let i = 0; i < n; i++) {
+        let mx = 0; for (let j = 0; j < T; j++) mx = Math.max(mx, at(cross, i, j));
+        for (let j = 0; j < T; j++) { g.fillStyle = viridis(at(cross, i, j) / (mx || 1)); g.fillRect(left + j * colW, i * rowH, Math.ceil(colW), rowH - 1); }
+        g.fillStyle = "#222"; g.fillText(r.tokens[i], left - 4, i * rowH + 13);
+      }
+      const mc = $("speech-mel"), mg = mc.getContext("2d"), F = mel.shape[1], fw = (mc.width - left) / F;
+      let lo = Infinity, hi = -Infinity; for (const x of mel.data) { lo = Math.min(lo, x); hi = Math.max(hi, x); }
+      mc.height = 80; mg.clearRect(0, 0, mc.width, mc.height);
+      for (let b = 0; b < 80; b++) for (let f = 0; f < F; f++) { mg.fillStyle = viridis((at(mel, b, f) - lo) / (hi - lo || 1)); mg.fillRect(left + f * fw, 79 - b, Math.ceil(fw), 1); }
+      mg.fillStyle = "#222"; mg.font = "11px monospace"; mg.fillText(`0 .. ${r.seconds.toFixed(2)} s`, 4, 40);
+      status(`${r.seconds.toFixed(2)} s of audio, ${n} tokens; cross-attention shown: ${r.shown}`);
+    } catch (err) { status(err.message, true); }
+  }
+
   async function run() {
+    if (state.models[state.model].kind === "speech") return runSpeech(null);
     const text = $("text").value;
     status("running " + state.model + " ...");
     try {
@@ -322,6 +354,8 @@
       state.model = sel.value; const m = state.models[state.model];
       $("model-info").textContent = m.about;
       $("decoder-panel").hidden = m.kind !== "decoder";
+      $("speech-panel").hidden = m.kind !== "speech";
+      for (const e of document.querySelectorAll(".text-only")) e.hidden = m.kind === "speech";
       $("layer").textContent = ""; run();
     };
     sel.addEventListener("change", pick);
@@ -333,6 +367,15 @@
     $("top-k").addEventListener("change", nextTokens);
     $("generate").addEventListener("click", generate);
     $("mask-draw").addEventListener("click", drawMask);
+    $("speech-layer").addEventListener("change", () => runSpeech(null));
+    $("speech-head").addEventListener("change", () => runSpeech(null));
+    $("wav-run").addEventListener("click", () => {
+      const f = $("wav").files[0];
+      if (!f) { status("choose a WAV file first", true); return; }
+      const reader = new FileReader();
+      reader.onload = () => runSpeech(String(reader.result).split(",")[1]);
+      reader.readAsDataURL(f);
+    });
     $("cost-n").addEventListener("input", cost);
     $("export-png").addEventListener("click", () => exportFigure("png"));
     $("export-svg").addEventListener("click", () => exportFigure("svg"));
