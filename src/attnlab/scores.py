@@ -102,6 +102,8 @@ class ScoreMod:
     A modifier with neither has no known derivative and the backward refuses it.
     """
 
+    parts: tuple = ()        # (first, second) for a modifier made by ``then``
+
     def __init__(self, fn, name: str, *, grad=None, additive: bool = False):
         if grad is not None and not callable(grad):
             raise TypeError(f"grad must be callable (scores, modified, b, h, q_idx, kv_idx, Lq, Lk) -> derivative, "
@@ -143,8 +145,10 @@ class ScoreMod:
                 mid = self.fn(s, *a)
                 d1, d2 = self.derivative(s, mid, *a), other.derivative(mid, out, *a)
                 return d2 if d1 is None else d1 if d2 is None else d1 * d2
-        return ScoreMod(lambda s, *a: other.fn(self.fn(s, *a), *a), f"{self.name} -> {other.name}", grad=grad,
-                        additive=self.additive and other.additive)
+        composed = ScoreMod(lambda s, *a: other.fn(self.fn(s, *a), *a), f"{self.name} -> {other.name}", grad=grad,
+                            additive=self.additive and other.additive)
+        composed.parts = (self, other)          # kept so converters (integrations.flex) can translate each part
+        return composed
 
 
 def alibi_slopes(n_heads: int) -> np.ndarray:
