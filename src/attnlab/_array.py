@@ -51,11 +51,14 @@ def device(x):
     return array_api_compat.device(x)
 
 
-def to_namespace(x_np, xp, like):
-    """Move a NumPy array (a materialized mask, a bias) into namespace ``xp`` on ``like``'s device."""
+def to_namespace(x_np, xp, like, dtype=None):
+    """Move a NumPy array (a materialized mask, a bias) into namespace ``xp`` on ``like``'s device, cast to
+    ``dtype`` (an ``xp`` dtype, e.g. ``like.dtype``) when given. The cast happens in ``xp``, so a dtype NumPy does
+    not have (torch.bfloat16) works."""
     if array_api_compat.is_numpy_array(like):
-        return x_np
-    return xp.asarray(x_np, device=device(like))
+        return x_np if dtype is None else x_np.astype(dtype, copy=False)
+    out = xp.asarray(x_np, device=device(like))
+    return out if dtype is None else xp.astype(out, dtype)
 
 
 def to_numpy(x) -> np.ndarray:
@@ -70,6 +73,45 @@ def to_numpy(x) -> np.ndarray:
         except (BufferError, RuntimeError, TypeError, ValueError):
             x = array_api_compat.to_device(x, "cpu")     # a GPU array (CuPy): copy it to the host first
     return np.asarray(x)
+
+
+# --- dtypes: the one place that knows them ---------------------------------------------------------------------
+LOW_PRECISION = ("float16", "bfloat16")     # computed in float32, returned in the input dtype
+
+
+def dtype_name(dtype) -> str:
+    """A library-neutral dtype name: ``torch.bfloat16`` -> "bfloat16", ``np.dtype("float16")`` -> "float16".
+    Never builds a NumPy dtype, so it works for dtypes NumPy lacks."""
+    return str(dtype).split(".")[-1]
+
+
+def is_low_precision(x) -> bool:
+    """True for float16 and bfloat16 arrays of any library."""
+    return dtype_name(x.dtype) in LOW_PRECISION
+
+
+def upcast(xp, x):
+    """``x`` in its accumulation dtype: float16/bfloat16 become float32 (as PyTorch's math attention does),
+    anything else is returned as is. ``xp.astype`` keeps autograd graphs (torch) and traces (jax) intact."""
+    return xp.astype(x, xp.float32) if x is not None and is_low_precision(x) else x
+
+
+def downcast(xp, x, dtype):
+    """``x`` (computed by ``upcast``-ed inputs) back in the caller's ``dtype``; None stays None."""
+    return x if x is None or x.dtype == dtype else xp.astype(x, dtype)
+
+
+def itemsize(xp, x) -> int:
+    """Bytes per element of ``x``'s dtype in any library (``xp.finfo``/``xp.iinfo``, the array API's own)."""
+    if xp.isdtype(x.dtype, "bool"):
+        return 1
+    info = xp.finfo(x.dtype) if xp.isdtype(x.dtype, "real floating") else xp.iinfo(x.dtype)
+    return info.bits // 8
+
+
+def accumulation_itemsize(xp, x) -> int:
+    """Bytes per element the reference path computes ``x`` in: 4 for float16/bfloat16 (``upcast``)."""
+    return 4 if is_low_precision(x) else itemsize(xp, x)
 
 
 def is_real_number(x) -> bool:

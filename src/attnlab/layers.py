@@ -306,9 +306,9 @@ class MultiHeadAttention:
     def _project(xp, x, w, b):
         # (B, L, in) -> (B*L, in) first: one 2-D GEMM; NumPy runs a 3-D @ 2-D matmul ~10x slower (per-batch loop)
         flat = xp.reshape(x, (-1, x.shape[-1]))
-        y = xp.matmul(flat, xp.matrix_transpose(to_namespace(w, xp, x)))                 # (B*L, out)
+        y = xp.matmul(flat, xp.matrix_transpose(to_namespace(w, xp, x, dtype=x.dtype)))     # (B*L, out)
         y = xp.reshape(y, tuple(x.shape[:-1]) + (w.shape[0],))                           # (B, L, out); L may be 0
-        return y if b is None else y + to_namespace(b, xp, x)
+        return y if b is None else y + to_namespace(b, xp, x, dtype=x.dtype)
 
     def _heads(self, xp, y, n):
         B, L, _ = y.shape

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import cost
 from . import masks as masks_mod
+from ._array import accumulation_itemsize
 from ._inputs import Prepared, prepare
 from .checks import choice
 from .kernel import backward as kernel_backward
@@ -154,7 +155,7 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
         raise ValueError(f"budget must be a positive number of bytes, got {budget!r}")
     threads = threads_of(threads)
     lay = layout(p)
-    itemsize = np.dtype(str(p.q.dtype).split(".")[-1]).itemsize
+    itemsize = accumulation_itemsize(p.xp, p.q)     # the reference computes float16/bfloat16 in float32
     n_scores = math.prod(lay.scores_shape)
     if backward:
         bq, bk = kernel_backward.blocks(lay, block_q, block_k)

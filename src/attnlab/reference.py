@@ -31,11 +31,12 @@ Conventions:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
 
-from ._array import default_scale
+from ._array import default_scale, downcast, upcast
 from ._inputs import Prepared, group_heads, resolve_bias, resolve_mask, score_mod_indices, ungroup_heads
 from .scores import scaled_dot
 from .softmax import logsumexp, softmax
@@ -56,8 +57,12 @@ class Attended(NamedTuple):
 
 def attend(p: Prepared, scorer, mask=None, bias=None, score_mod=None, *, weights=False, lse=False,
            scores=False) -> Attended:
-    """The formula on prepared inputs (``attnlab._inputs.prepare``); ``scorer(q, k)`` gives the raw scores."""
-    xp = p.xp
+    """The formula on prepared inputs (``attnlab._inputs.prepare``); ``scorer(q, k)`` gives the raw scores.
+
+    float16/bfloat16 inputs are computed in float32 (``attnlab._array.upcast``) and out, weights and scores come
+    back in the input dtype; the log-sum-exp stays float32, as PyTorch's fused kernels return it."""
+    xp, dtype = p.xp, p.q.dtype
+    p = replace(p, q=upcast(xp, p.q), k=upcast(xp, p.k), v=upcast(xp, p.v))
     s = scorer(p.q, p.k)                                                       # (..., [G, r,] Lq, Lk)
     Lq, Lk = p.scores_shape[-2:]
     if tuple(s.shape[-2:]) != (Lq, Lk):
@@ -74,8 +79,10 @@ def attend(p: Prepared, scorer, mask=None, bias=None, score_mod=None, *, weights
     row_lse = None
     if lse:
         row_lse = ungroup_heads(xp, logsumexp(s, axis=-1, mask=mask_arr, keepdims=True), p.groups)[..., 0]
-    return Attended(ungroup_heads(xp, out, p.groups), ungroup_heads(xp, w, p.groups) if weights else None,
-                    row_lse, ungroup_heads(xp, s, p.groups) if scores else None, resolved if scores else None)
+    return Attended(downcast(xp, ungroup_heads(xp, out, p.groups), dtype),
+                    downcast(xp, ungroup_heads(xp, w, p.groups), dtype) if weights else None,
+                    row_lse, downcast(xp, ungroup_heads(xp, s, p.groups), dtype) if scores else None,
+                    resolved if scores else None)
 
 
 def weighted_sum(xp, weights, v):

@@ -102,6 +102,8 @@ class ScoreMod:
     A modifier with neither has no known derivative and the backward refuses it.
     """
 
+    parts: tuple = ()        # (first, second) for a modifier made by ``then``
+
     def __init__(self, fn, name: str, *, grad=None, additive: bool = False):
         if grad is not None and not callable(grad):
             raise TypeError(f"grad must be callable (scores, modified, b, h, q_idx, kv_idx, Lq, Lk) -> derivative, "
@@ -143,8 +145,10 @@ class ScoreMod:
                 mid = self.fn(s, *a)
                 d1, d2 = self.derivative(s, mid, *a), other.derivative(mid, out, *a)
                 return d2 if d1 is None else d1 if d2 is None else d1 * d2
-        return ScoreMod(lambda s, *a: other.fn(self.fn(s, *a), *a), f"{self.name} -> {other.name}", grad=grad,
-                        additive=self.additive and other.additive)
+        composed = ScoreMod(lambda s, *a: other.fn(self.fn(s, *a), *a), f"{self.name} -> {other.name}", grad=grad,
+                            additive=self.additive and other.additive)
+        composed.parts = (self, other)          # kept so converters (integrations.flex) can translate each part
+        return composed
 
 
 def alibi_slopes(n_heads: int) -> np.ndarray:
@@ -182,7 +186,7 @@ def alibi(n_heads: int, *, symmetric: bool = False) -> ScoreMod:
         dist = (q_idx + (Lk - Lq)) - kv_idx                   # (lq, lk)
         dist = np.abs(dist) if symmetric else dist
         bias = -slopes[np.asarray(h) % n_heads] * dist        # (H, lq, lk) or (lq, lk)
-        return scores + to_namespace(bias.astype(_np_dtype(scores)), xp, scores)
+        return scores + to_namespace(bias, xp, scores, dtype=scores.dtype)
 
     return ScoreMod(fn, f"alibi({n_heads}{', symmetric' if symmetric else ''})", additive=True)
 
@@ -219,7 +223,7 @@ def relative_bias(table, max_distance: int | None = None) -> ScoreMod:
         xp = namespace(scores)
         dist = np.clip(kv_idx - (q_idx + (Lk - Lq)), -max_d, max_d) + max_d    # (lq, lk)
         bias = table[np.asarray(h) % table.shape[0], dist]                    # (H, lq, lk)
-        return scores + to_namespace(bias.astype(_np_dtype(scores)), xp, scores)
+        return scores + to_namespace(bias, xp, scores, dtype=scores.dtype)
 
     return ScoreMod(fn, f"relative_bias({table.shape[0]} heads, max_distance={max_d})", additive=True)
 
@@ -246,12 +250,6 @@ def _check_heads(h, n_heads, what):
                          f"(query heads on axis -3); build it for the number of query heads")
 
 
-def _np_dtype(x):
-    """The NumPy dtype matching array ``x``'s dtype (float16/32/64)."""
-    name = str(x.dtype).split(".")[-1]
-    return np.dtype(name)
-
-
 # --- rotary position embedding -----------------------------------------------------------------------------
 def rotary(x, positions=None, *, base: float = 10000.0, style: str = "half"):
     """Rotate pairs of features of q or k by position-dependent angles (RoPE, Su et al. 2021).
@@ -273,9 +271,8 @@ def rotary(x, positions=None, *, base: float = 10000.0, style: str = "half"):
         raise ValueError(f"positions must have shape (L,) = ({L},), got {pos.shape}")
     inv_freq = base ** (-np.arange(0, D, 2, dtype=np.float64) / D)                # (D/2,)
     angles = pos[:, None].astype(np.float64) * inv_freq[None, :]                   # (L, D/2)
-    dt = _np_dtype(x)
-    cos = to_namespace(np.cos(angles).astype(dt), xp, x)
-    sin = to_namespace(np.sin(angles).astype(dt), xp, x)
+    cos = to_namespace(np.cos(angles), xp, x, dtype=x.dtype)                      # (L, D/2), x's dtype
+    sin = to_namespace(np.sin(angles), xp, x, dtype=x.dtype)
     if style == "half":
         x1, x2 = x[..., : D // 2], x[..., D // 2:]
         return xp.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

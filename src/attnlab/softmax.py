@@ -7,7 +7,7 @@ whose every entry is masked gets all zeros (and log-sum-exp -inf), never NaN.
 
 from __future__ import annotations
 
-from ._array import as_array, broadcast_shapes, namespace, to_namespace, to_numpy
+from ._array import as_array, broadcast_shapes, downcast, namespace, to_namespace, to_numpy, upcast
 
 
 def _prepare(x, mask, axis):
@@ -54,11 +54,12 @@ def softmax(x, axis: int = -1, mask=None):
     xp, x, mask = _prepare(x, mask, axis)
     if x.shape[axis] == 0:
         return xp.zeros_like(x)
+    dtype, x = x.dtype, upcast(xp, x)                # float16/bfloat16: computed in float32, returned as given
     if mask is not None:
         x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
     e = xp.exp(x - _masked_max(xp, x, axis))    # masked entries are -inf here, so exactly 0 (NaN/inf cleared)
     total = xp.sum(e, axis=axis, keepdims=True)
-    return e / xp.where(total == 0, xp.ones_like(total), total)
+    return downcast(xp, e / xp.where(total == 0, xp.ones_like(total), total), dtype)
 
 
 def logsumexp(x, axis: int = -1, mask=None, keepdims: bool = False):
@@ -70,15 +71,17 @@ def logsumexp(x, axis: int = -1, mask=None, keepdims: bool = False):
     0.6931471805599453
     """
     xp, x, mask = _prepare(x, mask, axis)
+    dtype, x = x.dtype, upcast(xp, x)
     if mask is not None:
         x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))
     if x.shape[axis] == 0:
         shape = list(x.shape)
         shape[axis] = 1
-        out = xp.full(tuple(shape), -xp.inf, dtype=x.dtype)
+        out = xp.full(tuple(shape), -xp.inf, dtype=dtype)
         return out if keepdims else xp.squeeze(out, axis=axis)
     m = _masked_max(xp, x, axis)
     total = xp.sum(xp.exp(x - m), axis=axis, keepdims=True)
     empty = total == 0                                            # every entry masked or -inf: log 0 without warning
     out = xp.where(empty, xp.full_like(total, -xp.inf), xp.log(xp.where(empty, xp.ones_like(total), total)) + m)
+    out = downcast(xp, out, dtype)
     return out if keepdims else xp.squeeze(out, axis=axis)
