@@ -2,9 +2,8 @@
 text, switch model, layer and head, compose a mask, move the temperature slider, generate; the numbers on the
 page equal the library's; hostile text stays inert; no request leaves 127.0.0.1. Never skips."""
 
-from pathlib import Path
-
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
