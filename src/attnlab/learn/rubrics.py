@@ -41,7 +41,7 @@ ADDITIVE = Rubric(
         Claim("ffn", "additive attention scores with a small learned feed-forward network (tanh)",
               [Link((ADD,), _FFN)], [Link((DOT,), _FFN)]),
         Claim("dot", "dot-product attention scores by the dot product (similarity) of query and key",
-              [Link((DOT,), _DOTSIM)], [Link((ADD,), r"inner product|q ?\. ?k|multipl\w+ (the )?(query|queries|q) "
+              [Link((DOT,), _DOTSIM)], [Link((ADD,), r"inner product|(dot|scalar) products? (of|between)|q ?\. ?k|multipl\w+ (the )?(query|queries|q) "
                                                  r"(and|with|by) (the )?(key|keys|k)")]),
         Claim("scale", "dot-product scores are scaled by 1/sqrt(d_k)",
               [Link((DOT,), _SCALE)], [Link((ADD,), r"sqrt|square root")]),
