@@ -16,7 +16,7 @@ ADD, DOT = "additive", "dot-product"
 _FFN = (r"feed-?\s?forward|\bmlp\b|\btanh\b|neural (net|network)|(small|tiny|little|learned|learnt|one-layer|"
         r"two-layer|extra|separate|trainable|hidden) (\w+ ){0,2}(network|net|layer|scorer|scoring function)|"
         r"hidden layer|(uses?|using|with|through|via|runs?|passes \w+ through) (a|an) (\w+ ){0,2}network|\bw_?v\b|learned (weight|parameter)s? (matri\w+ )?(for|to) (score|combine)")
-_DOTSIM = (r"inner product|(dot|scalar) products? (of|between|with)|q ?\. ?k|q ?k\^?t|\bqk\b|multipl\w+ (the )?"
+_DOTSIM = (r"inner product|(dot|scalar) products? (of|between|with)|q ?\. ?k|\bq dot k\b|q ?k\^?t|\bqk\b|multipl\w+ (the )?"
            r"(query|queries|q) (vector )?(and|with|by) (the )?(key|keys|k)|similarity|element-?wise products? .*sum")
 _SCALE = r"sqrt|square root|scaled (down )?by|\bscal(e|es|ing) (it |them |the scores? )?(down )?by|divid\w* by"
 _FAST = (r"\bfast|quick|efficient|cheap|(matrix|matrices) (multiplication|multiply|product|operation)|matmul|"
@@ -75,7 +75,9 @@ MULTIHEAD = Rubric(
               [Link((MULTI,), r"parallel|simultaneous|at the same time|at once|side by side|(several|multiple|many|"
                               r"h) (\w+ ){0,2}(heads|attentions|operations|functions|mechanisms|times)|splits? "
                               r"(\w+ ){0,3}into (\w+ ){0,2}heads")],
-              [Link((SINGLE,), r"parallel|several heads|multiple heads"),
+              [Link((SINGLE,), r"parallel|(has|have|uses?|runs?|with) (\w+ ){0,1}(several|multiple|many) "
+                               r"(\w+ ){0,1}heads"),
+               Link((MULTI,), r"(has|have|uses?|with) (only |just )?(one|a single) head\b"),
                Link((MULTI,), r"one after (the )?other|sequential")]),
         Claim("subspace", "each head attends in its own learned subspace (its own projections, d_model / H)",
               [Link((MULTI,), r"subspace|own (\w+ ){0,2}(projection|weight|matri|q|quer|space|represent)|"
@@ -90,7 +92,9 @@ MULTIHEAD = Rubric(
               [Link((MULTI,), r"speciali[sz]|(different|various|several|multiple|many|other) (\w+ ){0,2}(relation|"
                               r"pattern|kind|type|aspect|feature|thing|dependenc|position|part|word|token|"
                               r"information)|syntax|syntactic|corefer|long-?\s?range|local|\bfocus\w* on "
-                              r"(\w+ ){0,2}(different|other|separate)|another (might|may|can|could|one)")],
+                              r"(\w+ ){0,2}(different|other|separate)|another (might|may|can|could|one)|"
+                              r"\b(while|and|whereas) another (\w+ ){0,1}(tracks?|looks?|attends?|focus\w*|"
+                              r"captures?|follows?|handles?|learns?)")],
               [Link((MULTI,), r"(all|every) (\w+ ){0,2}(learn|learns|see|sees|capture|captures) the same|"
                               r"(identical|same) pattern"),
                Link((SINGLE,), r"speciali[sz]|(different|several|multiple) (\w+ ){0,2}(relation|pattern|"
