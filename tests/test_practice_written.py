@@ -2,8 +2,9 @@
 examples, what the verdict says it checked, prompts without repeats, and the prompt end to end (pexpect).
 
 The labelled answers (src/attnlab/learn/written_answers*.txt) were written by hand as learner answers; the labels
-follow the rubric in their header, not the checker's output. The training set was used to tune the rules; the
-held-out set was written after the rules were frozen."""
+follow the rubric in their header, not the checker's output. The training set was used to tune the rules; each
+held-out set was written after the rules were frozen (set 1 then exposed three rules that were fixed, so only set 2
+is still unseen; see docs/notes/written-answers.md)."""
 
 import signal
 import sys
@@ -32,7 +33,8 @@ def labelled(name):
     return rows
 
 
-TRAIN, HELDOUT = labelled("written_answers.txt"), labelled("written_answers_heldout.txt")
+TRAIN = labelled("written_answers.txt")
+HELDOUT = labelled("written_answers_heldout.txt") + labelled("written_answers_heldout2.txt")
 
 
 def agreement(rows, prompt):
@@ -45,7 +47,7 @@ def test_the_labelled_sets_are_big_enough_and_varied():
         kinds = Counter(kind for p, _, kind, _ in TRAIN if p == prompt)
         assert sum(kinds.values()) >= 40, prompt
         assert {"swapped", "salad", "offtopic", "empty", "paraphrase", "negation"} <= set(kinds), prompt
-        assert sum(p == prompt for p, *_ in HELDOUT) >= 10, prompt
+        assert sum(p == prompt for p, *_ in labelled("written_answers_heldout2.txt")) >= 10, prompt
         assert {label for p, label, *_ in TRAIN if p == prompt} == set(claims.LABELS)
     texts = [t for *_, t in TRAIN + HELDOUT if t]
     assert len(texts) == len(set(texts)), "an answer is in the sets twice"
@@ -121,6 +123,17 @@ def test_a_claim_needs_its_subject_and_a_sentence():
     g = claims.grade(rubric, "Attention uses a tanh network and is fast.")          # no subject named
     assert g.label == "incorrect" and g.supported == 0
     assert claims.grade(rubric, "").label == "incorrect"
+
+
+@pytest.mark.parametrize("prompt, text", [
+    ("multihead", "Multi-head attention runs heads in parallel. subspace concat projection specialise patterns W_O "
+                  "single average."),
+    ("additive", "Additive attention is a tanh network. dot-product sqrt fast matmul transformers scaled similarity."),
+    ("efficiency", "FlashAttention is exact. tiles sram hbm memory linear never materialise."),
+])
+def test_one_real_sentence_does_not_redeem_a_keyword_list(prompt, text):
+    g = claims.grade(RUBRICS[prompt], text)
+    assert g.structured and g.label != "correct" and g.supported == 1, g.reason
 
 
 def test_a_comparison_attaches_to_the_right_side():

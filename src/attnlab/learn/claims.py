@@ -55,6 +55,8 @@ involve include require ask query refer provide create generate predict translat
 summarize caption transcribe understand track specialise specialize operate calculate sum normalise normalize
 approximate materialise materialize recompute rescale reorder group connect treat call belong happen act serve
 """.split()
+AUXILIARIES_AND_MODALS = frozenset("is are was were has have had does did can could may might will would should "
+                                   "must".split())
 _IRREGULAR = "is are was were be been being am has have had do does did done can could may might will would " \
              "should must having getting sees saw seen took taken gave given made ran split put cut kept held built sent read " \
              "written wrote lost found chose chosen became grown grew"
@@ -67,6 +69,11 @@ def _verb_forms(base: str) -> set:
 
 
 VERBS = frozenset(set(_IRREGULAR.split()).union(*(_verb_forms(b) for b in _VERB_BASES)))
+# finite forms that are not also plural nouns ("tiles", "scores", "weights" are not evidence of a sentence)
+_NOUN_LIKE = set("score weight mask cache tile block group split sum cost query process limit map work need "
+                 "use view kind type pattern head store".split())
+FINITE = frozenset(w for w in VERBS if w in AUXILIARIES_AND_MODALS or any(
+    w in (b + "s", b + "es") for b in _VERB_BASES if b not in _NOUN_LIKE)) | {"uses"}
 
 NEGATIONS = re.compile(r"\b(not|no|never|neither|nor|without|lacks?|lacking|none|cannot|instead of|rather than|"
                        r"fails? to|unable to|avoids?|doesnt|dont|isnt|arent)\b")
@@ -164,6 +171,7 @@ def normalise(text: str) -> str:
     for short, full in (("e.g.", "eg"), ("i.e.", "ie"), ("etc.", "etc"), ("vs.", "vs"), ("cf.", "cf")):
         t = t.replace(short, full)
     t = re.sub(r"\bnot (only|just|merely)\b", r"\1", t)           # "not only ... but also" denies nothing
+    t = re.sub(r"\b(almost |nearly |with )?no (loss|drop|degradation|penalty)\b", r"\1little \2", t)   # a small cost
     return re.sub(r"[ \t]+", " ", t).strip()
 
 
@@ -208,6 +216,15 @@ def _sentence_has_clause(sentence: str) -> bool:
     """A sentence can carry a claim when it has a verb, or is a note of the form "subject: what it does"."""
     ws = words(sentence)
     return len(ws) >= 3 and (any(w in VERBS for w in ws) or ":" in sentence)
+
+
+def _keyword_list(clause: str) -> bool:
+    """A clause of four words or more with no function word, no finite verb and no note sign (":", "="): the
+    "sqrt fast matmul scaled" tacked after a real sentence, whose keywords earn nothing."""
+    ws = words(clause)
+    if len(ws) < 4 or ":" in clause or "=" in clause:
+        return False
+    return not any(w in FUNCTION_WORDS or w in FINITE for w in ws)
 
 
 @dataclass
@@ -293,6 +310,8 @@ class Reader:
                 continue
             for m in re.finditer(pattern, s):
                 if _within_names(s, m.start(), m.end(), mentions):
+                    continue
+                if _keyword_list(next(s[a:b] for a, b in clauses if a <= m.start() < b)):
                     continue                        # part of a subject's name ("linear attention"), not a claim
                 out.append(self._attach(s, clauses, mentions, carried, m.start(), m.end()))
                 out[-1].said = m.group(0)

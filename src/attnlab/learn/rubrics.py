@@ -216,7 +216,10 @@ EFFICIENCY = Rubric(
               [Link((FLASH,), r"(never|not|without|avoid\w*|no need to|instead of) (\w+ ){0,3}(materiali[sz]|stor|"
                               r"writ|build|form|keep|hold|creat|comput)\w* (\w+ ){0,4}(matrix|n ?x ?n|n\^?2|"
                               r"scores|attention weights)|memory (\w+ ){0,2}linear|linear (\w+ ){0,2}memory|"
-                              r"o\(n\) memory|(less|lower|reduc\w*|sav\w*) (\w+ ){0,2}memory|\bhbm\b|memory "
+                              r"o\(n\) memory|(less|lower|reduc\w*|sav\w*) (\w+ ){0,2}memory|(less|fewer|reduc\w*|minimi[sz]\w*) "
+                              r"(\w+ ){0,3}(hbm|memory traffic|reads|writes)|hbm (traffic|reads|accesses|"
+                              r"bandwidth)|(matrix|n ?x ?n|scores) (\w+ ){0,2}(is |are )?(never|not) (\w+ ){0,1}"
+                              r"(stored|materiali[sz]ed|written|built|formed|kept)|memory "
                               r"(traffic|movement|reads|bandwidth|transfers?)|io-?\s?aware|(reads|writes) (\w+ )"
                               r"{0,2}(less|fewer)|data movement")],
               [Link((FLASH,), r"(stores?|materiali[sz]es?|writes?|builds?|keeps?) (\w+ ){0,2}(full |whole |entire )?"
