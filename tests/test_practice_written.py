@@ -136,6 +136,28 @@ def test_one_real_sentence_does_not_redeem_a_keyword_list(prompt, text):
     assert g.structured and g.label != "correct" and g.supported == 1, g.reason
 
 
+@pytest.mark.parametrize("prompt, text", [
+    ("additive", "the additive is the tanh and the dot-product is the sqrt and the fast and the transformer and the "
+                 "mlp"),
+    ("multihead", "In multi-head attention, parallel and subspace and specialise and concatenated and projected and "
+                  "single and average."),
+    ("multihead", "Multi-head attention is parallel, subspace, specialised, concatenated, projected, and a single "
+                  "head is an average."),
+])
+def test_keywords_glued_with_and_or_commas_are_not_correct(prompt, text):
+    assert claims.grade(RUBRICS[prompt], text).label != "correct"
+
+
+def test_a_claim_said_of_both_subjects_counts_against_it():
+    g = claims.grade(RUBRICS["additive"], "Additive attention and dot-product attention both use a tanh network, "
+                                          "both are scaled by sqrt(d_k), and both are fast on GPUs.")
+    status = {r.claim.key: r.status for r in g.results}
+    assert status["ffn"] == "contradicted" and g.label != "correct"
+    g = claims.grade(RUBRICS["efficiency"], "Sparse attention splits Q, K and V into tiles in SRAM and is exact, "
+                                            "while FlashAttention only attends to a local window.")
+    assert g.label == "incorrect"
+
+
 def test_a_comparison_attaches_to_the_right_side():
     rubric = RUBRICS["additive"]
     speed = lambda text: {r.claim.key: r.status for r in claims.grade(rubric, text).results}["speed"]  # noqa: E731

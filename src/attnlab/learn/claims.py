@@ -41,7 +41,8 @@ a an the of to in on for by with from as at into onto over under between through
 is are was were be been being am it its this that these those they them their there here he she we you your our
 and or but not no nor than then so which who whom whose what when where why how because since while whereas
 although though if unless until each every all both some any one only also just more less most very such same
-other another own can could may might will would should must do does did has have had done having
+other another own can could may might will would should must do does did has have had done having within
+without among inside outside per via upon during against along toward towards beyond except around near
 """.split())
 
 # common verbs (base forms; -s/-es/-ed/-d/-ing forms are generated) and the auxiliaries above: a clause needs one
@@ -71,7 +72,7 @@ def _verb_forms(base: str) -> set:
 VERBS = frozenset(set(_IRREGULAR.split()).union(*(_verb_forms(b) for b in _VERB_BASES)))
 # finite forms that are not also plural nouns ("tiles", "scores", "weights" are not evidence of a sentence)
 _NOUN_LIKE = set("score weight mask cache tile block group split sum cost query process limit map work need "
-                 "use view kind type pattern head store".split())
+                 "use view kind type pattern head".split())
 FINITE = frozenset(w for w in VERBS if w in AUXILIARIES_AND_MODALS or any(
     w in (b + "s", b + "es") for b in _VERB_BASES if b not in _NOUN_LIKE)) | {"uses"}
 
@@ -86,6 +87,8 @@ AUXILIARIES = frozenset("is are was were be been being am has have had do does d
                         "should must".split())
 CLAUSE_BREAK = re.compile(r"[,;:()]|\s-+\s|\b(but|whereas|while|although|though|however|and|because|since|so|"
                           r"which|who|whereby|instead|then|yet|unlike)\b")
+BOTH = re.compile(r"\b(both|each of them|the two of them|either)\b")
+COORDINATED = re.compile(r"\s*(,|and|or|&|/)\s*(the\s+)?")
 PRONOUN = re.compile(r"\b(it|they|this|these|its|their|both|them)\b")
 RELATIVE = re.compile(r"[\s,;(]*(which|who|that|whereby|where|in which)\b")
 
@@ -129,6 +132,7 @@ class Finding:
     negated: bool
     sentence: str
     said: str                   # the words that matched
+    shared: bool = False        # said of two subjects at once ("additive and dot-product attention both ...")
 
 
 @dataclass
@@ -218,13 +222,21 @@ def _sentence_has_clause(sentence: str) -> bool:
     return len(ws) >= 3 and (any(w in VERBS for w in ws) or ":" in sentence)
 
 
-def _keyword_list(clause: str) -> bool:
-    """A clause of four words or more with no function word, no finite verb and no note sign (":", "="): the
-    "sqrt fast matmul scaled" tacked after a real sentence, whose keywords earn nothing."""
-    ws = words(clause)
-    if len(ws) < 4 or ":" in clause or "=" in clause:
-        return False
-    return not any(w in FUNCTION_WORDS or w in FINITE for w in ws)
+CONNECTIVE = re.compile(r"^[\s,;:()-]*(but|whereas|while|although|though|however|and|because|since|so|which|who|"
+                        r"whereby|instead|then|yet|unlike)?\b")
+
+
+def _clause_can_carry(clause: str, names_subject: bool) -> bool:
+    """Whether a predicate in this clause can count. Not in a keyword list (four words or more, no function word,
+    no finite verb, no note sign ":" or "="), and not in a bare fragment of one to three content words with no verb
+    ("... and the fast and the transformer", "is parallel, subspace, specialised"): a claim needs a statement
+    around it (a list's first item sits in the clause with the verb, "used in translation, T5", so it counts)."""
+    if ":" in clause or "=" in clause:
+        return True
+    ws = [w for w in words(clause[CONNECTIVE.match(clause).end():]) if w not in ("the", "a", "an")]
+    if len(ws) >= 4:
+        return any(w in FUNCTION_WORDS or w in FINITE for w in ws)
+    return names_subject or any(w in FUNCTION_WORDS or w in VERBS for w in ws)
 
 
 @dataclass
@@ -310,9 +322,10 @@ class Reader:
                 continue
             for m in re.finditer(pattern, s):
                 if _within_names(s, m.start(), m.end(), mentions):
-                    continue
-                if _keyword_list(next(s[a:b] for a, b in clauses if a <= m.start() < b)):
                     continue                        # part of a subject's name ("linear attention"), not a claim
+                if not any(_clause_can_carry(s[a:b], any(a <= x.start < b for x in mentions))
+                           for a, b in clauses if a < m.end() and m.start() < b):
+                    continue                        # "and the fast", "subspace concat projection"
                 out.append(self._attach(s, clauses, mentions, carried, m.start(), m.end()))
                 out[-1].said = m.group(0)
         return out
@@ -341,7 +354,10 @@ class Reader:
         subject = chosen.subject if chosen else carried
         scope_from = chosen.end if chosen and chosen.start >= c_start and chosen.end <= start else c_start
         negated = bool(NEGATIONS.search(s[scope_from:start]))
-        return Finding(subject, negated, s, "")
+        shared = chosen is not None and (bool(BOTH.search(s[c_start:start])) or any(
+            m.end <= chosen.start and m.subject != chosen.subject and COORDINATED.fullmatch(s[m.end:chosen.start])
+            for m in mentions))
+        return Finding(subject, negated, s, "", shared)
 
 
 # --- grading ---------------------------------------------------------------------------------------------------
@@ -362,7 +378,7 @@ def judge(reader: Reader, claim: Claim) -> ClaimResult:
     for link in claim.against:
         for f in reader.findings(link.pattern):
             if f.subject in link.subjects and not f.negated:
-                (denied if f.subject in own else misattributed).append(f)
+                (denied if f.subject in own or f.shared else misattributed).append(f)
     if denied:
         return ClaimResult(claim, "contradicted", denied[0].sentence)
     if yes:
