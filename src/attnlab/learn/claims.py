@@ -86,11 +86,11 @@ OBJECT_MARKERS = re.compile(r"\b(with|by|via|through|of|from|to|into|on)\s+(the\
 AUXILIARIES = frozenset("is are was were be been being am has have had do does did can could may might will would "
                         "should must".split())
 CLAUSE_BREAK = re.compile(r"[,;:()]|\s-+\s|\b(but|whereas|while|although|though|however|and|because|since|so|"
-                          r"which|who|whereby|instead|then|yet|unlike)\b")
+                          r"which|who|whose|whereby|instead|then|yet|unlike)\b")
 BOTH = re.compile(r"\b(both|each of them|the two of them|either)\b")
 COORDINATED = re.compile(r"\s*(,|and|or|&|/)\s*(the\s+)?")
 PRONOUN = re.compile(r"\b(it|they|this|these|its|their|both|them)\b")
-RELATIVE = re.compile(r"[\s,;(]*(which|who|that|whereby|where|in which)\b")
+RELATIVE = re.compile(r"[\s,;(]*(which|who|whose|that|whereby|where|in which)\b")
 
 
 @dataclass(frozen=True)
