@@ -58,9 +58,9 @@ approximate materialise materialize recompute rescale reorder group connect trea
 """.split()
 AUXILIARIES_AND_MODALS = frozenset("is are was were has have had does did can could may might will would should "
                                    "must".split())
-_IRREGULAR = "is are was were be been being am has have had do does did done can could may might will would " \
-             "should must having getting sees saw seen took taken gave given made ran split put cut kept held built sent read " \
-             "written wrote lost found chose chosen became grown grew"
+_IRREGULAR = ("is are was were be been being am has have had do does did done can could may might will would "
+              "should must having getting sees saw seen took taken gave given made ran split put cut kept held "
+              "built sent read written wrote lost found chose chosen became grown grew")
 
 
 def _verb_forms(base: str) -> set:

@@ -15,9 +15,11 @@ from .claims import Claim, Idea, Link, Rubric
 ADD, DOT = "additive", "dot-product"
 _FFN = (r"feed-?\s?forward|\bmlp\b|\btanh\b|neural (net|network)|(small|tiny|little|learned|learnt|one-layer|"
         r"two-layer|extra|separate|trainable|hidden) (\w+ ){0,2}(network|net|layer|scorer|scoring function)|"
-        r"hidden layer|(uses?|using|with|through|via|runs?|passes \w+ through) (a|an) (\w+ ){0,2}network|\bw_?v\b|learned (weight|parameter)s? (matri\w+ )?(for|to) (score|combine)")
-_DOTSIM = (r"inner product|(dot|scalar) products? (of|between|with)|q ?\. ?k|\bq dot k\b|q ?k\^?t|\bqk\b|multipl\w+ (the )?"
-           r"(query|queries|q) (vector )?(and|with|by) (the )?(key|keys|k)|similarity|element-?wise products? .*sum")
+        r"hidden layer|(uses?|using|with|through|via|runs?|passes \w+ through) (a|an) (\w+ ){0,2}network|"
+        r"\bw_?v\b|learned (weight|parameter)s? (matri\w+ )?(for|to) (score|combine)")
+_DOTSIM = (r"inner product|(dot|scalar) products? (of|between|with)|q ?\. ?k|\bq dot k\b|q ?k\^?t|\bqk\b|"
+           r"multipl\w+ (the )?(query|queries|q) (vector )?(and|with|by) (the )?(key|keys|k)|similarity|"
+           r"element-?wise products? .*sum")
 _SCALE = r"sqrt|square root|scaled (down )?by|\bscal(e|es|ing) (it |them |the scores? )?(down )?by|divid\w* by"
 _FAST = (r"\bfast|quick|efficient|cheap|(matrix|matrices) (multiplication|multiply|product|operation)|matmul|"
          r"\bgpus?\b|\btpus?\b|hardware|optimi[sz]ed (blas|kernel|librar)|less (compute|computation)")
@@ -41,8 +43,9 @@ ADDITIVE = Rubric(
         Claim("ffn", "additive attention scores with a small learned feed-forward network (tanh)",
               [Link((ADD,), _FFN)], [Link((DOT,), _FFN)]),
         Claim("dot", "dot-product attention scores by the dot product (similarity) of query and key",
-              [Link((DOT,), _DOTSIM)], [Link((ADD,), r"inner product|(dot|scalar) products? (of|between)|q ?\. ?k|multipl\w+ (the )?(query|queries|q) "
-                                                 r"(and|with|by) (the )?(key|keys|k)")]),
+              [Link((DOT,), _DOTSIM)], [Link((ADD,), r"inner product|(dot|scalar) products? (of|between)|q ?\. ?k|"
+                                                 r"multipl\w+ (the )?(query|queries|q) (and|with|by) (the )?"
+                                                 r"(key|keys|k)")]),
         Claim("scale", "dot-product scores are scaled by 1/sqrt(d_k)",
               [Link((DOT,), _SCALE)], [Link((ADD,), r"sqrt|square root")]),
         Claim("speed", "dot-product is faster: one matrix multiplication on modern hardware (additive is slower)",
@@ -216,10 +219,10 @@ EFFICIENCY = Rubric(
               [Link((FLASH,), r"(never|not|without|avoid\w*|no need to|instead of) (\w+ ){0,3}(materiali[sz]|stor|"
                               r"writ|build|form|keep|hold|creat|comput)\w* (\w+ ){0,4}(matrix|n ?x ?n|n\^?2|"
                               r"scores|attention weights)|memory (\w+ ){0,2}linear|linear (\w+ ){0,2}memory|"
-                              r"o\(n\) memory|(less|lower|reduc\w*|sav\w*) (\w+ ){0,2}memory|(less|fewer|reduc\w*|minimi[sz]\w*) "
-                              r"(\w+ ){0,3}(hbm|memory traffic|reads|writes)|hbm (traffic|reads|accesses|"
-                              r"bandwidth)|(matrix|n ?x ?n|scores) (\w+ ){0,2}(is |are )?(never|not) (\w+ ){0,1}"
-                              r"(stored|materiali[sz]ed|written|built|formed|kept)|memory "
+                              r"o\(n\) memory|(less|lower|reduc\w*|sav\w*) (\w+ ){0,2}memory|"
+                              r"(less|fewer|reduc\w*|minimi[sz]\w*) (\w+ ){0,3}(hbm|memory traffic|reads|writes)|"
+                              r"hbm (traffic|reads|accesses|bandwidth)|(matrix|n ?x ?n|scores) (\w+ ){0,2}(is |are )?"
+                              r"(never|not) (\w+ ){0,1}(stored|materiali[sz]ed|written|built|formed|kept)|memory "
                               r"(traffic|movement|reads|bandwidth|transfers?)|io-?\s?aware|(reads|writes) (\w+ )"
                               r"{0,2}(less|fewer)|data movement")],
               [Link((FLASH,), r"(stores?|materiali[sz]es?|writes?|builds?|keeps?) (\w+ ){0,2}(full |whole |entire )?"
@@ -247,8 +250,8 @@ EFFICIENCY = Rubric(
                              "MQA; used in Llama 2 and later)",
               [Link((KV, CACHE), r"quality|accuracy|middle ground|between (\w+ ){0,2}(mha|multi-head)|compromise|"
                            r"\bllama|\bmistral|faster (\w+ ){0,1}(decod|inference|generation)|trade-?\s?off|"
-                           r"(speed|speeds) up (\w+ ){0,2}(decod|inference|generation)|(decod\w*|inference|generation) (\w+ ){0,2}"
-                           r"faster")]),
+                           r"(speed|speeds) up (\w+ ){0,2}(decod|inference|generation)|"
+                           r"(decod\w*|inference|generation) (\w+ ){0,2}faster")]),
     ], need=2),
      Idea(LINEAR, [
         Claim("linear-kernel", "linear attention replaces the softmax by a feature map phi(q) . phi(k) (a kernel)",
