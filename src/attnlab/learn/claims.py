@@ -5,19 +5,25 @@ about a *subject* (such as additive attention). The checker reads the answer the
 in plain Python with no language model:
 
 1. **Structure.** Text with no sentence structure (a list of keywords: almost no function words, no verb,
-   repeated terms) earns nothing, whatever words it contains.
+   repeated terms) earns nothing, whatever words it contains. Inside an answer, a clause that is itself a keyword
+   list ("sqrt fast matmul scaled") or a bare fragment ("... and the fast and the transformer") carries no claim.
 2. **Sentences and clauses.** The answer is split into sentences, and each sentence into clauses at commas,
-   semicolons, colons and connectives (but, whereas, while, and, ...).
-3. **Attachment.** Each predicate found is attached to a subject: the nearest subject named before it in its
-   clause, else the one named after it in the clause, else the subject carried over from the previous clause or
-   sentence ("it is faster"). A subject named after "unlike", "than", "compared to", "instead of", ... is the
-   thing being contrasted, so it is not a candidate.
+   semicolons, colons and connectives (but, whereas, while, and, which, ...).
+3. **Attachment.** Each subject mention has a role: *subject*, *object* (after a verb or a preposition: "uses the
+   dot product") or *contrast* (after "unlike", "than", "compared to", "instead of", ...). A predicate is attached
+   to, in this order: the nearest subject-role mention before it in its clause; the nearest object there; the
+   first non-contrast mention after it in the clause; the antecedent of a relative clause ("..., which uses a
+   network"); the nearest mention before it in the sentence; the first one after it (unless a pronoun points
+   back); else the subject carried over from the previous sentence ("It is faster.").
 4. **Polarity.** A negation between the subject and the predicate, inside the clause ("additive does NOT use a
-   network"), turns the statement around.
+   network"), turns the statement around; "not only" and "no loss of" are not negations.
 5. **Verdict per claim.** A claim is *supported* when its predicate is stated, un-negated, about a right
-   subject; *contradicted* when it is denied about a right subject, or stated about the wrong one (swapped
-   definitions), or when an opposite predicate is stated ("FlashAttention approximates attention"). A claim both
-   supported and contradicted counts as contradicted.
+   subject; *contradicted* when it is denied about a right subject, when an opposite predicate is stated
+   ("FlashAttention approximates attention"), when it is said of both subjects at once ("both use a tanh
+   network"), or when it is stated only about the wrong subject (swapped definitions). Denials win over support.
+6. **Verdict per answer.** "correct" needs ``Idea.need`` claims supported and none contradicted; "partial", more
+   supported than contradicted; anything else is "incorrect". A prompt with several valid ideas (the efficiency
+   prompt) is graded on the idea the answer explains best.
 
 What this cannot do, and the verdict says so: it cannot judge reasoning, a claim phrased in words its patterns do
 not know, or whether a true claim is relevant. It only says which of the listed claims it found, about which
