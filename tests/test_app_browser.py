@@ -145,6 +145,8 @@ def test_decoder_next_tokens_follow_the_temperature_and_generation_grows_the_cac
         p = torch.softmax(hf(torch.tensor([[5, 9, 5, 9, 7]])).logits[0, -1].double() / 0.5, -1)
     shown = page.eval_on_selector_all("#next-table tr", "rows => rows.map(r => Number(r.children[1].dataset.value))")
     np.testing.assert_allclose(shown, torch.sort(p, descending=True).values[:5].numpy(), atol=1e-6)
+    widths = page.eval_on_selector_all("#next-table .bar", "b => b.map(x => x.getBoundingClientRect().width)")
+    np.testing.assert_allclose(widths, np.round(200 * np.array(shown)), atol=1)   # drawn (no style attributes: CSP)
     page.eval_on_selector("#temperature", "e => { e.value = '0'; e.dispatchEvent(new Event('input')); }")
     with page.expect_response(lambda r: r.url.endswith("/api/generate")):
         page.click("#generate")
