@@ -26,7 +26,10 @@ groups than threads) each split accumulates its own dq and the splits are added 
 
 Non-finite inputs: when q, k, v, dout or out hold inf/NaN the whole call runs carefully: probabilities of blocked
 cells are exactly 0, dS is 0 wherever P is (never 0 * NaN) and every product keeps a non-finite value away from
-the outputs whose coefficient is 0, so NaN reaches exactly the gradients the forward's NaN depends on.
+the outputs whose coefficient is 0, so NaN reaches exactly the gradients the forward's NaN depends on. A row whose
+lse is NaN (a NaN score, or a +inf one: q or k holds inf) has its max recomputed from the tiles
+(``Run.own_statistics``), so that, as in the readable backward, P is NaN only on the cells whose weight is NaN
+(max +inf: the +inf cells; max NaN: the whole row) and 0 on the others.
 
 Huge scores: when a score's rounding error can exceed 1 (``score_error``: float64 |q|, |k| ~ 1e12, or scale ~
 1e12), the forward's lse no longer fits the backward's recomputed scores and exp(S - lse) could be 0 or inf. The
@@ -139,14 +142,15 @@ def flash_attention_backward(dout, q, k, v, out, lse, mask=None, *, scale=None, 
     dO = _row_array(dout, "dout", lay.scores_shape[:-1] + (pb.Dv,), dtype).reshape(inner + (pb.Dv,))
     O = _row_array(out, "out", lay.scores_shape[:-1] + (pb.Dv,), dtype).reshape(inner + (pb.Dv,))
     lse = _row_array(lse, "lse", lay.scores_shape[:-1], dtype).reshape(inner)
-    finite = all(_finite(x) for x in (q, k, v, dO, O)) and not bool(np.isnan(lse).any())
+    nan_rows = bool(np.isnan(lse).any())               # rows whose max score is +inf or NaN (see own_statistics)
+    finite = all(_finite(x) for x in (q, k, v, dO, O)) and not nan_rows
     huge = finite and score_error(pb, bias) > 1         # the forward's lse may not fit these scores' rounding
     careful = not finite or huge
     with np.errstate(invalid="ignore"):
         delta = np.einsum("...d,...d->...", dO, O)                               # (*lead, r, Lq)
     run = Run(pb, dO, delta, lse, careful)
     tasks, splits, used = _tasks(pb, threads)
-    if huge:
+    if huge or nan_rows:
         run.own_statistics(tasks, splits, used, threads)
     dq = np.zeros((splits,) + inner + (pb.D,), dtype)                             # (S, *lead, r, Lq, D)
     dk = np.zeros(lay.lead + (1, lay.Lk, pb.D), dtype)                            # (*lead, 1, Lk, D)
@@ -244,7 +248,8 @@ class Run:
     def own_statistics(self, tasks, splits, used, threads):
         """Recompute each row's max m and sum l from this backward's own scores (same tiles, same matmuls, so
         the same bits), for scores so large that their rounding exceeds 1: exp(S - lse) with the forward's lse
-        could then be 0 or inf on the row's only key. P = exp(S - m) / l sums to 1 by construction."""
+        could then be 0 or inf on the row's only key. P = exp(S - m) / l sums to 1 by construction. Also for
+        rows whose lse is NaN: their m is +inf (P NaN on the +inf cells only, 0 elsewhere) or NaN (P NaN)."""
         pb = self.pb
         inner = pb.lay.lead + (pb.lay.r, pb.lay.Lq)
         m = np.full((splits,) + inner, -np.inf, pb.dtype)                       # (S, *lead, r, Lq)
@@ -253,7 +258,8 @@ class Run:
                   lambda: Workspace(pb), used, threads)
         top = m.max(axis=0)                                                     # (*lead, r, Lq)
         safe = np.where(np.isneginf(top), 0, top)
-        total = (l * np.exp(m - safe)).sum(axis=0)
+        with np.errstate(invalid="ignore", over="ignore"):          # +inf or NaN maxima: total NaN, inv_l 1
+            total = (l * np.exp(m - safe)).sum(axis=0)
         self.neg_lse = np.where(np.isneginf(top), -np.inf, -top).astype(pb.dtype)
         self.inv_l = np.where(total > 0, 1 / np.where(total > 0, total, 1), 1).astype(pb.dtype)
 
