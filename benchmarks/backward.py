@@ -10,7 +10,10 @@ within a round alternates, so neither side always runs first), and the table sho
 rounds of attnlab's fwd + bwd over torch's in the same round: paired, so a load spike hits both sides of one
 ratio), and the floor: the backward's five matrix products alone (S = q k^T, dP = dO v^T, dV = P^T dO,
 dq = dS k, dK = dS^T q) on the same tiles and threads, no exp, no mask, nothing else. The last column is the
-1-minute load average when the row finished. ``--memory N`` also measures the peak extra memory of the
+1-minute load average when the row finished. "best" is the ratio of each side's fastest round: a loaded
+machine slows either side at random, and the fastest rounds are closest to what a quiet machine gives
+(PyTorch's OpenMP threads split the work statically, so one core taken by another process can double its
+time, where attnlab's threads pull tasks from a queue). ``--memory N`` also measures the peak extra memory of the
 backward at n = N (tracemalloc, causal; the outputs dq, dk, dv themselves not counted) beside the prediction
 of ``attnlab.plan(..., backward=True)``.
 
@@ -112,6 +115,7 @@ def measure(n, causal, repeats, threads):
             times[name].append(time.perf_counter() - start)
     result = {name: statistics.median(values) for name, values in times.items()}
     result["ratio"] = statistics.median((f + b) / t for f, b, t in zip(times["fwd"], times["bwd"], times["torch"]))
+    result["best"] = (min(times["fwd"]) + min(times["bwd"])) / min(times["torch"])
     return result
 
 
@@ -145,16 +149,17 @@ def main(argv=None):
     print(machine())
     measure(256, True, 1, threads)                             # warm-up: thread pools, first calls; not shown
     print(f"{'n':>6} {'case':>7} {'fwd s':>8} {'bwd s':>8} {'fwd+bwd s':>10} {'torch s':>8} {'ratio':>6} "
-          f"{'floor s':>8} {'bwd/floor':>9} {'load':>5}")
+          f"{'best':>5} {'floor s':>8} {'bwd/floor':>9} {'load':>5}")
     for n in sizes:
         for case in cases:
             t = measure(n, case == "causal", args.repeats, threads)
             both = t["fwd"] + t["bwd"]
             print(f"{n:6d} {case:>7} {t['fwd']:8.3f} {t['bwd']:8.3f} {both:10.3f} {t['torch']:8.3f} "
-                  f"{t['ratio']:6.2f} {t['floor']:8.3f} {t['bwd'] / t['floor']:9.2f} {os.getloadavg()[0]:5.1f}",
+                  f"{t['ratio']:6.2f} {t['best']:5.2f} {t['floor']:8.3f} {t['bwd'] / t['floor']:9.2f} {os.getloadavg()[0]:5.1f}",
                   flush=True)
-    print("ratio = attnlab (fwd + bwd) / torch SDPA (fwd + bwd), median of the per-round ratios; floor = the "
-          "backward's five matrix products alone; load = 1-minute load average at the row's end")
+    print("ratio = attnlab (fwd + bwd) / torch SDPA (fwd + bwd), median of the per-round ratios; best = the same "
+          "from each side's fastest round; floor = the backward's five matrix products alone; load = 1-minute load "
+          "average at the row's end")
     if args.memory:
         extra, predicted, scores = peak_memory(args.memory, threads)
         print(f"peak extra memory of the backward at n = {args.memory} (causal, tracemalloc, outputs not counted): "
