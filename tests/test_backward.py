@@ -102,15 +102,16 @@ def test_masks_bias_and_scale_match_torch(rng, kind):
     _close(tiled, want, 1e-10)
 
 
-def test_float32_within_torch_rule(rng):
+@pytest.mark.parametrize("mask,H,G", [(M.causal(), 4, 2), (None, 8, 1), (M.sliding_window(40), 4, 4)])
+def test_float32_within_torch_rule(rng, mask, H, G):
     """float32 error <= 2x torch's own float32 error against float64, plus 1e-5 (the flash-attention rule)."""
     Lq = Lk = 300
-    q, k, v = _qkv(rng, 1, 4, 2, Lq, Lk, D=32)
-    dout = rng.standard_normal((1, 4, Lq, 32))
-    mask = M.causal()
-    exact = _torch_grads(q, k, v, dout, attn_mask=M.materialize(mask, Lq, Lk, batch=1, heads=4), gqa=True)
-    theirs = _torch_grads(*(x.astype(np.float32) for x in (q, k, v, dout)),
-                          attn_mask=M.materialize(mask, Lq, Lk, batch=1, heads=4), gqa=True, dtype=torch.float32)
+    q, k, v = _qkv(rng, 1, H, G, Lq, Lk, D=32)
+    dout = rng.standard_normal((1, H, Lq, 32))
+    allowed = None if mask is None else M.materialize(mask, Lq, Lk, batch=1, heads=H)
+    exact = _torch_grads(q, k, v, dout, attn_mask=allowed, gqa=G != H)
+    theirs = _torch_grads(*(x.astype(np.float32) for x in (q, k, v, dout)), attn_mask=allowed, gqa=G != H,
+                          dtype=torch.float32)
     tiled, readable = _ours(*(x.astype(np.float32) for x in (q, k, v, dout)), mask=mask)
     for ours in (tiled, readable):
         for got, ref, torch32 in zip(ours, exact, theirs):
