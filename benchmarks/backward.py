@@ -3,13 +3,19 @@
     .venv/bin/python benchmarks/backward.py                                   # n = 1024 .. 16384, dense and causal
     .venv/bin/python benchmarks/backward.py --sizes 1024,2048,4096 --repeats 3 --memory 32768
 
-B=1, H=8, D=64, float32. For each n and case the three measurements run interleaved, --repeats times, and the
-table shows medians: attnlab forward (``flash_attention(..., return_lse=True)``) and backward
-(``flash_attention_backward``), torch ``scaled_dot_product_attention`` forward + ``backward()`` (its fused CPU
-kernel), their ratio, and the floor: the backward's five matrix products alone (S = q k^T, dP = dO v^T,
-dV = P^T dO, dq = dS k, dK = dS^T q) on the same tiles and threads, no exp, no mask, nothing else.
-``--memory N`` also measures the peak extra memory of the backward at n = N (tracemalloc, causal; the outputs
-dq, dk, dv themselves not counted).
+B=1, H=8, D=64, float32. For each n and case the measurements run interleaved, --repeats rounds (the order
+within a round alternates, so neither side always runs first), and the table shows medians: attnlab forward
+(``flash_attention(..., return_lse=True)``) and backward (``flash_attention_backward``), torch
+``scaled_dot_product_attention`` forward + ``backward()`` (its fused CPU kernel), the ratio (the median over
+rounds of attnlab's fwd + bwd over torch's in the same round: paired, so a load spike hits both sides of one
+ratio), and the floor: the backward's five matrix products alone (S = q k^T, dP = dO v^T, dV = P^T dO,
+dq = dS k, dK = dS^T q) on the same tiles and threads, no exp, no mask, nothing else. The last column is the
+1-minute load average when the row finished. "best" is the ratio of each side's fastest round: a loaded
+machine slows either side at random, and the fastest rounds are closest to what a quiet machine gives
+(PyTorch's OpenMP threads split the work statically, so one core taken by another process can double its
+time, where attnlab's threads pull tasks from a queue). ``--memory N`` also measures the peak extra memory of the
+backward at n = N (tracemalloc, causal; the outputs dq, dk, dv themselves not counted) beside the prediction
+of ``attnlab.plan(..., backward=True)``.
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, when set, are unset for this script (both sides share the one process and
 its BLAS); the machine's CPU and BLAS kernel are printed first.
@@ -99,14 +105,18 @@ def measure(n, causal, repeats, threads):
         for t in (tq, tk, tv):
             t.grad = None
 
-    times = {name: [] for name in ("fwd", "bwd", "torch", "floor")}
-    for _ in range(repeats):
-        for name, fn in (("fwd", ours_forward), ("bwd", ours_backward), ("torch", torch_both),
-                         ("floor", lambda: floor(q, k, v, dout, causal, threads))):
+    steps = [("fwd", ours_forward), ("bwd", ours_backward), ("torch", torch_both),
+             ("floor", lambda: floor(q, k, v, dout, causal, threads))]
+    times = {name: [] for name, _ in steps}
+    for round_ in range(repeats):
+        for name, fn in steps if round_ % 2 == 0 else steps[2:] + steps[:2]:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    result = {name: statistics.median(values) for name, values in times.items()}
+    result["ratio"] = statistics.median((f + b) / t for f, b, t in zip(times["fwd"], times["bwd"], times["torch"]))
+    result["best"] = (min(times["fwd"]) + min(times["bwd"])) / min(times["torch"])
+    return result
 
 
 def peak_memory(n, threads):
@@ -119,7 +129,8 @@ def peak_memory(n, threads):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    return peak - sum(g.nbytes for g in grads), B * H * n * n * 4
+    predicted = attnlab.plan(q.shape, k.shape, mask=mask, backward=True, threads=threads, impl="tiled").tiled_bytes
+    return peak - sum(g.nbytes for g in grads), predicted, B * H * n * n * 4
 
 
 def main(argv=None):
@@ -136,19 +147,24 @@ def main(argv=None):
     print(f"attnlab backward benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, B={B} H={H} D={D} "
           f"float32, median of {args.repeats} interleaved runs")
     print(machine())
+    measure(256, True, 1, threads)                             # warm-up: thread pools, first calls; not shown
     print(f"{'n':>6} {'case':>7} {'fwd s':>8} {'bwd s':>8} {'fwd+bwd s':>10} {'torch s':>8} {'ratio':>6} "
-          f"{'floor s':>8} {'bwd/floor':>9}")
+          f"{'best':>5} {'floor s':>8} {'bwd/floor':>9} {'load':>5}")
     for n in sizes:
         for case in cases:
             t = measure(n, case == "causal", args.repeats, threads)
             both = t["fwd"] + t["bwd"]
             print(f"{n:6d} {case:>7} {t['fwd']:8.3f} {t['bwd']:8.3f} {both:10.3f} {t['torch']:8.3f} "
-                  f"{both / t['torch']:6.2f} {t['floor']:8.3f} {t['bwd'] / t['floor']:9.2f}", flush=True)
-    print("ratio = attnlab (fwd + bwd) / torch SDPA (fwd + bwd); floor = the backward's five matrix products alone")
+                  f"{t['ratio']:6.2f} {t['best']:5.2f} {t['floor']:8.3f} {t['bwd'] / t['floor']:9.2f} {os.getloadavg()[0]:5.1f}",
+                  flush=True)
+    print("ratio = attnlab (fwd + bwd) / torch SDPA (fwd + bwd), median of the per-round ratios; best = the same "
+          "from each side's fastest round; floor = the backward's five matrix products alone; load = 1-minute load "
+          "average at the row's end")
     if args.memory:
-        extra, scores = peak_memory(args.memory, threads)
+        extra, predicted, scores = peak_memory(args.memory, threads)
         print(f"peak extra memory of the backward at n = {args.memory} (causal, tracemalloc, outputs not counted): "
-              f"{extra / 2**20:.1f} MiB; the score matrix alone would be {scores / 2**30:.1f} GiB")
+              f"{extra / 2**20:.1f} MiB (plan(..., backward=True) predicts {predicted / 2**20:.1f} MiB); the "
+              f"score matrix alone would be {scores / 2**30:.1f} GiB")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -102,15 +102,16 @@ def test_masks_bias_and_scale_match_torch(rng, kind):
     _close(tiled, want, 1e-10)
 
 
-def test_float32_within_torch_rule(rng):
+@pytest.mark.parametrize("mask,H,G", [(M.causal(), 4, 2), (None, 8, 1), (M.sliding_window(40), 4, 4)])
+def test_float32_within_torch_rule(rng, mask, H, G):
     """float32 error <= 2x torch's own float32 error against float64, plus 1e-5 (the flash-attention rule)."""
     Lq = Lk = 300
-    q, k, v = _qkv(rng, 1, 4, 2, Lq, Lk, D=32)
-    dout = rng.standard_normal((1, 4, Lq, 32))
-    mask = M.causal()
-    exact = _torch_grads(q, k, v, dout, attn_mask=M.materialize(mask, Lq, Lk, batch=1, heads=4), gqa=True)
-    theirs = _torch_grads(*(x.astype(np.float32) for x in (q, k, v, dout)),
-                          attn_mask=M.materialize(mask, Lq, Lk, batch=1, heads=4), gqa=True, dtype=torch.float32)
+    q, k, v = _qkv(rng, 1, H, G, Lq, Lk, D=32)
+    dout = rng.standard_normal((1, H, Lq, 32))
+    allowed = None if mask is None else M.materialize(mask, Lq, Lk, batch=1, heads=H)
+    exact = _torch_grads(q, k, v, dout, attn_mask=allowed, gqa=G != H)
+    theirs = _torch_grads(*(x.astype(np.float32) for x in (q, k, v, dout)), attn_mask=allowed, gqa=G != H,
+                          dtype=torch.float32)
     tiled, readable = _ours(*(x.astype(np.float32) for x in (q, k, v, dout)), mask=mask)
     for ours in (tiled, readable):
         for got, ref, torch32 in zip(ours, exact, theirs):
@@ -170,12 +171,16 @@ def test_score_mod_without_derivative_is_refused(rng):
 
 
 # --- every mask kind, sizes, blocks, threads ------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(MASKS))
+BACKWARD_MASKS = {**MASKS, "full": lambda Lq, Lk: M.full(), "key_prefix": lambda Lq, Lk: M.key_prefix(9),
+                  "window_top_left": lambda Lq, Lk: M.sliding_window(4, align="top_left")}
+
+
+@pytest.mark.parametrize("name", sorted(BACKWARD_MASKS))
 def test_every_mask_kind(rng, name):
     Lq, Lk = 37, 41
     q, k, v = _qkv(rng, 2, 4, 2, Lq, Lk)
     dout = rng.standard_normal((2, 4, Lq, 8))
-    mask = MASKS[name](Lq, Lk)
+    mask = BACKWARD_MASKS[name](Lq, Lk)
     tiled, readable = _ours(q, k, v, dout, mask=mask, block_q=8, block_k=6, threads=2)
     _close(tiled, readable, 1e-12)
     if mask is None:
@@ -200,8 +205,8 @@ def test_odd_sizes_and_blocks_that_do_not_divide(rng, Lq, Lk, bq, bk):
         _close(tiled, readable, 1e-12)
 
 
-def test_long_odd_sizes_match_torch(rng):
-    Lq, Lk = 1023, 1025
+@pytest.mark.parametrize("Lq,Lk", [(1023, 1025), (1025, 1023)])
+def test_long_odd_sizes_match_torch(rng, Lq, Lk):
     q, k, v = _qkv(rng, 1, 2, 1, Lq, Lk, D=8)
     dout = rng.standard_normal((1, 2, Lq, 8))
     tiled, _ = _ours(q, k, v, dout, mask=M.causal(), threads=2)
@@ -281,6 +286,49 @@ def test_nan_only_where_the_forward_has_it(rng):
         np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")      # the reference's softmax on inf
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inf_in_a_query_reaches_only_the_keys_it_scores_plus_inf(rng, threads):
+    """q[3] holds +inf: row 3 scores +inf on the keys with k[:, 1] > 0 (weight NaN there) and -inf on the others
+    (weight exactly 0). NaN then reaches dq of row 3 and dk, dv of exactly those keys; every other gradient is the
+    gradient of the other rows alone (torch autograd with row 3's dout set to 0 and q[3] finite)."""
+    q, k, v = _qkv(rng, 1, 2, 1, 12, 12, D=4)
+    dout = rng.standard_normal((1, 2, 12, 4))
+    k[0, 0, :4, 1] = [-0.5, 0.7, 0.2, -1.1]                     # row 3 sees keys 0..3: +inf on keys 1 and 2
+    q[0, 1, 3, 1] = np.inf
+    tiled, readable = _ours(q, k, v, dout, mask=M.causal(), block_q=5, block_k=3, threads=threads)
+    clean_q, quiet = q.copy(), dout.copy()
+    clean_q[0, 1, 3, 1], quiet[0, 1, 3] = 0.0, 0.0
+    want = _torch_grads(clean_q, k, v, quiet, attn_mask=M.materialize(M.causal(), 12, 12), gqa=True)
+    nan_keys = [False, True, True] + [False] * 9
+    for grads in (tiled, readable):
+        assert np.isnan(grads.dq).any(-1)[0].tolist() == [[False] * 12, [False] * 3 + [True] + [False] * 8]
+        assert np.isnan(grads.dk).any(-1)[0, 0].tolist() == nan_keys
+        assert np.isnan(grads.dv).any(-1)[0, 0].tolist() == nan_keys
+        keep = ~np.array(nan_keys)
+        np.testing.assert_allclose(grads.dk[0, 0, keep], want[1][0, 0, keep], atol=1e-10)
+        np.testing.assert_allclose(grads.dv[0, 0, keep], want[2][0, 0, keep], atol=1e-10)
+        np.testing.assert_allclose(grads.dq[0, 0], want[0][0, 0], atol=1e-10)
+        np.testing.assert_allclose(np.delete(grads.dq[0, 1], 3, axis=0), np.delete(want[0][0, 1], 3, axis=0),
+                                   atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")      # the reference's softmax on inf
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_non_finite_inputs_give_the_readable_backwards_nan_pattern(rng, where, value):
+    q, k, v = _qkv(rng, 1, 2, 1, 10, 10, D=4)
+    dout = rng.standard_normal((1, 2, 10, 4))
+    k[0, 0, :4, 1] = [-0.5, 0.7, 0.2, -1.1]                     # an inf in q[3, 1] scores both +inf and -inf
+    {"q": q, "k": k, "v": v}[where][0, 0, 3, 1] = value
+    tiled, readable = _ours(q, k, v, dout, mask=M.causal(), block_q=3, block_k=3)
+    flat = np.concatenate([g.ravel() for g in tiled])
+    assert np.isnan(flat).any() and np.isfinite(flat).any()        # NaN somewhere, but not everywhere
+    for a, b in zip(tiled, readable):
+        assert (np.isnan(a) == np.isnan(b)).all()
+        np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), atol=1e-12)
+
+
 # --- tiles and memory --------------------------------------------------------------------------------------------
 def test_causal_skips_about_half_the_tiles_from_the_forwards_tile_map(rng):
     q, k, v = _qkv(rng, 1, 2, 2, 256, 256, dtype=np.float32)
@@ -335,7 +383,7 @@ def test_bad_arguments_are_named(rng):
 
 # --- property: tiled == readable --------------------------------------------------------------------------------
 PROPERTY_MASKS = [None, M.causal(), M.causal("top_left"), M.sliding_window(3, 2), M.padding([5, 9]),
-                  M.dilated(2) & M.causal(), M.global_tokens([1]) | M.sliding_window(1)]
+                  M.dilated(2) & M.causal(), M.global_tokens([1]) | M.sliding_window(1), "bool_array"]
 
 
 @given(Lq=st.integers(1, 24), Lk=st.integers(1, 24), heads=st.sampled_from([(2, 2), (4, 2), (4, 1), (8, 1)]),
@@ -349,7 +397,10 @@ def test_property_tiled_equals_readable(Lq, Lk, heads, mask, bq, bk, threads, sp
     q *= spread
     dout = rng.standard_normal((2, H, Lq, 3))
     score_mod = {None: None, "softcap": scores.softcap(2.0), "alibi": scores.alibi(H)}[mod]
-    tiled, readable = _ours(q, k, v, dout, mask=PROPERTY_MASKS[mask], score_mod=score_mod, block_q=bq,
+    mask = PROPERTY_MASKS[mask]
+    if mask == "bool_array":                                   # per (batch, head), some rows fully masked
+        mask = rng.random((2, H, Lq, Lk)) < 0.4
+    tiled, readable = _ours(q, k, v, dout, mask=mask, score_mod=score_mod, block_q=bq,
                             block_k=bk, threads=threads)
     _close(tiled, readable, 1e-10 * max(1.0, spread))
 

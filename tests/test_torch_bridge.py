@@ -53,6 +53,22 @@ def test_drop_in_sdpa_matches_torch(dtype, tol):
     torch.testing.assert_close(a, b, rtol=0, atol=tol)
 
 
+def test_fully_masked_rows_get_zero_finite_gradients():
+    q, k, v = _qkv(2, 2, 2, 6, 6)
+    mask = M.padding([6, 3], q_lengths=[6, 2])                 # batch 1: query rows 2.. see nothing
+    out = bridge.flash_attention(q, k, v, mask, block_q=4, block_k=4)
+    out.sum().backward()
+    assert not out[1, :, 2:].any() and not q.grad[1, :, 2:].any()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+    allowed = torch.from_numpy(M.materialize(mask, 6, 6, batch=2, heads=2))
+    sees = allowed.any(-1, keepdim=True)                       # (2, 2, 6, 1)
+    q2, k2, v2 = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(q2, k2, v2, attn_mask=allowed | ~sees)
+    (ref * sees).sum().backward()                              # SDPA's empty rows are NaN: let them see all, weight 0
+    for ours, theirs in zip((q, k, v), (q2, k2, v2)):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=1e-10)
+
+
 def test_no_copies_of_the_inputs(monkeypatch):
     q, k, v = _qkv(1, 2, 2, 8, 8, dtype=torch.float32)
     seen = {}

@@ -5,7 +5,7 @@ tile of probabilities from them, P = exp(S - lse), which is exact (it is the sof
 row's whole sum, not a running one), and needs no running max: (Dao 2023, "FlashAttention-2", Algorithm 2)
 
     Delta = rowsum(dO * O)                 (R,)       once per query row, before the tiles
-    for each key block j (dK_j, dV_j accumulate in place):
+    for each key block j (dK_j, dV_j summed in a per-thread buffer that stays in cache, written once):
         for each query block i the tile map does not mark empty:
             S   = (q_i * scale) k_j^T       (R, bk)    R = r * block_q rows: the r query heads of a group
             P   = exp(mod(S) - lse_i)                  0 on blocked cells
@@ -26,7 +26,10 @@ groups than threads) each split accumulates its own dq and the splits are added 
 
 Non-finite inputs: when q, k, v, dout or out hold inf/NaN the whole call runs carefully: probabilities of blocked
 cells are exactly 0, dS is 0 wherever P is (never 0 * NaN) and every product keeps a non-finite value away from
-the outputs whose coefficient is 0, so NaN reaches exactly the gradients the forward's NaN depends on.
+the outputs whose coefficient is 0, so NaN reaches exactly the gradients the forward's NaN depends on. A row whose
+lse is NaN (a NaN score, or a +inf one: q or k holds inf) has its max recomputed from the tiles
+(``Run.own_statistics``), so that, as in the readable backward, P is NaN only on the cells whose weight is NaN
+(max +inf: the +inf cells; max NaN: the whole row) and 0 on the others.
 
 Huge scores: when a score's rounding error can exceed 1 (``score_error``: float64 |q|, |k| ~ 1e12, or scale ~
 1e12), the forward's lse no longer fits the backward's recomputed scores and exp(S - lse) could be 0 or inf. The
@@ -82,15 +85,15 @@ def blocks(lay, block_q=None, block_k=None) -> tuple[int, int]:
 
 def backward_memory(lay, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool = True) -> int:
     """Extra bytes of ``flash_attention_backward`` beyond inputs and gradients, from its own schedule: per thread
-    the two score-sized tiles (P, dS), [q | -lse] and [dO | -Delta] rows, [k | 1] and [v | 1] keys and the three
-    product buffers (and on a partial tile the evaluated mask and its negation); once Delta, -Delta and -lse per
+    the two score-sized tiles (P, dS), [q | -lse] and [dO | -Delta] rows, [k | 1] and [v | 1] keys, the three
+    product buffers and the key block's dK, dV sums (and on a partial tile the evaluated mask and its negation); once Delta, -Delta and -lse per
     row and, with split keys, one more dq per extra split. Not counted: the careful path's temporaries (only when
     an input holds inf/NaN) and a relative mask's cached partial-tile patterns (as in the forward)."""
     rows = lay.r * min(block_q, max(lay.Lq, 1))
     cols = min(block_k, max(lay.Lk, 1))
     D, Dv = lay.q.shape[-1], lay.v.shape[-1]
     per_thread = itemsize * (2 * rows * cols + rows * (D + 1) + rows * (Dv + 1) + cols * (D + 1) + cols * (Dv + 1)
-                             + rows * D + cols * (D + Dv))
+                             + rows * D + 2 * cols * (D + Dv))
     per_thread += 2 * rows * cols if masked else 0
     splits, used = schedule(lay, block_k, threads)
     rows_out = math.prod(lay.scores_shape[:-1])
@@ -139,14 +142,16 @@ def flash_attention_backward(dout, q, k, v, out, lse, mask=None, *, scale=None, 
     dO = _row_array(dout, "dout", lay.scores_shape[:-1] + (pb.Dv,), dtype).reshape(inner + (pb.Dv,))
     O = _row_array(out, "out", lay.scores_shape[:-1] + (pb.Dv,), dtype).reshape(inner + (pb.Dv,))
     lse = _row_array(lse, "lse", lay.scores_shape[:-1], dtype).reshape(inner)
-    finite = all(_finite(x) for x in (q, k, v, dO, O)) and not bool(np.isnan(lse).any())
-    huge = finite and score_error(pb, bias) > 1         # the forward's lse may not fit these scores' rounding
+    nan_rows = bool(np.isnan(lse).any())               # rows whose max score is +inf or NaN (see own_statistics)
+    largest = [_largest(x) for x in (lay.q, lay.k, lay.v, dO, O)]                  # max |x|: NaN, inf or finite
+    finite = all(math.isfinite(x) for x in largest) and not nan_rows
+    huge = finite and score_error(pb, bias, *largest[:2]) > 1   # the forward's lse may not fit these scores' rounding
     careful = not finite or huge
     with np.errstate(invalid="ignore"):
         delta = np.einsum("...d,...d->...", dO, O)                               # (*lead, r, Lq)
     run = Run(pb, dO, delta, lse, careful)
     tasks, splits, used = _tasks(pb, threads)
-    if huge:
+    if huge or nan_rows:
         run.own_statistics(tasks, splits, used, threads)
     dq = np.zeros((splits,) + inner + (pb.D,), dtype)                             # (S, *lead, r, Lq, D)
     dk = np.zeros(lay.lead + (1, lay.Lk, pb.D), dtype)                            # (*lead, 1, Lk, D)
@@ -174,26 +179,36 @@ def _row_array(x, name, shape, dtype):
     return x.astype(dtype, copy=False)
 
 
-def score_error(pb, bias) -> float:
+def score_error(pb, bias, q_largest=math.inf, k_largest=math.inf) -> float:
     """A bound on the rounding error of a recomputed score, natural units: D * eps * max|q_i| * max|k_j| * |scale|
     (Cauchy-Schwarz) plus eps * max|bias| (finite entries). The forward and the backward compute each score with
     different matmuls; above an error of about 1, exp(S - lse) can leave [0, 1] (inf, then NaN, at 1e12
-    magnitudes), so the backward then runs carefully, probabilities clamped to [0, 1]."""
+    magnitudes), so the backward then runs carefully, probabilities clamped to [0, 1].
+
+    ``q_largest``, ``k_largest`` (the largest |entry| of q and k, when known) give a looser bound first, the row
+    norms at most sqrt(D) times them; the row norms (two passes over q and k) are computed only when that one
+    exceeds 1."""
     eps = float(np.finfo(pb.dtype).eps)
+    scale = abs(float(pb.scale))
+    extra = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
-        norm = lambda x: float(np.sqrt(np.max(np.einsum("...d,...d->...", x, x), initial=0.0)))
-        bound = pb.D * eps * norm(pb.lay.q) * norm(pb.lay.k) * abs(float(pb.scale))
         if bias is not None and np.size(bias):
             b = np.abs(np.asarray(bias, dtype=np.float64))
-            bound += eps * float(np.max(b, where=np.isfinite(b), initial=0.0))
+            extra = eps * float(np.max(b, where=np.isfinite(b), initial=0.0))
+        bound = pb.D * eps * (pb.D * q_largest * k_largest) * scale + extra
+        if not bound <= 1:
+            norm = lambda x: float(np.sqrt(np.max(np.einsum("...d,...d->...", x, x), initial=0.0)))
+            bound = pb.D * eps * norm(pb.lay.q) * norm(pb.lay.k) * scale + extra
     return bound if np.isfinite(bound) else math.inf
 
 
-def _finite(x) -> bool:
-    """Whether an array holds only finite values, without an array-sized temporary (a sum is NaN or inf
-    otherwise; a sum that overflows only sends the call down the careful path, which is exact too)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(np.sum(x, dtype=np.float64)))
+def _largest(x) -> float:
+    """max |x| in two reductions without an array-sized temporary: NaN when x holds a NaN (np.min and np.max
+    propagate it), inf when it holds an infinity, 0 when it is empty."""
+    if not x.size:
+        return 0.0
+    lo, hi = float(np.min(x)), float(np.max(x))
+    return math.nan if math.isnan(lo) or math.isnan(hi) else max(-lo, hi)
 
 
 # --- tasks and threads ---------------------------------------------------------------------------------------------
@@ -225,6 +240,8 @@ class Workspace:
         self.tq = np.empty(rows * D, pb.dtype)                    # dS k                           (R, D)
         self.tk = np.empty((cols, D), pb.dtype)                   # dS^T q                         (bk, D)
         self.tv = np.empty((cols, Dv), pb.dtype)                  # P^T dO                         (bk, Dv)
+        self.dk = np.empty((cols, D), pb.dtype)                   # dK of the key block, summed    (bk, D)
+        self.dv = np.empty((cols, Dv), pb.dtype)                  # dV of the key block, summed    (bk, Dv)
 
 
 class Run:
@@ -244,7 +261,8 @@ class Run:
     def own_statistics(self, tasks, splits, used, threads):
         """Recompute each row's max m and sum l from this backward's own scores (same tiles, same matmuls, so
         the same bits), for scores so large that their rounding exceeds 1: exp(S - lse) with the forward's lse
-        could then be 0 or inf on the row's only key. P = exp(S - m) / l sums to 1 by construction."""
+        could then be 0 or inf on the row's only key. P = exp(S - m) / l sums to 1 by construction. Also for
+        rows whose lse is NaN: their m is +inf (P NaN on the +inf cells only, 0 elsewhere) or NaN (P NaN)."""
         pb = self.pb
         inner = pb.lay.lead + (pb.lay.r, pb.lay.Lq)
         m = np.full((splits,) + inner, -np.inf, pb.dtype)                       # (S, *lead, r, Lq)
@@ -253,7 +271,8 @@ class Run:
                   lambda: Workspace(pb), used, threads)
         top = m.max(axis=0)                                                     # (*lead, r, Lq)
         safe = np.where(np.isneginf(top), 0, top)
-        total = (l * np.exp(m - safe)).sum(axis=0)
+        with np.errstate(invalid="ignore", over="ignore"):          # +inf or NaN maxima: total NaN, inv_l 1
+            total = (l * np.exp(m - safe)).sum(axis=0)
         self.neg_lse = np.where(np.isneginf(top), -np.inf, -top).astype(pb.dtype)
         self.inv_l = np.where(total > 0, 1 / np.where(total > 0, total, 1), 1).astype(pb.dtype)
 
@@ -290,6 +309,9 @@ class Run:
             ka, va = ws.ka[:ke - ks], ws.va[:ke - ks]
             np.copyto(ka[:, :pb.D], pb.k[task.idx][0, ks:ke])
             np.copyto(va[:, :pb.Dv], pb.v[task.idx][0, ks:ke])
+            dk_j, dv_j = ws.dk[:ke - ks], ws.dv[:ke - ks]                        # (c, D), (c, Dv): stay in cache
+            dk_j.fill(0)
+            dv_j.fill(0)
             for i, state in zip(visit.tolist(), column[visit].tolist()):
                 qs, qe = i * bq, min(lay.Lq, (i + 1) * bq)
                 state, parts = pb.tile(task.idx, slice(qs, qe), np.arange(qs, qe), ks, ke, state)
@@ -298,10 +320,14 @@ class Run:
                     if stats is not None:
                         self.stats_tile(ws, task.idx, qs + a, qs + b, cs, ce, ks, blocked, stats)
                     else:
-                        self.tile(ws, task.idx, qs + a, qs + b, cs, ce, ks, blocked, dq, dk, dv)
+                        self.tile(ws, task.idx, qs + a, qs + b, cs, ce, ks, blocked, dq, dk_j, dv_j)
+            if stats is None:                  # the task owns key block j: one write of its dK, dV, once
+                np.copyto(dk[task.idx][0, ks:ke], dk_j)
+                np.copyto(dv[task.idx][0, ks:ke], dv_j)
 
-    def tile(self, ws, idx, qs, qe, cs, ce, ks, blocked, dq, dk, dv):
-        """Query rows qs:qe (all r heads) against keys cs:ce of the key block starting at ks."""
+    def tile(self, ws, idx, qs, qe, cs, ce, ks, blocked, dq, dk_j, dv_j):
+        """Query rows qs:qe (all r heads) against keys cs:ce of the key block starting at ks: adds to dq and
+        to the block's dK, dV sums dk_j, dv_j (c, D), (c, Dv)."""
         pb = self.pb
         r, n, c, D, Dv = pb.lay.r, qe - qs, ce - cs, pb.D, pb.Dv
         R = r * n
@@ -329,8 +355,8 @@ class Run:
         P2, dS2, q2, do2 = P.reshape(R, c), dS.reshape(R, c), qa.reshape(R, D + 1)[:, :D], \
             do.reshape(R, Dv + 1)[:, :Dv]
         tv, tk, tq = ws.tv[:c], ws.tk[:c], ws.tq[:R * D].reshape(r, n, D)
-        dv[idx][0, cs:ce] += self._product(P2.T, do2, tv)                       # dV += P^T dO
-        dk[idx][0, cs:ce] += self._product(dS2.T, q2, tk)                       # dK += dS^T q (q scaled)
+        dv_j[cs - ks:ce - ks] += self._product(P2.T, do2, tv)                   # dV += P^T dO
+        dk_j[cs - ks:ce - ks] += self._product(dS2.T, q2, tk)                   # dK += dS^T q (q scaled)
         dq[idx][:, qs:qe] += self._product(dS, ka[:, :D], tq)                   # dq += dS k
 
     def _product(self, a, b, out):
