@@ -56,6 +56,76 @@ def finite_real(value, name: str, *, positive: bool = False) -> float:
     return float(value)
 
 
+def _given(value) -> str:
+    """How a rejected value is shown: its repr, with the type for anything that is not a plain number."""
+    text = repr(value.item() if isinstance(value, np.generic) else value)      # 0.5, not np.float32(0.5)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    plain = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return text if plain else f"{type(value).__name__} {text}"
+
+
+def real(value, name: str, *, allow_none: bool = False, positive: bool = False, low=None, high=None,
+         what: str = "") -> float | None:
+    """``value`` as a finite float: the one validator for user scalars (scale, cap, base, ...).
+
+    TypeError when it is not a real number (a bool, a string, an array, None unless ``allow_none``); ValueError
+    when it is NaN or infinite, not > 0 (``positive``) or outside [``low``, ``high``]. ``what`` adds why the
+    range matters. Both messages name the argument, the expectation and the value given.
+
+    >>> real(0.5, "scale")
+    0.5
+    >>> real(float("nan"), "scale")
+    Traceback (most recent call last):
+        ...
+    ValueError: scale must be a finite number, got nan
+    """
+    if value is None and allow_none:
+        return None
+    expected = "a finite number > 0" if positive else "a finite number"
+    if low is not None or high is not None:
+        expected = f"a finite number in [{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+    expected += " or None" if allow_none else ""
+    if not (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))):
+        raise TypeError(f"{name} must be a number ({expected}), got {_given(value)}")
+    try:
+        number = float(value)
+    except OverflowError:                       # an int beyond float range
+        raise ValueError(f"{name} must be {expected}, got {_given(value)}") from None
+    bad = not math.isfinite(number) or (positive and not number > 0) or \
+        (low is not None and number < low) or (high is not None and number > high)
+    if bad:
+        raise ValueError(f"{name} must be {expected}{what}, got {_given(value)}")
+    return number
+
+
+def integer_array(values, name: str, *, ndim: int | None = None, minimum: int | None = None) -> np.ndarray:
+    """``values`` (a list or array of integers) as an int64 array; whole-valued floats are accepted, 1.7, NaN,
+    booleans, strings and values beyond int64 are refused (ValueError/TypeError naming ``name``).
+
+    >>> integer_array([0, 2.0], "positions").tolist()
+    [0, 2]
+    """
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be integers, got {type(values).__name__}: {err}") from None
+    if arr.dtype == object or arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be integers, got {_given(values)} (dtype {arr.dtype})")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D integers, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < 2.0**63)
+        if not whole.all():
+            raise ValueError(f"{name} must be integers, got {_given(arr.ravel()[~whole.ravel()][0].item())}")
+    elif arr.dtype.kind == "u" and arr.size and arr.max() >= 2**63:
+        raise ValueError(f"{name} must fit in int64, got {arr.max()}")
+    out = arr.astype(np.int64)
+    if minimum is not None and out.size and out.min() < minimum:
+        raise ValueError(f"{name} must be integers >= {minimum}, got {out.min()}")
+    return out
+
+
 def in_range(value, name: str, low, high) -> float:
     """``value`` as a number with low <= value <= high."""
     if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or \

@@ -17,7 +17,7 @@ import numpy as np
 from . import planner
 from ._array import as_array, namespace, require_floating, to_namespace, to_numpy
 from .api import attention_steps, scaled_dot_product_attention
-from .checks import positive_int
+from .checks import non_negative_int, positive_int, real
 from .record import AttentionRecord, Recorder
 from .scores import rotary
 
@@ -133,8 +133,9 @@ class MultiHeadAttention:
             if value is None and name in optional:
                 continue
             positive_int(value, name)
-        if rope_base is not None and not (np.isscalar(rope_base) and rope_base > 0):
-            raise ValueError(f"rope_base must be a positive number or None, got {rope_base!r}")
+        real(rope_base, "rope_base", allow_none=True, positive=True)
+        if seed is not None:
+            non_negative_int(seed, "seed")
         if head_dim is None and d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not a multiple of n_heads={n_heads}")
         if n_heads % n_kv_heads:

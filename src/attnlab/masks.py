@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from .checks import non_negative_int, positive_int
+from .checks import integer_array, is_int, non_negative_int, positive_int
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 ALIGNS = ("bottom_right", "top_left")
@@ -194,7 +194,8 @@ def _combine_tiles(m1: Mask, m2: Mask, op):
 
 
 def _check_lengths(Lq, Lk):
-    if int(Lq) != Lq or int(Lk) != Lk or Lq < 0 or Lk < 0:
+    ok = [is_int(n) or (isinstance(n, float) and n.is_integer()) for n in (Lq, Lk)]
+    if not all(ok) or Lq < 0 or Lk < 0:
         raise ValueError(f"Lq and Lk must be non-negative integers, got Lq={Lq!r}, Lk={Lk!r}")
 
 
@@ -358,8 +359,12 @@ def dilated(stride: int, align: str = "bottom_right") -> Mask:
 
 def global_tokens(indices, align: str = "bottom_right") -> Mask:
     """Tokens at ``indices`` attend to everything and are attended by everything (Longformer / BigBird global
-    tokens). Combine with ``sliding_window`` for Longformer's pattern."""
-    idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+    tokens). Combine with ``sliding_window`` for Longformer's pattern.
+
+    ``indices`` are integer positions >= 0 (whole-valued floats pass; 1.7 raises ValueError). A position at or
+    beyond the sequence's end marks no token: the mask is a function of the lengths, so the same mask serves
+    sequences of any length."""
+    idx = np.unique(integer_array(indices, "indices").reshape(-1))      # 1.7 is refused, not truncated to 1
     if (idx < 0).any():
         raise ValueError(f"indices must be non-negative positions, got {indices!r}")
     _check_align(align)
@@ -384,6 +389,7 @@ def random_blocks(block_size: int, n_random: int, seed: int = 0, align: str = "b
     ``global_tokens`` for the full BigBird pattern (Zaheer et al. 2020)."""
     block_size = non_negative_int(block_size, "block_size")
     n_random = non_negative_int(n_random, "n_random")
+    seed = non_negative_int(seed, "seed")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     _check_align(align)

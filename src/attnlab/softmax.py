@@ -27,7 +27,9 @@ def _prepare(x, mask, axis):
             mask = to_namespace(to_numpy(mask), xp, x)
         if mask.dtype != xp.bool:
             raise TypeError(f"mask must be boolean (True = keep), got dtype {mask.dtype}")
-        broadcast_shapes(mask.shape, x.shape)
+        if broadcast_shapes(mask.shape, x.shape) != tuple(x.shape):   # a larger mask would reshape the result
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to x of shape "
+                             f"{tuple(x.shape)}")
     return xp, x, mask
 
 
