@@ -120,7 +120,7 @@ def resolve_mask(mask, scores_shape, xp, like, name="mask"):
         heads = scores_shape[-3] if len(scores_shape) >= 3 else None
         if len(scores_shape) == 3 and mask.heads is None:   # (B, Lq, Lk): axis -3 is the batch
             batch, heads = heads, None
-        arr = mask.to_array(Lq, Lk, batch=batch, heads=heads)
+        arr = mask.to_array(Lq, Lk, batch=batch, heads=heads, checked=False)   # the caller budgets the call
         if arr.ndim == 4 and len(scores_shape) < 4:
             drop = 1 if mask.heads is None else 0               # drop the axis the scores do not have
             if arr.shape[drop] != 1:

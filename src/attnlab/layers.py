@@ -17,6 +17,7 @@ import numpy as np
 from . import planner
 from ._array import as_array, namespace, require_floating, to_namespace, to_numpy
 from .api import attention_steps, scaled_dot_product_attention
+from .budget import check as check_budget
 from .checks import non_negative_int, positive_int, real
 from .record import AttentionRecord, Recorder
 from .scores import rotary
@@ -147,8 +148,11 @@ class MultiHeadAttention:
         self.kdim, self.vdim = kdim or d_model, vdim or d_model
         self.rope_base = rope_base
         self.scale = None
-        rng = np.random.default_rng(seed)
         H, G, Dh = n_heads, n_kv_heads, self.head_dim
+        weights = H * Dh * d_model + G * Dh * (self.kdim + self.vdim) + d_model * H * Dh + 2 * (H + G) * Dh + d_model
+        check_budget(weights * np.dtype(dtype).itemsize, f"MultiHeadAttention(d_model={d_model}, n_heads={n_heads}, "
+                     f"n_kv_heads={n_kv_heads}, head_dim={Dh}) weights", instead="use smaller dimensions")
+        rng = np.random.default_rng(seed)
         self.w_q = _xavier(rng, H * Dh, d_model, dtype)
         self.w_k = _xavier(rng, G * Dh, self.kdim, dtype)
         self.w_v = _xavier(rng, G * Dh, self.vdim, dtype)

@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from .budget import check as check_budget
 from .checks import integer_array, is_int, non_negative_int, positive_int
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
@@ -103,25 +104,45 @@ class Mask:
         out = self.fn(np.asarray(b), np.asarray(h), np.asarray(q_idx), np.asarray(kv_idx), Lq, Lk)
         return np.broadcast_to(out, np.broadcast_shapes(np.shape(q_idx), np.shape(kv_idx), np.shape(out)))
 
-    def to_array(self, Lq: int, Lk: int, *, batch: int | None = None, heads: int | None = None) -> np.ndarray:
+    def to_array(self, Lq: int, Lk: int, *, batch: int | None = None, heads: int | None = None,
+                 checked: bool = True) -> np.ndarray:
         """Materialize as a boolean NumPy array.
 
         Shape (Lq, Lk) when the mask depends on neither batch nor head; otherwise (B, H, Lq, Lk) with B or H
-        equal to 1 along an axis the mask does not depend on.
+        equal to 1 along an axis the mask does not depend on. The array (one byte a cell) and the mask's
+        arithmetic, evaluated STRIPE_CELLS cells at a time, are checked against the memory budget
+        (``attnlab.budget``) first; ``checked=False`` skips that, for a caller that has budgeted the whole call
+        (the attention paths: the planner's check covers their score-sized arrays).
         """
         _check_lengths(Lq, Lk)
+        Lq, Lk = int(Lq), int(Lk)
         if self.batch is None and self.heads is None:
-            return np.array(self.evaluate(Lq, Lk, np.arange(Lq)[:, None], np.arange(Lk)[None, :]), dtype=bool)
+            if checked:
+                check_budget(mask_bytes(1, Lq, Lk), f"mask {self.name}.to_array({Lq}, {Lk})", instead=TILED)
+            return self._striped((Lq, Lk), Lq, Lk, 0, 0)
         B = self.batch if self.batch is not None else 1
         H = self.heads if self.heads is not None else 1
         if batch is not None and self.batch is not None and batch != self.batch:
             raise ValueError(f"mask {self.name} is defined for batch size {self.batch}, but the input has {batch}")
         if heads is not None and self.heads is not None and heads != self.heads:
             raise ValueError(f"mask {self.name} is defined for {self.heads} heads, but the input has {heads}")
+        if checked:
+            check_budget(mask_bytes(B * H, Lq, Lk), f"mask {self.name}.to_array({Lq}, {Lk}) for {B} x {H} batch x "
+                         f"heads", instead=TILED)
         b = np.arange(B)[:, None, None, None]
         h = np.arange(H)[None, :, None, None]
-        grid = self.evaluate(Lq, Lk, np.arange(Lq)[:, None], np.arange(Lk)[None, :], b, h)
-        return np.array(np.broadcast_to(grid, (B, H, Lq, Lk)), dtype=bool)
+        return self._striped((B, H, Lq, Lk), Lq, Lk, b, h)
+
+    def _striped(self, shape, Lq, Lk, b, h) -> np.ndarray:
+        """The mask evaluated into a new boolean array of ``shape`` (..., Lq, Lk), STRIPE_CELLS cells of query rows
+        at a time, so the mask's own integer arithmetic never spans the whole grid."""
+        out = np.empty(shape, dtype=bool)
+        rows = max(1, STRIPE_CELLS // max(Lk, 1))
+        kv = np.arange(Lk)[None, :]
+        for start in range(0, Lq, rows):
+            stop = min(start + rows, Lq)
+            out[..., start:stop, :] = self.evaluate(Lq, Lk, np.arange(start, stop)[:, None], kv, b, h)
+        return out
 
     def blocks(self, Lq: int, Lk: int, block_q: int, block_k: int, *, b: int = 0, h: int = 0) -> np.ndarray:
         """Tile map of shape (ceil(Lq/block_q), ceil(Lk/block_k)): 0 empty, 1 partial, 2 full.
@@ -129,8 +150,13 @@ class Mask:
         Kernels skip empty tiles and skip evaluating the mask on full ones. Memory is O(block_q * Lk) at most.
         """
         _check_lengths(Lq, Lk)
-        if block_q < 1 or block_k < 1:
+        if not (is_int(block_q) and is_int(block_k)) or block_q < 1 or block_k < 1:
             raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_k={block_k}")
+        tiles = math.ceil(Lq / block_q) * math.ceil(Lk / block_k)
+        evaluated = 0 if self.tile_fn is not None else MASK_TEMP_BYTES * min(Lq, block_q) * Lk  # one stripe of rows
+        check_budget(MASK_TEMP_BYTES * tiles + evaluated,
+                     f"the tile map of mask {self.name} at {Lq} x {Lk} in tiles of {block_q} x {block_k}",
+                     instead="use larger tiles")
         q_start = np.arange(0, Lq, block_q)[:, None]
         k_start = np.arange(0, Lk, block_k)[None, :]
         q_stop, k_stop = np.minimum(q_start + block_q, Lq), np.minimum(k_start + block_k, Lk)
@@ -155,14 +181,40 @@ class Mask:
 
     def show(self, Lq: int, Lk: int, *, b: int = 0, h: int = 0, allowed: str = "#", blocked: str = ".") -> str:
         """A text drawing of the mask for batch ``b``, head ``h``."""
-        grid = self.evaluate(Lq, Lk, np.arange(Lq)[:, None], np.arange(Lk)[None, :], b, h)
+        _check_lengths(Lq, Lk)
+        Lq, Lk = int(Lq), int(Lk)
+        check_budget(mask_bytes(1, Lq, Lk) + drawing_bytes(Lq, Lk, max(len(allowed), len(blocked))),
+                     f"drawing mask {self.name} at {Lq} x {Lk} as text",
+                     instead="draw a smaller Lq x Lk (the drawing has one character cell per query and key)")
+        grid = self._striped((Lq, Lk), Lq, Lk, b, h)
         return draw(grid, title=self.name, allowed=allowed, blocked=blocked)
+
+
+TILED = "use the tiled kernel (attnlab.flash_attention), which evaluates masks tile by tile"
+STRIPE_CELLS = 2**22        # cells of a mask evaluated at once by to_array / show
+MASK_TEMP_BYTES = 16        # bytes per evaluated cell of the built-in masks' integer arithmetic, at most (tracemalloc
+                            # per cell of to_array before striping: 1.0 padding ... 2.9 random_blocks, 16.0 dilated)
+
+
+def mask_bytes(arrays: int, Lq: int, Lk: int) -> int:
+    """Bytes to materialize ``arrays`` boolean (Lq, Lk) grids (one byte a cell) and evaluate them stripe by stripe."""
+    return arrays * Lq * Lk + MASK_TEMP_BYTES * min(Lq * Lk, max(STRIPE_CELLS, Lk))
+
+
+def drawing_bytes(Lq: int, Lk: int, cell: int = 1) -> int:
+    """Bytes of ``draw``'s text: each row's cells padded to the widest key label, the rows and their join."""
+    width = max(3, len(f"k{Lk - 1}") + 1, cell)
+    return 2 * (Lq + 2) * (max(3, len(f"q{Lq - 1}") + 1) + Lk * width + 1)
 
 
 def draw(grid, title: str = "mask", allowed: str = "#", blocked: str = ".") -> str:
     """Draw a boolean (Lq, Lk) grid as text, one row per query."""
     grid = np.asarray(grid, dtype=bool)
+    if grid.ndim != 2:
+        raise ValueError(f"grid must be a 2-D (Lq, Lk) boolean array, got shape {grid.shape}")
     Lq, Lk = grid.shape
+    check_budget(drawing_bytes(Lq, Lk, max(len(allowed), len(blocked))), f"drawing a {Lq} x {Lk} grid as text",
+                 instead="draw a smaller grid")
     width = max(3, len(f"k{Lk - 1}") + 1)
     label = max(3, len(f"q{Lq - 1}") + 1)
     lines = [f"{title}  Lq={Lq} Lk={Lk}  ({allowed} may attend, {blocked} blocked)",

@@ -10,8 +10,8 @@ why, how much extra memory it is expected to need, and how many tiles a mask let
 >>> p.impl, p.tiles.empty > 0
 ('tiled', True)
 
-``MEMORY_BUDGET`` (bytes, default 256 MiB) bounds the memory the reference path may take for its score-sized
-intermediates. Above it, NumPy inputs go to the tiled kernel; for other arrays, or when full weights are asked for,
+``MEMORY_BUDGET`` (bytes, default 256 MiB; the one budget of ``attnlab.budget``, under its older name) bounds the
+memory the reference path may take for its score-sized intermediates. Above it, NumPy inputs go to the tiled kernel; for other arrays, or when full weights are asked for,
 there is no path that fits and a ``MemoryBudgetError`` says why and what to do. Change the budget by assigning
 ``attnlab.planner.MEMORY_BUDGET`` or pass ``budget=`` to ``plan``.
 
@@ -24,14 +24,18 @@ kernel computes, masks and skips.
 from __future__ import annotations
 
 import math
+import sys
+import types
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import budget as budget_mod
 from . import cost
 from . import masks as masks_mod
 from ._array import accumulation_itemsize
 from ._inputs import Prepared, prepare
+from .budget import MemoryBudgetError  # noqa: F401  (raised by Plan.require; its home is attnlab.budget)
 from .checks import choice
 from .kernel import backward as kernel_backward
 from .kernel.forward import supports_tiled
@@ -41,7 +45,6 @@ from .kernel.layout import (DECODE_KEYS, FOLD_MIN_ROWS, MASK_PATTERNS, PARTIAL_R
                             default_blocks, default_threads, kv_splits, layout, schedule, threads_of, used_threads,
                             work)
 
-MEMORY_BUDGET = 256 * 2**20          # bytes the reference path may use for score-sized intermediates
 TILED_FROM_SCORES = 2**21            # impl="auto" on NumPy picks the tiled kernel from this many scores (B*H*Lq*Lk)
 REFERENCE_COPIES = cost.REFERENCE_LIVE  # score-sized arrays alive in the reference path (the cost model's; old name)
 tiled_memory = cost.tiled_peak            # the tiled kernel's peak memory (the cost model's; old name)
@@ -50,8 +53,21 @@ REFERENCE_BACKWARD_COPIES = 5.5     # score-sized float arrays alive at once in 
 IMPLS = ("auto", "reference", "tiled")
 
 
-class MemoryBudgetError(ValueError):
-    """No attention path fits the memory budget for these inputs."""
+class _PlannerModule(types.ModuleType):
+    """``attnlab.planner.MEMORY_BUDGET``, the budget's documented older name, reads and assigns the one budget of
+    ``attnlab.budget`` (so ``monkeypatch.setattr(planner, "MEMORY_BUDGET", n)`` and code that saves and restores it
+    keep working, and every check sees the same value)."""
+
+    @property
+    def MEMORY_BUDGET(self) -> int:
+        return budget_mod.limit()
+
+    @MEMORY_BUDGET.setter
+    def MEMORY_BUDGET(self, value) -> None:
+        budget_mod.set_limit(value)
+
+
+sys.modules[__name__].__class__ = _PlannerModule
 
 
 # --- the plan ------------------------------------------------------------------------------------------------------
@@ -150,7 +166,7 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
     """The plan for inputs prepared by ``attnlab._inputs.prepare`` (``count_tiles=False``: skip the tile
     census; ``backward``: the plan of the gradients, see ``plan``)."""
     choice(impl, "impl", IMPLS)
-    budget = MEMORY_BUDGET if budget is None else budget
+    budget = budget_mod.limit() if budget is None else budget
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer, float)) or not budget > 0:
         raise ValueError(f"budget must be a positive number of bytes, got {budget!r}")
     threads = threads_of(threads)

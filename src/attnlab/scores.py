@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ._array import as_array, default_scale, namespace, to_namespace
+from .budget import check as check_budget
 from .checks import integer_array, non_negative_int, positive_int, real
 
 
@@ -56,6 +57,13 @@ def additive(q, k, w_q, w_k, w_v):
     """
     xp = namespace(q, k, w_q, w_k, w_v)
     A = w_v.shape[0] if w_v.ndim == 1 else -1
+    if A >= 0:
+        lead = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2])) if q.ndim >= 2 and k.ndim >= 2 else ()
+        hidden = math.prod(lead) * q.shape[-2] * k.shape[-2] * A * (xp.finfo(q.dtype).bits // 8 if
+                                                                     xp.isdtype(q.dtype, "real floating") else 8)
+        check_budget(ADDITIVE_LIVE * hidden, f"additive scoring of {q.shape[-2]} queries x {k.shape[-2]} keys x "
+                     f"A={A} (the (..., Lq, Lk, A) tanh tensor)", instead="use fewer positions or a smaller A, "
+                     "or a dot-product scorer (attnlab.flash_attention never builds the score matrix)")
     if w_v.ndim != 1 or w_q.shape != (A, q.shape[-1]) or w_k.shape != (A, k.shape[-1]):
         raise ValueError(f"additive attention needs w_q (A, Dq), w_k (A, Dk), w_v (A,) with Dq={q.shape[-1]}, "
                          f"Dk={k.shape[-1]}; got w_q {tuple(w_q.shape)}, w_k {tuple(w_k.shape)}, "
@@ -65,6 +73,8 @@ def additive(q, k, w_q, w_k, w_v):
     hidden = xp.tanh(qp[..., :, None, :] + kp[..., None, :, :])  # (..., Lq, Lk, A)
     return xp.sum(hidden * w_v, axis=-1)                         # (..., Lq, Lk)
 
+
+ADDITIVE_LIVE = 3      # (..., Lq, Lk, A) arrays alive at once in ``additive`` (tracemalloc: 2.04-2.68 of them)
 
 SCORERS = {"dot": dot, "scaled_dot": scaled_dot, "general": general, "additive": additive}
 

@@ -36,6 +36,8 @@ import numpy as np
 
 from .. import masks as masks_mod
 from .._array import as_array, default_scale, to_numpy
+from ..budget import check as check_budget
+from ..checks import non_negative_int, positive_int
 from ..scores import scaled_dot
 from ..softmax import softmax
 
@@ -273,6 +275,9 @@ def explorer_html(data: ExplorerData) -> str:
     """The whole page as one string: HTML, CSS, JavaScript and data inline; it makes no requests."""
     if not isinstance(data, ExplorerData):
         raise TypeError(f"data must be an ExplorerData, got {type(data).__name__}")
+    values = data.scores.size + sum(0 if x is None else x.size for x in (data.queries, data.keys, data.values))
+    check_budget(PAGE_BYTES_PER_VALUE * values, f"the explorer page for {data.shape[0]} layers x {data.shape[1]} heads "
+                 f"x {data.shape[2]} x {data.shape[3]} tokens", instead="show fewer tokens, layers or heads")
     style, script = _asset("explorer.css"), _asset("explorer.js")
     csp = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
            "base-uri 'none'; form-action 'none'")
@@ -342,6 +347,12 @@ def _page_bytes(path_or_html) -> bytes:
 DEMO_TEXT = "the cat sat on the mat because it was tired and the dog next door barked at it"
 
 
+DEMO_BYTES_PER_PAIR = 128   # bytes demo_data allocates per (query, key) pair: 8 heads of float64 scores and their
+                            # float32 copy (tracemalloc: 118 at n = 512)
+PAGE_BYTES_PER_VALUE = 24   # bytes explorer_html allocates per float it embeds: base64 text, JSON, escapes, the
+                            # page (tracemalloc: 18-21 per score at n = 256-512)
+
+
 def demo_data(n_tokens: int | None = None, seed: int = 0) -> ExplorerData:
     """Seeded toy vectors, 2 layers x 4 heads, built so that layer 0's heads do recognisable things.
 
@@ -353,9 +364,10 @@ def demo_data(n_tokens: int | None = None, seed: int = 0) -> ExplorerData:
     (2, 4, 18, 18)
     """
     words = DEMO_TEXT.split()
-    n = len(words) if n_tokens is None else int(n_tokens)
-    if n < 1:
-        raise ValueError(f"n_tokens must be a positive integer, got {n_tokens!r}")
+    n = len(words) if n_tokens is None else positive_int(n_tokens, "n_tokens")
+    seed = non_negative_int(seed, "seed")
+    check_budget(DEMO_BYTES_PER_PAIR * n * n, f"the explorer demo at {n} tokens (2 layers x 4 heads of {n} x {n} "
+                 f"scores)", instead="use fewer tokens")
     tokens = [words[i % len(words)] for i in range(n)]
     rng = np.random.default_rng(seed)
     D, Dv, sharp = 32, 4, 6.0 * np.sqrt(32)      # sharp: a matching pair scores about 6 after 1/sqrt(D)
