@@ -118,7 +118,7 @@ class MultiHeadAttention:
       w_q (H*Dh, d_model), w_k (G*Dh, kdim), w_v (G*Dh, vdim), w_o (d_model, H*Dh), b_q, b_k, b_v, b_o.
 
     ``rope_base``: apply rotary position embedding to q and k (Llama family); positions continue across KV-cache
-    steps.
+    steps. ``init=False`` starts the weights at zero instead of drawing them (a checkpoint loader overwrites them).
 
     >>> mha = MultiHeadAttention(8, n_heads=4, n_kv_heads=2, seed=0)
     >>> mha(np.ones((2, 5, 8), np.float32)).shape
@@ -127,7 +127,8 @@ class MultiHeadAttention:
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, bias: bool = True,
                  seed: int | None = None, kdim: int | None = None, vdim: int | None = None,
-                 head_dim: int | None = None, rope_base: float | None = None, dtype=np.float32):
+                 head_dim: int | None = None, rope_base: float | None = None, dtype=np.float32,
+                 init: bool = True):
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         optional = {"kdim": kdim, "vdim": vdim, "head_dim": head_dim}
         for name, value in {"d_model": d_model, "n_heads": n_heads, "n_kv_heads": n_kv_heads, **optional}.items():
@@ -153,10 +154,12 @@ class MultiHeadAttention:
         check_budget(weights * np.dtype(dtype).itemsize, f"MultiHeadAttention(d_model={d_model}, n_heads={n_heads}, "
                      f"n_kv_heads={n_kv_heads}, head_dim={Dh}) weights", instead="use smaller dimensions")
         rng = np.random.default_rng(seed)
-        self.w_q = _xavier(rng, H * Dh, d_model, dtype)
-        self.w_k = _xavier(rng, G * Dh, self.kdim, dtype)
-        self.w_v = _xavier(rng, G * Dh, self.vdim, dtype)
-        self.w_o = _xavier(rng, d_model, H * Dh, dtype)
+        make = (lambda rows, cols: _xavier(rng, rows, cols, dtype)) if init else \
+            (lambda rows, cols: np.zeros((rows, cols), dtype))      # a loader fills them: no random numbers drawn
+        self.w_q = make(H * Dh, d_model)
+        self.w_k = make(G * Dh, self.kdim)
+        self.w_v = make(G * Dh, self.vdim)
+        self.w_o = make(d_model, H * Dh)
         zeros = (lambda n: np.zeros(n, dtype)) if bias else (lambda n: None)
         self.b_q, self.b_k, self.b_v, self.b_o = zeros(H * Dh), zeros(G * Dh), zeros(G * Dh), zeros(d_model)
         self.attached: Attached | None = None

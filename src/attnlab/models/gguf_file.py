@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checkpoint import check_shapes
+
 INSTALL = "pip install 'attnlab[models]' (or pip install gguf)"
 
 # Hugging Face Llama name (after the "model." prefix) -> llama.cpp name; {i} is the block index.
@@ -167,6 +169,26 @@ class GGUFWeights:
 
     def __contains__(self, name: str) -> bool:
         return self._gguf_name(name) in self._tensors
+
+    @property
+    def config_source(self) -> str:
+        """Where the config the loader checks comes from: the file's metadata."""
+        return f"{self.model.path} (metadata)"
+
+    def shape(self, name: str) -> tuple | None:
+        """The tensor's shape as ``__call__`` returns it, (rows, cols), read from the file's tensor list (GGUF lists
+        dims innermost first); None when the file has no such tensor."""
+        return self._shape(self._gguf_name(name))
+
+    def _shape(self, gname: str) -> tuple | None:
+        if gname not in self._tensors:
+            return None
+        return tuple(int(n) for n in reversed(list(self._tensors[gname].shape)))
+
+    def check(self, expected: dict) -> None:
+        """Every expected tensor (Hugging Face name -> shape) against the file, before any is dequantized; problems
+        are named by the file's own (llama.cpp) tensor names."""
+        check_shapes(self.model.path, self._shape, {self._gguf_name(n): s for n, s in expected.items()})
 
     def __call__(self, name: str, transpose: bool = False) -> np.ndarray:
         gname = self._gguf_name(name)
