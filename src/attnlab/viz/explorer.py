@@ -25,9 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import http.server
 import json
-import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -297,38 +295,30 @@ def write_explorer(data: ExplorerData, path) -> Path:
     return path
 
 
-def serve(path_or_html, port: int = 8000, host: str = "127.0.0.1", *, block: bool = True):
-    """Serve one page at ``http://host:port/`` (``port=0`` picks a free port).
+def serve(path_or_html, port: int = 8000, host: str = "127.0.0.1", *, block: bool = True,
+          idle_timeout: float = 10.0, max_connections: int = 64):
+    """Serve one page at ``http://host:port/`` (``port=0`` picks a free port) on 127.0.0.1.
 
     ``path_or_html``: a path to an HTML file, or the page itself (a string starting with "<"). With
     ``block=True`` this serves until Ctrl-C; with ``block=False`` it returns the running server (its
     ``server_address`` holds the port; call ``shutdown()`` and ``server_close()`` to stop it).
+
+    It runs on the live explorer's bounded server (``attnlab.app.server.BoundedServer``): a fixed pool of
+    threads, a connection idle for ``idle_timeout`` seconds is closed, at most ``max_connections`` are open,
+    only loopback addresses are bound. A port in use raises OSError (errno EADDRINUSE) before anything is served.
     """
+    from ..app.server import BoundedServer, Reply
+
     page = _page_bytes(path_or_html)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path.split("?")[0] not in ("/", "/index.html"):
-                self.send_error(404, "only / is served")
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *args):   # quiet: the CLI prints the address once
-            pass
-
-    server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
+    reply = lambda query: Reply(page, "text/html; charset=utf-8")                    # noqa: E731
+    server = BoundedServer({("GET", "/"): reply, ("GET", "/index.html"): reply}, host, port, workers=2,
+                           max_connections=max_connections, idle_timeout=idle_timeout, request_timeout=idle_timeout)
     if not block:
-        threading.Thread(target=server.serve_forever, name="attnlab-explorer", daemon=True).start()
-        return server
+        return server.start()
     try:
         server.serve_forever()
     finally:
-        server.server_close()
+        server.shutdown()
     return server
 
 
