@@ -17,6 +17,7 @@ import numpy as np
 
 from . import budget, cost, planner
 from ._array import accumulation_itemsize, as_array
+from .checks import flag, integer_array, is_int
 from ._inputs import prepare
 from .kernel import forward as kernel_forward
 from .reference import Attended, attend, attend_backward, to_input
@@ -56,6 +57,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, *, scale=None, bias=None, s
     (array([[0.6698, 0.3302]]), array([[1.6605]]))
     """
     p = prepare(q, k, v, "scaled_dot_product_attention", dot=True, scale=scale, score_mod=score_mod)
+    return_weights, return_lse = flag(return_weights, "return_weights"), flag(return_lse, "return_lse")
     chosen = planner.decide(p, mask, impl=impl, return_weights=return_weights, count_tiles=False,
                             numpy=all(isinstance(x, np.ndarray) for x in (p.q, p.k, p.v))).require()
     if chosen == "tiled":
@@ -76,6 +78,7 @@ def attention(q, k, v, score="scaled_dot", mask=None, *, bias=None, score_mod=No
     """
     dot = isinstance(score, str) and score in ("dot", "scaled_dot")       # q . k needs equal head dims
     p = prepare(q, k, v, "attention", dot=dot, score_mod=score_mod)
+    return_weights = flag(return_weights, "return_weights")
     params = {name: as_array(value, name) if name != "scale" else value for name, value in score_params.items()}
     n_scores = math.prod(p.scores_shape)
     budget.check(cost.REFERENCE_LIVE[mask is not None] * n_scores * accumulation_itemsize(p.xp, p.q)
@@ -160,6 +163,8 @@ def attention_weights_for(q, k, rows, lse, mask=None, **options):
     """
     p = prepare(q, k, k, "attention_weights_for", dot=True, scale=options.get("scale"))
     Lq, Lk = p.scores_shape[-2:]
+    if not (is_int(rows) or isinstance(rows, slice)):
+        rows = integer_array(rows, "rows (an int, a slice or a list of query indices)", ndim=1)
     try:
         n = int(np.size(np.arange(Lq)[rows]))
     except (IndexError, TypeError, ValueError):

@@ -1,8 +1,8 @@
 """The one memory budget: every allocation whose size comes from user input is checked against it first.
 
-A call whose estimated allocation exceeds the budget (and 1 MiB, ``FLOOR``) raises ``MemoryBudgetError`` (a ``ValueError``, so the
-command line prints it as one line, and a ``MemoryError``, so ``except MemoryError`` sees it too) saying how
-much it needed, the budget, and what to use instead, before anything of that size is allocated.
+A call whose estimated allocation exceeds the budget (and 1 MiB, ``FLOOR``) raises ``MemoryBudgetError`` (a
+``ValueError``, so the command line prints it as one line, and a ``MemoryError``, so ``except MemoryError`` sees it
+too) saying how much it needed, the budget, and what to use instead, before anything of that size is allocated.
 
 The budget, in bytes, is ``attnlab.budget.MEMORY_BUDGET`` (the planner's ``attnlab.planner.MEMORY_BUDGET`` is the
 same value under its older name: assigning either changes both). Left at None it is the environment variable

@@ -21,20 +21,27 @@ def is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+LARGEST = 2**62      # no size, count or index is larger: above it NumPy's int64 arithmetic would overflow
+
+
 def positive_int(value, name: str, *, allow_none: bool = False, minimum: int = 1) -> int | None:
-    """``value`` as an int >= ``minimum`` (default 1); None passes through when ``allow_none``."""
+    """``value`` as an int >= ``minimum`` (default 1) and <= LARGEST; None passes through when ``allow_none``."""
     if value is None and allow_none:
         return None
     if not is_int(value) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
+    if value > LARGEST:
+        raise ValueError(f"{name} must be at most 2**62, got {value!r}")
     return int(value)
 
 
 def non_negative_int(value, name: str) -> int:
-    """``value`` as an int >= 0."""
+    """``value`` as an int in [0, LARGEST]."""
     if not is_int(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if value > LARGEST:
+        raise ValueError(f"{name} must be at most 2**62, got {value!r}")
     return int(value)
 
 
@@ -135,9 +142,31 @@ def in_range(value, name: str, low, high) -> float:
 
 
 def choice(value, name: str, options) -> str:
-    """``value`` when it is one of ``options``."""
-    if value not in tuple(options):
-        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+    """``value`` when it is one of ``options`` (compared by type and value: an array or a list never matches,
+    and never raises NumPy's "truth value is ambiguous")."""
+    options = tuple(options)
+    if not any(type(value) is type(o) and value == o for o in options):
+        given = repr(value) if isinstance(value, str) else _given(value)
+        raise ValueError(f"{name} must be one of {options}, got {given}")
+    return value
+
+
+def flag(value, name: str) -> bool:
+    """``value`` as a bool: True/False (Python or NumPy); anything else is a TypeError naming ``name`` (an array
+    would otherwise fail inside ``if`` with NumPy's "truth value is ambiguous").
+
+    >>> flag(True, "return_weights")
+    True
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {_given(value)}")
+    return bool(value)
+
+
+def text(value, name: str, *, non_empty: bool = True) -> str:
+    """``value`` when it is a str (non-empty unless ``non_empty=False``)."""
+    if not isinstance(value, str) or (non_empty and not value):
+        raise TypeError(f"{name} must be a {'non-empty ' if non_empty else ''}string, got {_given(value)}")
     return value
 
 

@@ -18,7 +18,7 @@ from . import planner
 from ._array import as_array, namespace, require_floating, to_namespace, to_numpy
 from .api import attention_steps, scaled_dot_product_attention
 from .budget import check as check_budget
-from .checks import non_negative_int, positive_int, real
+from .checks import flag, non_negative_int, positive_int, real
 from .record import AttentionRecord, Recorder
 from .scores import rotary
 
@@ -136,6 +136,7 @@ class MultiHeadAttention:
                 continue
             positive_int(value, name)
         real(rope_base, "rope_base", allow_none=True, positive=True)
+        bias = flag(bias, "bias")
         if seed is not None:
             non_negative_int(seed, "seed")
         if head_dim is None and d_model % n_heads:
@@ -152,7 +153,8 @@ class MultiHeadAttention:
         H, G, Dh = n_heads, n_kv_heads, self.head_dim
         weights = H * Dh * d_model + G * Dh * (self.kdim + self.vdim) + d_model * H * Dh + 2 * (H + G) * Dh + d_model
         check_budget(weights * np.dtype(dtype).itemsize, f"MultiHeadAttention(d_model={d_model}, n_heads={n_heads}, "
-                     f"n_kv_heads={n_kv_heads}, head_dim={Dh}) weights", instead="use smaller dimensions")
+                     f"n_kv_heads={n_kv_heads}, head_dim={Dh}, kdim={self.kdim}, vdim={self.vdim}) weights",
+                     instead="use smaller dimensions")
         rng = np.random.default_rng(seed)
         make = (lambda rows, cols: _xavier(rng, rows, cols, dtype)) if init else \
             (lambda rows, cols: np.zeros((rows, cols), dtype))      # a loader fills them: no random numbers drawn
@@ -204,6 +206,9 @@ class MultiHeadAttention:
         outputs), of ``kind`` "self", "causal" or "cross" (default: "cross" with a context, else "self"). Without
         one, a recorder attached with ``attach`` records the call.
         """
+        return_weights = flag(return_weights, "return_weights")
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be an attnlab.KVCache or None, got {type(cache).__name__}")
         if recorder is None and self.attached is not None:
             recorder, layer, kind = self.attached.recorder, self.attached.layer, kind or self.attached.kind
         x = as_array(x, "x")

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from .budget import check as check_budget
-from .checks import integer_array, is_int, non_negative_int, positive_int
+from .checks import choice, integer_array, is_int, non_negative_int, positive_int, text
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 ALIGNS = ("bottom_right", "top_left")
@@ -118,7 +118,7 @@ class Mask:
         Lq, Lk = int(Lq), int(Lk)
         if self.batch is None and self.heads is None:
             if checked:
-                check_budget(mask_bytes(1, Lq, Lk), f"mask {self.name}.to_array({Lq}, {Lk})", instead=TILED)
+                check_budget(mask_bytes(1, Lq, Lk), f"mask {self.name}.to_array(Lq={Lq}, Lk={Lk})", instead=TILED)
             return self._striped((Lq, Lk), Lq, Lk, 0, 0)
         B = self.batch if self.batch is not None else 1
         H = self.heads if self.heads is not None else 1
@@ -127,8 +127,8 @@ class Mask:
         if heads is not None and self.heads is not None and heads != self.heads:
             raise ValueError(f"mask {self.name} is defined for {self.heads} heads, but the input has {heads}")
         if checked:
-            check_budget(mask_bytes(B * H, Lq, Lk), f"mask {self.name}.to_array({Lq}, {Lk}) for {B} x {H} batch x "
-                         f"heads", instead=TILED)
+            check_budget(mask_bytes(B * H, Lq, Lk),
+                         f"mask {self.name}.to_array(Lq={Lq}, Lk={Lk}) for {B} x {H} batch x heads", instead=TILED)
         b = np.arange(B)[:, None, None, None]
         h = np.arange(H)[None, :, None, None]
         return self._striped((B, H, Lq, Lk), Lq, Lk, b, h)
@@ -155,7 +155,7 @@ class Mask:
         tiles = math.ceil(Lq / block_q) * math.ceil(Lk / block_k)
         evaluated = 0 if self.tile_fn is not None else MASK_TEMP_BYTES * min(Lq, block_q) * Lk  # one stripe of rows
         check_budget(MASK_TEMP_BYTES * tiles + evaluated,
-                     f"the tile map of mask {self.name} at {Lq} x {Lk} in tiles of {block_q} x {block_k}",
+                     f"the tile map of mask {self.name} at Lq={Lq} x Lk={Lk} in tiles of {block_q} x {block_k}",
                      instead="use larger tiles")
         q_start = np.arange(0, Lq, block_q)[:, None]
         k_start = np.arange(0, Lk, block_k)[None, :]
@@ -183,8 +183,10 @@ class Mask:
         """A text drawing of the mask for batch ``b``, head ``h``."""
         _check_lengths(Lq, Lk)
         Lq, Lk = int(Lq), int(Lk)
+        allowed, blocked = text(allowed, "allowed"), text(blocked, "blocked")
+        b, h = non_negative_int(b, "b"), non_negative_int(h, "h")
         check_budget(mask_bytes(1, Lq, Lk) + drawing_bytes(Lq, Lk, max(len(allowed), len(blocked))),
-                     f"drawing mask {self.name} at {Lq} x {Lk} as text",
+                     f"drawing mask {self.name} at Lq={Lq} x Lk={Lk} as text",
                      instead="draw a smaller Lq x Lk (the drawing has one character cell per query and key)")
         grid = self._striped((Lq, Lk), Lq, Lk, b, h)
         return draw(grid, title=self.name, allowed=allowed, blocked=blocked)
@@ -252,8 +254,7 @@ def _check_lengths(Lq, Lk):
 
 
 def _check_align(align):
-    if align not in ALIGNS:
-        raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
+    choice(align, "align", ALIGNS)
 
 
 def _offset(Lq, Lk, align):

@@ -11,8 +11,8 @@ why, how much extra memory it is expected to need, and how many tiles a mask let
 ('tiled', True)
 
 ``MEMORY_BUDGET`` (bytes, default 256 MiB; the one budget of ``attnlab.budget``, under its older name) bounds the
-memory the reference path may take for its score-sized intermediates. Above it, NumPy inputs go to the tiled kernel; for other arrays, or when full weights are asked for,
-there is no path that fits and a ``MemoryBudgetError`` says why and what to do. Change the budget by assigning
+memory the reference path may take for its score-sized intermediates. Above it, NumPy inputs go to the tiled
+kernel; for other arrays, or when full weights are asked for, there is no path that fits and a ``MemoryBudgetError`` says why and what to do. Change the budget by assigning
 ``attnlab.planner.MEMORY_BUDGET`` or pass ``budget=`` to ``plan``.
 
 The planner is the one policy: reference vs tiled vs the kernel's decode regime (``decode_regime``; a layer
@@ -36,7 +36,7 @@ from . import masks as masks_mod
 from ._array import accumulation_itemsize
 from ._inputs import Prepared, prepare
 from .budget import MemoryBudgetError  # noqa: F401  (raised by Plan.require; its home is attnlab.budget)
-from .checks import choice
+from .checks import choice, flag
 from .kernel import backward as kernel_backward
 from .kernel.forward import supports_tiled
 # the kernel's layout and schedule, re-exported: plan() reads exactly what the kernel runs
@@ -153,7 +153,10 @@ def plan(q_shape, k_shape, v_shape=None, *, mask=None, dtype="float32", impl: st
     >>> print(plan((1, 8, 4096, 64), (1, 8, 4096, 64), mask=masks_mod.causal(), backward=True).tiles)
     1024 tiles: 576 computed (448 full, 128 partial), 448 empty skipped
     """
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a NumPy dtype or its name such as 'float32', got {str(dtype)[:60]!r}") from None
     shapes = [_shape(s, name) for s, name in ((q_shape, "q_shape"), (k_shape, "k_shape"),
                                               (k_shape if v_shape is None else v_shape, "v_shape"))]
     arrays = [np.lib.stride_tricks.as_strided(np.zeros(1, dtype), s, (0,) * len(s)) for s in shapes]
@@ -166,6 +169,7 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
     """The plan for inputs prepared by ``attnlab._inputs.prepare`` (``count_tiles=False``: skip the tile
     census; ``backward``: the plan of the gradients, see ``plan``)."""
     choice(impl, "impl", IMPLS)
+    return_weights, backward = flag(return_weights, "return_weights"), flag(backward, "backward")
     budget = budget_mod.limit() if budget is None else budget
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer, float)) or not budget > 0:
         raise ValueError(f"budget must be a positive number of bytes, got {budget!r}")

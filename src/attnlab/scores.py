@@ -23,7 +23,7 @@ import numpy as np
 
 from ._array import as_array, default_scale, namespace, to_namespace
 from .budget import check as check_budget
-from .checks import integer_array, non_negative_int, positive_int, real
+from .checks import flag, integer_array, non_negative_int, positive_int, real
 
 
 # --- scorers ---------------------------------------------------------------------------------------------------
@@ -85,8 +85,8 @@ def get_scorer(score, **params) -> Callable:
         if params:
             raise TypeError(f"a callable score takes no extra parameters, got {sorted(params)}")
         return score
-    if score not in SCORERS:
-        raise ValueError(f"score must be one of {sorted(SCORERS)} or a callable, got {score!r}")
+    if not isinstance(score, str) or score not in SCORERS:
+        raise ValueError(f"score must be one of {sorted(SCORERS)} or a callable, got {str(score)[:60]!r}")
     needed = {"general": {"weight"}, "additive": {"w_q", "w_k", "w_v"}}.get(score, set())
     allowed = needed | ({"scale"} if score == "scaled_dot" else set())
     missing, extra = needed - set(params), set(params) - allowed
@@ -173,6 +173,7 @@ def alibi_slopes(n_heads: int) -> np.ndarray:
     [0.25, 0.0625, 0.015625, 0.00390625]
     """
     positive_int(n_heads, "n_heads")
+    check_budget(16 * n_heads, f"ALiBi slopes for n_heads={n_heads}", instead="use the model's number of heads")
 
     def power_of_two(n):
         start = 2.0 ** (-8.0 / n)
@@ -191,6 +192,7 @@ def alibi(n_heads: int, *, symmetric: bool = False) -> ScoreMod:
     bidirectional encoders.
     """
     slopes = alibi_slopes(n_heads)
+    symmetric = flag(symmetric, "symmetric")
 
     def fn(scores, b, h, q_idx, kv_idx, Lq, Lk):
         _check_heads(h, n_heads, f"alibi({n_heads})")
@@ -301,8 +303,9 @@ def rotary(x, positions=None, *, base: float = 10000.0, style: str = "half"):
     L, D = x.shape[-2], x.shape[-1]
     if D % 2:
         raise ValueError(f"rotary embedding needs an even feature dim, got D={D}")
-    if style not in ("half", "interleaved"):
-        raise ValueError(f"style must be 'half' or 'interleaved', got {style!r}")
+    if not isinstance(style, str) or style not in ("half", "interleaved"):
+        given = repr(style) if isinstance(style, str) else str(style)[:60]
+        raise ValueError(f"style must be 'half' or 'interleaved', got {given}")
     base = real(base, "base", positive=True)
     pos = np.arange(L) if positions is None else integer_array(positions, "positions")
     if pos.shape != (L,):
