@@ -126,12 +126,13 @@ def test_striped_to_array_equals_whole_grid_evaluation(monkeypatch):
         assert np.array_equal(arr, np.broadcast_to(whole, arr.shape)), m.name
 
 
-def test_explorer_demo_and_page_check_first(small_budget, monkeypatch):
+def test_explorer_demo_and_its_page_check_first(small_budget, monkeypatch, capsys, tmp_path):
     refused_before_allocating(lambda: explorer.demo_data(400))
     monkeypatch.setattr(budget, "MEMORY_BUDGET", 4 * 2**20)      # the demo (~2.7 MiB) fits, its page (~6 MiB) not
-    data = explorer.demo_data(150)
-    with pytest.raises(MemoryBudgetError, match=r"the explorer page for 2 layers x 4 heads x 150 x 150 tokens"):
-        explorer.explorer_html(data)
+    assert explorer.page_bytes(explorer.demo_data(150)) > 4 * 2**20
+    code, err = _cli(["explore", "--demo", "--n", "150", "--out", str(tmp_path / "p.html")], capsys)
+    assert code == 2 and "the explorer page of the demo at 150 tokens (2 layers x 4 heads) needs ~" in err
+    assert not (tmp_path / "p.html").exists()
 
 
 def test_layer_weights_check_first(small_budget):

@@ -2,6 +2,7 @@
 
 import threading
 
+from ..budget import check as check_budget
 from ..checks import int_arg, real
 from ..cli import UsageError
 
@@ -34,6 +35,8 @@ def run(args):
 
     if args.demo:
         data = explorer.demo_data(args.n, seed=args.seed)
+        check_budget(explorer.page_bytes(data), f"the explorer page of the demo at {data.shape[2]} tokens "
+                     f"({data.shape[0]} layers x {data.shape[1]} heads)", instead="use a smaller --n")
         source = f"demo toy vectors (seed {args.seed})"
     else:
         if args.n is not None:

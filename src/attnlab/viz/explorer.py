@@ -35,7 +35,7 @@ import numpy as np
 from .. import masks as masks_mod
 from .._array import as_array, default_scale, to_numpy
 from ..budget import check as check_budget
-from ..checks import non_negative_int, positive_int
+from ..checks import non_negative_int, positive_int, real
 from ..scores import scaled_dot
 from ..softmax import softmax
 
@@ -90,9 +90,7 @@ class ExplorerData:
             raise ValueError(f"keys have dim {self.keys.shape[-1]} but queries have {self.queries.shape[-1]}")
         if self.scale is None and self.queries is not None:
             self.scale = default_scale(self.queries.shape[-1])
-        if self.scale is not None and not np.isfinite(float(self.scale)):
-            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
-        self.scale = None if self.scale is None else float(self.scale)
+        self.scale = real(self.scale, "scale", allow_none=True)
         self.title = str(self.title)
         self.layer_names = _texts(self.layer_names, n_layers, "layer_names") if self.layer_names is not None \
             else [f"layer {i}" for i in range(n_layers)]
@@ -112,7 +110,7 @@ class ExplorerData:
         q, k, v = (to_numpy(as_array(x, name)) for x, name in ((q, "q"), (k, "k"), (v, "v")))
         if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
             raise ValueError(f"q, k, v must be at least 2-D (positions, dim), got {q.shape}, {k.shape}, {v.shape}")
-        scale = default_scale(q.shape[-1]) if scale is None else float(scale)
+        scale = default_scale(q.shape[-1]) if scale is None else real(scale, "scale")
         return cls(tokens=tokens, scores=scaled_dot(q, k, scale), base_mask=base_mask, queries=q, keys=k,
                    values=v, scale=scale, title=title, layer_names=layer_names, head_names=head_names,
                    meta=dict(meta or {}), k_tokens=k_tokens)
@@ -273,9 +271,6 @@ def explorer_html(data: ExplorerData) -> str:
     """The whole page as one string: HTML, CSS, JavaScript and data inline; it makes no requests."""
     if not isinstance(data, ExplorerData):
         raise TypeError(f"data must be an ExplorerData, got {type(data).__name__}")
-    values = data.scores.size + sum(0 if x is None else x.size for x in (data.queries, data.keys, data.values))
-    check_budget(PAGE_BYTES_PER_VALUE * values, f"the explorer page for {data.shape[0]} layers x {data.shape[1]} heads "
-                 f"x {data.shape[2]} x {data.shape[3]} tokens", instead="show fewer tokens, layers or heads")
     style, script = _asset("explorer.css"), _asset("explorer.js")
     csp = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
            "base-uri 'none'; form-action 'none'")
@@ -286,6 +281,12 @@ def explorer_html(data: ExplorerData) -> str:
         page = page.replace(marker, value)
     head, tail = page.split("/*ATTNLAB-DATA*/")
     return head + data.to_json() + tail
+
+
+def page_bytes(data: ExplorerData) -> int:
+    """An estimate of what ``explorer_html(data)`` allocates: PAGE_BYTES_PER_VALUE per number it embeds."""
+    values = data.scores.size + sum(0 if x is None else x.size for x in (data.queries, data.keys, data.values))
+    return PAGE_BYTES_PER_VALUE * values
 
 
 def write_explorer(data: ExplorerData, path) -> Path:
