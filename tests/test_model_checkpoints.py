@@ -255,3 +255,22 @@ def test_whisper_model_bin_is_checked_before_building(tmp_path):
              "encoder/num_heads = 3 does not divide the model width 8")
     path.write_bytes(path.read_bytes()[:200])
     _refused(lambda: whisper.Whisper("tiny", tmp_path, [path]), f"{path}: model.bin ends early")
+
+
+# --- the real MiniLM, its config edited (the 90 MB weights linked, not copied) ----------------------------------
+def _minilm_copy(tmp_path, name, **config):
+    src = models.minilm_path()
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "model.safetensors").symlink_to(src / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({**json.loads((src / "config.json").read_text()), **config}))
+    return folder
+
+
+def test_the_real_minilm_with_an_edited_config_is_refused_before_building(tmp_path):
+    folder = _minilm_copy(tmp_path, "wide", hidden_size=12000)
+    _refused(lambda: models.load(folder), str(folder / "model.safetensors"),
+             "tensor 'embeddings.word_embeddings.weight' has shape (30522, 384), expected (30522, 12000)")
+    folder = _minilm_copy(tmp_path, "deep", num_hidden_layers=7)
+    _refused(lambda: models.load(folder), "tensor 'encoder.layer.6.attention.self.query.weight' is missing")
+    assert models.load(_minilm_copy(tmp_path, "same", num_hidden_layers=6)).n_layers == 6
