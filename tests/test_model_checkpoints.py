@@ -210,6 +210,17 @@ def test_gguf_tensors_are_checked_before_dequantizing(tmp_path):
     _refused(lambda: GGUFLlama(bad), str(bad), "tensor 'blk.0.attn_v.weight' is missing (expected shape (4, 8))")
     bad = _gguf(tmp_path / "wrong.gguf", wrong=("blk.0.ffn_down.weight", (D, INNER + 1)))
     _refused(lambda: GGUFLlama(bad), "tensor 'blk.0.ffn_down.weight' has shape (8, 17), expected (8, 16)")
+    bad = tmp_path / "meta.gguf"
+    import gguf
+    w = gguf.GGUFWriter(str(bad), "llama")
+    for key, value in (("llama.block_count", 1), ("llama.attention.head_count", 2), ("llama.feed_forward_length", 4)):
+        w.add_uint32(key, value)
+    w.add_string("llama.embedding_length", "eight")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    _refused(lambda: GGUFLlama(bad), str(bad), "metadata 'llama.embedding_length' must be an integer, got 'eight'")
     (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\0" * 10)
     _refused(lambda: models.load(tmp_path / "junk.gguf"), "is not a readable GGUF file")
 
