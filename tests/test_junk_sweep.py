@@ -18,6 +18,7 @@ import pytest
 import attnlab
 from attnlab import masks as M
 from attnlab import scores as S
+from attnlab.viz import explorer
 
 SRC = str(Path(attnlab.__file__).resolve().parent)
 ALARM_S = 20
@@ -30,6 +31,12 @@ rng = np.random.default_rng(0)
 Q, K, V = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 6, 4)), rng.standard_normal((2, 6, 3))
 OUT, LSE = attnlab.flash_attention(Q, K, V, return_lse=True)
 DOUT = np.ones_like(OUT)
+
+def _filled_cache():
+    cache = attnlab.KVCache()
+    cache.append(K[None], V[None])
+    return cache
+
 
 # name -> (function, baseline keyword arguments); every parameter in the baseline is swept
 CALLS = {
@@ -65,6 +72,13 @@ CALLS = {
                                                       "n_kv_heads": None, "n_layers": 2, "context": None,
                                                       "mask": "full", "name": "custom"}),
     "masks.parse": (M.parse, {"spec": "causal & window:2"}),
+    "KVCache.append": (lambda **kw: attnlab.KVCache().append(**kw), {"k": K[None], "v": V[None]}),
+    "KVCache.append to a cache": (_filled_cache().append, {"k": K[None], "v": V[None]}),
+    "viz.explorer.ExplorerData.from_qkv": (explorer.ExplorerData.from_qkv,
+                                           {"q": Q, "k": K, "v": V, "tokens": list("abcde"), "k_tokens": list("abcdef"),
+                                            "scale": 0.5, "base_mask": None, "title": "t", "layer_names": None,
+                                            "head_names": ["h0", "h1"], "meta": {}}),
+    "viz.explorer.demo_data": (explorer.demo_data, {"n_tokens": 6, "seed": 0}),
     "masks.causal": (M.causal, {"align": "bottom_right"}),
     "masks.sliding_window": (M.sliding_window, {"left": 2, "right": 1, "align": "bottom_right"}),
     "masks.padding": (M.padding, {"lengths": [3, 5], "q_lengths": [2, 4]}),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import planner
-from ._array import as_array, namespace, require_floating, to_namespace, to_numpy
+from ._array import as_array, namespace, require_floating, require_ndim, to_namespace, to_numpy
 from .api import attention_steps, scaled_dot_product_attention
 from .budget import check as check_budget
 from .checks import flag, non_negative_int, positive_int, real
@@ -61,13 +61,24 @@ class KVCache:
         return 0 if self.length == 0 else self.nbytes // self.length
 
     def append(self, k, v):
-        """Add keys/values (B, G, t, Dh) and return all of them, (B, G, T + t, Dh)."""
+        """Add keys/values (B, G, t, Dh) and return all of them, (B, G, T + t, Dh). Invalid input raises before the
+        cache changes."""
+        k, v = as_array(k, "key"), as_array(v, "value")
+        xp = namespace(k, v)
+        for x, name in ((k, "key"), (v, "value")):
+            require_ndim(x, name, 2, "(..., t, Dh)")
+            require_floating(xp, x, name)
+        if tuple(v.shape[:-1]) != tuple(k.shape[:-1]):
+            raise ValueError(f"value has shape {tuple(v.shape)} but key has {tuple(k.shape)}: they must agree in "
+                             f"every axis but the last")
         if self._k is None:
             self._k, self._v = _grow(k, k.shape[-2]), _grow(v, v.shape[-2])
         else:
             if k.shape[:-2] != self._k.shape[:-2] or k.shape[-1] != self._k.shape[-1]:
                 raise ValueError(f"cache holds keys of shape (..., {self._k.shape[-1]}) with leading dims "
                                  f"{self._k.shape[:-2]}, got {tuple(k.shape)}")
+            if v.shape[-1] != self._v.shape[-1]:
+                raise ValueError(f"cache holds values of dim {self._v.shape[-1]}, got value of shape {tuple(v.shape)}")
             need = self.length + k.shape[-2]
             if isinstance(self._k, np.ndarray):
                 if need > self._k.shape[-2]:

@@ -110,10 +110,12 @@ class ExplorerData:
         q, k, v = (to_numpy(as_array(x, name)) for x, name in ((q, "q"), (k, "k"), (v, "v")))
         if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
             raise ValueError(f"q, k, v must be at least 2-D (positions, dim), got {q.shape}, {k.shape}, {v.shape}")
+        if q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"keys have dim {k.shape[-1]} but queries have {q.shape[-1]} (q {q.shape}, k {k.shape})")
         scale = default_scale(q.shape[-1]) if scale is None else real(scale, "scale")
         return cls(tokens=tokens, scores=scaled_dot(q, k, scale), base_mask=base_mask, queries=q, keys=k,
                    values=v, scale=scale, title=title, layer_names=layer_names, head_names=head_names,
-                   meta=dict(meta or {}), k_tokens=k_tokens)
+                   meta={} if meta is None else meta, k_tokens=k_tokens)
 
     @classmethod
     def from_parts(cls, parts, *, title=None):
