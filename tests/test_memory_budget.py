@@ -55,6 +55,9 @@ def test_planner_name_and_budget_module_are_one_budget(monkeypatch):
     monkeypatch.setattr(budget, "MEMORY_BUDGET", None)
     monkeypatch.setenv("ATTNLAB_MEMORY_BUDGET", "3MiB")
     assert planner.MEMORY_BUDGET == 3 * 2**20 and attnlab.plan((64, 8), (64, 8)).budget == 3 * 2**20
+    saved = planner.MEMORY_BUDGET                                   # save and restore through the old name...
+    planner.MEMORY_BUDGET = saved
+    assert budget.MEMORY_BUDGET is None                              # ...keeps following the environment
     monkeypatch.setenv("ATTNLAB_MEMORY_BUDGET", "lots")
     with pytest.raises(ValueError, match=r"^ATTNLAB_MEMORY_BUDGET must be a positive number of bytes.*got 'lots'$"):
         budget.limit()

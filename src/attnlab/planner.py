@@ -64,7 +64,10 @@ class _PlannerModule(types.ModuleType):
 
     @MEMORY_BUDGET.setter
     def MEMORY_BUDGET(self, value) -> None:
-        budget_mod.set_limit(value)
+        # restoring a value read from here (saved = planner.MEMORY_BUDGET; ...; planner.MEMORY_BUDGET = saved) while
+        # the budget followed the environment keeps it following the environment
+        unset = budget_mod.MEMORY_BUDGET is None
+        budget_mod.set_limit(None if unset and value == budget_mod.limit() else value)
 
 
 sys.modules[__name__].__class__ = _PlannerModule
