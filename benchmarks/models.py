@@ -1,11 +1,14 @@
 """Real models, attnlab vs the reference implementations on this CPU (same thread count): a table, not a test.
 
-    PYTHONPATH=src HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/models.py [--repeats 3] [--new 16]
+    PYTHONPATH=src HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/models.py [--repeats 3] [--new 16] [--only smollm,minilm,whisper]
 
 SmolLM2-135M greedy decoding (KV cache both sides) at prompt lengths 16 and 512: decode tokens/s of attnlab
 (``models.generation.greedy``) and of transformers' model stepping its own KV cache (what
 ``generate(do_sample=False)`` runs; tests/test_models_smollm.py checks the tokens are the same); MiniLM encoding of 128
-sentences vs sentence-transformers. Runs are interleaved (ours, theirs, ours, ...) and the median is reported.
+sentences vs sentence-transformers; Whisper tiny.en transcribing a 10 s espeak-ng clip (features, encoder, greedy
+decoding with KV caches) vs transformers' WhisperForConditionalGeneration.generate on the same weights and vs
+CTranslate2, Whisper's own runtime, reading the same folder. Runs are interleaved (ours, theirs, ours, ...) and the
+median is reported.
 """
 
 import argparse
@@ -83,10 +86,53 @@ def minilm(repeats):
           f"time ratio {med['ours'] / med['theirs']:.2f}x")
 
 
+def whisper(repeats):
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import ctranslate2
+
+    from attnlab.models import audio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_models_whisper import to_transformers      # the weight mapping the parity tests prove
+
+    ours = models.load("whisper-tiny.en")
+    hf = to_transformers(ours)
+    runtime = ctranslate2.models.Whisper(str(ours.folder), device="cpu", compute_type="float32",
+                                         intra_threads=planner.default_threads())
+    text = ("Attention lets every position look at every other one. The scores are scaled dot products, "
+            "turned into weights by a softmax, and the output is the weighted sum of the values.")
+    wav = audio.say(text, Path(tempfile.mkdtemp()) / "clip.wav")
+    samples = audio.read_wav(wav)
+    prompt = ours.prompt()
+
+    def theirs_hf():
+        mel = torch.tensor(ours.features(samples))[None]            # the same features: the decoders are compared
+        with torch.no_grad():
+            return hf.generate(mel, decoder_input_ids=torch.tensor([prompt]), max_new_tokens=96, do_sample=False,
+                               num_beams=1)
+
+    def theirs_ct2():
+        mel = ctranslate2.StorageView.from_array(np.ascontiguousarray(ours.features(samples)[None]))
+        return runtime.generate(mel, [prompt], beam_size=1, max_length=96 + len(prompt))
+
+    med = median_interleaved({"ours": lambda: ours.transcribe(samples), "transformers": theirs_hf,
+                              "ctranslate2": theirs_ct2}, repeats)
+    r = ours.transcribe(samples)
+    print(f"\nWhisper tiny.en, a {len(samples) / audio.SAMPLE_RATE:.1f} s espeak-ng clip, {len(r.ids)} tokens, "
+          f"median of {repeats} interleaved runs: {r.text.strip()!r}")
+    print(f"attnlab {med['ours'] * 1e3:.0f} ms   transformers {med['transformers'] * 1e3:.0f} ms "
+          f"(ratio {med['ours'] / med['transformers']:.2f}x)   ctranslate2 {med['ctranslate2'] * 1e3:.0f} ms "
+          f"(ratio {med['ours'] / med['ctranslate2']:.2f}x)")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new", type=int, default=16)
+    parser.add_argument("--only", default="smollm,minilm,whisper", help="comma-separated: smollm, minilm, whisper")
     args = parser.parse_args()
     threads = planner.default_threads()
     torch.set_num_threads(threads)
@@ -94,8 +140,14 @@ def main():
     blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)" for b in info["blas"])
     print(f"machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']} BLAS {blas}; torch "
           f"{info['torch']} ({info['torch_threads']} threads); {info['date_utc']}")
-    smollm(args.repeats, args.new)
-    minilm(args.repeats)
+    only = set(args.only.split(","))
+    if "smollm" in only:
+        smollm(args.repeats, args.new)
+    if "minilm" in only:
+        minilm(args.repeats)
+    if "whisper" in only:
+        whisper(args.repeats)
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,24 @@ def test_next_token_probabilities_match_transformers(app, llama_dir):
     assert greedy["ids"][0] == int(torch.argmax(logits)) and greedy["probabilities"][0] == 1.0
 
 
+def test_next_tokens_are_shown_as_the_text_they_write(llama_dir, tmp_path):
+    """Byte-level BPE names a token "Ġw5"; the next-token table shows " w5", what the token adds to the text."""
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import WordLevel
+
+    folder = tmp_path / "bytelevel"
+    shutil.copytree(llama_dir, folder)
+    tok = Tokenizer(WordLevel({f"\u0120w{i}": i for i in range(64)}, unk_token="\u0120w0"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(folder / "tokenizer.json"))
+    r = views.next_tokens(models.load(folder), "w5 w9 w5 w9 w7", 1.0, top_k=4)
+    assert all(t.startswith("\u0120") for t in r["tokens"])
+    assert r["texts"] == [" " + t[1:] for t in r["tokens"]]
+
+
 def test_generate_appends_the_greedy_token_and_counts_the_cache(app, llama_dir):
     from transformers import LlamaForCausalLM
 

@@ -2,6 +2,7 @@
 text, switch model, layer and head, compose a mask, move the temperature slider, generate; the numbers on the
 page equal the library's; hostile text stays inert; no request leaves 127.0.0.1. Never skips."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +65,22 @@ def page(live):
         browser.close()
 
 
+def _wait(page, expression, timeout_s=TIMEOUT_MS / 1000):
+    """Poll a JS expression from Python until it is truthy.
+
+    Not page.wait_for_function: its in-page polling evals the predicate, which the page's CSP (script-src 'self')
+    forbids whenever the first check is false; page.evaluate runs through the DevTools protocol instead."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {expression}"
+        page.wait_for_timeout(50)
+
+
 def _run(page, text):
     page.fill("#text", text)
     with page.expect_response(lambda r: r.url.endswith("/api/attention")):
         page.click("#run")
-    page.wait_for_function("window.attnlabApp.state.view !== null")
+    _wait(page, "window.attnlabApp.state.view !== null")
 
 
 def _table_values(page, selector, column):
@@ -99,7 +111,7 @@ def test_layer_switch_and_a_what_if_mask(page, live):
     page.fill("#mask", "causal&window:2")
     with page.expect_response(lambda r: r.url.endswith("/api/attention")):
         page.select_option("#layer", "3")
-    page.wait_for_function("window.attnlabApp.state.view.layer === 3 && !!window.attnlabApp.state.view.what_if")
+    _wait(page, "window.attnlabApp.state.view.layer === 3 && !!window.attnlabApp.state.view.what_if")
     assert page.is_visible("#what-if") and "what-if" in page.text_content("#what-if")
     view = views.attention_view(app.model(MINILM), text, layer=3, mask="causal&window:2")
     head = int(page.eval_on_selector("#head", "s => s.value"))
@@ -127,16 +139,18 @@ def test_decoder_next_tokens_follow_the_temperature_and_generation_grows_the_cac
     page.dispatch_event("#top-k", "change")
     with page.expect_response(lambda r: r.url.endswith("/api/next")):
         page.eval_on_selector("#temperature", "e => { e.value = '0.5'; e.dispatchEvent(new Event('input')); }")
-    page.wait_for_function("document.querySelectorAll('#next-table tr').length === 5")
+    _wait(page, "document.querySelectorAll('#next-table tr').length === 5")
     hf = LlamaForCausalLM.from_pretrained(llama_dir).eval()
     with torch.no_grad():
         p = torch.softmax(hf(torch.tensor([[5, 9, 5, 9, 7]])).logits[0, -1].double() / 0.5, -1)
     shown = page.eval_on_selector_all("#next-table tr", "rows => rows.map(r => Number(r.children[1].dataset.value))")
     np.testing.assert_allclose(shown, torch.sort(p, descending=True).values[:5].numpy(), atol=1e-6)
+    widths = page.eval_on_selector_all("#next-table .bar", "b => b.map(x => x.getBoundingClientRect().width)")
+    np.testing.assert_allclose(widths, np.round(200 * np.array(shown)), atol=1)   # drawn (no style attributes: CSP)
     page.eval_on_selector("#temperature", "e => { e.value = '0'; e.dispatchEvent(new Event('input')); }")
     with page.expect_response(lambda r: r.url.endswith("/api/generate")):
         page.click("#generate")
-    page.wait_for_function("document.querySelector('#kv').textContent.includes('KV cache after 6 tokens')")
+    _wait(page, "document.querySelector('#kv').textContent.includes('KV cache after 6 tokens')")
     assert page.input_value("#text").count("w") == 6
     assert "1,536 bytes" in page.text_content("#kv")       # 2 (k, v) x 2 layers x 2 kv heads x 6 tokens x 8 x 4 B
     page.select_option("#model", MINILM)
@@ -148,7 +162,7 @@ def test_the_mask_language_panel_draws_the_tile_map(page):
     page.fill("#mask-block", "4")
     with page.expect_response(lambda r: r.url.endswith("/api/mask")):
         page.click("#mask-draw")
-    page.wait_for_function("document.querySelector('#mask-info').textContent.includes('tiles of 4')")
+    _wait(page, "document.querySelector('#mask-info').textContent.includes('tiles of 4')")
     assert "1 empty" in page.text_content("#mask-info")
 
 

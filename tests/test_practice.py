@@ -144,13 +144,13 @@ def test_cost_and_kv_feedback():
         check("lots")
 
 
-def test_written_checklist():
+def test_written_answers_are_graded_by_claims():
     good = practice.check_written("additive", "Additive attention uses a small feed-forward network with tanh to "
                                   "score, like Bahdanau's RNN; dot-product attention uses the dot product scaled "
                                   "by sqrt(d_k), which is a fast matrix multiplication")
-    assert good.correct and "5 of 5" in good.message
+    assert good.correct and "4 of 5 claims" in good.message and "cannot judge your reasoning" in good.message
     weak = practice.check_written("multihead", "it has more heads so it is better at things")
-    assert not weak.correct and "Missing:" in weak.message and "Model answer:" in weak.message
+    assert not weak.correct and "(not found)" in weak.message and "Model answer:" in weak.message
     with pytest.raises(InvalidAnswer):
         practice.check_written("multihead", "heads")
 

@@ -3,7 +3,8 @@
     .venv/bin/python docs/figures/app/capture.py [OUT_DIR]
 
 Starts the app on 127.0.0.1 with the installed models, drives Debian's Chromium with Playwright (network blocked
-outside the app), types a sentence, picks a head and a query, composes a what-if mask, and saves one PNG per panel.
+outside the app), types a sentence, picks a head and a query, composes a what-if mask, and saves one PNG per panel; then the
+decoder's next-token panel (SmolLM2) and the speech panel (Whisper tiny.en reading an espeak-ng sentence).
 """
 
 import sys
@@ -55,6 +56,16 @@ def main() -> None:
                 page.wait_for_timeout(500)
                 page.locator("#decoder-panel").screenshot(path=str(OUT / "next-token.png"))
                 print(OUT / "next-token.png")
+            if "whisper-tiny.en" in app.choices:
+                page.select_option("#model", "whisper-tiny.en")
+                page.wait_for_selector("#speech-panel:not([hidden])")
+                page.fill("#text", "The quick brown fox jumps over the lazy dog.")
+                with page.expect_response(lambda r: r.url.endswith("/api/speech"), timeout=120000):
+                    page.click("#run")
+                page.locator("#transcript", has_text="fox").wait_for()
+                page.wait_for_timeout(500)
+                page.locator("#speech-panel").screenshot(path=str(OUT / "speech.png"))
+                print(OUT / "speech.png")
             page.screenshot(path=str(OUT / "page.png"), full_page=True)
             print(OUT / "page.png")
             browser.close()

@@ -149,11 +149,18 @@ def _check_decoder(model):
         raise RequestError(f"{model.name} is an encoder: it does not predict a next token (pick a decoder)")
 
 
+def _texts(model, ids) -> list[str]:
+    """Each token as the text it writes (" Paris", not byte-level BPE's "ĠParis")."""
+    tok = getattr(model, "tokenizer", None)
+    return [tok.decode([int(i)]) for i in ids] if tok is not None else model.token_strings(ids)
+
+
 def _top(model, logits: np.ndarray, temperature: float, top_k: int, length: int) -> dict:
     p = _probabilities(np.asarray(logits, dtype=np.float64), temperature)
     top = np.argsort(-p, kind="stable")[:top_k]
     return {"model": model.name, "temperature": temperature, "top_k": top_k, "length": int(length),
-            "tokens": model.token_strings(top), "ids": top.tolist(), "probabilities": p[top].tolist(),
+            "tokens": model.token_strings(top), "texts": _texts(model, top), "ids": top.tolist(),
+            "probabilities": p[top].tolist(),
             "logits": np.asarray(logits, dtype=np.float64)[top].tolist()}
 
 

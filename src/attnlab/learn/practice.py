@@ -24,6 +24,8 @@ from ..api import scaled_dot_product_attention
 from ..layers import MultiHeadAttention
 from ..softmax import softmax
 from ._format import sig, vec
+from .claims import explain, grade
+from .rubrics import RUBRICS
 
 
 class InvalidAnswer(ValueError):
@@ -419,69 +421,36 @@ def _kv_exercise(rng) -> Exercise:
 
 
 # --- written answers --------------------------------------------------------------------------------------------
-WRITTEN = {
-    "multihead": (
-        "Explain in your own words how multi-head attention differs from single-head attention.",
-        "Multi-head attention runs several attention operations in parallel, each with its own learned projections "
-        "into a smaller subspace (d_model / H per head). Each head can then specialise in a different relationship "
-        "(local syntax, long-range dependencies, coreference), where a single head must squeeze everything into one "
-        "softmax pattern. The heads' outputs are concatenated and projected back to d_model, at about the same cost "
-        "as one full-width head.",
-        [("several heads run in parallel", r"parallel|several|multiple|many heads|each head|per.head|\bh heads"),
-         ("each head has its own projections / lower-dimensional subspace",
-          r"subspace|own (learned )?(projection|weight|q|quer)|different projection|lower.dim|smaller|split|"
-          r"d_?model ?/ ?h|divid"),
-         ("heads specialise in different relationships",
-          r"speciali[sz]|different (relation|pattern|kind|type|aspect|feature|thing|dependenc)|syntax|corefer|"
-          r"long.range|focus on different|attend to different"),
-         ("outputs are concatenated and projected back",
-          r"concat|combin|merg|project(ed|ion)? back|output projection|w_?o\b|joined"),
-         ("one head gives one pattern (an average); same total cost",
-          r"one (pattern|softmax|distribution|attention)|single (pattern|distribution)|averag|only one|limited|"
-          r"same (cost|compute|number of param)")]),
-    "additive": (
-        "Compare additive attention and dot-product attention in one paragraph.",
-        "Additive (Bahdanau) attention scores a query and a key with a small feed-forward network, "
-        "w_v . tanh(W_q q + W_k k); it works when query and key sizes differ and was used in early RNN "
-        "encoder-decoders, but it is slower. Dot-product attention scores with q . k, scaled by 1/sqrt(d_k) so the "
-        "softmax does not saturate; it is one matrix multiplication, fast on modern hardware, and the standard in "
-        "transformers.",
-        [("additive uses a small learned feed-forward scorer (tanh)",
-          r"feed.?forward|mlp|tanh|neural net|hidden layer|learn(ed|s) (a )?(scor|layer|network|weight)|w_v|"
-          r"one.layer"),
-         ("dot-product scores by the dot product of q and k",
-          r"dot.product|inner product|q ?[.·] ?k|\bqk|similarity"),
-         ("dot-product is scaled by sqrt(d_k) to keep the softmax stable", r"sqrt|square root|scal"),
-         ("dot-product is faster: matrix multiplication on modern hardware",
-          r"fast|efficient|matmul|matrix mult|gpu|hardware|cheap|optimi[sz]ed|parallel"),
-         ("additive: early seq2seq (Bahdanau), flexible but slower; dot-product: transformers",
-          r"bahdanau|rnn|seq2seq|encoder.decoder|transformer|vaswani|luong|slow|flexib|different (size|dim)")]),
-}
-
-
 def check_written(topic: str, text: str) -> Verdict:
-    """Compare a free-text answer with the checklist of points (keywords and synonyms)."""
-    question, model_answer, points = WRITTEN[topic]
-    words = text.lower()
-    if len(words.split()) < 5:
+    """Grade a free-text answer by the claims it states about the right subjects (``claims.grade``).
+
+    Only a "correct" grade counts as right; "partial" and "incorrect" say which claims were found, which were
+    contradicted or said of the wrong subject, and what was not checked.
+    """
+    rubric = RUBRICS[topic]
+    if len(text.split()) < 5:
         raise InvalidAnswer("write at least a sentence (5 words or more)")
-    hit = [(label, bool(re.search(pattern, words))) for label, pattern in points]
-    covered = sum(ok for _, ok in hit)
-    passed = covered >= len(points) - 2
-    lines = [f"{'Good' if passed else 'Not yet'}: your answer covers {covered} of {len(points)} points."]
-    lines += [f"  [{'x' if ok else ' '}] {label}" for label, ok in hit]
-    missing = [label for label, ok in hit if not ok]
-    if missing:
-        lines.append("Missing: " + "; ".join(missing) + ".")
-    lines.append(f"Model answer: {model_answer}")
-    return Verdict(passed, "\n".join(lines))
+    g = grade(rubric, text)
+    return Verdict(g.label == "correct", explain(rubric, g) + f"\nModel answer: {rubric.model_answer}")
+
+
+def written_topics(seed: int) -> list:
+    """The written prompts in the order one session asks them: every prompt once before any repeats.
+
+    >>> sorted(written_topics(0)) == sorted(RUBRICS)
+    True
+    """
+    return [str(t) for t in np.random.default_rng([seed, list(KINDS).index("written")]).permutation(sorted(RUBRICS))]
+
+
+def written_exercise(topic: str) -> Exercise:
+    rubric = RUBRICS[topic]
+    return Exercise("written", f"in your own words ({topic})", rubric.question + " (one line; Enter to submit)",
+                    [Part("answer", lambda text: check_written(topic, text), rubric.model_answer)])
 
 
 def _written_exercise(rng) -> Exercise:
-    topic = str(rng.choice(sorted(WRITTEN)))
-    question, model_answer, _ = WRITTEN[topic]
-    return Exercise("written", f"in your own words ({topic})", question + " (one line; Enter to submit)",
-                    [Part("answer", lambda text: check_written(topic, text), model_answer)])
+    return written_exercise(str(rng.permutation(sorted(RUBRICS))[0]))
 
 
 # --- sessions ------------------------------------------------------------------------------------------------
@@ -500,9 +469,19 @@ MAX_EXERCISES = 1000
 
 
 def exercises(seed: int, kinds=None, count: int | None = None) -> list:
-    """``count`` exercises cycling through ``kinds`` (default: one of each kind, in the study guide's order)."""
+    """``count`` exercises cycling through ``kinds`` (default: one of each kind, in the study guide's order); the
+    written prompts do not repeat until every one has been asked."""
     kinds = list(kinds or KINDS)
     count = len(kinds) if count is None else count
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_EXERCISES:
         raise ValueError(f"count must be an integer in [1, {MAX_EXERCISES}] (one session), got {count!r}")
-    return [make(kinds[i % len(kinds)], seed + i // len(kinds)) for i in range(count)]
+    topics = written_topics(seed)
+    out = []
+    for i in range(count):
+        kind = kinds[i % len(kinds)]
+        if kind == "written":       # distinct prompts within a session (they cycle only after all were asked)
+            n_written = sum(ex.kind == "written" for ex in out)
+            out.append(written_exercise(topics[n_written % len(topics)]))
+        else:
+            out.append(make(kind, seed + i // len(kinds)))
+    return out

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..checks import positive_int
 from ..layers import KVCache
+from ._blocks import one_row_steps
 
 
 @dataclass
@@ -73,16 +74,17 @@ def greedy(model, prompt_ids, max_new: int, on_token=None, stop_ids=()) -> Gener
     gen.prefill_seconds = time.perf_counter() - t0
     stop = {int(s) for s in stop_ids}
     t0 = time.perf_counter()
-    for i in range(max_new):
-        token = int(np.argmax(logits))
-        gen.new.append(token)
-        if on_token is not None:
-            on_token(token)
-        if token in stop:
-            gen.stopped = "eos"
-            break
-        if i + 1 < max_new:
-            logits = model.step(np.array([[token]]), caches)[0, -1]
+    with one_row_steps():
+        for i in range(max_new):
+            token = int(np.argmax(logits))
+            gen.new.append(token)
+            if on_token is not None:
+                on_token(token)
+            if token in stop:
+                gen.stopped = "eos"
+                break
+            if i + 1 < max_new:
+                logits = model.step(np.array([[token]]), caches)[0, -1]
     gen.decode_seconds = time.perf_counter() - t0
     gen.cache_bytes = sum(c.nbytes for c in caches)
     gen.mha_cache_bytes = mha_equivalent_bytes(caches, model.n_heads)

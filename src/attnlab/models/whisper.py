@@ -28,7 +28,7 @@ from .. import masks
 from ..layers import KVCache, MultiHeadAttention
 from ..record import Recorder
 from . import audio
-from ._blocks import gelu, layer_norm, linear
+from ._blocks import gelu, layer_norm, linear, one_row_steps
 from ._checkpoint import check_shapes, read_json
 from .ctranslate2 import read_model_bin
 
@@ -291,15 +291,16 @@ class Whisper:
         caches = self.new_caches()
         logits = self.decode(prompt, encoded, caches, recorder)[-1]
         new, stopped = [], "max_new"
-        for step in range(max_new):
-            token = self.pick(logits, first=step == 0)
-            if token == self.eot:
-                stopped = "eot"
-                break
-            new.append(token)
-            if len(prompt) + len(new) >= self.max_length:
-                break
-            logits = self.decode([token], encoded, caches, recorder)[-1]
+        with one_row_steps():
+            for step in range(max_new):
+                token = self.pick(logits, first=step == 0)
+                if token == self.eot:
+                    stopped = "eot"
+                    break
+                new.append(token)
+                if len(prompt) + len(new) >= self.max_length:
+                    break
+                logits = self.decode([token], encoded, caches, recorder)[-1]
         return Transcript(prompt, new, self.tokenizer.decode(new), [self.tokenizer.decode([i]) for i in new],
                           recorder, stopped, {"mel": mel, "seconds": seconds})
 

@@ -22,7 +22,8 @@
   }
   function el(tag, attrs, text) {
     const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    // style through the CSSOM: the page's CSP (style-src 'self') refuses style attributes
+    for (const [k, v] of Object.entries(attrs || {})) { if (k === "style") e.style.cssText = v; else e.setAttribute(k, v); }
     if (text !== undefined) e.textContent = text;
     return e;
   }
@@ -286,7 +287,7 @@
     r.tokens.forEach((tok, k) => {
       const tr = el("tr"), bar = el("span", { class: "bar", style: `width:${Math.round(200 * r.probabilities[k])}px` });
       const td = el("td", {}, fmt(r.probabilities[k])); td.dataset.value = String(r.probabilities[k]);
-      tr.appendChild(el("td", {}, JSON.stringify(tok))); tr.appendChild(td);
+      tr.appendChild(el("td", {}, JSON.stringify(r.texts ? r.texts[k] : tok))); tr.appendChild(td);
       const bt = el("td"); bt.appendChild(bar); tr.appendChild(bt); t.appendChild(tr);
     });
     box.appendChild(t);
