@@ -70,8 +70,8 @@ def test_attention_type_messages(rng):
          r"^mask must be boolean with True = may attend, got dtype int64; pass an additive float mask as bias="),
         (lambda: sdpa(q, k, v, np.zeros((4, 5))), r"^mask must be boolean .* got dtype float64"),
         (lambda: sdpa(q, k, v, bias=np.ones((4, 5), bool)), r"^bias must be a floating array .* got dtype bool"),
-        (lambda: sdpa(q, k, v, scale="0.5"), r"^scale must be a number, got str$"),
-        (lambda: attention(q, k, v, "scaled_dot", scale=[1.0]), r"^scale must be a number, got list$"),
+        (lambda: sdpa(q, k, v, scale="0.5"), r"^scale must be a number \(a finite number or None\), got str '0.5'$"),
+        (lambda: attention(q, k, v, "scaled_dot", scale=[1.0]), r"^scale must be a number \(a finite number or None\), got list \[1.0\]$"),
         (lambda: sdpa(q, k, v, score_mod=lambda s: s), r"^score_mod must be an attnlab.scores.ScoreMod"),
         (lambda: sdpa(q, k, v, "causal"), r"^mask must be an array or nested list of numbers, got str"),
         (lambda: attention(q, k, v, "general"), r"score='general' needs parameters \['weight'\]"),
@@ -93,7 +93,7 @@ def test_layer_messages():
         (lambda: MultiHeadAttention(8, 2, head_dim=2.5), ValueError, r"^head_dim must be a positive integer"),
         (lambda: MultiHeadAttention(6, 2, rope_base=10.0), ValueError,
          r"^rotary embedding \(rope_base\) needs an even head_dim, got 3$"),
-        (lambda: MultiHeadAttention(8, 2, rope_base=-1.0), ValueError, r"^rope_base must be a positive number"),
+        (lambda: MultiHeadAttention(8, 2, rope_base=-1.0), ValueError, r"^rope_base must be a finite number > 0 or None, got -1.0$"),
         (lambda: MultiHeadAttention(8, 2)(np.ones((2, 3, 7), np.float32)), ValueError,
          r"^x must have shape \(B, L, d_model=8\) or \(L, d_model\), got \(2, 3, 7\)$"),
         (lambda: MultiHeadAttention(8, 2)(np.ones((2, 3, 8), int)), TypeError, r"^x must have a floating dtype"),
@@ -158,7 +158,7 @@ def test_mask_messages():
 def test_score_and_merge_messages():
     cases = [
         (lambda: S.alibi_slopes(0), ValueError, r"^n_heads must be a positive integer, got 0$"),
-        (lambda: S.softcap(0), ValueError, r"^cap must be > 0, got 0$"),
+        (lambda: S.softcap(0), ValueError, r"^cap must be a finite number > 0, got 0$"),
         (lambda: S.relative_bias(np.ones((2, 4))), ValueError,
          r"^table must have shape \(H, 2 \* max_distance \+ 1\), got \(2, 4\)$"),
         (lambda: S.score_mod(1), TypeError, r"^fn must be callable, got int$"),

@@ -9,8 +9,8 @@ The public face. NumPy arrays in, NumPy arrays out; PyTorch tensors and other ar
 """
 
 from . import cost, diagnostics, masks, scores
-from .api import additive_attention, attention, attention_backward, scaled_dot_product_attention
-from .kernel import attention_weights_for, flash_attention, flash_attention_backward
+from .api import additive_attention, attention, attention_backward, attention_weights_for, scaled_dot_product_attention
+from .kernel import flash_attention, flash_attention_backward
 from .planner import plan
 from .layers import KVCache, MultiHeadAttention
 from .merge import merge_attention

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import masks as masks_mod
-from ._array import (as_array, broadcast_shapes, is_real_number, namespace, require_floating, require_ndim,
+from ._array import (as_array, broadcast_shapes, namespace, require_floating, require_ndim,
                      to_namespace, to_numpy)
+from .checks import real
 from .scores import ScoreMod
 
 
@@ -52,8 +53,7 @@ def prepare(q, k, v, fn_name, *, dot=False, scale=None, score_mod=None, score_mo
     if dot:
         if k.shape[-1] != q.shape[-1]:
             raise ValueError(f"key has head dim {k.shape[-1]} but query has {q.shape[-1]}")
-        if scale is not None and not is_real_number(scale):
-            raise TypeError(f"scale must be a number, got {type(scale).__name__}")
+        real(scale, "scale", allow_none=True)      # NaN/inf would turn every score into NaN
     check_score_mod(score_mod, score_mod_name)
     groups = query_groups(q, k)
     lead = _broadcast_lead(q, k, v, groups)
@@ -120,7 +120,7 @@ def resolve_mask(mask, scores_shape, xp, like, name="mask"):
         heads = scores_shape[-3] if len(scores_shape) >= 3 else None
         if len(scores_shape) == 3 and mask.heads is None:   # (B, Lq, Lk): axis -3 is the batch
             batch, heads = heads, None
-        arr = mask.to_array(Lq, Lk, batch=batch, heads=heads)
+        arr = mask.to_array(Lq, Lk, batch=batch, heads=heads, checked=False)   # the caller budgets the call
         if arr.ndim == 4 and len(scores_shape) < 4:
             drop = 1 if mask.heads is None else 0               # drop the axis the scores do not have
             if arr.shape[drop] != 1:

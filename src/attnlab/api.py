@@ -11,10 +11,13 @@ explains it); the formula is ``attnlab.reference``, the tiled kernel ``attnlab.k
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from . import planner
-from ._array import as_array
+from . import budget, cost, planner
+from ._array import accumulation_itemsize, as_array
+from .checks import flag, integer_array, is_int
 from ._inputs import prepare
 from .kernel import forward as kernel_forward
 from .reference import Attended, attend, attend_backward, to_input
@@ -54,6 +57,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, *, scale=None, bias=None, s
     (array([[0.6698, 0.3302]]), array([[1.6605]]))
     """
     p = prepare(q, k, v, "scaled_dot_product_attention", dot=True, scale=scale, score_mod=score_mod)
+    return_weights, return_lse = flag(return_weights, "return_weights"), flag(return_lse, "return_lse")
     chosen = planner.decide(p, mask, impl=impl, return_weights=return_weights, count_tiles=False,
                             numpy=all(isinstance(x, np.ndarray) for x in (p.q, p.k, p.v))).require()
     if chosen == "tiled":
@@ -74,7 +78,14 @@ def attention(q, k, v, score="scaled_dot", mask=None, *, bias=None, score_mod=No
     """
     dot = isinstance(score, str) and score in ("dot", "scaled_dot")       # q . k needs equal head dims
     p = prepare(q, k, v, "attention", dot=dot, score_mod=score_mod)
+    return_weights = flag(return_weights, "return_weights")
     params = {name: as_array(value, name) if name != "scale" else value for name, value in score_params.items()}
+    n_scores = math.prod(p.scores_shape)
+    budget.check(cost.REFERENCE_LIVE[mask is not None] * n_scores * accumulation_itemsize(p.xp, p.q)
+                 + (n_scores if mask is not None else 0),
+                 f"attention(score={score if isinstance(score, str) else 'callable'!r}) on scores "
+                 f"{tuple(p.scores_shape)} (the whole score matrix, several times)",
+                 instead="use attnlab.flash_attention for dot-product scores, or fewer positions")
     res = attend(p, get_scorer(score, **params), mask, bias, score_mod, weights=return_weights)
     return _results(res, return_weights, False)
 
@@ -121,6 +132,9 @@ def attention_backward(dout, q, k, v, mask=None, *, scale=None, bias=None, score
     [3.0, 3.0]
     """
     p = prepare(q, k, v, "attention_backward", dot=True, scale=scale, score_mod=score_mod)
+    budget.check(planner.REFERENCE_BACKWARD_COPIES * math.prod(p.scores_shape) * accumulation_itemsize(p.xp, p.q),
+                 f"attention_backward on scores {tuple(p.scores_shape)} (it holds the whole matrices)",
+                 instead="use attnlab.flash_attention_backward, which works tile by tile")
     if not all(isinstance(x, np.ndarray) for x in (p.q, p.k, p.v)):
         raise TypeError(f"attention_backward runs on NumPy arrays, got {type(p.q).__module__}."
                         f"{type(p.q).__name__}; use torch autograd for tensors")
@@ -134,6 +148,33 @@ def attention_backward(dout, q, k, v, mask=None, *, scale=None, bias=None, score
     grads = attend_backward(p, dout.astype(p.q.dtype, copy=False), mask, bias, score_mod, scale)
     shaped = [to_input(g, g.shape, np.shape(x)) for g, x in zip(grads[:3], (q, k, v))]
     return type(grads)(*shaped, *grads[3:])
+
+
+def attention_weights_for(q, k, rows, lse, mask=None, **options):
+    """``attnlab.kernel.attention_weights_for`` (the weights of chosen query rows, recomputed from the stored
+    log-sum-exp; same arguments), after checking that its result, (..., len(rows), Lk), and its per-group scores
+    fit the memory budget (``attnlab.budget``): ``rows=slice(None)`` asks for the whole matrix.
+
+    >>> import numpy as np, attnlab
+    >>> rng = np.random.default_rng(0); q, k, v = (rng.standard_normal((6, 4)) for _ in range(3))
+    >>> out, lse = attnlab.flash_attention(q, k, v, return_lse=True)
+    >>> attention_weights_for(q, k, rows=[0, 5], lse=lse).shape
+    (2, 6)
+    """
+    p = prepare(q, k, k, "attention_weights_for", dot=True, scale=options.get("scale"))
+    Lq, Lk = p.scores_shape[-2:]
+    if not (is_int(rows) or isinstance(rows, slice)):
+        rows = integer_array(rows, "rows (an int, a slice or a list of query indices)", ndim=1)
+    try:
+        n = int(np.size(np.arange(Lq)[rows]))
+    except (IndexError, TypeError, ValueError):
+        n = 0                                   # the kernel names what is wrong with rows
+    heads = p.scores_shape[-3] if len(p.scores_shape) >= 3 else 1     # the kernel's (r, n, Lk) scores, r <= H
+    itemsize = accumulation_itemsize(p.xp, p.q)
+    budget.check((math.prod(p.scores_shape[:-2]) + 2 * heads) * n * Lk * itemsize,
+                 f"attention_weights_for with {n} rows x {Lk} keys of scores {tuple(p.scores_shape)}",
+                 instead="ask for fewer rows at a time")
+    return kernel_forward.attention_weights_for(q, k, rows, lse, mask, **options)
 
 
 def _results(res, return_weights, return_lse):

@@ -381,14 +381,18 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
     for Mistral). ``block_q``, ``block_k``, ``threads``: the tiled kernel's tiling; the blocks default to the
     kernel's own choice (``attnlab.planner.default_blocks``), threads to 1 (the kernel's default is every core).
     """
+    if isinstance(model, str) and model.lower() not in PRESETS:
+        raise ValueError(f"model must be a preset name or a ModelConfig: unknown preset {model!r}; choose one of "
+                         f"{', '.join(PRESETS)}")
     cfg = get_preset(model) if isinstance(model, str) else model
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"model must be a preset name or a ModelConfig, got {type(model).__name__}")
     Lk = positive_int(seq_len, "seq_len")
     Lq = Lk if q_len is None else positive_int(q_len, "q_len")
     B, threads = positive_int(batch, "batch"), positive_int(threads, "threads")
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    positive_int(block_q, "block_q", allow_none=True), positive_int(block_k, "block_k", allow_none=True)
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {str(dtype)[:60]!r}")
     size = DTYPE_BYTES[dtype]
     spec = mask_name(cfg.mask if mask is None else mask)
     m = to_mask(spec)                                                 # None: full, what the kernel is given

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import planner
-from ._array import as_array, namespace, require_floating, to_namespace, to_numpy
+from ._array import as_array, namespace, require_floating, require_ndim, to_namespace, to_numpy
 from .api import attention_steps, scaled_dot_product_attention
-from .checks import positive_int
+from .budget import check as check_budget
+from .checks import flag, non_negative_int, positive_int, real
 from .record import AttentionRecord, Recorder
 from .scores import rotary
 
@@ -60,13 +61,24 @@ class KVCache:
         return 0 if self.length == 0 else self.nbytes // self.length
 
     def append(self, k, v):
-        """Add keys/values (B, G, t, Dh) and return all of them, (B, G, T + t, Dh)."""
+        """Add keys/values (B, G, t, Dh) and return all of them, (B, G, T + t, Dh). Invalid input raises before the
+        cache changes."""
+        k, v = as_array(k, "key"), as_array(v, "value")
+        xp = namespace(k, v)
+        for x, name in ((k, "key"), (v, "value")):
+            require_ndim(x, name, 2, "(..., t, Dh)")
+            require_floating(xp, x, name)
+        if tuple(v.shape[:-1]) != tuple(k.shape[:-1]):
+            raise ValueError(f"value has shape {tuple(v.shape)} but key has {tuple(k.shape)}: they must agree in "
+                             f"every axis but the last")
         if self._k is None:
             self._k, self._v = _grow(k, k.shape[-2]), _grow(v, v.shape[-2])
         else:
             if k.shape[:-2] != self._k.shape[:-2] or k.shape[-1] != self._k.shape[-1]:
                 raise ValueError(f"cache holds keys of shape (..., {self._k.shape[-1]}) with leading dims "
                                  f"{self._k.shape[:-2]}, got {tuple(k.shape)}")
+            if v.shape[-1] != self._v.shape[-1]:
+                raise ValueError(f"cache holds values of dim {self._v.shape[-1]}, got value of shape {tuple(v.shape)}")
             need = self.length + k.shape[-2]
             if isinstance(self._k, np.ndarray):
                 if need > self._k.shape[-2]:
@@ -117,7 +129,7 @@ class MultiHeadAttention:
       w_q (H*Dh, d_model), w_k (G*Dh, kdim), w_v (G*Dh, vdim), w_o (d_model, H*Dh), b_q, b_k, b_v, b_o.
 
     ``rope_base``: apply rotary position embedding to q and k (Llama family); positions continue across KV-cache
-    steps.
+    steps. ``init=False`` starts the weights at zero instead of drawing them (a checkpoint loader overwrites them).
 
     >>> mha = MultiHeadAttention(8, n_heads=4, n_kv_heads=2, seed=0)
     >>> mha(np.ones((2, 5, 8), np.float32)).shape
@@ -126,15 +138,18 @@ class MultiHeadAttention:
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, bias: bool = True,
                  seed: int | None = None, kdim: int | None = None, vdim: int | None = None,
-                 head_dim: int | None = None, rope_base: float | None = None, dtype=np.float32):
+                 head_dim: int | None = None, rope_base: float | None = None, dtype=np.float32,
+                 init: bool = True):
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         optional = {"kdim": kdim, "vdim": vdim, "head_dim": head_dim}
         for name, value in {"d_model": d_model, "n_heads": n_heads, "n_kv_heads": n_kv_heads, **optional}.items():
             if value is None and name in optional:
                 continue
             positive_int(value, name)
-        if rope_base is not None and not (np.isscalar(rope_base) and rope_base > 0):
-            raise ValueError(f"rope_base must be a positive number or None, got {rope_base!r}")
+        real(rope_base, "rope_base", allow_none=True, positive=True)
+        bias = flag(bias, "bias")
+        if seed is not None:
+            non_negative_int(seed, "seed")
         if head_dim is None and d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not a multiple of n_heads={n_heads}")
         if n_heads % n_kv_heads:
@@ -146,12 +161,18 @@ class MultiHeadAttention:
         self.kdim, self.vdim = kdim or d_model, vdim or d_model
         self.rope_base = rope_base
         self.scale = None
-        rng = np.random.default_rng(seed)
         H, G, Dh = n_heads, n_kv_heads, self.head_dim
-        self.w_q = _xavier(rng, H * Dh, d_model, dtype)
-        self.w_k = _xavier(rng, G * Dh, self.kdim, dtype)
-        self.w_v = _xavier(rng, G * Dh, self.vdim, dtype)
-        self.w_o = _xavier(rng, d_model, H * Dh, dtype)
+        weights = H * Dh * d_model + G * Dh * (self.kdim + self.vdim) + d_model * H * Dh + 2 * (H + G) * Dh + d_model
+        check_budget(weights * np.dtype(dtype).itemsize, f"MultiHeadAttention(d_model={d_model}, n_heads={n_heads}, "
+                     f"n_kv_heads={n_kv_heads}, head_dim={Dh}, kdim={self.kdim}, vdim={self.vdim}) weights",
+                     instead="use smaller dimensions")
+        rng = np.random.default_rng(seed)
+        make = (lambda rows, cols: _xavier(rng, rows, cols, dtype)) if init else \
+            (lambda rows, cols: np.zeros((rows, cols), dtype))      # a loader fills them: no random numbers drawn
+        self.w_q = make(H * Dh, d_model)
+        self.w_k = make(G * Dh, self.kdim)
+        self.w_v = make(G * Dh, self.vdim)
+        self.w_o = make(d_model, H * Dh)
         zeros = (lambda n: np.zeros(n, dtype)) if bias else (lambda n: None)
         self.b_q, self.b_k, self.b_v, self.b_o = zeros(H * Dh), zeros(G * Dh), zeros(G * Dh), zeros(d_model)
         self.attached: Attached | None = None
@@ -196,6 +217,9 @@ class MultiHeadAttention:
         outputs), of ``kind`` "self", "causal" or "cross" (default: "cross" with a context, else "self"). Without
         one, a recorder attached with ``attach`` records the call.
         """
+        return_weights = flag(return_weights, "return_weights")
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be an attnlab.KVCache or None, got {type(cache).__name__}")
         if recorder is None and self.attached is not None:
             recorder, layer, kind = self.attached.recorder, self.attached.layer, kind or self.attached.kind
         x = as_array(x, "x")

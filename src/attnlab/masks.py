@@ -29,7 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from .checks import non_negative_int, positive_int
+from .budget import check as check_budget
+from .checks import choice, integer_array, is_int, non_negative_int, positive_int, text
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 ALIGNS = ("bottom_right", "top_left")
@@ -103,25 +104,45 @@ class Mask:
         out = self.fn(np.asarray(b), np.asarray(h), np.asarray(q_idx), np.asarray(kv_idx), Lq, Lk)
         return np.broadcast_to(out, np.broadcast_shapes(np.shape(q_idx), np.shape(kv_idx), np.shape(out)))
 
-    def to_array(self, Lq: int, Lk: int, *, batch: int | None = None, heads: int | None = None) -> np.ndarray:
+    def to_array(self, Lq: int, Lk: int, *, batch: int | None = None, heads: int | None = None,
+                 checked: bool = True) -> np.ndarray:
         """Materialize as a boolean NumPy array.
 
         Shape (Lq, Lk) when the mask depends on neither batch nor head; otherwise (B, H, Lq, Lk) with B or H
-        equal to 1 along an axis the mask does not depend on.
+        equal to 1 along an axis the mask does not depend on. The array (one byte a cell) and the mask's
+        arithmetic, evaluated STRIPE_CELLS cells at a time, are checked against the memory budget
+        (``attnlab.budget``) first; ``checked=False`` skips that, for a caller that has budgeted the whole call
+        (the attention paths: the planner's check covers their score-sized arrays).
         """
         _check_lengths(Lq, Lk)
+        Lq, Lk = int(Lq), int(Lk)
         if self.batch is None and self.heads is None:
-            return np.array(self.evaluate(Lq, Lk, np.arange(Lq)[:, None], np.arange(Lk)[None, :]), dtype=bool)
+            if checked:
+                check_budget(mask_bytes(1, Lq, Lk), f"mask {self.name}.to_array(Lq={Lq}, Lk={Lk})", instead=TILED)
+            return self._striped((Lq, Lk), Lq, Lk, 0, 0)
         B = self.batch if self.batch is not None else 1
         H = self.heads if self.heads is not None else 1
         if batch is not None and self.batch is not None and batch != self.batch:
             raise ValueError(f"mask {self.name} is defined for batch size {self.batch}, but the input has {batch}")
         if heads is not None and self.heads is not None and heads != self.heads:
             raise ValueError(f"mask {self.name} is defined for {self.heads} heads, but the input has {heads}")
+        if checked:
+            check_budget(mask_bytes(B * H, Lq, Lk),
+                         f"mask {self.name}.to_array(Lq={Lq}, Lk={Lk}) for {B} x {H} batch x heads", instead=TILED)
         b = np.arange(B)[:, None, None, None]
         h = np.arange(H)[None, :, None, None]
-        grid = self.evaluate(Lq, Lk, np.arange(Lq)[:, None], np.arange(Lk)[None, :], b, h)
-        return np.array(np.broadcast_to(grid, (B, H, Lq, Lk)), dtype=bool)
+        return self._striped((B, H, Lq, Lk), Lq, Lk, b, h)
+
+    def _striped(self, shape, Lq, Lk, b, h) -> np.ndarray:
+        """The mask evaluated into a new boolean array of ``shape`` (..., Lq, Lk), STRIPE_CELLS cells of query rows
+        at a time, so the mask's own integer arithmetic never spans the whole grid."""
+        out = np.empty(shape, dtype=bool)
+        rows = max(1, STRIPE_CELLS // max(Lk, 1))
+        kv = np.arange(Lk)[None, :]
+        for start in range(0, Lq, rows):
+            stop = min(start + rows, Lq)
+            out[..., start:stop, :] = self.evaluate(Lq, Lk, np.arange(start, stop)[:, None], kv, b, h)
+        return out
 
     def blocks(self, Lq: int, Lk: int, block_q: int, block_k: int, *, b: int = 0, h: int = 0) -> np.ndarray:
         """Tile map of shape (ceil(Lq/block_q), ceil(Lk/block_k)): 0 empty, 1 partial, 2 full.
@@ -129,8 +150,13 @@ class Mask:
         Kernels skip empty tiles and skip evaluating the mask on full ones. Memory is O(block_q * Lk) at most.
         """
         _check_lengths(Lq, Lk)
-        if block_q < 1 or block_k < 1:
+        if not (is_int(block_q) and is_int(block_k)) or block_q < 1 or block_k < 1:
             raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_k={block_k}")
+        tiles = math.ceil(Lq / block_q) * math.ceil(Lk / block_k)
+        evaluated = 0 if self.tile_fn is not None else MASK_TEMP_BYTES * min(Lq, block_q) * Lk  # one stripe of rows
+        check_budget(MASK_TEMP_BYTES * tiles + evaluated,
+                     f"the tile map of mask {self.name} at Lq={Lq} x Lk={Lk} in tiles of {block_q} x {block_k}",
+                     instead="use larger tiles")
         q_start = np.arange(0, Lq, block_q)[:, None]
         k_start = np.arange(0, Lk, block_k)[None, :]
         q_stop, k_stop = np.minimum(q_start + block_q, Lq), np.minimum(k_start + block_k, Lk)
@@ -155,14 +181,42 @@ class Mask:
 
     def show(self, Lq: int, Lk: int, *, b: int = 0, h: int = 0, allowed: str = "#", blocked: str = ".") -> str:
         """A text drawing of the mask for batch ``b``, head ``h``."""
-        grid = self.evaluate(Lq, Lk, np.arange(Lq)[:, None], np.arange(Lk)[None, :], b, h)
+        _check_lengths(Lq, Lk)
+        Lq, Lk = int(Lq), int(Lk)
+        allowed, blocked = text(allowed, "allowed"), text(blocked, "blocked")
+        b, h = non_negative_int(b, "b"), non_negative_int(h, "h")
+        check_budget(mask_bytes(1, Lq, Lk) + drawing_bytes(Lq, Lk, max(len(allowed), len(blocked))),
+                     f"drawing mask {self.name} at Lq={Lq} x Lk={Lk} as text",
+                     instead="draw a smaller Lq x Lk (the drawing has one character cell per query and key)")
+        grid = self._striped((Lq, Lk), Lq, Lk, b, h)
         return draw(grid, title=self.name, allowed=allowed, blocked=blocked)
+
+
+TILED = "use the tiled kernel (attnlab.flash_attention), which evaluates masks tile by tile"
+STRIPE_CELLS = 2**22        # cells of a mask evaluated at once by to_array / show
+MASK_TEMP_BYTES = 16        # bytes per evaluated cell of the built-in masks' integer arithmetic, at most (tracemalloc
+                            # per cell of to_array before striping: 1.0 padding ... 2.9 random_blocks, 16.0 dilated)
+
+
+def mask_bytes(arrays: int, Lq: int, Lk: int) -> int:
+    """Bytes to materialize ``arrays`` boolean (Lq, Lk) grids (one byte a cell) and evaluate them stripe by stripe."""
+    return arrays * Lq * Lk + MASK_TEMP_BYTES * min(Lq * Lk, max(STRIPE_CELLS, Lk))
+
+
+def drawing_bytes(Lq: int, Lk: int, cell: int = 1) -> int:
+    """Bytes of ``draw``'s text: each row's cells padded to the widest key label, the rows and their join."""
+    width = max(3, len(f"k{Lk - 1}") + 1, cell)
+    return 2 * (Lq + 2) * (max(3, len(f"q{Lq - 1}") + 1) + Lk * width + 1)
 
 
 def draw(grid, title: str = "mask", allowed: str = "#", blocked: str = ".") -> str:
     """Draw a boolean (Lq, Lk) grid as text, one row per query."""
     grid = np.asarray(grid, dtype=bool)
+    if grid.ndim != 2:
+        raise ValueError(f"grid must be a 2-D (Lq, Lk) boolean array, got shape {grid.shape}")
     Lq, Lk = grid.shape
+    check_budget(drawing_bytes(Lq, Lk, max(len(allowed), len(blocked))), f"drawing a {Lq} x {Lk} grid as text",
+                 instead="draw a smaller grid")
     width = max(3, len(f"k{Lk - 1}") + 1)
     label = max(3, len(f"q{Lq - 1}") + 1)
     lines = [f"{title}  Lq={Lq} Lk={Lk}  ({allowed} may attend, {blocked} blocked)",
@@ -194,13 +248,13 @@ def _combine_tiles(m1: Mask, m2: Mask, op):
 
 
 def _check_lengths(Lq, Lk):
-    if int(Lq) != Lq or int(Lk) != Lk or Lq < 0 or Lk < 0:
+    ok = [is_int(n) or (isinstance(n, float) and n.is_integer()) for n in (Lq, Lk)]
+    if not all(ok) or Lq < 0 or Lk < 0:
         raise ValueError(f"Lq and Lk must be non-negative integers, got Lq={Lq!r}, Lk={Lk!r}")
 
 
 def _check_align(align):
-    if align not in ALIGNS:
-        raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
+    choice(align, "align", ALIGNS)
 
 
 def _offset(Lq, Lk, align):
@@ -358,8 +412,12 @@ def dilated(stride: int, align: str = "bottom_right") -> Mask:
 
 def global_tokens(indices, align: str = "bottom_right") -> Mask:
     """Tokens at ``indices`` attend to everything and are attended by everything (Longformer / BigBird global
-    tokens). Combine with ``sliding_window`` for Longformer's pattern."""
-    idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+    tokens). Combine with ``sliding_window`` for Longformer's pattern.
+
+    ``indices`` are integer positions >= 0 (whole-valued floats pass; 1.7 raises ValueError). A position at or
+    beyond the sequence's end marks no token: the mask is a function of the lengths, so the same mask serves
+    sequences of any length."""
+    idx = np.unique(integer_array(indices, "indices").reshape(-1))      # 1.7 is refused, not truncated to 1
     if (idx < 0).any():
         raise ValueError(f"indices must be non-negative positions, got {indices!r}")
     _check_align(align)
@@ -384,6 +442,7 @@ def random_blocks(block_size: int, n_random: int, seed: int = 0, align: str = "b
     ``global_tokens`` for the full BigBird pattern (Zaheer et al. 2020)."""
     block_size = non_negative_int(block_size, "block_size")
     n_random = non_negative_int(n_random, "n_random")
+    seed = non_negative_int(seed, "seed")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     _check_align(align)

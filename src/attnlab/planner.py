@@ -10,9 +10,9 @@ why, how much extra memory it is expected to need, and how many tiles a mask let
 >>> p.impl, p.tiles.empty > 0
 ('tiled', True)
 
-``MEMORY_BUDGET`` (bytes, default 256 MiB) bounds the memory the reference path may take for its score-sized
-intermediates. Above it, NumPy inputs go to the tiled kernel; for other arrays, or when full weights are asked for,
-there is no path that fits and a ``MemoryBudgetError`` says why and what to do. Change the budget by assigning
+``MEMORY_BUDGET`` (bytes, default 256 MiB; the one budget of ``attnlab.budget``, under its older name) bounds the
+memory the reference path may take for its score-sized intermediates. Above it, NumPy inputs go to the tiled
+kernel; for other arrays, or when full weights are asked for, there is no path that fits and a ``MemoryBudgetError`` says why and what to do. Change the budget by assigning
 ``attnlab.planner.MEMORY_BUDGET`` or pass ``budget=`` to ``plan``.
 
 The planner is the one policy: reference vs tiled vs the kernel's decode regime (``decode_regime``; a layer
@@ -24,15 +24,19 @@ kernel computes, masks and skips.
 from __future__ import annotations
 
 import math
+import sys
+import types
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import budget as budget_mod
 from . import cost
 from . import masks as masks_mod
 from ._array import accumulation_itemsize
 from ._inputs import Prepared, prepare
-from .checks import choice
+from .budget import MemoryBudgetError  # noqa: F401  (raised by Plan.require; its home is attnlab.budget)
+from .checks import choice, flag
 from .kernel import backward as kernel_backward
 from .kernel.forward import supports_tiled
 # the kernel's layout and schedule, re-exported: plan() reads exactly what the kernel runs
@@ -41,7 +45,6 @@ from .kernel.layout import (DECODE_KEYS, FOLD_MIN_ROWS, MASK_PATTERNS, PARTIAL_R
                             default_blocks, default_threads, kv_splits, layout, schedule, threads_of, used_threads,
                             work)
 
-MEMORY_BUDGET = 256 * 2**20          # bytes the reference path may use for score-sized intermediates
 TILED_FROM_SCORES = 2**21            # impl="auto" on NumPy picks the tiled kernel from this many scores (B*H*Lq*Lk)
 REFERENCE_COPIES = cost.REFERENCE_LIVE  # score-sized arrays alive in the reference path (the cost model's; old name)
 tiled_memory = cost.tiled_peak            # the tiled kernel's peak memory (the cost model's; old name)
@@ -50,8 +53,24 @@ REFERENCE_BACKWARD_COPIES = 5.5     # score-sized float arrays alive at once in 
 IMPLS = ("auto", "reference", "tiled")
 
 
-class MemoryBudgetError(ValueError):
-    """No attention path fits the memory budget for these inputs."""
+class _PlannerModule(types.ModuleType):
+    """``attnlab.planner.MEMORY_BUDGET``, the budget's documented older name, reads and assigns the one budget of
+    ``attnlab.budget`` (so ``monkeypatch.setattr(planner, "MEMORY_BUDGET", n)`` and code that saves and restores it
+    keep working, and every check sees the same value)."""
+
+    @property
+    def MEMORY_BUDGET(self) -> int:
+        return budget_mod.limit()
+
+    @MEMORY_BUDGET.setter
+    def MEMORY_BUDGET(self, value) -> None:
+        # restoring a value read from here (saved = planner.MEMORY_BUDGET; ...; planner.MEMORY_BUDGET = saved) while
+        # the budget followed the environment keeps it following the environment
+        unset = budget_mod.MEMORY_BUDGET is None
+        budget_mod.set_limit(None if unset and value == budget_mod.limit() else value)
+
+
+sys.modules[__name__].__class__ = _PlannerModule
 
 
 # --- the plan ------------------------------------------------------------------------------------------------------
@@ -137,7 +156,10 @@ def plan(q_shape, k_shape, v_shape=None, *, mask=None, dtype="float32", impl: st
     >>> print(plan((1, 8, 4096, 64), (1, 8, 4096, 64), mask=masks_mod.causal(), backward=True).tiles)
     1024 tiles: 576 computed (448 full, 128 partial), 448 empty skipped
     """
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a NumPy dtype or its name such as 'float32', got {str(dtype)[:60]!r}") from None
     shapes = [_shape(s, name) for s, name in ((q_shape, "q_shape"), (k_shape, "k_shape"),
                                               (k_shape if v_shape is None else v_shape, "v_shape"))]
     arrays = [np.lib.stride_tricks.as_strided(np.zeros(1, dtype), s, (0,) * len(s)) for s in shapes]
@@ -150,7 +172,8 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
     """The plan for inputs prepared by ``attnlab._inputs.prepare`` (``count_tiles=False``: skip the tile
     census; ``backward``: the plan of the gradients, see ``plan``)."""
     choice(impl, "impl", IMPLS)
-    budget = MEMORY_BUDGET if budget is None else budget
+    return_weights, backward = flag(return_weights, "return_weights"), flag(backward, "backward")
+    budget = budget_mod.limit() if budget is None else budget
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer, float)) or not budget > 0:
         raise ValueError(f"budget must be a positive number of bytes, got {budget!r}")
     threads = threads_of(threads)

@@ -21,8 +21,9 @@ from typing import Callable
 
 import numpy as np
 
-from ._array import as_array, default_scale, is_real_number, namespace, to_namespace
-from .checks import positive_int
+from ._array import as_array, default_scale, namespace, to_namespace
+from .budget import check as check_budget
+from .checks import flag, integer_array, non_negative_int, positive_int, real
 
 
 # --- scorers ---------------------------------------------------------------------------------------------------
@@ -33,7 +34,9 @@ def dot(q, k):
 
 
 def scaled_dot(q, k, scale: float | None = None):
-    """q . k * scale, scale defaulting to 1/sqrt(D)."""
+    """q . k * scale, scale defaulting to 1/sqrt(D); scale must be finite (0 and negative values are allowed:
+    0 gives uniform weights, a negative scale prefers the least similar keys)."""
+    scale = real(scale, "scale", allow_none=True)
     return dot(q, k) * (default_scale(q.shape[-1]) if scale is None else scale)
 
 
@@ -54,6 +57,13 @@ def additive(q, k, w_q, w_k, w_v):
     """
     xp = namespace(q, k, w_q, w_k, w_v)
     A = w_v.shape[0] if w_v.ndim == 1 else -1
+    if A >= 0:
+        lead = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2])) if q.ndim >= 2 and k.ndim >= 2 else ()
+        hidden = math.prod(lead) * q.shape[-2] * k.shape[-2] * A * (xp.finfo(q.dtype).bits // 8 if
+                                                                     xp.isdtype(q.dtype, "real floating") else 8)
+        check_budget(ADDITIVE_LIVE * hidden, f"additive scoring of {q.shape[-2]} queries x {k.shape[-2]} keys x "
+                     f"A={A} (the (..., Lq, Lk, A) tanh tensor)", instead="use fewer positions or a smaller A, "
+                     "or a dot-product scorer (attnlab.flash_attention never builds the score matrix)")
     if w_v.ndim != 1 or w_q.shape != (A, q.shape[-1]) or w_k.shape != (A, k.shape[-1]):
         raise ValueError(f"additive attention needs w_q (A, Dq), w_k (A, Dk), w_v (A,) with Dq={q.shape[-1]}, "
                          f"Dk={k.shape[-1]}; got w_q {tuple(w_q.shape)}, w_k {tuple(w_k.shape)}, "
@@ -64,6 +74,8 @@ def additive(q, k, w_q, w_k, w_v):
     return xp.sum(hidden * w_v, axis=-1)                         # (..., Lq, Lk)
 
 
+ADDITIVE_LIVE = 3      # (..., Lq, Lk, A) arrays alive at once in ``additive`` (tracemalloc: 2.04-2.68 of them)
+
 SCORERS = {"dot": dot, "scaled_dot": scaled_dot, "general": general, "additive": additive}
 
 
@@ -73,8 +85,8 @@ def get_scorer(score, **params) -> Callable:
         if params:
             raise TypeError(f"a callable score takes no extra parameters, got {sorted(params)}")
         return score
-    if score not in SCORERS:
-        raise ValueError(f"score must be one of {sorted(SCORERS)} or a callable, got {score!r}")
+    if not isinstance(score, str) or score not in SCORERS:
+        raise ValueError(f"score must be one of {sorted(SCORERS)} or a callable, got {str(score)[:60]!r}")
     needed = {"general": {"weight"}, "additive": {"w_q", "w_k", "w_v"}}.get(score, set())
     allowed = needed | ({"scale"} if score == "scaled_dot" else set())
     missing, extra = needed - set(params), set(params) - allowed
@@ -82,8 +94,8 @@ def get_scorer(score, **params) -> Callable:
         raise TypeError(f"score={score!r} needs parameters {sorted(needed) or 'none'}"
                         + (f"; missing {sorted(missing)}" if missing else "")
                         + (f"; unexpected {sorted(extra)}" if extra else ""))
-    if params.get("scale") is not None and not is_real_number(params["scale"]):
-        raise TypeError(f"scale must be a number, got {type(params['scale']).__name__}")
+    if "scale" in params:
+        real(params["scale"], "scale", allow_none=True)
     fn = SCORERS[score]
     return lambda q, k: fn(q, k, **params)
 
@@ -161,6 +173,7 @@ def alibi_slopes(n_heads: int) -> np.ndarray:
     [0.25, 0.0625, 0.015625, 0.00390625]
     """
     positive_int(n_heads, "n_heads")
+    check_budget(16 * n_heads, f"ALiBi slopes for n_heads={n_heads}", instead="use the model's number of heads")
 
     def power_of_two(n):
         start = 2.0 ** (-8.0 / n)
@@ -179,6 +192,7 @@ def alibi(n_heads: int, *, symmetric: bool = False) -> ScoreMod:
     bidirectional encoders.
     """
     slopes = alibi_slopes(n_heads)
+    symmetric = flag(symmetric, "symmetric")
 
     def fn(scores, b, h, q_idx, kv_idx, Lq, Lk):
         _check_heads(h, n_heads, f"alibi({n_heads})")
@@ -192,16 +206,23 @@ def alibi(n_heads: int, *, symmetric: bool = False) -> ScoreMod:
 
 
 def softcap(cap: float) -> ScoreMod:
-    """Soft-capping cap * tanh(scores / cap) keeps logits in (-cap, cap) (Gemma 2 uses cap = 50)."""
-    if not cap > 0:
-        raise ValueError(f"cap must be > 0, got {cap!r}")
+    """Soft-capping cap * tanh(scores / cap) keeps logits in (-cap, cap) (Gemma 2 uses cap = 50).
+
+    ``cap`` must be a finite number > 0 (an infinite cap would be the identity but computes inf * 0 = NaN). A score
+    of -inf (a bias of -inf, a masked cell) stays -inf: masked stays masked, never lifted to -cap; its derivative
+    is 0.
+    """
+    cap = real(cap, "cap", positive=True)
 
     def fn(scores, b, h, q_idx, kv_idx, Lq, Lk):
         xp = namespace(scores)
-        return cap * xp.tanh(scores / cap)
+        capped = cap * xp.tanh(scores / cap)
+        return xp.where(scores == -math.inf, scores, capped)
 
     def grad(scores, modified, b, h, q_idx, kv_idx, Lq, Lk):
-        return 1 - (modified / cap) ** 2                      # d/ds cap tanh(s / cap) = 1 - tanh^2(s / cap)
+        xp = namespace(modified)
+        slope = 1 - (modified / cap) ** 2                     # d/ds cap tanh(s / cap) = 1 - tanh^2(s / cap)
+        return xp.where(modified == -math.inf, xp.zeros_like(slope), slope)
 
     return ScoreMod(fn, f"softcap({cap})", grad=grad)
 
@@ -213,10 +234,23 @@ def relative_bias(table, max_distance: int | None = None) -> ScoreMod:
     ``table`` has shape (H, 2 * max_distance + 1); entry [h, max_distance + d] is added for distance
     d = key position - query position, clipped to [-max_distance, max_distance].
     """
-    table = np.asarray(table)
+    try:
+        table = np.asarray(table)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"table must be a float array of shape (H, 2 * max_distance + 1), got "
+                        f"{type(table).__name__}: {err}") from None
+    if table.dtype.kind not in "iuf":
+        raise TypeError(f"table must be a float array of shape (H, 2 * max_distance + 1), got dtype {table.dtype}")
     if table.ndim != 2 or table.shape[1] % 2 != 1:
         raise ValueError(f"table must have shape (H, 2 * max_distance + 1), got {table.shape}")
-    max_d = table.shape[1] // 2 if max_distance is None else max_distance
+    if table.shape[0] < 1:
+        raise ValueError(f"table must hold at least one head (H >= 1), got shape {table.shape}")
+    max_d = table.shape[1] // 2
+    if max_distance is not None:
+        given = non_negative_int(max_distance, "max_distance")
+        if given != max_d:
+            raise ValueError(f"max_distance must match the table: a table of {table.shape[1]} columns holds "
+                             f"distances -{max_d}..{max_d}, so max_distance = {max_d}, got {given}")
 
     def fn(scores, b, h, q_idx, kv_idx, Lq, Lk):
         _check_heads(h, table.shape[0], f"relative_bias with a table of {table.shape[0]} heads")
@@ -261,12 +295,19 @@ def rotary(x, positions=None, *, base: float = 10000.0, style: str = "half"):
     """
     x = as_array(x, "x")
     xp = namespace(x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (..., L, D) (at least 2 dims), got shape {tuple(x.shape)}")
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"x must have a floating dtype (rotated features are not integers), got {x.dtype}; cast "
+                        f"it first, e.g. x.astype(float32)")
     L, D = x.shape[-2], x.shape[-1]
     if D % 2:
         raise ValueError(f"rotary embedding needs an even feature dim, got D={D}")
-    if style not in ("half", "interleaved"):
-        raise ValueError(f"style must be 'half' or 'interleaved', got {style!r}")
-    pos = np.arange(L) if positions is None else np.asarray(positions)
+    if not isinstance(style, str) or style not in ("half", "interleaved"):
+        given = repr(style) if isinstance(style, str) else str(style)[:60]
+        raise ValueError(f"style must be 'half' or 'interleaved', got {given}")
+    base = real(base, "base", positive=True)
+    pos = np.arange(L) if positions is None else integer_array(positions, "positions")
     if pos.shape != (L,):
         raise ValueError(f"positions must have shape (L,) = ({L},), got {pos.shape}")
     inv_freq = base ** (-np.arange(0, D, 2, dtype=np.float64) / D)                # (D/2,)

@@ -8,12 +8,13 @@ whose every entry is masked gets all zeros (and log-sum-exp -inf), never NaN.
 from __future__ import annotations
 
 from ._array import as_array, broadcast_shapes, downcast, namespace, to_namespace, to_numpy, upcast
+from .checks import flag
 
 
 def _prepare(x, mask, axis):
     x = as_array(x, "x")
     xp = namespace(x)
-    if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis must be an integer in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, "
                          f"got {axis!r}")
     if not xp.isdtype(x.dtype, "real floating"):
@@ -27,7 +28,13 @@ def _prepare(x, mask, axis):
             mask = to_namespace(to_numpy(mask), xp, x)
         if mask.dtype != xp.bool:
             raise TypeError(f"mask must be boolean (True = keep), got dtype {mask.dtype}")
-        broadcast_shapes(mask.shape, x.shape)
+        try:
+            fits = broadcast_shapes(mask.shape, x.shape) == tuple(x.shape)   # a larger mask would reshape the result
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to x of shape "
+                             f"{tuple(x.shape)}")
     return xp, x, mask
 
 
@@ -71,6 +78,7 @@ def logsumexp(x, axis: int = -1, mask=None, keepdims: bool = False):
     0.6931471805599453
     """
     xp, x, mask = _prepare(x, mask, axis)
+    keepdims = flag(keepdims, "keepdims")
     dtype, x = x.dtype, upcast(xp, x)
     if mask is not None:
         x = xp.where(mask, x, xp.asarray(-xp.inf, dtype=x.dtype))

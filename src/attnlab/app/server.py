@@ -125,6 +125,11 @@ class BoundedServer:
         self.listener.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def server_close(self) -> None:
+        """``http.server``'s name for releasing the listening socket (``shutdown`` already does it), so code
+        written for the standard library's servers stops this one the same way."""
+        self.listener.close()
+
     def open_connections(self) -> int:
         with self.lock:
             return len(self.idle) + self.busy

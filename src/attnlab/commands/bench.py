@@ -72,8 +72,26 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def check_sizes(s: bench.Settings) -> None:
+    """Refuse sizes whose arrays would not fit the memory budget (``attnlab.budget``) before any is made: per
+    size, q, k, v and the two outputs (the tiled kernel's and the compared path's) in float32, and PyTorch's
+    boolean window mask (n x n) where that run happens. The reference path has its own limit
+    (--reference-limit)."""
+    from ..budget import check as check_budget
+
+    for n in sorted(set(s.sizes) | set(s.contexts)):
+        need = 5 * s.heads * n * s.head_dim * 4
+        if "window" in s.cases and "torch" in s.impls and n <= s.torch_mask_limit:
+            need += n * n
+        check_budget(need, f"attnlab bench at n={n} ({s.heads} heads x head dim {s.head_dim}: inputs, outputs"
+                           f"{', the window mask' if need > 5 * s.heads * n * s.head_dim * 4 else ''})",
+                     instead="use smaller --sizes/--contexts")
+
+
 def run(args):
-    report = bench.run(settings(args))
+    s = settings(args)
+    check_sizes(s)
+    report = bench.run(s)
     if args.out:
         json_path, png_path = bench.write(report, args.out)
         print(f"wrote {json_path} and {png_path}")

@@ -2,6 +2,8 @@
 
 import threading
 
+from ..budget import check as check_budget
+from ..checks import int_arg, real
 from ..cli import UsageError
 
 MODEL = "all-MiniLM-L6-v2"
@@ -20,7 +22,10 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0, help="--demo: seed (default 0)")
     p.add_argument("--out", default="attnlab-explorer.html", help="page to write (default attnlab-explorer.html)")
     p.add_argument("--serve", action="store_true", help="also serve the page over HTTP until Ctrl-C")
-    p.add_argument("--port", type=int, default=8000, help="--serve: port (default 8000; 0 picks a free one)")
+    p.add_argument("--port", type=int_arg(0, 65535), default=8000,
+                   help="--serve: port (default 8000; 0 picks a free one)")
+    p.add_argument("--idle-timeout", type=float, default=10.0,
+                   help="--serve: seconds after which an idle connection is closed (default 10)")
     p.add_argument("--host", default="127.0.0.1", help="--serve: address to bind (default 127.0.0.1, this machine)")
     p.set_defaults(func=run)
 
@@ -30,6 +35,8 @@ def run(args):
 
     if args.demo:
         data = explorer.demo_data(args.n, seed=args.seed)
+        check_budget(explorer.page_bytes(data), f"the explorer page of the demo at {data.shape[2]} tokens "
+                     f"({data.shape[0]} layers x {data.shape[1]} heads)", instead="use a smaller --n")
         source = f"demo toy vectors (seed {args.seed})"
     else:
         if args.n is not None:
@@ -41,14 +48,18 @@ def run(args):
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {source}, {layers} layers x {heads} heads, "
           f"{Lq} tokens; open it in a browser, no network needed", flush=True)
     if args.serve:
-        server = explorer.serve(path, args.port, args.host, block=False)
+        try:
+            server = explorer.serve(path, args.port, args.host, block=False,
+                                    idle_timeout=real(args.idle_timeout, "--idle-timeout", positive=True))
+        except OSError as err:
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err} (the page is written "
+                             f"at {path}; choose another --port, or --port 0 for a free one)") from None
         host, port = server.server_address[:2]
         print(f"serving http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
         try:
             threading.Event().wait()
         finally:
             server.shutdown()
-            server.server_close()
 
 
 def model_data(text, model_name, truncate):

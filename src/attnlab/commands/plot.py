@@ -60,8 +60,29 @@ def run(args):
 
 
 def _load(path):
+    """A .npy array, its header read first: the shape it claims is checked against the file's size and the memory
+    budget (``attnlab.budget``) before NumPy allocates anything of that size."""
+    from ..budget import check as check_budget
+
     if not Path(path).is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        except (ValueError, OSError, EOFError, SyntaxError) as err:
+            raise ValueError(f"{path} is not a .npy array file: {' '.join(str(err).split()) or 'empty'}") from None
+        start = f.tell()
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise ValueError(f"{path} holds a {dtype} array; expected numbers (weights)")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    check_budget(nbytes, f"{path}, a {dtype} array of shape {tuple(shape)} by its header",
+                 instead="pass a smaller array")
+    if Path(path).stat().st_size < start + nbytes:
+        raise ValueError(f"{path} is truncated: its header says shape {tuple(shape)} ({nbytes} bytes of data) but "
+                         f"the file holds {Path(path).stat().st_size - start}")
     return np.load(path, allow_pickle=False)
 
 

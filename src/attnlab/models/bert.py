@@ -18,7 +18,7 @@ import numpy as np
 from ..layers import MultiHeadAttention
 from ._base import Transformer
 from ._blocks import activation, layer_norm, linear
-from ._checkpoint import Weights
+from ._checkpoint import Weights, config_int
 
 
 class BertEncoder(Transformer):
@@ -30,16 +30,25 @@ class BertEncoder(Transformer):
             raise ValueError(f"position_embedding_type {config['position_embedding_type']!r} is not supported "
                              f"(absolute only)")
         w = Weights(folder, ("bert.",), dtype)
-        d, H = config["hidden_size"], config["num_attention_heads"]
+        source = folder / "config.json"
+        d, H = config_int(config, "hidden_size", source), config_int(config, "num_attention_heads", source)
+        n_layers = config_int(config, "num_hidden_layers", source)
+        w.check(expected_shapes(d, n_layers, config_int(config, "intermediate_size", source, 4 * d),
+                                config_int(config, "vocab_size", source,
+                                           (w.shape("embeddings.word_embeddings.weight") or (1,))[0]),
+                                config_int(config, "max_position_embeddings", source, 512),
+                                config_int(config, "type_vocab_size", source, 2)))
+        if d % H:
+            raise ValueError(f"{source}: hidden_size {d} is not a multiple of num_attention_heads {H}")
         self.eps = config.get("layer_norm_eps", 1e-12)
         self.act = activation(config.get("hidden_act", "gelu"))
         self.emb = {n: w(f"embeddings.{n}") for n in ("word_embeddings.weight", "position_embeddings.weight",
                                                        "token_type_embeddings.weight", "LayerNorm.weight",
                                                        "LayerNorm.bias")}
         self.blocks = []
-        for i in range(config["num_hidden_layers"]):
+        for i in range(n_layers):
             p = f"encoder.layer.{i}."
-            mha = MultiHeadAttention(d, H, dtype=dtype)
+            mha = MultiHeadAttention(d, H, dtype=dtype, init=False)
             mha.w_q, mha.b_q = w(p + "attention.self.query.weight"), w(p + "attention.self.query.bias")
             mha.w_k, mha.b_k = w(p + "attention.self.key.weight"), w(p + "attention.self.key.bias")
             mha.w_v, mha.b_v = w(p + "attention.self.value.weight"), w(p + "attention.self.value.bias")
@@ -100,6 +109,22 @@ class BertEncoder(Transformer):
             out.append(pool(h, lengths))
         emb = np.concatenate(out) if out else np.zeros((0, self.attn[0].d_model), np.float32)
         return emb[0] if single else emb
+
+
+def expected_shapes(d: int, n_layers: int, inner: int, vocab: int, positions: int, types: int) -> dict:
+    """Every tensor a BERT encoder reads, with its shape from the config (PyTorch Linear layout (out, in))."""
+    shapes = {"embeddings.word_embeddings.weight": (vocab, d), "embeddings.position_embeddings.weight": (positions, d),
+              "embeddings.token_type_embeddings.weight": (types, d), "embeddings.LayerNorm.weight": (d,),
+              "embeddings.LayerNorm.bias": (d,)}
+    for i in range(n_layers):
+        p = f"encoder.layer.{i}."
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            shapes[p + name + ".weight"], shapes[p + name + ".bias"] = (d, d), (d,)
+        shapes.update({p + "intermediate.dense.weight": (inner, d), p + "intermediate.dense.bias": (inner,),
+                       p + "output.dense.weight": (d, inner), p + "output.dense.bias": (d,)})
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[p + name + ".weight"], shapes[p + name + ".bias"] = (d,), (d,)
+    return shapes
 
 
 def pool(hidden, lengths) -> np.ndarray:

@@ -17,10 +17,13 @@ The file is read with the ``gguf`` package (llama.cpp's own reader, pure Python 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ._checkpoint import check_shapes
 
 INSTALL = "pip install 'attnlab[models]' (or pip install gguf)"
 
@@ -116,21 +119,33 @@ class GGUFModel:
         missing = [k for k in need if k not in m]
         if missing:
             raise ValueError(f"{self.path} lacks the metadata {missing}")
-        d, H = int(m["llama.embedding_length"]), int(m["llama.attention.head_count"])
+
+        def number(key, default=None, kind=int):
+            """Metadata ``key`` as ``kind``; a string, an array, a bool or a non-finite value is a ValueError naming
+            the file and the key."""
+            value = m.get(key, default)
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and \
+                math.isfinite(value)
+            if not ok or (kind is int and float(value) != int(value)):
+                raise ValueError(f"{self.path}: metadata {key!r} must be {'an integer' if kind is int else 'a number'}"
+                                 f", got {str(value)[:60]!r}")
+            return kind(value)
+
+        d, H = number("llama.embedding_length"), number("llama.attention.head_count")
         names = {t.name for t in self.reader.tensors}
-        vocab = m.get("llama.vocab_size") or len(self.array("tokenizer.ggml.tokens"))
+        vocab = number("llama.vocab_size") if "llama.vocab_size" in m else len(self.array("tokenizer.ggml.tokens"))
         return {
             "model_type": "llama",
             "hidden_size": d,
             "num_attention_heads": H,
-            "num_key_value_heads": int(m.get("llama.attention.head_count_kv", H)),
-            "head_dim": int(m.get("llama.rope.dimension_count", d // H)),
-            "num_hidden_layers": int(m["llama.block_count"]),
-            "intermediate_size": int(m["llama.feed_forward_length"]),
-            "rms_norm_eps": float(m.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-            "rope_theta": float(m.get("llama.rope.freq_base", 10000.0)),
-            "max_position_embeddings": int(m.get("llama.context_length", 2048)),
-            "vocab_size": int(vocab),
+            "num_key_value_heads": number("llama.attention.head_count_kv", H),
+            "head_dim": number("llama.rope.dimension_count", d // H if H > 0 else 0),
+            "num_hidden_layers": number("llama.block_count"),
+            "intermediate_size": number("llama.feed_forward_length"),
+            "rms_norm_eps": number("llama.attention.layer_norm_rms_epsilon", 1e-5, float),
+            "rope_theta": number("llama.rope.freq_base", 10000.0, float),
+            "max_position_embeddings": number("llama.context_length", 2048),
+            "vocab_size": vocab,
             "tie_word_embeddings": "output.weight" not in names,
             "hidden_act": "silu",
             "bos_token_id": m.get("tokenizer.ggml.bos_token_id"),
@@ -167,6 +182,26 @@ class GGUFWeights:
 
     def __contains__(self, name: str) -> bool:
         return self._gguf_name(name) in self._tensors
+
+    @property
+    def config_source(self) -> str:
+        """Where the config the loader checks comes from: the file's metadata."""
+        return f"{self.model.path} (metadata)"
+
+    def shape(self, name: str) -> tuple | None:
+        """The tensor's shape as ``__call__`` returns it, (rows, cols), read from the file's tensor list (GGUF lists
+        dims innermost first); None when the file has no such tensor."""
+        return self._shape(self._gguf_name(name))
+
+    def _shape(self, gname: str) -> tuple | None:
+        if gname not in self._tensors:
+            return None
+        return tuple(int(n) for n in reversed(list(self._tensors[gname].shape)))
+
+    def check(self, expected: dict) -> None:
+        """Every expected tensor (Hugging Face name -> shape) against the file, before any is dequantized; problems
+        are named by the file's own (llama.cpp) tensor names."""
+        check_shapes(self.model.path, self._shape, {self._gguf_name(n): s for n, s in expected.items()})
 
     def __call__(self, name: str, transpose: bool = False) -> np.ndarray:
         gname = self._gguf_name(name)

@@ -14,7 +14,7 @@ import numpy as np
 from ..layers import MultiHeadAttention
 from ._base import Decoder
 from ._blocks import activation, layer_norm, linear
-from ._checkpoint import Weights
+from ._checkpoint import Weights, config_int
 
 
 class GPT2(Decoder):
@@ -25,7 +25,15 @@ class GPT2(Decoder):
         if config.get("add_cross_attention"):
             raise ValueError("GPT-2 with cross-attention is not supported")
         w = Weights(folder, ("transformer.",), dtype)
-        d, H = config["n_embd"], config["n_head"]
+        source = folder / "config.json"
+        d, H = config_int(config, "n_embd", source), config_int(config, "n_head", source)
+        n_layers = config_int(config, "n_layer", source)
+        if d % H:
+            raise ValueError(f"{source}: n_embd {d} is not a multiple of n_head {H}")
+        vocab = config_int(config, "vocab_size", source, (w.shape("wte.weight") or (1,))[0])
+        untied = "lm_head.weight" in w and not config.get("tie_word_embeddings", True)
+        w.check(expected_shapes(d, n_layers, config_int(config, "n_inner", source, 4 * d), vocab,
+                                config_int(config, "n_positions", source, 1024), untied))
         self.eps = config.get("layer_norm_epsilon", 1e-5)
         self.act = activation(config.get("activation_function", "gelu_new"))
         self.wte, self.wpe = w("wte.weight"), w("wpe.weight")
@@ -33,9 +41,9 @@ class GPT2(Decoder):
         self.lm_head = w("lm_head.weight") if "lm_head.weight" in w and not config.get(
             "tie_word_embeddings", True) else self.wte
         self.blocks = []
-        for i in range(config["n_layer"]):
+        for i in range(n_layers):
             p = f"h.{i}."
-            mha = MultiHeadAttention(d, H, dtype=dtype)
+            mha = MultiHeadAttention(d, H, dtype=dtype, init=False)
             qkv, b = w(p + "attn.c_attn.weight", transpose=True), w(p + "attn.c_attn.bias")   # (3d, d), (3d,)
             mha.w_q, mha.w_k, mha.w_v = qkv[:d], qkv[d: 2 * d], qkv[2 * d:]
             mha.b_q, mha.b_k, mha.b_v = b[:d], b[d: 2 * d], b[2 * d:]
@@ -71,3 +79,19 @@ class GPT2(Decoder):
 
     def _lm_head(self, h):
         return h @ self.lm_head.T
+
+
+def expected_shapes(d: int, n_layers: int, inner: int, vocab: int, positions: int, untied: bool) -> dict:
+    """Every tensor GPT-2 reads, with its shape from the config (Conv1D layout (in, out), as stored)."""
+    shapes = {"wte.weight": (vocab, d), "wpe.weight": (positions, d), "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    if untied:
+        shapes["lm_head.weight"] = (vocab, d)
+    for i in range(n_layers):
+        p = f"h.{i}."
+        shapes.update({p + "attn.c_attn.weight": (d, 3 * d), p + "attn.c_attn.bias": (3 * d,),
+                       p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
+                       p + "mlp.c_fc.weight": (d, inner), p + "mlp.c_fc.bias": (inner,),
+                       p + "mlp.c_proj.weight": (inner, d), p + "mlp.c_proj.bias": (d,)})
+        for name in ("ln_1", "ln_2"):
+            shapes[p + name + ".weight"], shapes[p + name + ".bias"] = (d,), (d,)
+    return shapes

@@ -18,7 +18,7 @@ from .. import masks
 from ..layers import KVCache, MultiHeadAttention
 from ._base import Decoder
 from ._blocks import activation, linear, rms_norm
-from ._checkpoint import Weights
+from ._checkpoint import Weights, config_int
 
 
 def rope_theta(config: dict) -> float:
@@ -31,26 +31,53 @@ def rope_theta(config: dict) -> float:
     return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
 
 
+def expected_shapes(d: int, H: int, G: int, Dh: int, n_layers: int, inner: int, vocab: int, tied: bool,
+                    bias: bool) -> dict:
+    """Every tensor a Llama reads, with its shape from the config (PyTorch Linear layout (out, in))."""
+    shapes = {"embed_tokens.weight": (vocab, d), "norm.weight": (d,)}
+    if not tied:
+        shapes["lm_head.weight"] = (vocab, d)
+    for i in range(n_layers):
+        p = f"layers.{i}."
+        rows = {"q": H * Dh, "k": G * Dh, "v": G * Dh, "o": d}
+        for x, n in rows.items():
+            shapes[f"{p}self_attn.{x}_proj.weight"] = (n, d) if x != "o" else (d, H * Dh)
+            if bias:
+                shapes[f"{p}self_attn.{x}_proj.bias"] = (n,)
+        shapes.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+                       p + "mlp.gate_proj.weight": (inner, d), p + "mlp.up_proj.weight": (inner, d),
+                       p + "mlp.down_proj.weight": (d, inner)})
+    return shapes
+
+
 class Llama(Decoder):
     family = "llama"
 
     def __init__(self, folder: Path, config: dict, name: str, dtype=np.float32):
         super().__init__(folder, config, name, config.get("max_position_embeddings", 2048))
         w = self._weights(folder, dtype)
-        d, H = config["hidden_size"], config["num_attention_heads"]
-        G = config.get("num_key_value_heads") or H
-        head_dim = config.get("head_dim") or d // H
+        source = getattr(w, "config_source", folder / "config.json")
+        d, H = config_int(config, "hidden_size", source), config_int(config, "num_attention_heads", source)
+        G = config_int(config, "num_key_value_heads", source, H)
+        head_dim = config_int(config, "head_dim", source, d // H if d % H == 0 else None)
+        n_layers = config_int(config, "num_hidden_layers", source)
+        if H % G:
+            raise ValueError(f"{source}: num_attention_heads {H} is not a multiple of num_key_value_heads {G}")
+        tied = bool(config.get("tie_word_embeddings", False))
+        bias = bool(config.get("attention_bias", False))
+        vocab = config_int(config, "vocab_size", source, (w.shape("embed_tokens.weight") or (1,))[0])
+        w.check(expected_shapes(d, H, G, head_dim, n_layers, config_int(config, "intermediate_size", source), vocab,
+                                tied, bias))
         self.eps = config.get("rms_norm_eps", 1e-6)
         self.act = activation(config.get("hidden_act", "silu"))
         self.embed = w("embed_tokens.weight")
         self.norm = w("norm.weight")
-        self.lm_head = self.embed if config.get("tie_word_embeddings", False) else w("lm_head.weight")
-        bias = bool(config.get("attention_bias", False))
+        self.lm_head = self.embed if tied else w("lm_head.weight")
         self.blocks = []
-        for i in range(config["num_hidden_layers"]):
+        for i in range(n_layers):
             p = f"layers.{i}."
             mha = MultiHeadAttention(d, H, G, bias=bias, head_dim=head_dim, rope_base=rope_theta(config),
-                                     dtype=dtype)
+                                     dtype=dtype, init=False)
             for x in "qkvo":
                 setattr(mha, f"w_{x}", w(f"{p}self_attn.{x}_proj.weight"))
                 if bias:

@@ -19,7 +19,6 @@ The weights come from CTranslate2's ``model.bin`` (``attnlab.models.ctranslate2`
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from ..layers import KVCache, MultiHeadAttention
 from ..record import Recorder
 from . import audio
 from ._blocks import gelu, layer_norm, linear, one_row_steps
+from ._checkpoint import check_shapes, read_json
 from .ctranslate2 import read_model_bin
 
 EPS = 1e-5
@@ -83,6 +83,57 @@ class Transcript:
     meta: dict = field(default_factory=dict)
 
 
+def layer_count(m, side: str) -> int:
+    """Blocks of the encoder or decoder: the layer_N prefixes of ``side``'s feed-forward weights."""
+    return sum(1 for k in m.variables if k.startswith(f"{side}/layer_") and k.endswith("ffn/linear_0/weight"))
+
+
+def expected_shapes(d: int, inner: int, n_enc: int, n_dec: int, vocab: int, n_mels: int) -> dict:
+    """Every variable Whisper reads from a CTranslate2 WhisperSpec, with its shape (Linear layout (out, in))."""
+    norm = lambda p: {f"{p}/gamma": (d,), f"{p}/beta": (d,)}
+    linear = lambda p, rows, cols: {f"{p}/weight": (rows, cols), f"{p}/bias": (rows,)}
+    shapes = {"encoder/conv1/weight": (d, n_mels, 3), "encoder/conv1/bias": (d,), "encoder/conv2/weight": (d, d, 3),
+              "encoder/conv2/bias": (d,), **norm("encoder/layer_norm"), **norm("decoder/layer_norm"),
+              "decoder/embeddings/weight": (vocab, d)}
+    for side, n in (("encoder", n_enc), ("decoder", n_dec)):
+        for i in range(n):
+            p = f"{side}/layer_{i}"
+            shapes.update({f"{p}/self_attention/linear_0/weight": (3 * d, d),
+                           f"{p}/self_attention/linear_0/bias": (3 * d,),
+                           **linear(f"{p}/self_attention/linear_1", d, d), **norm(f"{p}/self_attention/layer_norm"),
+                           **linear(f"{p}/ffn/linear_0", inner, d), **linear(f"{p}/ffn/linear_1", d, inner),
+                           **norm(f"{p}/ffn/layer_norm")})
+            if side == "decoder":
+                shapes.update({**linear(f"{p}/attention/linear_0", d, d), **linear(f"{p}/attention/linear_1", 2 * d, d),
+                               **linear(f"{p}/attention/linear_2", d, d), **norm(f"{p}/attention/layer_norm")})
+    return shapes
+
+
+def check_whisper(m, source) -> None:
+    """The model.bin's variables against the shapes Whisper reads (d from the encoder's position table, the
+    feed-forward width and vocabulary from their first tensors, 80 mel bins), before anything is built: a missing
+    variable or a wrong shape is one ValueError naming the file and the variable."""
+    shape = lambda name: tuple(m.variables[name].shape) if name in m.variables else None
+    for name in ("encoder/num_heads", "encoder/position_encodings/encodings", "decoder/position_encodings/encodings"):
+        if name not in m.variables:
+            raise ValueError(f"{source}: variable {name!r} is missing (not a complete Whisper model)")
+    heads = np.asarray(m.variables["encoder/num_heads"])
+    pos, dec_pos = shape("encoder/position_encodings/encodings"), shape("decoder/position_encodings/encodings")
+    if heads.size != 1 or len(pos) != 2 or len(dec_pos) != 2 or min(pos + dec_pos) < 1:
+        raise ValueError(f"{source}: encoder/num_heads must be one number and the position tables 2-D, got "
+                         f"{heads.shape}, {pos} and {dec_pos}")
+    d, H = pos[1], int(heads.reshape(()))
+    if H < 1 or d % H:
+        raise ValueError(f"{source}: encoder/num_heads = {H} does not divide the model width {d}")
+    if dec_pos[1] != d:
+        raise ValueError(f"{source}: variable 'decoder/position_encodings/encodings' has shape {dec_pos}, expected "
+                         f"({dec_pos[0]}, {d})")
+    inner = (shape("encoder/layer_0/ffn/linear_0/weight") or (4 * d,))[0]
+    vocab = (shape("decoder/embeddings/weight") or (1,))[0]
+    check_shapes(source, shape, expected_shapes(d, inner, max(layer_count(m, "encoder"), 1),
+                                                max(layer_count(m, "decoder"), 1), vocab, audio.N_MELS))
+
+
 class Whisper:
     """A Whisper model in NumPy on attnlab.MultiHeadAttention (see the module docstring)."""
 
@@ -93,11 +144,22 @@ class Whisper:
         from tokenizers import Tokenizer
 
         self.name, self.folder, self.dtype = name, folder, np.dtype(dtype)
-        m = read_model_bin(bins if len(bins) > 1 else bins[0])
+        source = bins[0] if len(bins) == 1 else f"{bins[0]} (+ {len(bins) - 1} part(s))"
+        try:
+            m = read_model_bin(bins if len(bins) > 1 else bins[0])
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
         if m.spec != "WhisperSpec":
             raise ValueError(f"{bins[0]} holds a {m.spec!r}, not a WhisperSpec")
-        self.ct2_config = json.loads((folder / "config.json").read_text())
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        check_whisper(m, source)                       # every shape, before a layer is built
+        self.ct2_config = read_json(folder / "config.json", "CTranslate2's Whisper config")
+        if not isinstance(self.ct2_config, dict):
+            raise ValueError(f"{folder / 'config.json'} must hold a JSON object")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as err:                # the Rust library raises a bare Exception on a malformed file
+            raise ValueError(f"{folder / 'tokenizer.json'} is not a valid tokenizer.json: "
+                             f"{' '.join(str(err).split())[:200]}") from None
         w = lambda n: m(n).astype(self.dtype)
         self.H = m.scalar("encoder/num_heads")
         self.conv1 = (w("encoder/conv1/weight"), w("encoder/conv1/bias"))
@@ -108,8 +170,7 @@ class Whisper:
         self.dec_norm = (w("decoder/layer_norm/gamma"), w("decoder/layer_norm/beta"))
         self.embed = w("decoder/embeddings/weight")                                   # (vocab, d)
         self.dec_pos = w("decoder/position_encodings/encodings")                      # (448, d)
-        n_enc = sum(1 for k in m.variables if k.startswith("encoder/layer_") and k.endswith("ffn/linear_0/weight"))
-        n_dec = sum(1 for k in m.variables if k.startswith("decoder/layer_") and k.endswith("ffn/linear_0/weight"))
+        n_enc, n_dec = layer_count(m, "encoder"), layer_count(m, "decoder")
         self.encoder = [self._layer(w, f"encoder/layer_{i}", cross=False) for i in range(n_enc)]
         self.decoder = [self._layer(w, f"decoder/layer_{i}", cross=True) for i in range(n_dec)]
         vocab = self.tokenizer.get_vocab(with_added_tokens=True)
@@ -122,7 +183,7 @@ class Whisper:
 
     # --- weights onto attnlab layers --------------------------------------------------------------------------
     def _mha(self, w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o):
-        mha = MultiHeadAttention(self.d, self.H, dtype=self.dtype, seed=0)
+        mha = MultiHeadAttention(self.d, self.H, dtype=self.dtype, init=False)
         mha.w_q, mha.b_q, mha.w_k, mha.b_k, mha.w_v, mha.b_v, mha.w_o, mha.b_o = \
             w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o
         return mha

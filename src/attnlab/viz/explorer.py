@@ -25,9 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import http.server
 import json
-import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,6 +34,8 @@ import numpy as np
 
 from .. import masks as masks_mod
 from .._array import as_array, default_scale, to_numpy
+from ..budget import check as check_budget
+from ..checks import non_negative_int, positive_int, real
 from ..scores import scaled_dot
 from ..softmax import softmax
 
@@ -90,9 +90,7 @@ class ExplorerData:
             raise ValueError(f"keys have dim {self.keys.shape[-1]} but queries have {self.queries.shape[-1]}")
         if self.scale is None and self.queries is not None:
             self.scale = default_scale(self.queries.shape[-1])
-        if self.scale is not None and not np.isfinite(float(self.scale)):
-            raise ValueError(f"scale must be a finite number, got {self.scale!r}")
-        self.scale = None if self.scale is None else float(self.scale)
+        self.scale = real(self.scale, "scale", allow_none=True)
         self.title = str(self.title)
         self.layer_names = _texts(self.layer_names, n_layers, "layer_names") if self.layer_names is not None \
             else [f"layer {i}" for i in range(n_layers)]
@@ -112,10 +110,12 @@ class ExplorerData:
         q, k, v = (to_numpy(as_array(x, name)) for x, name in ((q, "q"), (k, "k"), (v, "v")))
         if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
             raise ValueError(f"q, k, v must be at least 2-D (positions, dim), got {q.shape}, {k.shape}, {v.shape}")
-        scale = default_scale(q.shape[-1]) if scale is None else float(scale)
+        if q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"keys have dim {k.shape[-1]} but queries have {q.shape[-1]} (q {q.shape}, k {k.shape})")
+        scale = default_scale(q.shape[-1]) if scale is None else real(scale, "scale")
         return cls(tokens=tokens, scores=scaled_dot(q, k, scale), base_mask=base_mask, queries=q, keys=k,
                    values=v, scale=scale, title=title, layer_names=layer_names, head_names=head_names,
-                   meta=dict(meta or {}), k_tokens=k_tokens)
+                   meta={} if meta is None else meta, k_tokens=k_tokens)
 
     @classmethod
     def from_parts(cls, parts, *, title=None):
@@ -285,6 +285,12 @@ def explorer_html(data: ExplorerData) -> str:
     return head + data.to_json() + tail
 
 
+def page_bytes(data: ExplorerData) -> int:
+    """An estimate of what ``explorer_html(data)`` allocates: PAGE_BYTES_PER_VALUE per number it embeds."""
+    values = data.scores.size + sum(0 if x is None else x.size for x in (data.queries, data.keys, data.values))
+    return PAGE_BYTES_PER_VALUE * values
+
+
 def write_explorer(data: ExplorerData, path) -> Path:
     """Write the explorer page to ``path`` (UTF-8) and return the path."""
     path = Path(path)
@@ -292,38 +298,30 @@ def write_explorer(data: ExplorerData, path) -> Path:
     return path
 
 
-def serve(path_or_html, port: int = 8000, host: str = "127.0.0.1", *, block: bool = True):
-    """Serve one page at ``http://host:port/`` (``port=0`` picks a free port).
+def serve(path_or_html, port: int = 8000, host: str = "127.0.0.1", *, block: bool = True,
+          idle_timeout: float = 10.0, max_connections: int = 64):
+    """Serve one page at ``http://host:port/`` (``port=0`` picks a free port) on 127.0.0.1.
 
     ``path_or_html``: a path to an HTML file, or the page itself (a string starting with "<"). With
     ``block=True`` this serves until Ctrl-C; with ``block=False`` it returns the running server (its
     ``server_address`` holds the port; call ``shutdown()`` and ``server_close()`` to stop it).
+
+    It runs on the live explorer's bounded server (``attnlab.app.server.BoundedServer``): a fixed pool of
+    threads, a connection idle for ``idle_timeout`` seconds is closed, at most ``max_connections`` are open,
+    only loopback addresses are bound. A port in use raises OSError (errno EADDRINUSE) before anything is served.
     """
+    from ..app.server import BoundedServer, Reply
+
     page = _page_bytes(path_or_html)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path.split("?")[0] not in ("/", "/index.html"):
-                self.send_error(404, "only / is served")
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *args):   # quiet: the CLI prints the address once
-            pass
-
-    server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
+    reply = lambda query: Reply(page, "text/html; charset=utf-8")                    # noqa: E731
+    server = BoundedServer({("GET", "/"): reply, ("GET", "/index.html"): reply}, host, port, workers=2,
+                           max_connections=max_connections, idle_timeout=idle_timeout, request_timeout=idle_timeout)
     if not block:
-        threading.Thread(target=server.serve_forever, name="attnlab-explorer", daemon=True).start()
-        return server
+        return server.start()
     try:
         server.serve_forever()
     finally:
-        server.server_close()
+        server.shutdown()
     return server
 
 
@@ -342,6 +340,12 @@ def _page_bytes(path_or_html) -> bytes:
 DEMO_TEXT = "the cat sat on the mat because it was tired and the dog next door barked at it"
 
 
+DEMO_BYTES_PER_PAIR = 128   # bytes demo_data allocates per (query, key) pair: 8 heads of float64 scores and their
+                            # float32 copy (tracemalloc: 118 at n = 512)
+PAGE_BYTES_PER_VALUE = 24   # bytes explorer_html allocates per float it embeds: base64 text, JSON, escapes, the
+                            # page (tracemalloc: 18-21 per score at n = 256-512)
+
+
 def demo_data(n_tokens: int | None = None, seed: int = 0) -> ExplorerData:
     """Seeded toy vectors, 2 layers x 4 heads, built so that layer 0's heads do recognisable things.
 
@@ -353,9 +357,10 @@ def demo_data(n_tokens: int | None = None, seed: int = 0) -> ExplorerData:
     (2, 4, 18, 18)
     """
     words = DEMO_TEXT.split()
-    n = len(words) if n_tokens is None else int(n_tokens)
-    if n < 1:
-        raise ValueError(f"n_tokens must be a positive integer, got {n_tokens!r}")
+    n = len(words) if n_tokens is None else positive_int(n_tokens, "n_tokens")
+    seed = non_negative_int(seed, "seed")
+    check_budget(DEMO_BYTES_PER_PAIR * n * n, f"the explorer demo at {n} tokens (2 layers x 4 heads of {n} x {n} "
+                 f"scores)", instead="use fewer tokens")
     tokens = [words[i % len(words)] for i in range(n)]
     rng = np.random.default_rng(seed)
     D, Dv, sharp = 32, 4, 6.0 * np.sqrt(32)      # sharp: a matching pair scores about 6 after 1/sqrt(D)
