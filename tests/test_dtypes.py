@@ -96,3 +96,33 @@ def test_plan_counts_float32_bytes_for_half_inputs():
     half = attnlab.plan((1, 1, 256, 64), (1, 1, 256, 64), dtype="float16", impl="reference")
     full = attnlab.plan((1, 1, 256, 64), (1, 1, 256, 64), dtype="float32", impl="reference")
     assert half.reference_bytes == full.reference_bytes
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", torch.bfloat16, torch.float16])
+def test_plan_takes_every_half_dtype_and_counts_float32_accumulation(dtype):
+    """Before: plan(dtype="bfloat16") raised (np.dtype). The oracle: the plan decided on real torch tensors of
+    that dtype (the planner's own path for them) and the float32 plan's bytes (the reference upcasts)."""
+    from attnlab import planner
+    from attnlab._inputs import prepare
+
+    shape, big = (1, 2, 256, 64), (1, 8, 2048, 64)
+    half = attnlab.plan(shape, shape, dtype=dtype, numpy=False, mask=masks.causal())
+    tensors = [torch.zeros(shape, dtype=dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype))] * 3
+    real = planner.decide(prepare(*tensors, "test"), masks.causal(), numpy=False)
+    full = attnlab.plan(shape, shape, dtype="float32", numpy=False, mask=masks.causal())
+    double = attnlab.plan(shape, shape, dtype="float64", numpy=False, mask=masks.causal())
+    name = str(dtype).split(".")[-1]
+    assert (half.impl, half.dtype, half.reference_bytes) == (real.impl, real.dtype, real.reference_bytes)
+    assert half.dtype == name and half.reference_bytes == full.reference_bytes == double.reference_bytes // 2
+    assert half.reference_bytes == 4 * 256 * 256 * 2 * 4          # REFERENCE_LIVE with a mask x scores x 4 bytes
+    assert f"supports float32 and float64, not {name}" in attnlab.plan(shape, shape, dtype=dtype, impl="tiled").reason
+    # a budget that 2-byte scores would fit but float32 accumulation does not: no path for non-NumPy inputs
+    need = attnlab.plan(big, big, dtype="float32", numpy=False).reference_bytes
+    assert attnlab.plan(big, big, dtype=dtype, numpy=False, budget=need - 1).impl is None
+    assert attnlab.plan(big, big, dtype=dtype, numpy=False, budget=need).impl == "reference"
+
+
+def test_plan_rejects_a_dtype_that_is_not_floating():
+    for bad in ("int32", "complex64", "nonsense", torch.int8):
+        with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+            attnlab.plan((1, 4, 2), (1, 4, 2), dtype=bad)

@@ -1,4 +1,6 @@
-"""docs/notes: every ```python block runs (in order, one namespace per note); printed results keep their shape.
+"""docs/notes and docs/integrations: every ```python block runs (in order, one namespace per page); printed results
+keep their shape. Every .md in docs/integrations is picked up (one page per integration), docs/notes/README.md is
+the notes' index.
 
 A ```text block after a ```python block is what that block printed on the development machine; one after a line
 "Printed by the snippets above" is what all blocks so far printed. Numbers may differ between machines (timings,
@@ -13,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
-NOTES = Path(__file__).resolve().parents[1] / "docs" / "notes"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+NOTES = DOCS / "notes"
+INTEGRATIONS = DOCS / "integrations"
+PAGES = sorted(p.relative_to(DOCS).as_posix() for p in [*NOTES.glob("*.md"), *INTEGRATIONS.glob("*.md")]
+               if p.name != "README.md")
 BLOCK = re.compile(r"```(python|text)\n(.*?)```", re.S)
 NUMBER = re.compile(r"[-+]?(\d+(,\d{3})*(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 
@@ -30,9 +36,13 @@ def test_every_note_is_there():
     assert all(name in index for name in names - {"README.md"})
 
 
-@pytest.mark.parametrize("note", sorted(p.name for p in NOTES.glob("*.md") if p.name != "README.md"))
+def test_every_integration_page_is_there():
+    assert {"dtypes.md", "flex.md", "jax.md"} <= {p.name for p in INTEGRATIONS.glob("*.md")}
+
+
+@pytest.mark.parametrize("note", PAGES)
 def test_snippets_run_and_print_what_the_note_says(note):
-    text = (NOTES / note).read_text()
+    text = (DOCS / note).read_text()
     namespace, printed_so_far, last_end, last_output, checked = {}, "", None, None, 0
     blocks = list(BLOCK.finditer(text))
     assert any(m.group(1) == "python" for m in blocks), f"{note} has no runnable snippet"

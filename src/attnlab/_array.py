@@ -77,12 +77,29 @@ def to_numpy(x) -> np.ndarray:
 
 # --- dtypes: the one place that knows them ---------------------------------------------------------------------
 LOW_PRECISION = ("float16", "bfloat16")     # computed in float32, returned in the input dtype
+FLOAT_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}     # bytes per element, by name
 
 
 def dtype_name(dtype) -> str:
-    """A library-neutral dtype name: ``torch.bfloat16`` -> "bfloat16", ``np.dtype("float16")`` -> "float16".
-    Never builds a NumPy dtype, so it works for dtypes NumPy lacks."""
+    """A library-neutral dtype name: ``torch.bfloat16`` -> "bfloat16", ``np.dtype("float16")`` -> "float16", and
+    the same for a name ("f4" -> "float32") or a scalar type (``np.float32``, ``jnp.bfloat16``, ``float``).
+    Never needs NumPy to know the dtype, so it works for dtypes NumPy lacks."""
+    if isinstance(dtype, (str, type)):
+        try:
+            return np.dtype(dtype).name       # "f4", "double", np.float32, float; jnp/ml_dtypes scalar types
+        except TypeError:
+            return dtype if isinstance(dtype, str) else dtype.__name__
     return str(dtype).split(".")[-1]
+
+
+def float_dtype_name(dtype, name: str = "dtype") -> str:
+    """``dtype_name`` of a real floating dtype (float16, bfloat16, float32, float64); ValueError naming ``name``
+    for anything else."""
+    found = dtype_name(dtype)
+    if found not in FLOAT_ITEMSIZE:
+        raise ValueError(f"{name} must be a floating dtype ({', '.join(FLOAT_ITEMSIZE)}) of any library or its "
+                         f"name, got {dtype!r}")
+    return found
 
 
 def is_low_precision(x) -> bool:
@@ -109,9 +126,18 @@ def itemsize(xp, x) -> int:
     return info.bits // 8
 
 
-def accumulation_itemsize(xp, x) -> int:
-    """Bytes per element the reference path computes ``x`` in: 4 for float16/bfloat16 (``upcast``)."""
-    return 4 if is_low_precision(x) else itemsize(xp, x)
+def accumulation_itemsize(dtype) -> int:
+    """Bytes per element the reference path computes a floating ``dtype`` (any library's, or its name) in: 4 for
+    float16/bfloat16 (``upcast``), else the dtype's own size."""
+    found = float_dtype_name(dtype)
+    return FLOAT_ITEMSIZE["float32"] if found in LOW_PRECISION else FLOAT_ITEMSIZE[found]
+
+
+def known_all(xp, x) -> bool:
+    """True when every element of the boolean array ``x`` is True and that can be read now. False for a lazy
+    array (``array_api_compat.is_lazy_array``: every JAX array, since inside ``jax.jit`` its values do not exist
+    yet), so a caller that branches on it for speed takes the path that is right either way."""
+    return not array_api_compat.is_lazy_array(x) and bool(xp.all(x))
 
 
 def is_real_number(x) -> bool:

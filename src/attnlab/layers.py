@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import planner
-from ._array import as_array, namespace, require_floating, require_ndim, to_namespace, to_numpy
+from ._array import as_array, itemsize, namespace, require_floating, require_ndim, to_namespace, to_numpy
 from .api import attention_steps, scaled_dot_product_attention
 from .budget import check as check_budget
 from .checks import flag, non_negative_int, positive_int, real
@@ -109,8 +109,7 @@ def _grow(x, capacity):
 
 
 def _nbytes(x) -> int:
-    itemsize = x.element_size() if hasattr(x, "element_size") else np.dtype(str(x.dtype).split(".")[-1]).itemsize
-    return int(np.prod(x.shape)) * itemsize
+    return int(np.prod(x.shape)) * itemsize(namespace(x), x)     # any library's dtype, bfloat16 included
 
 
 @dataclass(frozen=True)

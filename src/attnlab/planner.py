@@ -33,7 +33,7 @@ import numpy as np
 from . import budget as budget_mod
 from . import cost
 from . import masks as masks_mod
-from ._array import accumulation_itemsize
+from ._array import LOW_PRECISION, accumulation_itemsize, dtype_name, float_dtype_name
 from ._inputs import Prepared, prepare
 from .budget import MemoryBudgetError  # noqa: F401  (raised by Plan.require; its home is attnlab.budget)
 from .checks import choice, flag
@@ -149,6 +149,8 @@ def plan(q_shape, k_shape, v_shape=None, *, mask=None, dtype="float32", impl: st
 
     ``mask``: None, an ``attnlab.masks.Mask`` or a boolean array (for tile counts of Mask objects).
     ``numpy=False`` plans for PyTorch or other array-API inputs, which only the reference path accepts.
+    ``dtype``: any library's floating dtype or its name ("bfloat16", ``torch.float16``, ``np.float32``);
+    float16/bfloat16 are planned with float32's bytes, the dtype the reference computes them in.
     ``backward=True`` plans the gradients instead: the readable ``attention_backward`` ("reference", whole
     score-sized matrices) or the tiled ``flash_attention_backward`` ("tiled"), with the backward's own tiles,
     threads and memory (``attnlab.kernel.backward``).
@@ -156,21 +158,20 @@ def plan(q_shape, k_shape, v_shape=None, *, mask=None, dtype="float32", impl: st
     >>> print(plan((1, 8, 4096, 64), (1, 8, 4096, 64), mask=masks_mod.causal(), backward=True).tiles)
     1024 tiles: 576 computed (448 full, 128 partial), 448 empty skipped
     """
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be a NumPy dtype or its name such as 'float32', got {str(dtype)[:60]!r}") from None
+    dtype = float_dtype_name(dtype)     # any library's dtype or its name: "bfloat16", torch.float16, np.float32
+    stand_in = np.dtype("float32" if dtype in LOW_PRECISION else dtype)     # NumPy has no bfloat16; only shapes count
     shapes = [_shape(s, name) for s, name in ((q_shape, "q_shape"), (k_shape, "k_shape"),
                                               (k_shape if v_shape is None else v_shape, "v_shape"))]
-    arrays = [np.lib.stride_tricks.as_strided(np.zeros(1, dtype), s, (0,) * len(s)) for s in shapes]
+    arrays = [np.lib.stride_tricks.as_strided(np.zeros(1, stand_in), s, (0,) * len(s)) for s in shapes]
     return decide(prepare(*arrays, "plan"), mask, impl=impl, return_weights=return_weights, numpy=numpy,
-                  threads=threads, block_q=block_q, block_k=block_k, budget=budget, backward=backward)
+                  threads=threads, block_q=block_q, block_k=block_k, budget=budget, backward=backward, dtype=dtype)
 
 
 def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, threads=None, block_q=None,
-           block_k=None, budget=None, count_tiles=True, backward=False) -> Plan:
+           block_k=None, budget=None, count_tiles=True, backward=False, dtype=None) -> Plan:
     """The plan for inputs prepared by ``attnlab._inputs.prepare`` (``count_tiles=False``: skip the tile
-    census; ``backward``: the plan of the gradients, see ``plan``)."""
+    census; ``backward``: the plan of the gradients, see ``plan``; ``dtype``: the inputs' dtype name when ``p``
+    holds stand-ins of another dtype, as ``plan`` does for bfloat16)."""
     choice(impl, "impl", IMPLS)
     return_weights, backward = flag(return_weights, "return_weights"), flag(backward, "backward")
     budget = budget_mod.limit() if budget is None else budget
@@ -178,7 +179,8 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
         raise ValueError(f"budget must be a positive number of bytes, got {budget!r}")
     threads = threads_of(threads)
     lay = layout(p)
-    itemsize = accumulation_itemsize(p.xp, p.q)     # the reference computes float16/bfloat16 in float32
+    dtype = dtype_name(p.q.dtype) if dtype is None else dtype
+    itemsize = accumulation_itemsize(dtype)     # the reference computes float16/bfloat16 in float32
     n_scores = math.prod(lay.scores_shape)
     if backward:
         bq, bk = kernel_backward.blocks(lay, block_q, block_k)
@@ -190,7 +192,7 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
         ref_bytes = cost.reference_scores_bytes(lay, itemsize, mask is not None)
         ref_peak = cost.reference_peak(lay, itemsize, mask is not None)
         tiled_bytes = cost.tiled_peak(lay, bq, bk, threads, itemsize, mask is not None)
-    blocker = _tiled_blocker(numpy, p.q.dtype)
+    blocker = _tiled_blocker(numpy, dtype)
     chosen, reason = _choose(impl, return_weights, blocker, ref_bytes, n_scores, budget)
     tiles = None
     if count_tiles and chosen == "tiled" and (mask is None or isinstance(mask, masks_mod.Mask)):
@@ -199,7 +201,7 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
         tiles = TileMaps(mask, lay, bq, bk).counts()
     used = kernel_backward.schedule(lay, bk, threads)[1] if backward else \
         schedule(lay, bq, bk, threads, decode_regime(lay, bq))[1]
-    return Plan(chosen, reason, lay.scores_shape, str(p.q.dtype), ref_bytes, tiled_bytes, budget, bq, bk, used,
+    return Plan(chosen, reason, lay.scores_shape, dtype, ref_bytes, tiled_bytes, budget, bq, bk, used,
                 lay.r, tiles, backward, ref_peak)
 
 

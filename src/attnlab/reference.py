@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._array import default_scale, downcast, upcast
+from ._array import default_scale, downcast, known_all, upcast
 from ._inputs import Prepared, group_heads, resolve_bias, resolve_mask, score_mod_indices, ungroup_heads
 from .scores import scaled_dot
 from .softmax import logsumexp, softmax
@@ -88,9 +88,10 @@ def attend(p: Prepared, scorer, mask=None, bias=None, score_mod=None, *, weights
 def weighted_sum(xp, weights, v):
     """weights @ v, where a non-finite value only reaches the rows that put a non-zero weight on it (BLAS turns
     0 * NaN into NaN; a 0 coefficient is a masked cell, which must not see the value). Any signed weights: the
-    backward multiplies by dS too."""
+    backward multiplies by dS too. The shortcut for all-finite values is taken only where that can be read
+    without evaluating a lazy array (``known_all``), so the function traces under ``jax.jit``."""
     finite = xp.isfinite(v)
-    if bool(xp.all(finite)):
+    if known_all(xp, finite):
         return xp.matmul(weights, v)
     clean = xp.where(finite, v, xp.zeros_like(v))
     out = xp.matmul(weights, clean)
