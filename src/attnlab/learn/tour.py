@@ -23,6 +23,7 @@ import numpy as np
 from .. import cost, masks
 from ..api import scaled_dot_product_attention
 from ..layers import KVCache, MultiHeadAttention
+from ..record import Recorder
 from .report import Report, plain_console
 
 TOKENS = ["the", "cat", "sat"]
@@ -140,16 +141,18 @@ def steps(report: Report, quick: bool) -> None:
     ex = worked_example(x @ w_q, x @ w_k, x @ w_v)
     report.say("The query of each token is compared with every key (dot products), scaled by 1/sqrt(d), turned "
                "into weights by a softmax along the row, and the weights mix the values.")
-    shown = {"dot products", "scale", "weights", "weighted sum"}
+    shown = {"dot products", "scale", "exponentials", "normalisation", "weights", "weighted sum"}
+    step = {s.name: s.value for s in ex.steps}
     for s in ex.steps:
         if s.name in shown:
-            cols = TOKENS if s.value.shape[-1] == 3 else ["d0", "d1"]
-            report.matrix(f"{s.name}: {s.formula}", s.value, TOKENS, cols, heat=s.name == "weights")
+            value = s.value.reshape(-1, 1) if s.value.ndim == 1 else s.value               # Z: one per row
+            cols = TOKENS if value.shape[-1] == 3 else ["Z"] if value.shape[-1] == 1 else ["d0", "d1"]
+            report.matrix(f"{s.name}: {s.formula}", value, TOKENS, cols, heat=s.name == "weights")
     report.say(ex.check + ". Each row of weights sums to 1; attention is soft: every key gets some weight.")
     viz = _viz(report)
     if viz:
-        report.figure("03-weights.png", lambda: viz.heatmap(ex.weights, TOKENS, TOKENS,
-                                                             title="softmax(Q K^T / sqrt(d))"))
+        report.figure("03-weights.png", lambda: viz.softmax_steps(step["exponentials"], step["normalisation"],
+                                                                   ex.weights, TOKENS, TOKENS))
     report.next("attnlab explain --random --seed 3   or   attnlab.scaled_dot_product_attention(q, k, v, "
                 "return_weights=True)")
 
@@ -183,7 +186,9 @@ def kinds(report: Report, quick: bool) -> None:
     source = rng.standard_normal((7, 8)).astype(np.float32)                       # (Lk=7, d_model) encoder output
     _, w_self = layer(x, return_weights=True)                                     # (H, 5, 5)
     _, w_cross = layer(x, context=source, return_weights=True)                    # (H, 5, 7)
-    y_causal, w_causal = layer(x, mask=masks.causal(), return_weights=True)       # (H, 5, 5)
+    recorder = Recorder(fields=("q", "k", "v", "weights"))                        # head 0: the figure
+    y_causal, w_causal = layer(x, mask=masks.causal(), return_weights=True, recorder=recorder,
+                               kind="causal")                                    # (H, 5, 5)
     changed = x.copy()
     changed[3:] += 10.0                                                            # rewrite the "future"
     y_changed = layer(changed, mask=masks.causal())
@@ -200,7 +205,10 @@ def kinds(report: Report, quick: bool) -> None:
     report.matrix("causal weights, head 0", w_causal[0], heat=True)
     viz = _viz(report)
     if viz:
-        q, k, v = (rng.standard_normal((5, 4)) for _ in range(3))
+        rec = recorder.get(0, "causal")
+        q, k, v = (a.reshape(-1, *a.shape[-2:])[0] for a in (rec.q, rec.k, rec.v))  # (5, Dh) each, head 0
+        report.say("The figure redraws head 0 of this causal call from the q, k and v the layer computed: its "
+                   "weights panel is the matrix above.")
         report.figure("05-causal-effect.png", lambda: viz.causal_effect(q, k, v))
     report.next("layer(x)  |  layer(x, context=encoder_out)  |  layer(x, mask=attnlab.masks.causal())")
 
@@ -223,11 +231,11 @@ def mask_kinds(report: Report, quick: bool) -> None:
                f"{int((tiles == 1).sum())} partial.")
     viz = _viz(report)
     if viz:
-        report.figure("06-mask-causal.png", lambda: viz.mask_figure(masks.causal(), 8, 8, block=4))
-        report.figure("06-mask-window.png", lambda: viz.mask_figure(masks.sliding_window(2), 8, 8, block=4))
-        padding = masks.from_array(masks.padding([5]).to_array(8, 8)[0, 0])      # one batch row
-        report.figure("06-mask-padding.png", lambda: viz.mask_figure(padding, 8, 8))
-        report.figure("06-mask-kvcache.png", lambda: viz.mask_figure(masks.causal(), 4, 8))
+        # the masks drawn above, at the sizes drawn above (the causal and window ones with 3x3 tiles)
+        report.figure("06-mask-causal.png", lambda: viz.mask_figure(shown[0], 6, 6, block=3))
+        report.figure("06-mask-window.png", lambda: viz.mask_figure(shown[2], 6, 6, block=3))
+        report.figure("06-mask-padding.png", lambda: viz.mask_figure(shown[1], 6, 6))
+        report.figure("06-mask-kvcache.png", lambda: viz.mask_figure(masks.causal(), 3, 6))
     report.next("attnlab.masks.causal() & attnlab.masks.sliding_window(256);  mask.show(8, 8);  "
                 "mask.blocks(Lq, Lk, 64, 64)")
 
