@@ -602,12 +602,15 @@ def _decoder(report: Report) -> None:
                  ["layers", "mean weight on token 0", "heads above 0.5"],
                  [[f"{l0}-{l0 + 4}", f"{sinks[l0:l0 + 5].mean():.2f}", int((sinks[l0:l0 + 5] > 0.5).sum())]
                   for l0 in range(0, model.n_layers, 5)])
-    report.say("Every row of a causal head is zero above the diagonal (a query sees only earlier positions); "
-               "most heads of most layers park much of their weight on the first token, whatever it is: "
-               "attention sinks (Xiao et al. 2023), measured here on trained weights.")
+    above = float(np.triu(w, 1).max())                                           # weight on a future token
+    heavy = int((sinks > 0.5).sum())
+    deep = int(np.argmax(sinks.mean(axis=1)))
+    report.say(f"Above the diagonal every causal head's weight is at most {above:.1g} (a query sees only earlier "
+               f"positions). {heavy} of {sinks.size} heads put more than half their weight on the first token, "
+               f"whatever it is: attention sinks (Xiao et al. 2023), measured here on trained weights. The figure "
+               f"shows layer {deep}, the one with the most weight on token 0 (mean {sinks[deep].mean():.2f}).")
     viz = _viz(report)
     if viz:
-        deep = int(np.argmax(sinks.mean(axis=1)))
         report.figure("11-smollm-causal.png", lambda: viz.heads_grid(w[deep:deep + 1], tokens))
 
 
