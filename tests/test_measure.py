@@ -72,3 +72,17 @@ def test_peak_memory_leaves_outer_tracing_alone():
         tracemalloc.stop()
     peak_memory(lambda: None)
     assert not tracemalloc.is_tracing()
+
+
+def test_clock_is_the_one_given_cpu_time_ignores_sleeping():
+    """``clock`` replaces perf_counter: a fake clock gives exact runs; thread_time does not count a sleep (the time
+    other programs hold the core on a busy machine), perf_counter does."""
+    import itertools
+    import time
+
+    ticks = itertools.count(0.0, 0.25)
+    assert time_call(lambda: None, clock=lambda: next(ticks)).runs == (0.25,) * 5
+    cpu, wall = (time_call(lambda: time.sleep(0.01), clock=c).median_s for c in (time.thread_time, time.perf_counter))
+    assert cpu < 0.005 < 0.009 < wall
+    with pytest.raises(TypeError, match="clock must be a callable"):
+        time_calls(lambda: None, clock=3.0)

@@ -28,7 +28,9 @@ def test_every_section_in_the_study_guides_order(quick_tour):
     assert "[skipped]" not in text                               # everything is installed in the test env
     for needle in ("fixed vector", "checked: attnlab.scaled_dot_product_attention", "var(q.k)", "causal",
                    "Llama-2-70B", "tiled measured", "n = 8192 -> 16384", "all-MiniLM-L6-v2", "over_concentrated",
-                   "Kendall tau"):
+                   "Kendall tau", "Cross-attention on a trained encoder-decoder: Whisper tiny.en",
+                   "each word's time, read off the cross-attention", "11-whisper-cross.png",
+                   "Above the diagonal every causal head's weight is at most 0 "):
         assert needle in text, needle
     assert f"Report: {path.resolve()}" in text
 

@@ -53,17 +53,21 @@ class Timing:
         return (max(self.runs) - min(self.runs)) / self.median_s if self.median_s > 0 else 0.0
 
 
-def time_call(fn, *, repeat: int = 5, warmup: int = 1, before=None) -> Timing:
+def time_call(fn, *, repeat: int = 5, warmup: int = 1, before=None, clock=time.perf_counter) -> Timing:
     """Run ``fn()`` ``warmup`` times untimed, then ``repeat`` (>= 5) times timed; return the times.
-    ``before``: a callable run untimed before each timed run (``evict_caches``, say)."""
-    return time_calls(fn, repeat=repeat, warmup=warmup, before=before)[0]
+    ``before``: a callable run untimed before each timed run (``evict_caches``, say). ``clock``: wall time
+    (``time.perf_counter``, the default) or ``time.thread_time``, the CPU time of the calling thread, which on a
+    loaded machine does not count the time other programs held the core (single-threaded work only)."""
+    return time_calls(fn, repeat=repeat, warmup=warmup, before=before, clock=clock)[0]
 
 
-def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None) -> list[Timing]:
+def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None, clock=time.perf_counter) -> list[Timing]:
     """Like ``time_call`` for each of ``fns``, with the runs interleaved round by round."""
     for fn in fns + (() if before is None else (before,)):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if not callable(clock):
+        raise TypeError(f"clock must be a callable returning seconds (time.perf_counter), got {clock!r}")
     if not is_int(repeat) or repeat < 5:
         raise ValueError(f"repeat must be an integer >= 5 (the median needs enough runs), got {repeat!r}")
     non_negative_int(warmup, "warmup")
@@ -80,9 +84,9 @@ def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None) -> list[Timi
                 gc.collect()   # garbage from the last run is not collected inside the next timed one
                 if before is not None:
                     before()
-                start = time.perf_counter()
+                start = clock()
                 fn()
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
     finally:
         gc.unfreeze()
     return [Timing(tuple(times)) for times in runs]

@@ -3,6 +3,7 @@
 Figures (each returns a ``matplotlib.figure.Figure``; ``save(fig, "name.png" | ".svg" | ".pdf")``):
 
 - ``heatmap(weights, q_tokens, k_tokens, mask=None)``: one weight matrix, blocked cells hatched with a cross;
+- ``softmax_steps(E, Z, A)``: the softmax cell by cell, E = exp(S - max), Z its row sums, A = E / Z;
 - ``mask_figure(mask, Lq, Lk, block=None)``: allowed / blocked cells and the kernel's tile map;
 - ``causal_effect(q, k, v)``: scores -> causal mask -> softmax -> output, side by side;
 - ``heads_grid(weights)`` and ``entropy_figure(weights)``: every head of every layer;
@@ -18,6 +19,7 @@ import importlib
 
 _HOME = {
     "heatmap": "weights",
+    "softmax_steps": "weights",
     "mask_figure": "masks",
     "causal_effect": "masks",
     "heads_grid": "heads",

@@ -66,3 +66,32 @@ def heatmap(weights, q_tokens=None, k_tokens=None, mask=None, annotate="auto", a
                   frameon=False, borderaxespad=0.2, handlelength=1.4)
     fig.colorbar(image, ax=ax, shrink=0.85, label="weight", pad=0.02)
     return fig
+
+
+def softmax_steps(exps, sums, weights, q_tokens=None, k_tokens=None):
+    """The softmax of one matrix in three panels: E = exp(S - max_j S) (Lq, Lk), Z_i = sum_j E[i, j] (Lq,) and
+    A = E / Z (Lq, Lk), each cell written in, so "A[i, j] = E[i, j] / Z_i" can be checked cell by cell.
+
+    >>> fig = softmax_steps([[1.0, 0.5]], [1.5], [[2 / 3, 1 / 3]])
+    >>> [ax.get_title(loc="left").split(".")[0] for ax in fig.axes[:3]]
+    ['1', '2', '3']
+    """
+    e, a = as_matrix(exps, "exps"), as_matrix(weights, "weights")
+    z = as_matrix(np.asarray(sums, dtype=np.float64).reshape(-1, 1), "sums")                    # (Lq, 1)
+    if e.shape != a.shape or z.shape[0] != e.shape[0]:
+        raise ValueError(f"exps {e.shape}, sums {z.shape[:1]} and weights {a.shape} must share Lq (and Lk)")
+    Lq, Lk = e.shape
+    q_labels = token_labels(q_tokens, Lq, "q", "q_tokens")
+    k_labels = token_labels(k_tokens if k_tokens is not None else (q_tokens if Lq == Lk else None), Lk, "k",
+                            "k_tokens")
+    width, height = matrix_size(Lq, Lk)
+    fig = new_figure(2 * width + 1.6, height)
+    axes = fig.subplots(1, 3, width_ratios=[Lk, 1.3, Lk])
+    panels = ((e, "1. E = exp(S - max)", k_labels), (z, "2. Z = row sum of E", ["Z"]),
+              (a, "3. A = E / Z", k_labels))
+    for ax, (values, title, cols) in zip(axes, panels):
+        draw_matrix(ax, values, norm=Normalize(0.0, max(float(values.max()), 1e-12)), annotate=True, fmt=".3g",
+                    q_labels=q_labels, k_labels=cols)
+        ax.set_title(title, loc="left", fontsize=10)
+    axes[0].set_ylabel("query")
+    return fig
