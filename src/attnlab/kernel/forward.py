@@ -33,7 +33,9 @@ Extra memory: per thread a few (R, block_k) tiles and (R, D) rows, plus the (...
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,11 +116,9 @@ def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, bloc
             stats.block_q, stats.block_k, stats.threads, stats.tasks = 0, 0, 0, 0
         empty_out = np.zeros(outer + (lay.Lq, pb.Dv), pb.dtype)
         return (empty_out, np.zeros(outer + (lay.Lq,), pb.dtype)) if return_lse else empty_out
-    pb.block_q, pb.block_k = layout_mod.blocks(lay, block_q, block_k)
-    pb.maps = TileMaps(mask, lay, pb.block_q, pb.block_k)
-    pb.decode = layout_mod.decode_regime(lay, pb.block_q, mods=pb.mods is not None)
-    splits, n_threads = layout_mod.schedule(lay, pb.block_q, pb.block_k, threads, pb.decode)
-    tasks = layout_mod.tasks(pb.maps, lay, splits, pb.decode)
+    plan = call_plan(pb, mask, block_q, block_k, threads)
+    pb.block_q, pb.block_k, pb.maps, pb.decode = plan.block_q, plan.block_k, plan.maps, plan.decode
+    splits, n_threads, tasks = plan.splits, plan.threads, plan.tasks
     out = np.empty((splits,) + lay.lead + (lay.r, lay.Lq, pb.Dv), pb.dtype)     # (S, *lead, r, Lq, Dv)
     lse = np.empty((splits,) + lay.lead + (lay.r, lay.Lq), pb.dtype)            # (S, *lead, r, Lq)
     counts, used = run_tasks(tasks, lambda ws, task, c: run_task(pb, ws, task, out, lse, c),
@@ -132,6 +132,59 @@ def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, bloc
         stats.tasks, stats.kv_splits = len(tasks), splits
     final_out = final_out.reshape(outer + (lay.Lq, pb.Dv))
     return (final_out, final_lse.reshape(outer + (lay.Lq,))) if return_lse else final_out
+
+
+@dataclass
+class CallPlan:
+    """What ``tiled`` decides for one call from shapes alone: tile sizes, tile maps, the regime, the schedule and
+    its tasks. A decode step calls with the same shapes every
+    token, so the plan is kept (``call_plan``) and the next call of the same shape, mask object and settings
+    reuses it instead of rebuilding it (tens of microseconds, a third of a short step). The partial-tile
+    patterns of a relative mask stay per call (``Problem``): the cost model counts evaluating them in every call's
+    peak memory."""
+
+    block_q: int
+    block_k: int
+    maps: TileMaps
+    decode: bool
+    splits: int
+    threads: int
+    tasks: list
+    mask: object                 # held so that the key's id(mask) is not reused by another mask while kept
+
+
+PLAN_CACHE = 8                   # call plans kept (the most recently used)
+_PLANS: OrderedDict = OrderedDict()
+_PLANS_LOCK = threading.Lock()
+
+
+def call_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
+    """The ``CallPlan`` of a call: a kept one for the same shapes, mask object, tile sizes, threads and layout
+    settings (``layout``'s tunables are part of the key, so changing one never reuses a stale plan), else a new
+    one. Boolean-array masks are keyed as "an array": their plan depends on their shape only (they are
+    classified per tile while running)."""
+    lay = pb.lay
+    tunables = (layout_mod.WORK_PER_THREAD, layout_mod.TILE_ROWS, layout_mod.TILE_SCORES, layout_mod.DECODE_KEYS,
+                layout_mod.PARTIAL_ROWS, layout_mod.MASK_PATTERNS, FOLD_MIN_ROWS)
+    mask_key = "array" if pb.mask_arr is not None else id(mask)
+    key = (lay.q.shape, lay.k.shape, lay.v.shape, lay.lead, lay.r, lay.scores_shape, pb.dtype, mask_key,
+           pb.mods is not None, block_q, block_k, threads, tunables)
+    with _PLANS_LOCK:
+        plan = _PLANS.get(key)
+        if plan is not None and (pb.mask_arr is not None or plan.mask is mask):
+            _PLANS.move_to_end(key)
+            return plan
+    bq, bk = layout_mod.blocks(lay, block_q, block_k)
+    maps = TileMaps(mask, lay, bq, bk)
+    decode = layout_mod.decode_regime(lay, bq, mods=pb.mods is not None)
+    splits, n_threads = layout_mod.schedule(lay, bq, bk, threads, decode)
+    tasks = layout_mod.tasks(maps, lay, splits, decode)
+    plan = CallPlan(bq, bk, maps, decode, splits, n_threads, tasks, None if pb.mask_arr is not None else mask)
+    with _PLANS_LOCK:
+        _PLANS[key] = plan
+        while len(_PLANS) > PLAN_CACHE:
+            _PLANS.popitem(last=False)
+    return plan
 
 
 def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, score_mod=None, bias=None, bias_fn=None):
@@ -209,7 +262,8 @@ class Problem:
     def __init__(self, lay, mask, mask_arr, scale, score_mod, bias_arr):
         shape = lambda x: lay.lead + x.shape[-3:]
         self.lay = lay
-        self.q, self.k, self.v = (np.broadcast_to(x, shape(x)) for x in (lay.q, lay.k, lay.v))
+        view = lambda x: x if x.shape == shape(x) else np.broadcast_to(x, shape(x))    # broadcast_to costs us
+        self.q, self.k, self.v = view(lay.q), view(lay.k), view(lay.v)
         self.dtype = lay.q.dtype
         self.D, self.Dv = lay.q.shape[-1], lay.v.shape[-1]
         self.scale = self.dtype.type(scale)

@@ -216,6 +216,12 @@ class TileMaps:
                 self._maps[idx] = merge_group_maps([per_head[key] for key in dict.fromkeys(keys)])
         self.n_lead = math.prod(lay.lead)
 
+    @property
+    def shared(self) -> np.ndarray | None:
+        """The one (nqb, nkb) map of every task group when they share it (no mask, a boolean array, or a Mask that
+        depends on neither batch nor head); None when the map differs by group."""
+        return self._shared
+
     def __getitem__(self, idx) -> np.ndarray:
         """The (nqb, nkb) int8 map of task group ``idx``."""
         return self._shared if self._shared is not None else self._maps[idx]

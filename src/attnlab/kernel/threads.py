@@ -64,8 +64,11 @@ def run_tasks(tasks, run_one, make_workspace, n: int, threads: int):
         try:
             mine = work_marked() if tasks else np.zeros(3, np.int64)
         finally:
-            wait(futures)
-        return mine + sum((f.result() for f in futures), np.zeros(3, np.int64)), n
+            if futures:
+                wait(futures)
+        for f in futures:
+            mine = mine + f.result()
+        return mine, n
 
 
 _WORKER = threading.local()          # .active: this thread is running a kernel call's tasks
@@ -86,7 +89,7 @@ def pool(size: int) -> ThreadPoolExecutor:
         return _POOL["executor"]
 
 
-_BLAS = {"controller": None, "active": 0, "saved": None}
+_BLAS = {"libs": None, "active": 0, "saved": None}
 _BLAS_LOCK = threading.Lock()
 
 
@@ -97,14 +100,22 @@ def blas_threads(limit: int):
     BLAS thread counts are process-wide, so concurrent calls from several user threads share one state: the first
     call to enter saves the original limits and sets its own, later ones entering meanwhile keep it, and the last
     to leave restores the original, whatever the order they finish in (threadpoolctl's own contexts restore what
-    each saw on entry, which leaves BLAS at 1 thread when they end out of order)."""
-    from threadpoolctl import ThreadpoolController
-
+    each saw on entry, which leaves BLAS at 1 thread when they end out of order). The libraries' own get/set calls
+    are used directly, and only where the count differs: a decode step is ~100 us, and threadpoolctl's ``limit()``
+    (which re-inspects every loaded library) costs tens of microseconds per call."""
     with _BLAS_LOCK:
-        if _BLAS["controller"] is None:
-            _BLAS["controller"] = ThreadpoolController()
+        if _BLAS["libs"] is None:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS["libs"] = ThreadpoolController().select(user_api="blas").lib_controllers
         if _BLAS["active"] == 0:
-            _BLAS["saved"] = _BLAS["controller"].limit(limits=limit, user_api="blas")
+            saved = []
+            for lib in _BLAS["libs"]:
+                before = lib.get_num_threads()
+                if before != limit:
+                    lib.set_num_threads(limit)
+                    saved.append((lib, before))
+            _BLAS["saved"] = saved
         _BLAS["active"] += 1
     try:
         yield
@@ -112,5 +123,6 @@ def blas_threads(limit: int):
         with _BLAS_LOCK:
             _BLAS["active"] -= 1
             if _BLAS["active"] == 0:
-                _BLAS["saved"].restore_original_limits()
+                for lib, before in _BLAS["saved"]:
+                    lib.set_num_threads(before)
                 _BLAS["saved"] = None
