@@ -98,11 +98,37 @@ def test_flags_follow_documented_thresholds():
     assert u.flags == ("diffuse",) and u.type == "-"
     assert s.flags == () and s.type == "sink"                             # all on the sink: a function
     assert dg.head_table(uniform, diffuse=1.01)[0].flags == ()
-    content = np.zeros((1, 6, 6))
-    content[..., 3] = 1.0                                                 # every query on one content token
+    content = np.zeros((1, 10, 10))
+    content[..., 5] = 1.0                                                 # every query on one content token
     (c,) = dg.head_table(content, sink_indices=(0, -1))
+    assert c.functional == pytest.approx(0.3)                            # rows 4, 5, 6: previous, self, next
     assert c.type == "-" and c.flags == ("over_concentrated",)           # no function explains it: a failure
     assert dg.head_table(content, sink_indices=(0, -1), concentrated=1.01)[0].flags == ()
+
+
+def test_a_head_split_between_functions_is_not_flagged():
+    L = 10
+    split = np.zeros((1, L, L))
+    for i in range(L):                                                    # rows 0, 1 on the next token, then
+        split[0, i, i + 1 if i < 2 else (0 if i % 2 == 0 else i - 1)] = 1.0   # even rows on the sink, odd on previous
+    (r,) = dg.head_table(split, sink_indices=(0,))
+    assert (r.sink, r.previous, r.next) == pytest.approx((0.4, 4 / 9, 2 / 9))
+    assert r.type == "-" and r.top1 == 1.0 and r.functional == pytest.approx(1.0) and r.flags == ()
+
+
+def test_functional_share_matches_a_loop():
+    rng = np.random.default_rng(5)
+    tokens = ["[CLS]", "a", "b", ",", "a", "b", "c", "[SEP]"]
+    L = len(tokens)
+    w = rng.dirichlet(np.ones(L), size=(1, 2, L))
+    rows = dg.head_table(w, sink_indices=(0, -1), delimiters=dg.delimiter_positions(tokens), ids=tokens)
+    for r in rows:
+        want = []
+        for i in range(L):
+            keys = {0, L - 1, 3} | {j for j in (i - 1, i, i + 1) if 0 <= j < L}
+            keys |= {j + 1 for j in range(i) if tokens[j] == tokens[i]}
+            want.append(sum(w[0, r.head, i, j] for j in keys))
+        assert r.functional == pytest.approx(np.mean(want), abs=1e-12)
 
 
 def _one_hot(L, key_of_row):

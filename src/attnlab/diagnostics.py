@@ -246,6 +246,8 @@ class HeadStats:
     delimiter: float = 0.0    # mass on punctuation tokens (0 when none are given)
     induction: float | None = None   # induction score (None: no token repeats, or no ids given)
     type: str = "-"           # one of HEAD_FUNCTIONS, or "-" (no function takes TYPE_SCORE of the weight)
+    functional: float = 0.0   # mass on any recognised key of each row (sinks, delimiters, previous, self, next,
+                              # induction target): a head split between functions row by row has a high share
 
     @property
     def id(self) -> str:
@@ -269,21 +271,23 @@ head_type({"sink": 0.83})
     return best
 
 
-def flags(entropy_, top1, type_: str = "-", *, diffuse=DIFFUSE_ENTROPY,
-          concentrated=CONCENTRATED_TOP1) -> tuple[str, ...]:
-    """The failure-mode flags of one head from its normalized entropy, top-1 mass and type.
+def flags(entropy_, top1, type_: str = "-", functional: float = 0.0, *, diffuse=DIFFUSE_ENTROPY,
+          concentrated=CONCENTRATED_TOP1, typed=TYPE_SCORE) -> tuple[str, ...]:
+    """The failure-mode flags of one head from its normalized entropy, top-1 mass, type and functional share.
 
     A head concentrated on a recognised function (a previous-token, next-token, self, induction, delimiter or
     sink head) is specialised, not failing: "over_concentrated" fires only when no function explains the
-    concentration ("one token dominates and useful context is ignored", the study guide's failure mode).
+    concentration ("one token dominates and useful context is ignored", the study guide's failure mode): the
+    head has no type and less than ``typed`` of its weight lands on recognised keys at all (a head that parks
+    some rows on the sink and points others at the previous token is split between functions, not failing).
 
-    >>> flags(0.9, 0.1), flags(0.1, 0.95), flags(0.01, 1.0, "previous-token")
-    (('diffuse',), ('over_concentrated',), ())
+    >>> flags(0.9, 0.1), flags(0.1, 0.95), flags(0.01, 1.0, "previous-token"), flags(0.1, 0.82, "-", 0.85)
+    (('diffuse',), ('over_concentrated',), (), ())
     """
     out = []
     if entropy_ >= diffuse:
         out.append("diffuse")
-    if top1 >= concentrated and type_ == "-":
+    if top1 >= concentrated and type_ == "-" and functional < typed:
         out.append("over_concentrated")
     return tuple(out)
 
@@ -310,11 +314,21 @@ def head_table(weights, mask=None, sink_indices=(0,), *, delimiters=(), ids=None
                 sink=sink_score(w, sink_indices, mask), distance=mean_distance(w, mask),
                 previous=offset_score(w, -1, mask), next=offset_score(w, 1, mask), same=offset_score(w, 0, mask),
                 delimiter=sink_score(w, delims, mask) if delims else np.zeros(w.shape[:2]))
+    Lq = w.shape[-2]
+    recognised = np.zeros((Lq, Lk), dtype=bool)                                  # [query, key]
+    recognised[:, sorted(sinks) + delims] = True
+    pos = _query_positions(Lq, Lk)
+    for offset in (-1, 0, 1):
+        rows_, keys_ = np.arange(Lq), pos + offset
+        ok = (keys_ >= 0) & (keys_ < Lk)
+        recognised[rows_[ok], keys_[ok]] = True
     induction = None
     if ids is not None:
         ids = _ids(ids, Lk)
-        if w.shape[-2] == Lk and _induction_targets(ids).any():
+        if Lq == Lk and _induction_targets(ids).any():
             induction = induction_score(w, ids)                                  # (layers, H)
+            recognised |= _induction_targets(ids)
+    cols["functional"] = _mean_rows((w * recognised).sum(axis=-1), _live(w, mask))
     rows = []
     for layer in range(w.shape[0]):
         for head in range(w.shape[1]):
@@ -322,20 +336,21 @@ def head_table(weights, mask=None, sink_indices=(0,), *, delimiters=(), ids=None
             v["induction"] = None if induction is None else float(induction[layer, head])
             kind = head_type(v, typed)
             rows.append(HeadStats(layer, head, **v, type=kind,
-                                  flags=flags(v["entropy"], v["top1"], kind, **thresholds)))
+                                  flags=flags(v["entropy"], v["top1"], kind, v["functional"], typed=typed,
+                                              **thresholds)))
     return rows
 
 
 def format_table(rows: list[HeadStats]) -> str:
     """The table as aligned plain text (one line per head, named "L0.H2"), the type beside the statistics."""
     head = f"{'head':>7} {'entropy':>7} {'eff.tok':>7} {'top1':>5} {'sink':>5} {'dist':>5} " \
-           f"{'prev':>5} {'next':>5} {'same':>5} {'delim':>5} {'induc':>5}  {'type':<14} flags"
+           f"{'prev':>5} {'next':>5} {'same':>5} {'delim':>5} {'induc':>5} {'func':>5}  {'type':<14} flags"
     lines = [head]
     for r in rows:
         ind = "-" if r.induction is None else f"{r.induction:.2f}"
         lines.append(f"{r.id:>7} {r.entropy:>7.3f} {r.effective_tokens:>7.2f} {r.top1:>5.2f} "
                      f"{r.sink:>5.2f} {r.distance:>5.1f} {r.previous:>5.2f} {r.next:>5.2f} {r.same:>5.2f} "
-                     f"{r.delimiter:>5.2f} {ind:>5}  {r.type:<14} {','.join(r.flags) or '-'}")
+                     f"{r.delimiter:>5.2f} {ind:>5} {r.functional:>5.2f}  {r.type:<14} {','.join(r.flags) or '-'}")
     return "\n".join(lines)
 
 
