@@ -87,7 +87,7 @@ def test_head_statistics_match_loops():
         want = _loop_stats(w[r.layer, r.head], (0, 5))
         got = (r.entropy, r.effective_tokens, r.top1, r.sink, r.distance, r.previous, r.next, r.same)
         np.testing.assert_allclose(got, want, atol=1e-12)
-    assert "layer" in dg.format_table(rows).splitlines()[0]
+    assert "head" in dg.format_table(rows).splitlines()[0] and "L1.H2" in dg.format_table(rows)
 
 
 def test_flags_follow_documented_thresholds():
@@ -95,9 +95,88 @@ def test_flags_follow_documented_thresholds():
     sink = np.zeros((1, 4, 4))
     sink[..., 0] = 1.0
     (u,), (s,) = dg.head_table(uniform), dg.head_table(sink)
-    assert u.flags == ("diffuse",)
-    assert s.flags == ("over_concentrated", "sink")
+    assert u.flags == ("diffuse",) and u.type == "-"
+    assert s.flags == () and s.type == "sink"                             # all on the sink: a function
     assert dg.head_table(uniform, diffuse=1.01)[0].flags == ()
+    content = np.zeros((1, 10, 10))
+    content[..., 5] = 1.0                                                 # every query on one content token
+    (c,) = dg.head_table(content, sink_indices=(0, -1))
+    assert c.functional == pytest.approx(0.3)                            # rows 4, 5, 6: previous, self, next
+    assert c.type == "-" and c.flags == ("over_concentrated",)           # no function explains it: a failure
+    assert dg.head_table(content, sink_indices=(0, -1), concentrated=1.01)[0].flags == ()
+
+
+def test_a_head_split_between_functions_is_not_flagged():
+    L = 10
+    split = np.zeros((1, L, L))
+    for i in range(L):                                                    # rows 0, 1 on the next token, then
+        split[0, i, i + 1 if i < 2 else (0 if i % 2 == 0 else i - 1)] = 1.0   # even rows on the sink, odd on previous
+    (r,) = dg.head_table(split, sink_indices=(0,))
+    assert (r.sink, r.previous, r.next) == pytest.approx((0.4, 4 / 9, 2 / 9))
+    assert r.type == "-" and r.top1 == 1.0 and r.functional == pytest.approx(1.0) and r.flags == ()
+
+
+def test_functional_share_matches_a_loop():
+    rng = np.random.default_rng(5)
+    tokens = ["[CLS]", "a", "b", ",", "a", "b", "c", "[SEP]"]
+    L = len(tokens)
+    w = rng.dirichlet(np.ones(L), size=(1, 2, L))
+    rows = dg.head_table(w, sink_indices=(0, -1), delimiters=dg.delimiter_positions(tokens), ids=tokens)
+    for r in rows:
+        want = []
+        for i in range(L):
+            keys = {0, L - 1, 3} | {j for j in (i - 1, i, i + 1) if 0 <= j < L}
+            keys |= {j + 1 for j in range(i) if tokens[j] == tokens[i]}
+            want.append(sum(w[0, r.head, i, j] for j in keys))
+        assert r.functional == pytest.approx(np.mean(want), abs=1e-12)
+
+
+def _one_hot(L, key_of_row):
+    w = np.zeros((1, L, L))
+    for i in range(L):
+        w[0, i, key_of_row(i)] = 1.0
+    return w
+
+
+@pytest.mark.parametrize("key_of_row, want", [(lambda i: max(i - 1, 0), "previous-token"),
+                                              (lambda i: min(i + 1, 7), "next-token"),
+                                              (lambda i: i, "self"),
+                                              (lambda i: 7, "sink")])
+def test_specialised_heads_are_typed_not_flagged(key_of_row, want):
+    (r,) = dg.head_table(_one_hot(8, key_of_row), sink_indices=(0, -1))
+    assert r.top1 == 1.0 and r.type == want and r.flags == ()
+    assert r.id == "L0.H0"
+
+
+def test_delimiter_and_induction_heads_are_typed_against_loops():
+    tokens = ["a", "b", ",", "c", "a", "b", ".", "c"]
+    delims = dg.delimiter_positions(tokens)
+    assert delims == [2, 6]
+    L = len(tokens)
+    on_comma = _one_hot(L, lambda i: 2 if i >= 2 else i)                  # rows 2.. park on the comma
+    (r,) = dg.head_table(on_comma, sink_indices=(0,), delimiters=delims)
+    want = np.mean([on_comma[0, i, 2] + on_comma[0, i, 6] for i in range(L)])
+    assert r.delimiter == pytest.approx(want) and r.type == "delimiter" and r.flags == ()
+    # induction: token at i repeats the one at j < i -> look at j + 1 (rows 4, 5, 7 have an earlier copy)
+    targets = {4: 1, 5: 2, 7: 4}
+    ind = _one_hot(L, lambda i: targets.get(i, max(i - 1, 0)))
+    (r,) = dg.head_table(ind, ids=tokens)
+    assert r.induction == pytest.approx(1.0) and r.type == "induction" and r.flags == ()
+    assert dg.head_table(ind)[0].induction is None                        # no ids: not measured
+    assert dg.head_table(ind, ids=list("abcdefgh"))[0].induction is None  # no repeats: not measured
+    assert "induc" in dg.format_table([r]).splitlines()[0] and "L0.H0" in dg.format_table([r])
+
+
+def test_head_type_takes_the_largest_function_above_threshold():
+    assert dg.head_type({"previous": 0.55, "sink": 0.6}) == "sink"
+    assert dg.head_type({"previous": 0.6, "sink": 0.55}) == "previous-token"
+    assert dg.head_type({"previous": 0.49, "sink": 0.49}) == "-"
+    assert dg.head_type({"previous": 0.3}, threshold=0.25) == "previous-token"
+    assert dg.head_type({"induction": None, "same": 0.7}) == "self"
+
+
+def test_head_ids_do_not_read_as_decimals():
+    assert dg.head_id(1, 11) == "L1.H11" and dg.head_id(0, 9) == "L0.H9"
 
 
 def test_offset_scores_on_rectangular_weights_use_bottom_right_alignment():

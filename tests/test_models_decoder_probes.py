@@ -79,7 +79,7 @@ def test_induction_survey_finds_the_induction_head():
                                / 2 + diagnostics.induction_score(
                                    fake.attentions(diagnostics.repeated_random_tokens(50, 12, 1))[1],
                                    diagnostics.repeated_random_tokens(50, 12, 1))[0, 0] / 2)
-    assert "L1H1 1.00" in ind.format(1)
+    assert "L1.H1 1.00" in ind.format(1)
 
 
 def test_planted_fact_reads_the_predictions_of_the_answer():

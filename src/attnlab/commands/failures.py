@@ -31,14 +31,16 @@ def run(args):
     folder.mkdir(parents=True, exist_ok=True)
 
     survey = probes.head_survey(model, texts)
-    print(f"{model.name}, {survey.texts} sentences. Flags (diffuse: entropy >= {diagnostics.DIFFUSE_ENTROPY}, "
-          f"over_concentrated: top1 >= {diagnostics.CONCENTRATED_TOP1}, sink: [CLS]+[SEP] mass >= "
-          f"{diagnostics.SINK_MASS}): heads flagged on more than half of the sentences")
+    print(f"{model.name}, {survey.texts} sentences. Failure flags (diffuse: entropy >= "
+          f"{diagnostics.DIFFUSE_ENTROPY}; over_concentrated: top1 >= {diagnostics.CONCENTRATED_TOP1} with no "
+          f"recognised function) and sink heads (type: [CLS]+[SEP] mass >= {diagnostics.SINK_MASS}, a function, "
+          f"not a failure): heads on more than half of the sentences")
     for flag in ("diffuse", "over_concentrated", "sink"):
         frac = getattr(survey, flag)
-        heads = [f"{l}.{h} ({frac[l, h]:.0%})" for l, h in zip(*(frac > 0.5).nonzero())]
+        heads = [f"{diagnostics.head_id(l, h)} ({frac[l, h]:.0%})" for l, h in zip(*(frac > 0.5).nonzero())]
         print(f"  {flag:<17} {len(heads):>2}/{frac.size}: {', '.join(heads) or '-'}")
-        print(f"  {'':<17} mean over heads and sentences: {frac.mean():.1%} of (head, sentence) pairs flagged")
+        print(f"  {'':<17} mean over heads and sentences: {frac.mean():.1%} of (head, sentence) pairs "
+              f"{'typed' if flag == 'sink' else 'flagged'}")
     print(f"wrote {save(probes.survey_figure(survey), folder / 'failure-heads.png')}")
 
     sinks = probes.sink_breakdown(model, texts)
@@ -51,9 +53,9 @@ def run(args):
     best = probes.best_heads(sweep)
     print("\nverb -> subject weight by distance (mean over heads per layer | per layer the head with the most weight at distance > 1):")
     print("  dist   L  uniform " + " ".join(f"   L{l}" for l in range(model.n_layers)) + " | "
-          + " ".join(f"{l}.{h:<3}" for l, h in enumerate(best)))
+          + " ".join(f"{diagnostics.head_id(l, h):<6}" for l, h in enumerate(best)))
     for i, d in enumerate(sweep.distance):
         print(f"  {d:>4.1f} {sweep.length[i]:>3.0f}  {1 / sweep.length[i]:.3f}  "
               + " ".join(f"{v:.3f}" for v in sweep.weight[i].mean(-1)) + " | "
-              + " ".join(f"{sweep.weight[i, l, h]:.3f}" for l, h in enumerate(best)))
+              + " ".join(f"{sweep.weight[i, l, h]:<6.3f}" for l, h in enumerate(best)))
     print(f"wrote {save(probes.position_figure(sweep), folder / 'failure-position.png')}")

@@ -26,9 +26,14 @@ def register(sub):
 def run(args):
     from .. import data, faithfulness, models
 
+    from ..progress import Status
+
     texts = _texts(args.sentences, data)[: args.limit]
-    model = models.load(args.model, dtype=np.float64)
-    result = faithfulness.compare(model, texts)
+    with Status("attnlab faithfulness") as status:
+        status.step(f"loading {args.model} (float64)")
+        model = models.load(args.model, dtype=np.float64)
+        result = faithfulness.compare(model, texts, progress=lambda i, n, _: status.step(
+            f"sentence {i + 1}/{n}: attention, rollout, leave-one-out, gradient x input"))
     print(f"{model.name}: {len(texts)} sentences, importance of content tokens ([CLS]/[SEP] excluded)\n")
     print(result.table())
     loo = result.pair("attention_cls", "leave_one_out").tau

@@ -34,22 +34,38 @@ def run(args):
     if args.audio or args.say:
         return _speech(args)
     if args.text is None or not args.text.strip():
-        raise UsageError("give the text to inspect (or --audio WAV / --say TEXT for a speech model)")
-    model = models.load(args.model)
-    layer, head = _selection(args, model)
-    parts = model.attention_parts(args.text, truncate=args.truncate)
-    sinks = (0,) if model.causal else (0, -1)
-    print(f"{model.name}: {model.n_layers} layers x {model.n_heads} heads, {len(parts.tokens)} tokens")
-    print("tokens: " + " ".join(f"{i}:{t}" for i, t in enumerate(parts.tokens)))
-    rows = diagnostics.head_table(parts.weights, mask=parts.base_mask, sink_indices=sinks)
+        given = "nothing" if args.text is None else f"{args.text!r}"
+        raise UsageError(f"text: expected a non-empty text to inspect (or --audio WAV / --say TEXT for a speech "
+                         f"model), got {given}")
+    from ..progress import Status
+
+    with Status("attnlab inspect") as status:
+        status.step(f"loading {args.model}")
+        model = models.load(args.model)
+        layer, head = _selection(args, model)
+        status.step(f"running {model.name} on the text and recording every head")
+        parts = model.attention_parts(args.text, truncate=args.truncate)
+        status.step(f"per-head diagnostics of {model.n_layers * model.n_heads} heads on {len(parts.tokens)} tokens")
+        sinks = (0,) if model.causal else (0, -1)
+        rows = diagnostics.head_table(parts.weights, mask=parts.base_mask, sink_indices=sinks,
+                                      delimiters=diagnostics.delimiter_positions(parts.tokens), ids=parts.tokens)
     rows = [r for r in rows if (layer is None or r.layer == layer) and (head is None or r.head == head)]
+    shown = "every head" if layer is None else (f"layer {layer}" if head is None
+                                                else diagnostics.head_id(layer, head))
+    print(f"{model.name}: {model.n_layers} layers x {model.n_heads} heads, {len(parts.tokens)} tokens; "
+          f"showing {shown}")
+    print("tokens: " + " ".join(f"{i}:{t}" for i, t in enumerate(parts.tokens)))
     sink_names = " + ".join(parts.tokens[i] for i in sinks)
-    print(f"\nper-head diagnostics (sink = mass on {sink_names}; flags: diffuse entropy >= "
-          f"{diagnostics.DIFFUSE_ENTROPY}, over_concentrated top1 >= {diagnostics.CONCENTRATED_TOP1}, "
-          f"sink >= {diagnostics.SINK_MASS})")
+    print(f"\nper-head diagnostics, heads named L<layer>.H<head> (sink = mass on {sink_names}; delim = on "
+          f"punctuation; type: the recognised function taking >= {diagnostics.TYPE_SCORE} of the weight; failure "
+          f"flags: diffuse entropy >= {diagnostics.DIFFUSE_ENTROPY}, over_concentrated top1 >= "
+          f"{diagnostics.CONCENTRATED_TOP1} with no type)")
     print(diagnostics.format_table(rows))
     if args.out:
-        for path in _write(parts, model, args.out, layer or 0, head or 0, args.text):
+        with Status("attnlab inspect") as status:
+            status.step("drawing the figures and the explorer page")
+            paths = list(_write(parts, model, args.out, layer, head, args.text))
+        for path in paths:
             print(f"wrote {path}")
 
 
@@ -64,21 +80,32 @@ def _selection(args, model):
 
 
 def _write(parts, model, out, layer, head, text):
+    """heatmap.png of the chosen head (L0.H0 when none is chosen), heads.png (the chosen layer, else all),
+    entropy.png and explorer.html, which opens at the chosen layer and head."""
+    from ..diagnostics import head_id
     from ..viz import entropy_figure, heads_grid, heatmap, save
-    from ..viz.explorer import ExplorerData, write_explorer
+    from ..viz.explorer import ExplorerData, short_title, write_explorer
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    fig = heatmap(parts.weights[layer, head], parts.tokens, mask=parts.base_mask,
-                  title=f"{model.name}: layer {layer}, head {head}")
+    at_layer, at_head = layer or 0, head or 0
+    fig = heatmap(parts.weights[at_layer, at_head], parts.tokens, mask=parts.base_mask,
+                  title=f"{model.name}: {head_id(at_layer, at_head)} (layer {at_layer}, head {at_head})")
     yield save(fig, folder / "heatmap.png")
-    yield save(heads_grid(parts.weights, parts.tokens), folder / "heads.png")
+    grid = parts.weights if layer is None else parts.weights[layer:layer + 1]
+    yield save(heads_grid(grid, parts.tokens), folder / "heads.png")
     yield save(entropy_figure(parts.weights, mask=parts.base_mask), folder / "entropy.png")
-    layers = _explorer_layers(parts, layer)
+    layers = _explorer_layers(parts, at_layer) if layer is None else [layer]
+    n_layers = parts.scores.shape[0]
+    meta = dict(parts.meta)
+    if len(layers) < n_layers:
+        meta["layers"] = f"this page holds layer {layers[0]} only (the model has {n_layers})"
+    where = "" if len(layers) == n_layers else f" (layer {layers[0]} of {n_layers})"
     data = ExplorerData(tokens=parts.tokens, scores=parts.scores[layers], base_mask=parts.base_mask,
                         queries=parts.queries[layers], keys=parts.keys[layers], values=parts.values[layers],
-                        scale=parts.scale, title=f"{model.name}: {text[:60]}", meta=parts.meta,
-                        layer_names=[f"layer {i}" for i in layers])
+                        scale=parts.scale, title=f"{model.name}{where}: {short_title(text)}", meta=meta,
+                        layer_names=[f"layer {i}" for i in layers],
+                        start=(layers.index(at_layer) if at_layer in layers else 0, at_head))
     yield write_explorer(data, folder / "explorer.html")
 
 

@@ -64,6 +64,21 @@ def build(args, Lk):
     return masks.random_blocks(args.block_size, args.n_random, args.seed, args.align)
 
 
+def check_positions(args, mask, Lk):
+    """Positions given to the mask must exist at this size: a global token or a padding length past the Lk keys
+    would be dropped silently by the mask (a mask is a function of positions and fits any size), so say so."""
+    if args.kind == "global":
+        found = [("--tokens", t) for t in _ints(args.tokens, "--tokens")]
+    else:
+        found = [("the spec's global:", int(t)) for group in re.findall(r"global:([0-9,]+)", masks.spec_of(mask) or "")
+                 for t in group.split(",") if t]
+    for name, t in found:
+        if not 0 <= t < Lk:
+            raise ValueError(f"{name} token {t} is out of range: the mask has {Lk} keys (positions 0..{Lk - 1})")
+    if args.kind == "padding" and args.length is not None and not 0 <= args.length <= Lk:
+        raise ValueError(f"--length must be in 0..{Lk} (the number of keys), got {args.length}")
+
+
 def _ints(text, name):
     try:
         return [int(x) for x in text.split(",")]
@@ -79,6 +94,7 @@ def run(args):
     from ..viz._figure import figure_path
 
     mask = build(args, Lk)
+    check_positions(args, mask, Lk)
     out = figure_path(args.out or f"mask-{re.sub(r'[^A-Za-z0-9]+', '-', args.kind).strip('-') or 'spec'}.png")
     print(mask.show(Lq, Lk))
     save(mask_figure(mask, Lq, Lk, block=args.block), out)

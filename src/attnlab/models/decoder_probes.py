@@ -57,7 +57,7 @@ class InductionSurvey:
     top: list                    # [(layer, head, score)] best first
 
     def format(self, n: int = 5) -> str:
-        return ", ".join(f"L{layer}H{head} {s:.2f}" for layer, head, s in self.top[:n])
+        return ", ".join(f"{diagnostics.head_id(layer, head)} {s:.2f}" for layer, head, s in self.top[:n])
 
 
 def induction_survey(model, n: int = 30, seeds=(0, 1, 2), prefix=(), top: int = 5) -> InductionSurvey:

@@ -15,7 +15,9 @@ PUNCTUATION = set(".,;:!?")
 
 @dataclass
 class HeadSurvey:
-    """Per head (layers, H): the fraction of texts on which each flag fired, and mean statistics."""
+    """Per head (layers, H): the fraction of texts on which each failure flag fired (diffuse, over_concentrated),
+    on which the head was typed a sink head (``sink``: a recognised function, not a failure flag), and mean
+    statistics."""
     diffuse: np.ndarray
     over_concentrated: np.ndarray
     sink: np.ndarray
@@ -25,14 +27,17 @@ class HeadSurvey:
 
 
 def head_survey(model, texts, sink_indices=(0, -1)) -> HeadSurvey:
-    """Run ``diagnostics.head_table`` on every text and count how often each head gets each flag."""
+    """Run ``diagnostics.head_table`` on every text and count how often each head gets each flag (and the sink
+    type)."""
     shape = (model.n_layers, model.n_heads)
     acc = {k: np.zeros(shape) for k in ("diffuse", "over_concentrated", "sink", "entropy", "sink_mass")}
     for text in texts:
-        _, w = model.attentions(text)
-        for r in diagnostics.head_table(w, sink_indices=sink_indices):
-            for flag in ("diffuse", "over_concentrated", "sink"):
+        tokens, w = model.attentions(text)
+        for r in diagnostics.head_table(w, sink_indices=sink_indices,
+                                        delimiters=diagnostics.delimiter_positions(tokens), ids=tokens):
+            for flag in ("diffuse", "over_concentrated"):
                 acc[flag][r.layer, r.head] += flag in r.flags
+            acc["sink"][r.layer, r.head] += r.type == "sink"
             acc["entropy"][r.layer, r.head] += r.entropy
             acc["sink_mass"][r.layer, r.head] += r.sink
     n = max(len(texts), 1)
@@ -111,17 +116,18 @@ def _figure(width, height):
 
 
 def survey_figure(survey: HeadSurvey):
-    """Three layers x heads maps: how often each head is flagged diffuse / over-concentrated / sink."""
+    """Three layers x heads maps: how often each head is flagged diffuse / over-concentrated, typed sink."""
     fig = _figure(13, 3.4)
     axes = fig.subplots(1, 3)
     for ax, name in zip(axes, ("diffuse", "over_concentrated", "sink")):
         values = getattr(survey, name)
+        what = "flagged" if name != "sink" else "typed"
         im = ax.imshow(values, cmap="viridis", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(values):
             r = round(float(v), 1)
             ax.text(j, i, "1" if r >= 1 else f"{r:.1f}".lstrip("0"), ha="center", va="center", fontsize=6,
                     color="white" if v < 0.6 else "black")
-        ax.set_title(f"{name}: fraction of {survey.texts} sentences", fontsize=9)
+        ax.set_title(f"{name}: {what} on this fraction of {survey.texts} sentences", fontsize=9)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(values.shape[1]))
@@ -158,7 +164,7 @@ def position_figure(sweep: PositionSweep):
     for layer in range(n_layers):
         ax.plot(sweep.distance, sweep.weight[:, layer].mean(-1), marker="o", ms=3, label=f"layer {layer}")
         ax2.plot(sweep.distance, sweep.weight[:, layer, best[layer]], marker="o", ms=3,
-                 label=f"layer {layer} head {best[layer]}")
+                 label=diagnostics.head_id(layer, best[layer]))
     for a in (ax, ax2):
         a.plot(sweep.distance, 1.0 / sweep.length, "k--", lw=1, label="uniform 1/L")
         a.set_xlabel("tokens between subject and verb")

@@ -12,7 +12,8 @@
     [53, 183, 121], [110, 206, 88], [181, 222, 43], [253, 231, 37]];
   const BLOCKED = [212, 212, 212], CROSS = "#6b6b6b", ACCENT = "#d1495b";
   const LABEL_FONT = "12px ui-monospace, Menlo, Consolas, monospace";
-  const state = { layer: 0, head: 0, mask: "none", window: 2, pad: Lk, row: 0 };
+  const START = DATA.start || [0, 0];                                         // where the page opens
+  const state = { layer: START[0], head: START[1], mask: "none", window: 2, pad: Lk, row: 0 };
   const $ = (id) => document.getElementById(id);
 
   // ---- data ---------------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@
     DATA.layer_names.forEach((name, l) => $("layer").append(el("option", { value: l }, name)));
     $("head").append(el("option", { value: "all" }, "all heads (overview)"));
     DATA.head_names.forEach((name, h) => $("head").append(el("option", { value: h }, name)));
-    $("head").value = "0";
+    $("head").value = String(state.head); $("layer").value = String(state.layer);
     $("padlen").value = Lk; $("padlen").max = Lk; $("window").max = Math.max(Lq, Lk);
     $("layer").addEventListener("change", () => { state.layer = Number($("layer").value); render(); });
     $("head").addEventListener("change", () => {

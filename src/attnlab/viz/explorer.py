@@ -57,6 +57,7 @@ class ExplorerData:
         for its weighted sum. Leading dims broadcast to (layers, heads). Stored as float32, like the scores.
     scale: the factor that turned q.k into the scores (1/sqrt(D) by default when queries are given).
     title, layer_names, head_names, meta: text shown in the page (always as text, never as markup).
+    start: (layer, head) indices into the page's own layers and heads where it opens (default (0, 0)).
     """
 
     tokens: list
@@ -71,6 +72,7 @@ class ExplorerData:
     head_names: list | None = None
     meta: dict = field(default_factory=dict)
     k_tokens: list | None = None
+    start: tuple[int, int] = (0, 0)
 
     def __post_init__(self):
         self.scores = _as_4d(self.scores, "scores", float_=True).astype(np.float32)
@@ -99,6 +101,11 @@ class ExplorerData:
         if not isinstance(self.meta, dict):
             raise TypeError(f"meta must be a dict of label -> text, got {type(self.meta).__name__}")
         self.meta = {str(k): str(v) for k, v in self.meta.items()}
+        layer, head = (int(x) for x in self.start)
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ValueError(f"start must be a (layer, head) of the page's {n_layers} layers x {n_heads} heads, "
+                             f"got {tuple(self.start)}")
+        self.start = (layer, head)
 
     @classmethod
     def from_qkv(cls, q, k, v, tokens, *, k_tokens=None, scale=None, base_mask=None, title="attention explorer",
@@ -161,7 +168,7 @@ class ExplorerData:
             "format": FORMAT, "title": self.title, "meta": [[k, v] for k, v in self.meta.items()],
             "q_tokens": self.tokens, "k_tokens": self.k_tokens, "layers": n_layers, "heads": n_heads,
             "Lq": Lq, "Lk": Lk, "scale": self.scale, "layer_names": self.layer_names,
-            "head_names": self.head_names,
+            "head_names": self.head_names, "start": list(self.start),
             "scores": _per_head(self.scores, np.float32),
             "base_mask": None if self.base_mask is None else _mask_payload(self.base_mask, self.scores.shape),
             "D": None if self.queries is None else int(self.queries.shape[-1]),
@@ -175,6 +182,28 @@ class ExplorerData:
         """Inline display in notebooks: the same offline page in a sandboxed iframe (scripts only)."""
         return (f'<iframe srcdoc="{html.escape(explorer_html(self), quote=True)}" sandbox="allow-scripts" '
                 f'style="width:100%;height:760px;border:1px solid #ddd" title="attnlab explorer"></iframe>')
+
+
+def short_title(text: str, limit: int = 60) -> str:
+    """``text`` on one line, cut at a word boundary to at most ``limit`` characters with "…" (never mid-word;
+    a single word longer than ``limit`` is cut and marked).
+
+    >>> short_title("The cat sat on the mat because it was tired.", 30)
+    'The cat sat on the mat because…'
+    >>> short_title("The cat sat on the mat because it was tired.", 27)
+    'The cat sat on the mat…'
+    """
+    one_line = " ".join(str(text).split())
+    if len(one_line) <= limit:
+        return one_line
+    head = one_line[:limit]
+    if one_line[limit] == " ":
+        cut = head                                          # the cut falls between two words
+    elif " " in head:
+        cut = head.rsplit(" ", 1)[0]                        # drop the word the cut would split
+    else:
+        cut = head[: limit - 1]                             # one long word: cut it, the mark says so
+    return cut.rstrip(" ,;:.-") + "\u2026"
 
 
 def attention_view(model, text, layer: int | None = None, *, max_layers_tokens: int = 128) -> ExplorerData:
