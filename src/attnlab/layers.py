@@ -251,20 +251,8 @@ class MultiHeadAttention:
 
     def _recorded(self, q, k, v, mask, bias, recorder, layer, kind, return_weights):
         """Attend as ``__call__`` does and add what was computed to ``recorder``; returns (out, weights)."""
-        scale = self.scale if self.scale is not None else 1.0 / float(np.sqrt(q.shape[-1]))
-        if recorder.needs_weights():
-            st = attention_steps(q, k, v, mask, scale=self.scale, bias=bias)       # the reference pass itself
-            out, weights, lse, scores, mask_arr = st.out, st.weights, st.lse, st.scores, st.mask
-        else:                                                                     # any path, no n x n matrix kept
-            out, lse = scaled_dot_product_attention(q, k, v, mask, scale=self.scale, bias=bias, return_lse=True)
-            weights = scores = mask_arr = None
-        if mask_arr is not None:
-            mask_arr = to_numpy(mask_arr)
-            mask_arr = mask_arr.reshape((1,) * (4 - mask_arr.ndim) + mask_arr.shape)   # (B|1, H|1, Lq, Lk)
-        kept = {name: None if x is None or name not in recorder.fields else np.array(to_numpy(x))   # copies
-                for name, x in (("q", q), ("k", k), ("v", v), ("scores", scores), ("weights", weights),
-                                ("lse", lse), ("out", out))}                    # of the asked fields only
-        recorder.add(AttentionRecord(layer=layer, kind=kind, scale=scale, mask=mask_arr, **kept))
+        out, weights = record_attention(q, k, v, mask, scale=self.scale, bias=bias, recorder=recorder, layer=layer,
+                                        kind=kind)
         return out, (weights if return_weights else None)
 
     def project(self, x, context=None):
@@ -367,3 +355,30 @@ def _xavier(rng, fan_out, fan_in, dtype):
     """Xavier/Glorot uniform initialization (Glorot & Bengio 2010), PyTorch's default for attention weights."""
     bound = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-bound, bound, size=(fan_out, fan_in)).astype(dtype)
+
+
+def record_attention(q, k, v, mask=None, *, scale=None, bias=None, score_mod=None, recorder: Recorder, layer=0,
+                     kind: str = "self"):
+    """Attend q (B, H, Lq, D) to k, v (B, G, Lk, D|Dv) and add one ``AttentionRecord`` of what the pass computed to
+    ``recorder`` (as ``layer``, of ``kind``); returns (out (B, H, Lq, Dv), weights (B, H, Lq, Lk) or None).
+
+    When the recorder wants weights or scores, the reference pass itself runs (``attention_steps``) and its
+    intermediates are kept; otherwise any path the planner picks runs and only q, k, v, lse and out are kept (chosen
+    rows come back with ``attnlab.attention_weights_for``). Every attnlab layer that records goes through here:
+    ``MultiHeadAttention`` and the Hugging Face backend (``attnlab.integrations.hf``)."""
+    recorded_scale = scale if scale is not None else 1.0 / float(np.sqrt(q.shape[-1]))
+    if recorder.needs_weights():
+        st = attention_steps(q, k, v, mask, scale=scale, bias=bias, score_mod=score_mod)   # the reference pass
+        out, weights, lse, scores, mask_arr = st.out, st.weights, st.lse, st.scores, st.mask
+    else:                                                                     # any path, no n x n matrix kept
+        out, lse = scaled_dot_product_attention(q, k, v, mask, scale=scale, bias=bias, score_mod=score_mod,
+                                                return_lse=True)
+        weights = scores = mask_arr = None
+    if mask_arr is not None:
+        mask_arr = to_numpy(mask_arr)
+        mask_arr = mask_arr.reshape((1,) * (4 - mask_arr.ndim) + mask_arr.shape)   # (B|1, H|1, Lq, Lk)
+    kept = {name: None if x is None or name not in recorder.fields else np.array(to_numpy(x))   # copies
+            for name, x in (("q", q), ("k", k), ("v", v), ("scores", scores), ("weights", weights),
+                            ("lse", lse), ("out", out))}                    # of the asked fields only
+    recorder.add(AttentionRecord(layer=layer, kind=kind, scale=recorded_scale, mask=mask_arr, **kept))
+    return out, weights

@@ -60,23 +60,58 @@ class AttentionRecord:
             return 1
         return self.q.shape[-3] // self.k.shape[-3]
 
+    def select_heads(self, heads) -> None:
+        """Keep only query heads ``heads`` (in that order), in place: q, scores, weights, out and lse keep those
+        heads, a per-head mask too; k and v keep the key/value head each chosen head reads (so ``groups`` becomes
+        1); ``meta["heads"]`` lists the model's head index of each kept head."""
+        heads = list(heads)
+        groups = self.groups
+        n = next((x.shape[-3] for x in (self.q, self.scores, self.weights, self.out) if x is not None), None)
+        if n is None and self.lse is not None:
+            n = self.lse.shape[-2]
+        if n is not None and any(h >= n for h in heads):
+            raise ValueError(f"heads must be in 0..{n - 1} (layer {self.layer!r} has {n} heads), got {heads}")
+        for name in ("q", "scores", "weights", "out"):
+            x = getattr(self, name)
+            if x is not None:
+                setattr(self, name, x[..., heads, :, :])
+        if self.lse is not None:
+            self.lse = self.lse[..., heads, :]
+        if self.mask is not None and self.mask.shape[-3] != 1:
+            self.mask = self.mask[..., heads, :, :]
+        kv = [h // groups for h in heads]                     # the key/value head of each chosen query head
+        for name in ("k", "v"):
+            x = getattr(self, name)
+            if x is not None:
+                setattr(self, name, x[..., kv, :, :])
+        self.meta["heads"] = heads
+
 
 class Recorder:
     """Collects ``AttentionRecord`` s for the chosen layers (None = all) and fields.
 
     ``fields``: which arrays to keep, a subset of ("q", "k", "v", "scores", "mask", "weights", "lse", "out");
     a layer computes the weights only when "weights" or "scores" is asked (the tiled path records q, k, v, lse
-    and out, and ``attnlab.attention_weights_for`` recomputes chosen rows from lse).
+    and out, and ``attnlab.attention_weights_for`` recomputes chosen rows from lse). ``heads``: keep only these
+    query heads of each record (None = all; ``AttentionRecord.select_heads``).
     """
 
     ALL_FIELDS = ("q", "k", "v", "scores", "mask", "weights", "lse", "out")
 
-    def __init__(self, layers=None, fields=ALL_FIELDS):
+    def __init__(self, layers=None, fields=ALL_FIELDS, heads=None):
         unknown = set(fields) - set(self.ALL_FIELDS)
         if unknown:
             raise ValueError(f"fields must be among {self.ALL_FIELDS}, got {sorted(unknown)}")
+        if heads is not None:
+            heads = list(heads)
+            if not heads or not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 0
+                                    for h in heads):
+                raise ValueError(f"heads must be a non-empty list of head indices >= 0 (or None for all), "
+                                 f"got {heads!r}")
+            heads = [int(h) for h in heads]
         self.layers = None if layers is None else set(layers)
         self.fields = tuple(fields)
+        self.heads = heads
         self.records: list[AttentionRecord] = []
 
     def __repr__(self) -> str:
@@ -94,6 +129,8 @@ class Recorder:
         """Keep ``record`` (fields not asked for are dropped) if its layer is wanted."""
         if not self.wants(record.layer):
             return
+        if self.heads is not None:
+            record.select_heads(self.heads)
         for name in self.ALL_FIELDS:
             if name not in self.fields:
                 setattr(record, name, None)

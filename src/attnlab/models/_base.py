@@ -201,23 +201,31 @@ class Transformer:
         """Queries, keys, values, pre-mask scores and weights of every head for one sequence, recorded during one
         forward pass (see AttentionParts)."""
         tokens, rec = self.record(text_or_ids, truncate, fields=("q", "k", "v", "scores", "mask", "weights"))
-        records = [rec.get(layer) for layer in range(self.n_layers)]
-        q = np.stack([r.q[0] for r in records])                                    # (layers, H, L, Dh)
-        k = np.stack([np.repeat(r.k[0], r.groups, axis=0) for r in records])       # (layers, H, L, Dh)
-        v = np.stack([np.repeat(r.v[0], r.groups, axis=0) for r in records])       # (layers, H, L, Dv)
-        scores = np.stack([r.scores[0] for r in records])                          # (layers, H, L, L)
-        weights = np.stack([r.weights[0] for r in records])                        # (layers, H, L, L)
-        mask = records[0].mask                                                     # (1, 1, L, L) or None
-        assert all((r.mask is None) == (mask is None) and (mask is None or np.array_equal(r.mask, mask))
-                   for r in records) and (mask is None or mask.shape[:2] == (1, 1)), \
-            "every layer and head of one sequence attends under the same (L, L) mask"
-        base = None if mask is None else mask[0, 0]
-        scales = np.array([r.scale for r in records])                              # (layers,)
         meta = {"model": self.name, "family": self.family, "layers": self.n_layers, "heads": self.n_heads,
                 "kv_heads": self.attn[0].n_kv_heads}
-        if not np.allclose(scales, scales[0]):
-            meta["scale per layer"] = ", ".join(f"{s:.4g}" for s in scales)   # GPT-2 scale_attn_by_inverse_layer_idx
-        return AttentionParts(tokens, scores, base, q, k, v, weights, float(scales[0]), meta)
+        return attention_parts_of(tokens, [rec.get(layer) for layer in range(self.n_layers)], meta)
+
+
+def attention_parts_of(tokens: list[str], records, meta: dict) -> AttentionParts:
+    """``AttentionParts`` of one sequence (B = 1) from one record per layer, in layer order, each holding q, k, v,
+    scores, mask and weights (``Recorder(fields=...)``): attnlab's own models and the Hugging Face backend
+    (``attnlab.integrations.hf``) build their parts here. Every layer must attend under the same (L, L) mask."""
+    q = np.stack([r.q[0] for r in records])                                    # (layers, H, L, Dh)
+    k = np.stack([np.repeat(r.k[0], r.groups, axis=0) for r in records])       # (layers, H, L, Dh)
+    v = np.stack([np.repeat(r.v[0], r.groups, axis=0) for r in records])       # (layers, H, L, Dv)
+    scores = np.stack([r.scores[0] for r in records])                          # (layers, H, L, L)
+    weights = np.stack([r.weights[0] for r in records])                        # (layers, H, L, L)
+    mask = records[0].mask                                                     # (1, 1, L, L) or None
+    if not all((r.mask is None) == (mask is None) and (mask is None or np.array_equal(r.mask, mask))
+               for r in records) or (mask is not None and mask.shape[:2] != (1, 1)):
+        raise ValueError("the layers attend under different masks (e.g. sliding-window and full layers): "
+                         "AttentionParts holds one (L, L) mask; read each layer's record instead")
+    base = None if mask is None else mask[0, 0]
+    scales = np.array([r.scale for r in records])                              # (layers,)
+    meta = dict(meta)
+    if not np.allclose(scales, scales[0]):
+        meta["scale per layer"] = ", ".join(f"{s:.4g}" for s in scales)   # GPT-2 scale_attn_by_inverse_layer_idx
+    return AttentionParts(tokens, scores, base, q, k, v, weights, float(scales[0]), meta)
 
 
 class Decoder(Transformer):
