@@ -697,9 +697,10 @@ def failures(report: Report, quick: bool) -> None:
         return
     tokens, w = _sentence_weights(model)
     table = head_table(w, sink_indices=(0, len(tokens) - 1))
-    counts = {flag: sum(flag in r.flags for r in table) for flag in ("diffuse", "over_concentrated", "sink")}
+    counts = {flag: sum(flag in r.flags for r in table) for flag in ("diffuse", "over_concentrated")}
+    counts["sink"] = sum(r.type == "sink" for r in table)           # a sink is a head type, not a failure flag
     report.table(f"{len(table)} heads of MiniLM on one sentence (attnlab.diagnostics.head_table)",
-                 ["flag", "heads", "what it means"],
+                 ["flag or type", "heads", "what it means"],
                  [["diffuse", counts["diffuse"], "weight spread over nearly everything: weak signal"],
                   ["over_concentrated", counts["over_concentrated"], "one token takes nearly all the weight"],
                   ["sink", counts["sink"], "mass parked on [CLS]/[SEP]: a 'no-op' place to put weight"]])
