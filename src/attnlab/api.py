@@ -81,7 +81,7 @@ def attention(q, k, v, score="scaled_dot", mask=None, *, bias=None, score_mod=No
     return_weights = flag(return_weights, "return_weights")
     params = {name: as_array(value, name) if name != "scale" else value for name, value in score_params.items()}
     n_scores = math.prod(p.scores_shape)
-    budget.check(cost.REFERENCE_LIVE[mask is not None] * n_scores * accumulation_itemsize(p.xp, p.q)
+    budget.check(cost.REFERENCE_LIVE[mask is not None] * n_scores * accumulation_itemsize(p.q.dtype)
                  + (n_scores if mask is not None else 0),
                  f"attention(score={score if isinstance(score, str) else 'callable'!r}) on scores "
                  f"{tuple(p.scores_shape)} (the whole score matrix, several times)",
@@ -132,7 +132,7 @@ def attention_backward(dout, q, k, v, mask=None, *, scale=None, bias=None, score
     [3.0, 3.0]
     """
     p = prepare(q, k, v, "attention_backward", dot=True, scale=scale, score_mod=score_mod)
-    budget.check(planner.REFERENCE_BACKWARD_COPIES * math.prod(p.scores_shape) * accumulation_itemsize(p.xp, p.q),
+    budget.check(planner.REFERENCE_BACKWARD_COPIES * math.prod(p.scores_shape) * accumulation_itemsize(p.q.dtype),
                  f"attention_backward on scores {tuple(p.scores_shape)} (it holds the whole matrices)",
                  instead="use attnlab.flash_attention_backward, which works tile by tile")
     if not all(isinstance(x, np.ndarray) for x in (p.q, p.k, p.v)):
@@ -170,7 +170,7 @@ def attention_weights_for(q, k, rows, lse, mask=None, **options):
     except (IndexError, TypeError, ValueError):
         n = 0                                   # the kernel names what is wrong with rows
     heads = p.scores_shape[-3] if len(p.scores_shape) >= 3 else 1     # the kernel's (r, n, Lk) scores, r <= H
-    itemsize = accumulation_itemsize(p.xp, p.q)
+    itemsize = accumulation_itemsize(p.q.dtype)
     budget.check((math.prod(p.scores_shape[:-2]) + 2 * heads) * n * Lk * itemsize,
                  f"attention_weights_for with {n} rows x {Lk} keys of scores {tuple(p.scores_shape)}",
                  instead="ask for fewer rows at a time")
