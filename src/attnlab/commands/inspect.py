@@ -18,6 +18,8 @@ def register(sub):
                                    "heatmap.png (one head), heads.png, entropy.png and explorer.html.")
     p.add_argument("text", nargs="?", help="the text (up to the model's limit, 512 tokens for MiniLM)")
     p.add_argument("--model", default=MODEL, help=f"model name or local Hugging Face directory (default {MODEL})")
+    p.add_argument("--hf", metavar="DIR", help="a local Hugging Face model folder, run by transformers with attnlab "
+                                               "as its attention implementation (attnlab.integrations.hf)")
     p.add_argument("--layer", type=int, help="show only this layer (0-based); with --head: one head")
     p.add_argument("--head", type=int, help="show only this head (0-based; needs --layer)")
     p.add_argument("--out", help="folder for the figures and the explorer page")
@@ -40,8 +42,12 @@ def run(args):
     from ..progress import Status
 
     with Status("attnlab inspect") as status:
-        status.step(f"loading {args.model}")
-        model = models.load(args.model)
+        status.step(f"loading {args.hf or args.model}")
+        if args.hf:
+            from ..integrations import hf
+            model = hf.load_local(args.hf)
+        else:
+            model = models.load(args.model)
         layer, head = _selection(args, model)
         status.step(f"running {model.name} on the text and recording every head")
         parts = model.attention_parts(args.text, truncate=args.truncate)

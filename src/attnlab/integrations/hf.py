@@ -281,3 +281,47 @@ def attention_parts(model, tokenizer, text: str, max_length: int | None = None) 
             "family": getattr(model.config, "model_type", "?"), "layers": len(layers),
             "heads": records[0].q.shape[1], "kv_heads": records[0].k.shape[1], "backend": NAME}
     return attention_parts_of(tokens, records, meta)
+
+
+@dataclass
+class LocalModel:
+    """A local Hugging Face folder loaded by transformers with attnlab as its attention implementation, with the
+    surface ``attnlab inspect`` reads (name, n_layers, n_heads, causal, attention_parts)."""
+
+    name: str
+    model: object
+    tokenizer: object
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.model.config.num_attention_heads)
+
+    @property
+    def causal(self) -> bool:
+        return bool(getattr(self.model.config, "is_decoder", False)) or any(
+            a.endswith(("CausalLM", "LMHeadModel")) for a in (self.model.config.architectures or []))
+
+    def attention_parts(self, text: str, truncate: bool = False) -> AttentionParts:
+        if truncate:
+            limit = getattr(self.model.config, "max_position_embeddings", None)
+            ids = self.tokenizer(text, truncation=limit is not None, max_length=limit)["input_ids"]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return attention_parts(self.model, self.tokenizer, text)
+
+
+def load_local(folder) -> LocalModel:
+    """transformers' ``AutoModel`` and ``AutoTokenizer`` from ``folder`` (offline), attention on attnlab."""
+    from pathlib import Path
+
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--hf: expected a Hugging Face model folder with a config.json, got {str(folder)!r}")
+    register()
+    model = AutoModel.from_pretrained(path, attn_implementation=NAME, local_files_only=True).eval()
+    return LocalModel(path.name, model, AutoTokenizer.from_pretrained(path, local_files_only=True))
