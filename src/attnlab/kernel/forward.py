@@ -43,6 +43,7 @@ import numpy as np
 from .. import masks as masks_mod
 from .._array import as_array, default_scale
 from .._inputs import Prepared, prepare, resolve_bias, resolve_mask
+from ..checks import flag
 from ..masks import EMPTY, FULL, PARTIAL
 from ..merge import merge_attention
 from . import layout as layout_mod
@@ -107,6 +108,7 @@ def flash_attention(q, k, v, mask=None, *, scale=None, score_mod=None, bias=None
 def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, block_q=None, block_k=None,
           return_lse=False, threads=None, stats: RunStats | None = None, fn_name="flash_attention"):
     """``flash_attention`` on inputs already checked by ``attnlab._inputs.prepare`` (with ``dot=True``)."""
+    return_lse = flag(return_lse, "return_lse")
     pb = problem(p, mask, scale, score_mod, bias, fn_name)
     lay = pb.lay
     threads = layout_mod.threads_of(threads)
@@ -169,22 +171,30 @@ def call_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
     mask_key = "array" if pb.mask_arr is not None else id(mask)
     key = (lay.q.shape, lay.k.shape, lay.v.shape, lay.lead, lay.r, lay.scores_shape, pb.dtype, mask_key,
            pb.mods is not None, block_q, block_k, threads, tunables)
+    keyable = all(b is None or isinstance(b, (int, np.integer)) for b in (block_q, block_k))
+    if not keyable:                  # junk tile sizes: layout.blocks names them below
+        return _new_plan(pb, mask, block_q, block_k, threads)
     with _PLANS_LOCK:
         plan = _PLANS.get(key)
         if plan is not None and (pb.mask_arr is not None or plan.mask is mask):
             _PLANS.move_to_end(key)
             return plan
-    bq, bk = layout_mod.blocks(lay, block_q, block_k)
-    maps = TileMaps(mask, lay, bq, bk)
-    decode = layout_mod.decode_regime(lay, bq, mods=pb.mods is not None)
-    splits, n_threads = layout_mod.schedule(lay, bq, bk, threads, decode)
-    tasks = layout_mod.tasks(maps, lay, splits, decode)
-    plan = CallPlan(bq, bk, maps, decode, splits, n_threads, tasks, None if pb.mask_arr is not None else mask)
+    plan = _new_plan(pb, mask, block_q, block_k, threads)
     with _PLANS_LOCK:
         _PLANS[key] = plan
         while len(_PLANS) > PLAN_CACHE:
             _PLANS.popitem(last=False)
     return plan
+
+
+def _new_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
+    lay = pb.lay
+    bq, bk = layout_mod.blocks(lay, block_q, block_k)
+    maps = TileMaps(mask, lay, bq, bk)
+    decode = layout_mod.decode_regime(lay, bq, mods=pb.mods is not None)
+    splits, n_threads = layout_mod.schedule(lay, bq, bk, threads, decode)
+    tasks = layout_mod.tasks(maps, lay, splits, decode)
+    return CallPlan(bq, bk, maps, decode, splits, n_threads, tasks, None if pb.mask_arr is not None else mask)
 
 
 def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, score_mod=None, bias=None, bias_fn=None):
