@@ -10,15 +10,13 @@ from pathlib import Path
 
 import ctranslate2
 import numpy as np
-import torch
 from transformers import WhisperFeatureExtractor
 
 from attnlab import models
 from attnlab.models import audio
-from attnlab.record import Recorder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_models_whisper import SENTENCE, to_transformers   # noqa: E402  (the mapping the parity tests prove)
+from test_models_whisper import SENTENCE, both_passes, to_transformers   # noqa: E402  (what the parity tests run)
 
 
 def main():
@@ -29,13 +27,7 @@ def main():
     ref_mel = WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, hop_length=160, chunk_length=30,
                                       n_fft=400)(x, sampling_rate=16000, return_tensors="np").input_features[0]
     mel = tiny.features(wav)
-    rec = Recorder(fields=("weights",))
-    enc = tiny.encode(mel, rec)
-    ids = tiny.prompt() + [383, 2068, 7586]                               # the prompt and three text tokens
-    logits = tiny.decode(ids, enc, None, rec)
-    with torch.no_grad():
-        out = hf(input_features=torch.tensor(mel)[None], decoder_input_ids=torch.tensor([ids]),
-                 output_attentions=True)
+    rec, enc, logits, out = both_passes(tiny, hf, mel)
     worst = lambda kind, side, theirs: max(np.abs(rec.get(f"{side}.{i}", kind).weights[0] - t[0].numpy()).max()
                                            for i, t in enumerate(theirs))
     print(f"{tiny!r}; {SENTENCE!r} spoken by espeak-ng ({len(x) / audio.SAMPLE_RATE:.1f} s)")

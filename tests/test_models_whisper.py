@@ -80,15 +80,21 @@ def test_log_mel_equals_whisper_feature_extractor(wav):
     assert audio.log_mel(x).shape == (80, 3000)
 
 
-def test_encoder_logits_and_every_attention_weight_equal_transformers(tiny, hf_tiny, wav):
-    mel = tiny.features(wav)
+def both_passes(tiny, hf, mel):
+    """attnlab's encoder and decoder (every attention call recorded) and transformers' forward on the same mel and
+    ids (the prompt and three text tokens): (recorder, encoder output, logits, transformers' output)."""
     rec = Recorder(fields=("weights",))
     enc = tiny.encode(mel, rec)
-    ids = tiny.prompt() + [383, 2068, 7586]                                  # the prompt and three text tokens
+    ids = tiny.prompt() + [383, 2068, 7586]
     logits = tiny.decode(ids, enc, None, rec)
     with torch.no_grad():
-        out = hf_tiny(input_features=torch.tensor(mel)[None], decoder_input_ids=torch.tensor([ids]),
-                      output_attentions=True)
+        out = hf(input_features=torch.tensor(mel)[None], decoder_input_ids=torch.tensor([ids]),
+                 output_attentions=True)
+    return rec, enc, logits, out
+
+
+def test_encoder_logits_and_every_attention_weight_equal_transformers(tiny, hf_tiny, wav):
+    rec, enc, logits, out = both_passes(tiny, hf_tiny, tiny.features(wav))
     np.testing.assert_allclose(enc, out.encoder_last_hidden_state[0].numpy(), atol=1e-4)
     np.testing.assert_allclose(logits, out.logits[0].numpy(), atol=1e-4)
     for i in range(len(tiny.encoder)):
