@@ -78,3 +78,45 @@ def test_multihead_section_does_not_claim_specialisation_for_random_heads():
     table = [float(x) for x in re.findall(r"│\s+\d\s+│\s+(\d\.\d{3})\s+│", text_of(report))]
     assert len(table) == 4 and (low, high) == (min(table), max(table))
     assert "untrained" in text and "comes from training" in text
+
+
+def _tables(report):
+    return {title: (cols, rows) for kind, payload in report.sections[-1].blocks if kind == "table"
+            for title, cols, rows in [payload]}
+
+
+def test_failures_section_counts_sink_heads_by_type_and_names_heads_by_id():
+    """The old section counted "sink" in r.flags, always 0 once sink became a head type, and named heads
+    "layer 5 head 11"."""
+    from attnlab import diagnostics
+
+    report = Report(None, figures=False, console=plain_console())
+    report.section("failures", "failures")
+    tour.failures(report, quick=True)
+    (cols, rows), = [t for title, t in _tables(report).items() if title.startswith("72 heads of MiniLM")]
+    assert cols[:3] == ["flag or type", "heads", "which"]
+    counts = {row[0]: int(row[1]) for row in rows}
+    model = tour._MODEL_CACHE["minilm"]
+    parts = model.attention_parts(tour.SENTENCE)
+    tokens = list(parts.tokens)
+    heads = diagnostics.head_table(parts.weights, sink_indices=(0, -1),
+                                   delimiters=diagnostics.delimiter_positions(tokens), ids=tokens)   # as inspect
+    sinks = [r for r in heads if r.type == "sink"]
+    assert counts["sink"] == len(sinks) > 0
+    assert counts["diffuse"] == sum("diffuse" in r.flags for r in heads)
+    assert counts["over_concentrated"] == sum("over_concentrated" in r.flags for r in heads)
+    which = dict((row[0], row[2]) for row in rows)["sink"]
+    assert which.startswith(", ".join(f"L{r.layer}.H{r.head}" for r in sinks[:3]))
+    text = text_of(report)
+    position, = [t for title, t in _tables(report).items() if title.startswith('weight from "it"')]
+    assert re.fullmatch(r"L\d\.H\d+", position[0][2])
+    assert not re.search(r"layer \d+ head \d+", text)
+
+
+def test_failure_table_lists_at_most_a_few_ids():
+    from attnlab.diagnostics import HeadStats
+
+    rows = [HeadStats(1, h, 0.9, 5.0, 0.2, 0.1, 2.0, 0.1, 0.1, 0.1, ("diffuse",)) for h in range(9)]
+    diffuse, concentrated, sink = tour.failure_table(rows, shown=4)
+    assert diffuse[:3] == ["diffuse", 9, "L1.H0, L1.H1, L1.H2, L1.H3, ... (5 more)"]
+    assert concentrated[1:3] == sink[1:3] == [0, "-"]

@@ -252,3 +252,73 @@ def test_cost_figure_rejects_what_log_axes_cannot_show():
         viz.cost_figure({"naive": ([1, 2], [1.0])})
     with pytest.raises(TypeError, match="predicted must be a non-empty dict"):
         viz.cost_figure([])
+
+
+def _title_text(fig, ax):
+    """The Text artist of ``ax``'s title, wherever it is placed (left, centre or right)."""
+    from matplotlib.text import Text
+
+    wanted = next(t for t in (ax.get_title(loc=side) for side in ("left", "center", "right")) if t)
+    return next(t for t in fig.findobj(Text) if t.get_text() == wanted)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 4), (6, 12), (12, 12)])
+def test_entropy_figure_colour_bar_clears_the_title(shape, rng):
+    """The old colour bar was taller than the aspect-equal heatmap and ran up over the title."""
+    w = rng.dirichlet(np.ones(5), size=(*shape, 5))                                  # (layers, heads, 5, 5)
+    fig = viz.entropy_figure(w)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    bars = [a for a in [*fig.axes, *ax.child_axes] if a is not ax]
+    assert len(bars) == 1
+    title = _title_text(fig, ax).get_window_extent(renderer)
+    bar = bars[0].get_tightbbox(renderer)                                            # bar, ticks and label
+    assert title.width > 0 and not title.overlaps(bar), (title, bar)
+    assert fig.bbox.y0 <= bar.y0 and bar.y1 <= fig.bbox.y1                          # (save() crops to the ink)
+    assert ax.get_window_extent(renderer).y1 <= title.y0 + 1                         # the title sits above the cells
+
+
+def _visible_pixels(fig, ax, line) -> int:
+    """Pixels of ``line``'s colour inside ``ax`` but outside its legend: how much of the line the reader sees."""
+    from matplotlib.colors import to_rgb as rgb
+
+    pixels = render(fig)
+    height = fig.canvas.get_width_height()[1]
+    close = np.abs(pixels - np.array(rgb(line.get_color())) * 255).max(axis=-1) < 40   # (H, W)
+    box, legend = ax.get_window_extent(), ax.get_legend().get_window_extent()
+    inside = np.zeros_like(close)
+    inside[int(height - box.y1):int(height - box.y0), int(box.x0):int(box.x1)] = True
+    inside[int(height - legend.y1):int(height - legend.y0), int(legend.x0):int(legend.x1)] = False
+    return int((close & inside).sum())
+
+
+def test_cost_figure_every_curve_has_its_own_visible_style():
+    """Two curves with equal values (reference and tiled, dense, compute the same cells) both show, and no two
+    legend entries look alike: the old figure drew both as solid lines and the first vanished under the second."""
+    n = np.array([256, 512, 1024, 2048])
+    curves = {"first": (n, 1.0 * n ** 2), "same values": (n, 1.0 * n ** 2), "third": (n, 0.5 * n ** 2),
+              "fourth": (n, 3.0 * n), "fifth": (n, 0.25 * n ** 2)}
+    fig = viz.cost_figure(curves)
+    ax = fig.axes[0]
+    handles = ax.get_legend().legend_handles
+    styles = {(h.get_color(), str(h.get_linestyle()), h.get_marker()) for h in handles}
+    assert len(handles) == len(curves) == len(styles)
+    assert len({h.get_marker() for h in handles}) == len(curves)
+    assert len({h.get_linestyle() for h in handles}) == 4                             # every named dash pattern
+    for line in ax.lines:
+        if not line.get_label().startswith("_"):
+            assert _visible_pixels(fig, ax, line) > 150, line.get_label()
+
+
+def test_cost_figure_title_and_caption():
+    n = [256, 512]
+    fig = viz.cost_figure({"naive": (n, [1.0, 4.0])}, title="preset x", caption="why " * 200)
+    fig.canvas.draw()
+    assert fig.get_suptitle() == "preset x"
+    caption = fig.get_supxlabel()
+    assert caption.split() == ["why"] * 200 and caption.count("\n") >= 2            # wrapped to the width
+    from matplotlib.text import Text
+
+    box = next(t for t in fig.findobj(Text) if t.get_text() == caption).get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 + 1 and box.y1 <= fig.axes[0].get_window_extent().y0

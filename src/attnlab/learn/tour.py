@@ -529,30 +529,30 @@ def real_model(report: Report, quick: bool) -> None:
     model = _minilm(report)
     if model is None:
         return
-    from ..diagnostics import head_table
+    from ..diagnostics import delimiter_positions, head_table
 
     t0 = time.perf_counter()
     tokens, w = _sentence_weights(model)                                         # (layers, H, L, L)
     report.say(f"all-MiniLM-L6-v2 (6 layers x 12 heads, d = 384) in NumPy on attnlab.MultiHeadAttention: "
                f"{len(tokens)} tokens, weights {w.shape}, {time.perf_counter() - t0:.2f} s.\nTokens: "
                + " ".join(tokens))
-    table = head_table(w, sink_indices=(0, len(tokens) - 1))
+    table = head_table(w, sink_indices=(0, len(tokens) - 1), delimiters=delimiter_positions(tokens), ids=tokens)
     best = {"previous token": max(table, key=lambda r: r.previous), "next token": max(table, key=lambda r: r.next),
             "broad (highest entropy)": max(table, key=lambda r: r.entropy),
             "[CLS]/[SEP] sink": max(table, key=lambda r: r.sink)}
-    report.table("heads that stand out", ["pattern", "layer", "head", "score"],
-                 [[k, r.layer, r.head, f"{dict(zip(best, (r.previous, r.next, r.entropy, r.sink)))[k]:.2f}"]
-                  for k, r in best.items()])
+    report.table("heads that stand out (heads named L<layer>.H<head>, both 0-based)",
+                 ["pattern", "head", "score", "type", "failure flags"],
+                 [[k, r.id, f"{dict(zip(best, (r.previous, r.next, r.entropy, r.sink)))[k]:.2f}", r.type,
+                   ", ".join(r.flags) or "-"] for k, r in best.items()])
     prev = best["previous token"]
     top = np.argmax(w[prev.layer, prev.head], axis=1)                            # (L,) most attended key
-    report.table(f"layer {prev.layer}, head {prev.head}: where each token looks", ["query", "attends most to",
-                                                                                    "weight"],
+    report.table(f"{prev.id}: where each token looks", ["query", "attends most to", "weight"],
                  [[tokens[i], tokens[j], f"{w[prev.layer, prev.head, i, j]:.2f}"] for i, j in enumerate(top)])
     viz = _viz(report)
     if viz:
         report.figure("11-minilm-heads.png", lambda: viz.heads_grid(w[:2], tokens))   # layers 0 and 1
         report.figure("11-minilm-head.png", lambda: viz.heatmap(w[prev.layer, prev.head], tokens, tokens,
-                                                                 title=f"layer {prev.layer} head {prev.head}"))
+                                                                 title=f"MiniLM {prev.id}"))
     if report.out_dir is not None:
         from ..viz.explorer import ExplorerData, write_explorer
 
@@ -690,20 +690,16 @@ def _speech(report: Report) -> None:
 # --- 12. failure modes -----------------------------------------------------------------------------------------
 def failures(report: Report, quick: bool) -> None:
     """Failure modes: diffuse heads, over-concentrated heads, sinks, position sensitivity."""
-    from ..diagnostics import head_table
+    from ..diagnostics import delimiter_positions, head_id, head_table
 
     model = _minilm(report)
     if model is None:
         return
     tokens, w = _sentence_weights(model)
-    table = head_table(w, sink_indices=(0, len(tokens) - 1))
-    counts = {flag: sum(flag in r.flags for r in table) for flag in ("diffuse", "over_concentrated")}
-    counts["sink"] = sum(r.type == "sink" for r in table)           # a sink is a head type, not a failure flag
-    report.table(f"{len(table)} heads of MiniLM on one sentence (attnlab.diagnostics.head_table)",
-                 ["flag or type", "heads", "what it means"],
-                 [["diffuse", counts["diffuse"], "weight spread over nearly everything: weak signal"],
-                  ["over_concentrated", counts["over_concentrated"], "one token takes nearly all the weight"],
-                  ["sink", counts["sink"], "mass parked on [CLS]/[SEP]: a 'no-op' place to put weight"]])
+    table = failure_table(head_table(w, sink_indices=(0, len(tokens) - 1),
+                                     delimiters=delimiter_positions(tokens), ids=tokens))
+    report.table(f"{len(w) * w.shape[1]} heads of MiniLM on one sentence (attnlab.diagnostics.head_table, as "
+                 f"attnlab inspect runs it)", ["flag or type", "heads", "which", "what it means"], table)
     it, cat = tokens.index("it"), tokens.index("cat")
     layer, head = np.unravel_index(np.argmax(w[:, :, it, cat]), w.shape[:2])     # the head linking it -> cat
     rows = []
@@ -715,12 +711,36 @@ def failures(report: Report, quick: bool) -> None:
     report.say("Position sensitivity: the head that links \"it\" to \"cat\" most strongly, as filler text pushes "
                "them apart:")
     report.table(f'weight from "it" to "cat"',
-                 ["filler tokens", "distance", f"layer {layer} head {head}", "mean of all heads"], rows)
+                 ["filler tokens", "distance", head_id(layer, head), "mean of all heads"], rows)
     report.say(position_sentence(rows))
     viz = _viz(report)
     if viz:
         report.figure("12-entropy.png", lambda: viz.entropy_figure(w))
     report.next("attnlab.diagnostics.head_table(weights)   and   attnlab failure-modes")
+
+
+FAILURE_ROWS = (("flag", "diffuse", "weight spread over nearly everything: weak signal"),
+                ("flag", "over_concentrated", "one token takes nearly all the weight, and no function explains it"),
+                ("type", "sink", "mass parked on [CLS]/[SEP]: a 'no-op' place to put weight (a function, not a "
+                                 "failure)"))
+
+
+def failure_table(rows, shown: int = 6) -> list[list]:
+    """The failures section's rows from ``diagnostics.head_table`` rows: for each failure flag and for the sink
+    type, how many heads, and which (named by ``diagnostics.head_id``, "L0.H2", at most ``shown``). A sink is a
+    head type, not a flag: counting ``"sink" in r.flags`` would always give 0.
+
+    >>> from attnlab.diagnostics import HeadStats
+    >>> r = HeadStats(0, 2, 0.1, 1.2, 0.97, 0.9, 3.0, 0.0, 0.0, 0.0, (), type="sink")
+    >>> [row[:3] for row in failure_table([r])]
+    [['diffuse', 0, '-'], ['over_concentrated', 0, '-'], ['sink', 1, 'L0.H2']]
+    """
+    out = []
+    for kind, name, meaning in FAILURE_ROWS:
+        ids = [r.id for r in rows if (name in r.flags if kind == "flag" else r.type == name)]
+        which = ", ".join(ids[:shown]) + (f", ... ({len(ids) - shown} more)" if len(ids) > shown else "")
+        out.append([name, len(ids), which or "-", meaning])
+    return out
 
 
 # --- 13. what weights do not tell you ---------------------------------------------------------------------------
