@@ -1,5 +1,6 @@
 """attnlab cheatsheet: one PDF page whose text holds the formula and the shapes; shapes from running the code."""
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def test_pdf_is_one_page_with_formula_and_shapes(tmp_path):
     for needle in ("causal", "sliding_window(2)", "padding([4])", "MQA", "GQA", "KV cache per token",
                    "4 B H Lq Lk Dh"):
         assert needle in text
+    for label, value in cheatsheet.COST_FORMULAS:           # every cost label stands clear of its value
+        assert re.search(re.escape(label) + r"  +" + re.escape(value.split()[0]), text), label
 
 
 def test_png_draws_the_masks(tmp_path):

@@ -138,6 +138,14 @@ def test_doubling_dense_and_causal_quadruple():
         assert r["KV cache"] == 2.0
 
 
+def test_doubling_says_why_the_tiled_flops_do_not_quadruple():
+    d = cost.doubling("gpt2", 1024)                           # causal, 1024 x 256 tiles: one query block at n
+    assert d.ratios["tiled FLOPs"] == pytest.approx(3.0, rel=1e-3)
+    assert "its FLOPs grow 3.00x, not 4.00x: at n = 1024 a single query block of 1024 rows" in d.explanation
+    dense = cost.doubling("gpt2", 1024, mask="full")          # every tile computed at both sizes: nothing to explain
+    assert dense.ratios["tiled FLOPs"] == pytest.approx(4.0, rel=1e-3) and "its FLOPs grow" not in dense.explanation
+
+
 def test_doubling_window_doubles_the_work_but_not_the_naive_memory():
     d = cost.doubling(cost.model_config(head_dim=64, n_heads=8), 65536, mask="window:256")
     assert d.ratios["useful FLOPs"] == pytest.approx(2.0, rel=0.01)

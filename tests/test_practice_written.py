@@ -216,6 +216,14 @@ def test_more_than_two_prompts_and_no_repeats_in_a_session():
     assert {practice.make("written", s).title for s in range(20)} == {f"in your own words ({k})" for k in RUBRICS}
 
 
+def test_a_session_never_repeats_a_written_prompt_even_when_asked_for_more():
+    with pytest.raises(ValueError, match=f"at most {len(RUBRICS)} for written answers.*got {len(RUBRICS) + 2}"):
+        practice.exercises(0, ["written"], len(RUBRICS) + 2)
+    long = practice.exercises(0, ["softmax", "written"], 3 * len(RUBRICS))    # written skipped once all were asked
+    written = [ex.title for ex in long if ex.kind == "written"]
+    assert len(long) == 3 * len(RUBRICS) and sorted(written) == sorted(set(written)) and len(written) == len(RUBRICS)
+
+
 def test_too_short_is_asked_again():
     with pytest.raises(InvalidAnswer, match="at least a sentence"):
         practice.check_written("selfcross", "self vs cross")
@@ -246,3 +254,12 @@ def test_written_prompt_end_to_end(tmp_path):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0 and "Traceback" not in child.before
+
+
+def test_concatenation_then_projection_across_a_comma_is_found():
+    text = ("Multi-head attention runs several heads in parallel, each with its own projections into a smaller "
+            "subspace, so different heads can specialise in different patterns. Their outputs are concatenated, "
+            "and an output projection mixes them back to the model dimension. A single head has only one softmax "
+            "pattern per query.")
+    g = claims.grade(RUBRICS["multihead"], text)
+    assert g.label == "correct" and "5 of 5" in g.reason, g.reason

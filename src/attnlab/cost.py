@@ -106,7 +106,7 @@ class ModelConfig:
         kind = "MHA" if self.n_kv_heads == self.n_heads else ("MQA" if self.n_kv_heads == 1 else "GQA")
         ctx = f", context {self.context}" if self.context else ""
         return (f"{self.name}: {_plural(self.n_layers, 'layer')}, d_model {self.d_model}, {self.n_heads} heads x "
-                f"{self.head_dim}, {self.n_kv_heads} kv heads ({kind}), mask {mask_name(self.mask)}{ctx}")
+                f"{self.head_dim}, {_plural(self.n_kv_heads, 'kv head')} ({kind}), mask {mask_name(self.mask)}{ctx}")
 
 
 def model_config(*, n_heads: int, d_model: int | None = None, head_dim: int | None = None,
@@ -498,6 +498,12 @@ def explain(before: Cost, ratios: dict) -> str:
         work = (f"Twice the queries, each seeing twice the keys: the score matrix has 4x the cells, so doubling "
                 f"roughly quadruples the work (useful FLOPs {r['useful FLOPs']}) and the reference path's "
                 f"memory ({r['reference peak memory']}): n^2.")
+    if before.q_len == n and abs(ratios["tiled FLOPs"] - ratios["useful FLOPs"]) > 0.05:
+        first = (f"at n = {n} a single query block of {before.block_q} rows holds every query, so no tile is wholly "
+                 f"blocked and none is skipped, while at 2n some are" if before.block_q >= n else
+                 "the share of wholly blocked tiles changes with n")
+        work += (f" The tiled path computes whole {before.block_q} x {before.block_k} tiles and skips only the ones the "
+                 f"mask blocks entirely, so its FLOPs grow {r['tiled FLOPs']}, not {r['useful FLOPs']}: {first}.")
     return (f"{work} The tiled path never stores the n x n matrix: its memory grows {r['tiled peak memory']} "
             f"(the output and per-row statistics: linear in the number of queries). The KV cache grows {r['KV cache']} "
             f"(one entry per cached token{'; a window caps it' if windowed else ''}).")

@@ -175,7 +175,8 @@ def figure(sheet: Sheet):
     fig.text(0.31, 0.515, "\n".join(f"{a:<7}{b:<26}{c}" for a, b, c in KINDS), linespacing=1.45, **mono)
 
     fig.text(0.03, 0.36, "Cost", fontsize=10, weight="bold", va="top")
-    cost_lines = [f"{k:<22}{v}" for k, v in COST_FORMULAS]
+    width = max(len(k) for k, _ in COST_FORMULAS) + 2                 # every label clear of its value
+    cost_lines = [f"{k:<{width}}{v}" for k, v in COST_FORMULAS]
     cost_lines += ["", f"n -> 2n ({sheet.doubling_setting}):",
                    "  " + ", ".join(f"{k} x{v:.2f}" for k, v in sheet.doubling.items())]
     fig.text(0.03, 0.33, "\n".join(cost_lines), linespacing=1.45, **mono)

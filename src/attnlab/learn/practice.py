@@ -469,19 +469,24 @@ MAX_EXERCISES = 1000
 
 
 def exercises(seed: int, kinds=None, count: int | None = None) -> list:
-    """``count`` exercises cycling through ``kinds`` (default: one of each kind, in the study guide's order); the
-    written prompts do not repeat until every one has been asked."""
+    """``count`` exercises cycling through ``kinds`` (default: one of each kind, in the study guide's order); no
+    written prompt repeats within a session (once each was asked, the cycle skips the written kind)."""
     kinds = list(kinds or KINDS)
     count = len(kinds) if count is None else count
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_EXERCISES:
         raise ValueError(f"count must be an integer in [1, {MAX_EXERCISES}] (one session), got {count!r}")
     topics = written_topics(seed)
-    out = []
-    for i in range(count):
+    if set(kinds) == {"written"} and count > len(topics):
+        raise ValueError(f"count must be at most {len(topics)} for written answers (there are {len(topics)} "
+                         f"written prompts and none repeats in a session), got {count}")
+    out, i = [], 0
+    while len(out) < count:
         kind = kinds[i % len(kinds)]
-        if kind == "written":       # distinct prompts within a session (they cycle only after all were asked)
-            n_written = sum(ex.kind == "written" for ex in out)
-            out.append(written_exercise(topics[n_written % len(topics)]))
+        n_written = sum(ex.kind == "written" for ex in out)
+        if kind == "written":       # distinct prompts within a session: once all were asked, written is skipped
+            if n_written < len(topics):
+                out.append(written_exercise(topics[n_written]))
         else:
             out.append(make(kind, seed + i // len(kinds)))
+        i += 1
     return out

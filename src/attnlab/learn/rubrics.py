@@ -103,7 +103,7 @@ MULTIHEAD = Rubric(
                Link((SINGLE,), r"speciali[sz]|(different|several|multiple) (\w+ ){0,2}(relation|pattern|"
                                r"kind|aspect)s? at once")]),
         Claim("concat", "the heads' outputs are concatenated, then the output projection mixes them",
-              [Link((MULTI, OUT), r"(concat\w*|stack\w*|join\w*|glued) (\w+ ){0,8}(project\w*|w_?o\b|linear|"
+              [Link((MULTI, OUT), r"(concat\w*|stack\w*|join\w*|glued)(,? (and|then))? (\w+ ){0,8}(project\w*|w_?o\b|linear|"
                                   r"output (matrix|layer)|mix\w*|dense layer)")],
               [Link((MULTI, OUT), r"(are|is|get|gets|then) (simply )?(averag|summ|added)\w*")]),
         Claim("single", "a single head has one softmax pattern per query, an average of everything it needs",
