@@ -27,7 +27,7 @@ RANDOM_SHIPPED = ["random:2,1", "random:3,2,5"]
 INVALID = [
     "", "   ", "\t\n", "causal &", "& causal", "causal)", "(causal", "((causal)", "causal causal", "~", "()",
     "causal || window:1", "foo", "Foo:1", "\u00c9", "x'\"y", "it's", "a\\b", "causal\x00", "caus\u200bal",
-    "full:1", "dense:0", "causal:a,b", "causal:TOP_LEFT", "causal:", "window", "window:", "window:1,2,3",
+    "full:1", "dense:0", "none:1", "causal:a,b", "causal:TOP_LEFT", "causal:", "window", "window:", "window:1,2,3",
     "window:a", "window:-1", "window:1,", "window:1.5", "window:2:3", ":3", "prefix", "prefix:1,2", "keys:1,2",
     "padding", "document", "document:0,3", "dilated", "dilated:0", "dilated:1,2", "global", "random:1",
     "random:1,2,3,4", "random:0,1", "window:4611686018427387905", "keys:4611686018427387905",
