@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from attnlab import masks, softmax
-from attnlab.viz.explorer import (CROSS_NOTE, SAME_AS_MODEL, ExplorerData, page_mask, what_if_note,
-                                  write_explorer)
+from attnlab.viz.explorer import CROSS_NOTE, SAME_AS_MODEL, ExplorerData, page_mask, what_if_note
 
-from test_explorer_browser import TIMEOUT_MS, browser, step_column, table  # noqa: F401  (the browser fixture)
+from test_explorer_browser import TIMEOUT_MS, browser, open_page, step_column, table  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
 
@@ -68,24 +67,14 @@ def python_mask(spec, Lq, Lk, kind):
 
 
 @pytest.fixture
-def opened(browser, tmp_path):  # noqa: F811
-    contexts = []
-
+def opened(open_page):  # noqa: F811
+    """opened(data, name) -> the Playwright page of ``data``, with .dialogs and .errors of its own."""
     def _open(data, name="page.html"):
-        path = write_explorer(data, tmp_path / name)
-        ctx = browser.new_context(offline=True, viewport={"width": 1400, "height": 1000})
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.dialogs, page.errors = [], []
-        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
-        page.goto(path.as_uri())
-        page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
-        return page
+        p = open_page(data, name)
+        p.page.dialogs, p.page.errors = p.dialogs, p.errors
+        return p.page
 
-    yield _open
-    for ctx in contexts:
-        ctx.close()
+    return _open
 
 
 def toy(rng, Lq, Lk, kind=None, **kw):

@@ -109,7 +109,8 @@
     const args = rest ? rest.split(",") : [], [lo, hi] = ARITY[name];
     if (args.length < lo || (hi !== null && args.length > hi)) {
       const want = lo === hi ? `${lo}` : hi === null ? `${lo} or more` : `${lo} to ${hi}`;
-      throw new SpecError(`mask spec ${pyRepr(spec)}: ${name} takes ${want} argument(s) after ':', got ${args.length}`);
+      throw new SpecError(`mask spec ${pyRepr(spec)}: ${name} takes ${want} argument(s) after ':', ` +
+        `got ${args.length}`);
     }
     if (name === "causal") {
       if (args.length && !ALIGNS.includes(args[0])) {
@@ -165,7 +166,9 @@
     }
   }
   function jointBatch(a, b) {
-    if (a !== null && b !== null && a !== b) throw new SpecError(`cannot combine masks defined for batch size ${a} and ${b}`);
+    if (a !== null && b !== null && a !== b) {
+      throw new SpecError(`cannot combine masks defined for batch size ${a} and ${b}`);
+    }
     return a !== null ? a : b;
   }
   function parseSpec(spec) {              // masks.parse: union := inter ('|' inter)*; inter := unary ('&' unary)*
@@ -178,7 +181,8 @@
       while (peek() === op) {
         pos++;
         const other = sub();
-        node = { op, a: node, b: other, text: `${node.text} ${op} ${other.text}`, batch: jointBatch(node.batch, other.batch) };
+        node = { op, a: node, b: other, text: `${node.text} ${op} ${other.text}`,
+          batch: jointBatch(node.batch, other.batch) };
       }
       return node;
     }
@@ -194,12 +198,16 @@
         pos++;
         return { op: "()", a, text: `(${a.text})`, batch: a.batch };
       }
-      if (tok === "&" || tok === "|" || tok === ")") throw new SpecError(`mask spec ${pyRepr(spec)}: unexpected ${pyRepr(tok)}; ${HINT}`);
+      if (tok === "&" || tok === "|" || tok === ")") {
+        throw new SpecError(`mask spec ${pyRepr(spec)}: unexpected ${pyRepr(tok)}; ${HINT}`);
+      }
       pos++;
       return specAtom(spec, tok);
     }
     const node = union();
-    if (pos !== tokens.length) throw new SpecError(`mask spec ${pyRepr(spec)}: unexpected ${pyRepr(tokens[pos])}; ${HINT}`);
+    if (pos !== tokens.length) {
+      throw new SpecError(`mask spec ${pyRepr(spec)}: unexpected ${pyRepr(tokens[pos])}; ${HINT}`);
+    }
     return node;
   }
   function atomsOf(node, out = []) {      // the masks of a parsed spec in reading order
@@ -213,7 +221,11 @@
     switch (node.name) {
       case "full": out.fill(1); return out;
       case "causal": { const o = node.align === "top_left" ? 0 : OFFSET; test = (i, j) => j <= i + o; break; }
-      case "window": { const l = n[0], r = n.length > 1 ? n[1] : 0; test = (i, j) => j >= i + OFFSET - l && j <= i + OFFSET + r; break; }
+      case "window": {
+        const l = n[0], r = n.length > 1 ? n[1] : 0;
+        test = (i, j) => j >= i + OFFSET - l && j <= i + OFFSET + r;
+        break;
+      }
       case "prefix": test = (i, j) => j < n[0] || j <= i + OFFSET; break;
       case "keys": test = (i, j) => j < n[0]; break;
       case "padding": { const len = Number(BigInt.asIntN(64, node.ints[0])); test = (i, j) => j < len; break; }
@@ -399,8 +411,12 @@
     const input = $("mask-spec");
     input.addEventListener("input", () => setSpec(input.value));
     MASKS.presets.forEach((spec) => {
-      const b = el("button", { type: "button", class: "preset", "data-testid": "mask-preset", "data-spec": spec }, spec);
-      b.addEventListener("click", () => { input.value = composed(input.value, spec, $("mask-join").value); setSpec(input.value); });
+      const b = el("button", { type: "button", class: "preset", "data-testid": "mask-preset", "data-spec": spec },
+        spec);
+      b.addEventListener("click", () => {
+        input.value = composed(input.value, spec, $("mask-join").value);
+        setSpec(input.value);
+      });
       $("mask-presets").append(b);
     });
     $("mask-clear").addEventListener("click", () => { input.value = ""; setSpec(""); });
