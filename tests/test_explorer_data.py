@@ -150,6 +150,7 @@ def test_explore_text_runs_the_real_model(tmp_path, capsys):
     payload = data_block(out.read_text())
     assert payload["q_tokens"][0] == "[CLS]" and payload["q_tokens"][-1] == "[SEP]"
     assert (payload["layers"], payload["heads"], payload["D"]) == (6, 12, 32)
+    assert payload["kind"] == "self" and "all-MiniLM-L6-v2 was not trained" in payload["masks"]["what_if"][0]
 
 
 def test_explore_serve_binds_localhost_on_a_free_port_and_stops(tmp_path):
