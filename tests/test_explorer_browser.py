@@ -90,10 +90,10 @@ def table(page, attr="w"):
     return out
 
 
-def choose_mask(page, kind, **numbers):
-    for testid, value in numbers.items():
-        page.fill(f"[data-testid={testid}]", str(value))
-    page.check(f"[data-testid=mask-{kind}]")
+def choose_mask(page, spec):
+    """Type a spec of attnlab's mask grammar into the page and wait until it applies."""
+    page.fill("[data-testid=mask-spec]", spec)
+    page.wait_for_selector(f"body[data-mask-state={'ok' if spec.strip() else 'none'}]", timeout=TIMEOUT_MS)
 
 
 # --- tests ------------------------------------------------------------------------------------------------------
@@ -153,17 +153,17 @@ def test_causal_toggle_zeroes_the_upper_triangle_and_rows_sum_to_one(open_page, 
     assert (w[upper] == 0).all() and (allowed[upper] == 0).all() and (allowed[~upper] == 1).all()
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=0, atol=1e-12)
     np.testing.assert_allclose(w, p.data.weights(masks.causal())[0, 0], rtol=0, atol=1e-12)
-    assert p.page.text_content("[data-testid=mask-code]") == "mask = attnlab.masks.causal()"
+    assert p.page.text_content("[data-testid=mask-code]") == 'mask = attnlab.masks.parse("causal")'
 
 
 def test_window_and_padding_masks_match_attnlab_and_empty_rows_are_zero(open_page, rng):
     p = open_page(toy(rng))
     page = p.page
-    choose_mask(page, "window", **{"window-size": 1})
+    choose_mask(page, "window:1,1")
     np.testing.assert_allclose(table(page), p.data.weights(masks.sliding_window(1, 1))[0, 0], rtol=0, atol=1e-12)
-    choose_mask(page, "padding", **{"padding-length": 3})
+    choose_mask(page, "padding:3")
     np.testing.assert_allclose(table(page), p.data.weights(masks.padding([3]))[0, 0], rtol=0, atol=1e-12)
-    page.fill("[data-testid=padding-length]", "0")                            # every key hidden
+    choose_mask(page, "padding:0")                                            # every key hidden
     assert (table(page) == 0).all() and (step_column(page, "weight") == 0).all()
     outputs = page.eval_on_selector_all("[data-testid=output-value]", "s => s.map(x => Number(x.dataset.value))")
     assert outputs == [0, 0, 0]
@@ -252,8 +252,8 @@ def in_page_ms(page, script):
 
 INTERACTIONS = {
     "click a token": "document.querySelector('[data-testid=q-token][data-index=\\'300\\']').click()",
-    "causal mask": "const r = document.querySelector('[data-testid=mask-causal]'); r.checked = true; "
-                   "r.dispatchEvent(new Event('change'))",
+    "causal mask": "const r = document.querySelector('[data-testid=mask-spec]'); r.value = 'causal'; "
+                   "r.dispatchEvent(new Event('input'))",
     "change head": "const s = document.querySelector('[data-testid=head-select]'); s.value = '2'; "
                    "s.dispatchEvent(new Event('change'))",
 }
@@ -268,7 +268,7 @@ def test_512_tokens_load_and_stay_interactive(open_page):
                                atol=1e-12)
     start = time.perf_counter()
     page.click("[data-testid=q-token][data-index='420']", timeout=TIMEOUT_MS)       # a real click, scrolled to
-    page.check("[data-testid=mask-none]", timeout=TIMEOUT_MS)
+    choose_mask(page, "")
     np.testing.assert_allclose(step_column(page, "weight"), data.weights()[0, 2, 420], rtol=0, atol=1e-12)
     assert "table is built up to" in page.text_content("#numbers-body")
     page.select_option("[data-testid=head-select]", "all")

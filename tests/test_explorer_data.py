@@ -150,6 +150,7 @@ def test_explore_text_runs_the_real_model(tmp_path, capsys):
     payload = data_block(out.read_text())
     assert payload["q_tokens"][0] == "[CLS]" and payload["q_tokens"][-1] == "[SEP]"
     assert (payload["layers"], payload["heads"], payload["D"]) == (6, 12, 32)
+    assert payload["kind"] == "self" and "all-MiniLM-L6-v2 was not trained" in payload["masks"]["what_if"][0]
 
 
 def test_explore_serve_binds_localhost_on_a_free_port_and_stops(tmp_path):
@@ -167,3 +168,75 @@ def test_explore_serve_binds_localhost_on_a_free_port_and_stops(tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
     assert proc.returncode == 130
+
+
+# --- masks: the one grammar, the page's refusals, the what-if sentence ---------------------------------------------
+def test_page_mask_is_the_grammars_array_plus_the_pages_two_refusals():
+    for spec, Lq, Lk in (("causal & window:2", 5, 5), ("window:1,1 | global:0", 3, 7), ("document:3,4 & causal", 4, 7),
+                         ("~dilated:2 | keys:1", 6, 2), ("padding:3", 4, 4), ("prefix:2", 5, 5)):
+        got = explorer.page_mask(spec, Lq, Lk, "self")
+        assert got.spec == masks.parse(spec).spec
+        assert np.array_equal(got.allowed, np.asarray(masks.parse(spec).to_array(Lq, Lk)).reshape(Lq, Lk))
+    with pytest.raises(ValueError, match=r"'keys:2 & causal': causal compares query and key positions, but this is "
+                                         r"cross-attention"):
+        explorer.page_mask("keys:2 & causal", 3, 9, "cross")
+    assert explorer.page_mask("keys:2 | ~padding:5", 3, 9, "cross").allowed.sum() == 3 * 6
+    with pytest.raises(ValueError, match="this page shows one sequence, so padding takes one length here, got 2"):
+        explorer.page_mask("padding:3,4", 4, 4)
+    with pytest.raises(masks.MaskSpecError, match="unknown mask 'windw'"):
+        explorer.page_mask("windw:3", 4, 4)
+
+
+def test_every_kind_of_page_offers_presets_that_fit_and_ships_their_random_blocks(rng):
+    for Lq, Lk, kind in ((1, 1, None), (2, 9, "self"), (9, 2, "causal"), (18, 18, None), (5, 1500, "cross")):
+        specs = explorer.default_mask_specs(Lq, Lk, kind)
+        assert len(specs) >= 3 and all(explorer.page_mask(s, Lq, Lk, kind) for s in specs)
+        if kind == "cross":
+            assert not any(w in s for s in specs for w in ("causal", "window", "prefix", "global", "random"))
+    data = ExplorerData(tokens=list("abcdefgh"), scores=rng.normal(size=(8, 8)),
+                        mask_specs=["causal & random:2,1", "random:3,2,5 | window:1,0"])
+    block = data_block(explorer.explorer_html(data))["masks"]
+    assert block["presets"] == ["causal & random:2,1", "random:3,2,5 | window:1"]
+    assert block["grammar"] == masks.SPEC_GRAMMAR and block["key_only"] == list(explorer.KEY_ONLY)
+    assert sorted(block["random"]) == ["random:2,1,0", "random:3,2,5"]
+    for key, (b, n, seed) in (("random:2,1,0", (2, 1, 0)), ("random:3,2,5", (3, 2, 5))):
+        shipped = np.frombuffer(base64.b64decode(block["random"][key]), np.uint8).reshape(8, 8)
+        assert np.array_equal(shipped, masks.random_blocks(b, n, seed).to_array(8, 8))
+    assert block["what_if"] is None and block["cross"] is None                 # toy scores: no model to what-if
+    with pytest.raises(masks.MaskSpecError, match="unknown mask"):
+        ExplorerData(tokens=["a"], scores=np.zeros((1, 1)), mask_specs=["causl"])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ExplorerData(tokens=["a"], scores=np.zeros((1, 1)), kind="encoder")
+
+
+def test_a_mask_on_a_models_layer_is_a_what_if_in_the_live_apps_words(rng):
+    from attnlab.app import views
+
+    enc = ExplorerData(tokens=list("abcd"), scores=rng.normal(size=(4, 4)), kind="self", meta={"model": "M"})
+    assert enc.mask_note("causal") == views.what_if_note("M", "causal") == (
+        "what-if: M was not trained with the mask 'causal'; these weights re-normalize its scores under it, they "
+        "are not what the model computed")
+    assert enc.mask_note("full") == explorer.SAME_AS_MODEL
+    dec = ExplorerData(tokens=list("abcd"), scores=rng.normal(size=(4, 4)), base_mask=np.tri(4, dtype=bool))
+    assert dec.kind is None and dec.mask_note("causal") == ""                 # toy scores: no note
+    parts = type("Parts", (), {"tokens": list("abcd"), "scores": rng.normal(size=(1, 2, 4, 4)), "queries": None,
+                               "keys": None, "values": None, "scale": 0.5, "meta": {"model": "D"},
+                               "base_mask": np.tri(4, dtype=bool)})
+    dec = ExplorerData.from_parts(parts)
+    assert dec.kind == "causal" and dec.mask_note("causal") == explorer.SAME_AS_MODEL
+    assert dec.mask_note("window:1").startswith("what-if: D was not trained with the mask 'window:1'")
+    parts.base_mask = None
+    assert ExplorerData.from_parts(parts).kind == "self"
+    block = data_block(explorer.explorer_html(dec))["masks"]
+    assert block["what_if"][0] + "'window:1'" + block["what_if"][1] == dec.mask_note("window:1")
+
+
+def test_weights_under_a_spec_are_attnlab_softmax_and_empty_rows_are_zero(rng):
+    data = ExplorerData(tokens=list("abcde"), scores=rng.normal(size=(2, 5, 5)))
+    for spec in ("causal & window:1", "keys:1 & ~window:0", "~full"):
+        allowed = masks.parse(spec).to_array(5, 5)
+        s = torch.from_numpy(data.scores.astype(np.float64)).masked_fill(torch.from_numpy(~allowed), float("-inf"))
+        want = torch.softmax(s, -1).nan_to_num(0.0).numpy()
+        np.testing.assert_allclose(data.weights(spec), want, rtol=0, atol=1e-15)
+        assert not np.isnan(data.weights(spec)).any()
+    assert (data.weights("~full") == 0).all() and (data.weights("keys:1 & ~window:0")[0, :, 0] == 0).all()

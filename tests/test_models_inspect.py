@@ -63,6 +63,7 @@ def test_layer_and_head_carry_to_the_tables_and_the_page(tmp_path, capsys):
     data = _payload(tmp_path / "explorer.html")
     assert data["layers"] == 1 and data["layer_names"] == ["layer 3"]
     assert data["start"] == [0, 5]                                    # opens at that head of its one layer
+    assert data["kind"] == "self" and data["masks"]["what_if"]      # an encoder: a mask on it is a what-if
     meta = dict(data["meta"])
     assert meta["layers"] == "this page holds layer 3 only (the model has 6)"
     assert "layer 3 of 6" in data["title"]

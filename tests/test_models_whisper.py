@@ -2,6 +2,9 @@
 with the same weights mapped onto it, its WhisperFeatureExtractor, and the CTranslate2 runtime on the very folder
 the weights come from. Speech is made offline by Debian's espeak-ng."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -178,6 +181,10 @@ def test_inspect_says_a_sentence_and_shows_the_three_kinds(tmp_path, capsys):
     for kind in ("self attention (encoder)", "causal attention (decoder)", "cross attention (decoder)"):
         assert kind in out
     assert (tmp_path / "cross.png").stat().st_size > 10_000 and (tmp_path / "explorer.html").is_file()
+    page = (tmp_path / "explorer.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r'id="attnlab-data">(.*?)</script>', page, re.S).group(1))
+    assert data["kind"] == "cross" and data["masks"]["cross"]        # keys are audio frames: no causal offered
+    assert not any("causal" in spec or "window" in spec for spec in data["masks"]["presets"])
 
 
 def test_inspect_audio_errors_are_one_line(tmp_path, capsys):

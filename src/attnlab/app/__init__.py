@@ -200,7 +200,8 @@ class App:
                                 base_mask=parts.base_mask, queries=parts.queries[layer:layer + 1],
                                 keys=parts.keys[layer:layer + 1], values=parts.values[layer:layer + 1],
                                 scale=parts.scale, title=f"{model.name}: layer {layer} of {parts.scores.shape[0]}",
-                                layer_names=[f"L{layer}"])
+                                layer_names=[f"L{layer}"], meta={"model": model.name},
+                                kind="causal" if getattr(model, "causal", False) else "self")
             return explorer_html(data).encode()
         return Reply(self._run(p, page), "text/html; charset=utf-8",
                      headers={"Content-Disposition": 'attachment; filename="attnlab-explorer.html"'})

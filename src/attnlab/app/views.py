@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import diagnostics, masks
 from ..softmax import softmax
+from ..viz.explorer import what_if_note
 from .server import RequestError
 
 MAX_TEXT_CHARS = 20_000          # a request's text; the model's own context limit applies after tokenizing
@@ -118,8 +119,7 @@ def attention_view(model, text: str, layer: int = 0, mask: str | None = None) ->
         what_if = allowed & extra
         view["what_if"] = {"mask": mask, "allowed": encode(what_if),
                            "weights": encode(softmax(scores.astype(np.float64), axis=-1, mask=what_if)),
-                           "note": f"what-if: {model.name} was not trained with the mask {mask!r}; these weights "
-                                   f"re-normalize its scores under it, they are not what the model computed"}
+                           "note": what_if_note(model.name, mask)}          # the offline page's sentence too
     stats = diagnostics.head_table(parts.weights, mask=None if base is None else allowed)
     view["diagnostics"] = [_jsonable(asdict(row)) for row in stats if row.layer == layer]
     all_layers = L * L <= ALL_LAYERS_CELLS

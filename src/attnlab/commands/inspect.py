@@ -111,7 +111,8 @@ def _write(parts, model, out, layer, head, text):
                         queries=parts.queries[layers], keys=parts.keys[layers], values=parts.values[layers],
                         scale=parts.scale, title=f"{model.name}{where}: {short_title(text)}", meta=meta,
                         layer_names=[f"layer {i}" for i in layers],
-                        start=(layers.index(at_layer) if at_layer in layers else 0, at_head))
+                        start=(layers.index(at_layer) if at_layer in layers else 0, at_head),
+                        kind="causal" if getattr(model, "causal", False) else "self")
     yield write_explorer(data, folder / "explorer.html")
 
 
@@ -187,5 +188,6 @@ def _speech(args):
         data = ExplorerData(tokens=[model.tokenizer.decode([i]) for i in r.prompt + r.ids], k_tokens=keys,
                             scores=c.scores[0], queries=c.q[0], keys=c.k[0], values=c.v[0], scale=c.scale,
                             title=f"{model.name} decoder layer {layer}: cross-attention (keys = 20 ms of audio "
-                                  f"each; speech in the first {seconds:.1f} s)", layer_names=[f"L{layer} cross"])
+                                  f"each; speech in the first {seconds:.1f} s)", layer_names=[f"L{layer} cross"],
+                            kind="cross", meta={"model": model.name})
         print(f"wrote {write_explorer(data, folder / 'explorer.html')}")

@@ -1,7 +1,9 @@
 "use strict";
 // attnlab explorer: every number on this page is computed from the scores shipped in the data block, with the
-// same definitions as attnlab (softmax over allowed keys, blocked cells 0, fully masked rows 0, masks aligned
-// bottom-right). User text is only ever inserted with textContent.
+// same definitions as attnlab (softmax over allowed keys, blocked cells 0, fully masked rows 0). Masks are specs of
+// attnlab's one mask grammar (attnlab.masks.SPEC_GRAMMAR), parsed and evaluated here exactly as
+// attnlab.viz.explorer.page_mask does (tests compare them cell for cell and error for error). User text is only
+// ever inserted with textContent.
 (function () {
   const DATA = JSON.parse(document.getElementById("attnlab-data").textContent);
   const Lq = DATA.Lq, Lk = DATA.Lk, NL = DATA.layers, NH = DATA.heads, OFFSET = Lk - Lq;
@@ -13,7 +15,7 @@
   const BLOCKED = [212, 212, 212], CROSS = "#6b6b6b", ACCENT = "#d1495b";
   const LABEL_FONT = "12px ui-monospace, Menlo, Consolas, monospace";
   const START = DATA.start || [0, 0];                                         // where the page opens
-  const state = { layer: START[0], head: START[1], mask: "none", window: 2, pad: Lk, row: 0 };
+  const state = { layer: START[0], head: START[1], spec: "", mask: null, error: "", row: 0 };
   const $ = (id) => document.getElementById(id);
 
   // ---- data ---------------------------------------------------------------------------------------------
@@ -41,22 +43,255 @@
     return once(`base ${l} ${h}`, () => bytesOf(bm.per_head[l][h]));
   }
 
-  // ---- masks and softmax (attnlab's definitions) ---------------------------------------------------------
-  function pageMask(i, j) {                // query i sits at key position i + Lk - Lq (bottom-right)
-    const p = i + OFFSET;
-    switch (state.mask) {
-      case "causal": return j <= p;                                                 // masks.causal()
-      case "window": return j >= p - state.window && j <= p + state.window;         // masks.sliding_window(w, w)
-      case "padding": return j < state.pad;                                         // masks.padding([n])
-      default: return true;
+  // ---- the mask grammar (attnlab.masks.parse), evaluated on this page's Lq x Lk ------------------------------
+  const MASKS = DATA.masks;
+  const ARITY = {   // name -> [min args, max args or null]: attnlab.masks' table (the tests check every entry)
+    full: [0, 0], dense: [0, 0], none: [0, 0], causal: [0, 1], window: [1, 2], prefix: [1, 1], keys: [1, 1],
+    padding: [1, null], document: [1, null], dilated: [1, 1], global: [1, null], random: [2, 3] };
+  const ALIGNS = ["bottom_right", "top_left"];
+  const HINT = "see attnlab.masks.SPEC_GRAMMAR (e.g. 'causal & window:256')";
+  const LARGEST = 2n ** 62n, INT64 = 2n ** 63n, UINT64 = 2n ** 64n;
+  const PY_SPACE = new Set([9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0xa0, 0x1680, 0x2000, 0x2001, 0x2002,
+    0x2003, 0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000]);
+  const isSpace = (c) => PY_SPACE.has(c.charCodeAt(0));                 // Python's str.isspace
+  const NOT_PRINTABLE = /^[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]$/u;
+  const hex = (n, w) => n.toString(16).padStart(w, "0");
+  function pyRepr(s) {                    // Python's repr() of a str, as attnlab's messages print it
+    const quote = s.includes("'") && !s.includes('"') ? '"' : "'";
+    let out = quote;
+    for (const ch of s) {
+      const cp = ch.codePointAt(0);
+      if (ch === quote || ch === "\\") out += `\\${ch}`;
+      else if (ch === "\t") out += "\\t";
+      else if (ch === "\n") out += "\\n";
+      else if (ch === "\r") out += "\\r";
+      else if (cp < 0x20 || cp === 0x7f) out += `\\x${hex(cp, 2)}`;
+      else if (cp > 0x7f && NOT_PRINTABLE.test(ch)) {
+        out += cp < 0x100 ? `\\x${hex(cp, 2)}` : cp < 0x10000 ? `\\u${hex(cp, 4)}` : `\\U${hex(cp, 8)}`;
+      } else out += ch;
     }
+    return out + quote;
   }
-  function allowedOf(l, h) {
-    const base = baseMaskOf(l, h), out = new Uint8Array(Lq * Lk);
-    for (let i = 0; i < Lq; i++) {
-      for (let j = 0; j < Lk; j++) out[i * Lk + j] = (!base || base[i * Lk + j]) && pageMask(i, j) ? 1 : 0;
+  const pyList = (ints) => `[${ints.join(", ")}]`;
+  const DECIMAL = /^\p{Nd}$/u;
+  function digitValue(ch) {               // a Unicode decimal digit's value: digits come in runs of ten from 0
+    let run = 0, cp = ch.codePointAt(0);
+    while (run < 10 && DECIMAL.test(String.fromCodePoint(cp - run - 1))) run++;
+    return run % 10;
+  }
+  function specTokens(spec) {             // masks._spec_tokens: words, and & | ~ ( ) one character each
+    const out = [], ops = "&|~()";
+    let i = 0;
+    while (i < spec.length) {
+      const c = spec[i];
+      if (isSpace(c)) i++;
+      else if (ops.includes(c)) { out.push(c); i++; }
+      else {
+        let j = i;
+        while (j < spec.length && !isSpace(spec[j]) && !ops.includes(spec[j])) j++;
+        out.push(spec.slice(i, j)); i = j;
+      }
     }
     return out;
+  }
+  class SpecError extends Error {}
+  function checkedInt(value, name) {      // attnlab.checks.non_negative_int's upper bound
+    if (value > LARGEST) throw new SpecError(`${name} must be at most 2**62, got ${value}`);
+    return value;
+  }
+  function specAtom(spec, tok) {          // masks._spec_atom: one NAME[:ARGS] -> {name, ints, text, batch}
+    const colon = tok.indexOf(":");
+    const name = (colon < 0 ? tok : tok.slice(0, colon)).toLowerCase(), rest = colon < 0 ? "" : tok.slice(colon + 1);
+    if (!Object.prototype.hasOwnProperty.call(ARITY, name)) {
+      throw new SpecError(`mask spec ${pyRepr(spec)}: unknown mask ${pyRepr(name)}; expected one of ` +
+        Object.keys(ARITY).join(", "));
+    }
+    const args = rest ? rest.split(",") : [], [lo, hi] = ARITY[name];
+    if (args.length < lo || (hi !== null && args.length > hi)) {
+      const want = lo === hi ? `${lo}` : hi === null ? `${lo} or more` : `${lo} to ${hi}`;
+      throw new SpecError(`mask spec ${pyRepr(spec)}: ${name} takes ${want} argument(s) after ':', ` +
+        `got ${args.length}`);
+    }
+    if (name === "causal") {
+      if (args.length && !ALIGNS.includes(args[0])) {
+        throw new SpecError(`mask spec ${pyRepr(spec)}: causal's argument must be one of ` +
+          `('bottom_right', 'top_left'), got ${pyRepr(args[0])}`);
+      }
+      const align = args.length ? args[0] : "bottom_right";
+      return { name, align, text: align === "bottom_right" ? "causal" : `causal:${align}`, batch: null };
+    }
+    const ints = args.map((a) => {
+      const chars = Array.from(a);
+      if (!chars.length || !chars.every((c) => DECIMAL.test(c))) {
+        throw new SpecError(`mask spec ${pyRepr(spec)}: ${name} takes non-negative integers, got ${pyRepr(a)}`);
+      }
+      return BigInt(chars.map(digitValue).join(""));
+    });
+    const text = ints.length ? `${name}:${ints.join(",")}` : name, atom = { name, ints, text, batch: null };
+    switch (name) {
+      case "full": case "dense": case "none": return { name: "full", ints, text: "full", batch: null };
+      case "window":
+        checkedInt(ints[0], "left"); checkedInt(ints.length > 1 ? ints[1] : 0n, "right");
+        atom.text = ints.length === 1 || ints[1] === 0n ? `window:${ints[0]}` : text;
+        return atom;
+      case "prefix": case "keys": checkedInt(ints[0], "n"); return atom;
+      case "padding":
+        if (ints.some((n) => n >= UINT64)) {
+          throw new SpecError("lengths must be a non-empty 1-D list of non-negative integers (one per batch row), " +
+            `got ${pyList(ints)}`);
+        }
+        atom.batch = ints.length;
+        return atom;
+      case "document":
+        if (ints.some((n) => n < 1n)) {
+          throw new SpecError(`mask spec ${pyRepr(spec)}: document lengths must be >= 1, got ${pyList(ints)}`);
+        }
+        return atom;
+      case "dilated":
+        checkedInt(ints[0], "stride");
+        if (ints[0] < 1n) throw new SpecError(`stride must be >= 1, got ${ints[0]}`);
+        return atom;
+      case "global":
+        if (ints.some((n) => n >= UINT64)) {
+          throw new SpecError(`indices must be integers, got list ${pyList(ints)} (dtype object)`);
+        }
+        { const big = ints.find((n) => n >= INT64);
+          if (big !== undefined) throw new SpecError(`indices must fit in int64, got ${big}`); }
+        return atom;
+      default:                             // random: BLOCK, N[, SEED]
+        checkedInt(ints[0], "block_size"); checkedInt(ints[1], "n_random");
+        checkedInt(ints.length > 2 ? ints[2] : 0n, "seed");
+        if (ints[0] < 1n) throw new SpecError(`block_size must be >= 1, got ${ints[0]}`);
+        return atom;
+    }
+  }
+  function jointBatch(a, b) {
+    if (a !== null && b !== null && a !== b) {
+      throw new SpecError(`cannot combine masks defined for batch size ${a} and ${b}`);
+    }
+    return a !== null ? a : b;
+  }
+  function parseSpec(spec) {              // masks.parse: union := inter ('|' inter)*; inter := unary ('&' unary)*
+    const tokens = specTokens(spec);
+    if (!tokens.length) throw new SpecError("mask spec is empty; expected e.g. 'causal' or 'causal & window:256'");
+    let pos = 0;
+    const peek = () => (pos < tokens.length ? tokens[pos] : null);
+    function binary(op, sub) {
+      let node = sub();
+      while (peek() === op) {
+        pos++;
+        const other = sub();
+        node = { op, a: node, b: other, text: `${node.text} ${op} ${other.text}`,
+          batch: jointBatch(node.batch, other.batch) };
+      }
+      return node;
+    }
+    const union = () => binary("|", inter), inter = () => binary("&", unary);
+    function unary() {
+      const tok = peek();
+      if (tok === null) throw new SpecError(`mask spec ${pyRepr(spec)} ends too early; ${HINT}`);
+      if (tok === "~") { pos++; const a = unary(); return { op: "~", a, text: `~${a.text}`, batch: a.batch }; }
+      if (tok === "(") {
+        pos++;
+        const a = union();
+        if (peek() !== ")") throw new SpecError(`mask spec ${pyRepr(spec)}: missing ')'`);
+        pos++;
+        return { op: "()", a, text: `(${a.text})`, batch: a.batch };
+      }
+      if (tok === "&" || tok === "|" || tok === ")") {
+        throw new SpecError(`mask spec ${pyRepr(spec)}: unexpected ${pyRepr(tok)}; ${HINT}`);
+      }
+      pos++;
+      return specAtom(spec, tok);
+    }
+    const node = union();
+    if (pos !== tokens.length) {
+      throw new SpecError(`mask spec ${pyRepr(spec)}: unexpected ${pyRepr(tokens[pos])}; ${HINT}`);
+    }
+    return node;
+  }
+  function atomsOf(node, out = []) {      // the masks of a parsed spec in reading order
+    if (node.op) { atomsOf(node.a, out); if (node.b) atomsOf(node.b, out); } else out.push(node);
+    return out;
+  }
+  const randomKey = (ints) => `random:${ints[0]},${ints[1]},${ints.length > 2 ? ints[2] : 0n}`;
+  function atomCells(node, spec) {        // one mask's (Lq*Lk) cells, as the NumPy function evaluates them
+    const out = new Uint8Array(Lq * Lk), n = node.ints ? node.ints.map(Number) : [];
+    let test;
+    switch (node.name) {
+      case "full": out.fill(1); return out;
+      case "causal": { const o = node.align === "top_left" ? 0 : OFFSET; test = (i, j) => j <= i + o; break; }
+      case "window": {
+        const l = n[0], r = n.length > 1 ? n[1] : 0;
+        test = (i, j) => j >= i + OFFSET - l && j <= i + OFFSET + r;
+        break;
+      }
+      case "prefix": test = (i, j) => j < n[0] || j <= i + OFFSET; break;
+      case "keys": test = (i, j) => j < n[0]; break;
+      case "padding": { const len = Number(BigInt.asIntN(64, node.ints[0])); test = (i, j) => j < len; break; }
+      case "document": {
+        const total = n.reduce((a, b) => a + b, 0);
+        if (total !== Lk) throw new SpecError(`document mask has ${total} key ids but Lk=${Lk}`);
+        if (Lq > Lk) throw new SpecError(`document mask needs q_doc_ids when Lq=${Lq} > Lk=${Lk}`);
+        const ids = new Int32Array(Lk);
+        let at = 0;
+        n.forEach((len, d) => { ids.fill(d, at, at + len); at += len; });
+        test = (i, j) => ids[i + OFFSET] === ids[j];
+        break;
+      }
+      case "dilated": test = (i, j) => (i + OFFSET - j) % n[0] === 0; break;
+      case "global": { const idx = new Set(n); test = (i, j) => idx.has(i + OFFSET) || idx.has(j); break; }
+      default: {                           // random: NumPy's generator, so the cells come from Python
+        const key = randomKey(node.ints), have = Object.keys(MASKS.random);
+        if (!MASKS.random[key]) {
+          throw new SpecError(`mask spec ${pyRepr(spec)}: ${key} is drawn by NumPy's random generator, which this ` +
+            `offline page cannot run; it carries ${have.length ? have.join(", ") : "no random masks"} ` +
+            "(ship others with ExplorerData(mask_specs=[...]))");
+        }
+        out.set(bytesOf(MASKS.random[key]));
+        return out;
+      }
+    }
+    for (let i = 0; i < Lq; i++) for (let j = 0; j < Lk; j++) out[i * Lk + j] = test(i, j) ? 1 : 0;
+    return out;
+  }
+  function cellsOf(node, spec) {          // left operand first, as NumPy evaluates self.fn before other.fn
+    if (!node.op) return atomCells(node, spec);
+    const a = cellsOf(node.a, spec);
+    if (node.op === "()") return a;
+    if (node.op === "~") { for (let k = 0; k < a.length; k++) a[k] ^= 1; return a; }
+    const b = cellsOf(node.b, spec);
+    for (let k = 0; k < a.length; k++) a[k] = node.op === "&" ? a[k] & b[k] : a[k] | b[k];
+    return a;
+  }
+  function pageMask(spec) {               // attnlab.viz.explorer.page_mask: {spec, allowed} or a thrown SpecError
+    const node = parseSpec(spec);
+    if (DATA.kind === "cross") {
+      const bad = atomsOf(node).find((atom) => !MASKS.key_only.includes(atom.name));
+      if (bad) {
+        throw new SpecError(`mask spec ${pyRepr(spec)}: ${bad.name} compares query and key positions, but this is ` +
+          "cross-attention (queries and keys are two different sequences); use only " +
+          `${MASKS.key_only.join(", ")} here`);
+      }
+    }
+    if (node.batch !== null && node.batch !== 1) {
+      throw new SpecError(`mask spec ${pyRepr(spec)}: this page shows one sequence, so padding takes one length ` +
+        `here, got ${node.batch}`);
+    }
+    return { spec: node.text, allowed: cellsOf(node, spec) };
+  }
+  function allowedOf(l, h) {
+    const base = baseMaskOf(l, h), extra = state.mask ? state.mask.allowed : null, out = new Uint8Array(Lq * Lk);
+    for (let k = 0; k < Lq * Lk; k++) out[k] = (!base || base[k]) && (!extra || extra[k]) ? 1 : 0;
+    return out;
+  }
+  function maskNote(l, h) {               // ExplorerData.mask_note: a what-if on a model's page, else nothing
+    if (!state.mask || DATA.kind === null) return "";
+    const base = baseMaskOf(l, h), extra = state.mask.allowed;
+    for (let k = 0; k < Lq * Lk; k++) {
+      if ((!base || base[k]) && !extra[k]) return MASKS.what_if[0] + pyRepr(state.spec) + MASKS.what_if[1];
+    }
+    return MASKS.same_as_model;
   }
   function softmaxRows(scores, allowed) {  // exp(s - row max) / sum over allowed keys; a fully masked row is 0
     const w = new Float64Array(Lq * Lk), max = new Float64Array(Lq), sum = new Float64Array(Lq);
@@ -167,22 +402,24 @@
     $("head").append(el("option", { value: "all" }, "all heads (overview)"));
     DATA.head_names.forEach((name, h) => $("head").append(el("option", { value: h }, name)));
     $("head").value = String(state.head); $("layer").value = String(state.layer);
-    $("padlen").value = Lk; $("padlen").max = Lk; $("window").max = Math.max(Lq, Lk);
     $("layer").addEventListener("change", () => { state.layer = Number($("layer").value); render(); });
     $("head").addEventListener("change", () => {
       state.head = $("head").value === "all" ? "all" : Number($("head").value); render();
     });
-    for (const radio of document.querySelectorAll("input[name=mask]")) {
-      radio.addEventListener("change", () => { state.mask = radio.value; maskChanged(); });
-    }
-    const number = (input, key, lo, hi) => input.addEventListener("input", () => {
-      const v = Math.round(Number(input.value));
-      if (!Number.isFinite(v)) return;
-      state[key] = Math.min(hi, Math.max(lo, v));
-      if ((key === "window" && state.mask === "window") || (key === "pad" && state.mask === "padding")) maskChanged();
+    $("grammar-text").textContent = MASKS.grammar;
+    if (MASKS.cross) { $("cross-note").textContent = MASKS.cross; $("cross-note").hidden = false; }
+    const input = $("mask-spec");
+    input.addEventListener("input", () => setSpec(input.value));
+    MASKS.presets.forEach((spec) => {
+      const b = el("button", { type: "button", class: "preset", "data-testid": "mask-preset", "data-spec": spec },
+        spec);
+      b.addEventListener("click", () => {
+        input.value = composed(input.value, spec, $("mask-join").value);
+        setSpec(input.value);
+      });
+      $("mask-presets").append(b);
     });
-    number($("window"), "window", 0, Math.max(Lq, Lk));
-    number($("padlen"), "pad", 0, Lk);
+    $("mask-clear").addEventListener("click", () => { input.value = ""; setSpec(""); });
     document.addEventListener("keydown", (ev) => {
       if (isAll() || ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement) return;
       if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
@@ -191,16 +428,45 @@
       }
     });
   }
+  function composed(current, preset, join) {   // the typed spec joined with a preset by & | or & ~
+    const cur = current.trim(), wrap = (t) => (/[&|]/.test(t) ? `(${t})` : t);
+    if (join === "set" || !cur) return join === "andnot" ? `~${wrap(preset)}` : preset;
+    if (join === "or") return `${cur} | ${preset}`;
+    const left = cur.includes("|") ? `(${cur})` : cur;
+    return join === "andnot" ? `${left} & ~${wrap(preset)}` : `${left} & ${wrap(preset)}`;
+  }
+  function setSpec(text) {
+    state.spec = text;
+    state.error = "";
+    state.mask = null;
+    if (text.trim()) {
+      try { state.mask = pageMask(text); } catch (err) {
+        if (!(err instanceof SpecError)) throw err;
+        state.error = err.message;
+      }
+    }
+    maskVersion++; render();
+  }
   function maskCode() {
     const base = DATA.base_mask ? " & the model's own mask" : "";
-    switch (state.mask) {
-      case "causal": return `mask = attnlab.masks.causal()${base}`;
-      case "window": return `mask = attnlab.masks.sliding_window(${state.window}, ${state.window})${base}`;
-      case "padding": return `mask = attnlab.masks.padding([${state.pad}])${base}`;
-      default: return DATA.base_mask ? "mask = the model's own mask" : "mask = None";
-    }
+    if (state.mask) return `mask = attnlab.masks.parse(${JSON.stringify(state.mask.spec)})${base}`;
+    return DATA.base_mask ? "mask = the model's own mask" : "mask = None";
   }
-  function maskChanged() { maskVersion++; render(); }
+  function renderMaskStatus() {
+    const status = $("mask-status");
+    status.classList.toggle("error", !!state.error);
+    if (state.error) status.textContent = `not applied: ${state.error}`;
+    else if (state.mask) {
+      const blocked = state.mask.allowed.reduce((a, b) => a + 1 - b, 0);
+      status.textContent = `${state.mask.spec}: blocks ${blocked} of ${Lq * Lk} cells`;
+    } else status.textContent = "no mask: type a spec or click a preset";
+    const note = maskNote(state.layer, isAll() ? 0 : state.head);
+    $("mask-note").textContent = note;
+    $("mask-note").hidden = !note;
+    $("mask-note").classList.toggle("what-if", note.startsWith("what-if"));
+    document.body.dataset.maskState = state.error ? "error" : state.mask ? "ok" : "none";
+    document.body.dataset.mask = state.mask ? state.mask.spec : "";
+  }
 
   // ---- token view ----------------------------------------------------------------------------------------
   let qButtons = [], kSpans = [];
@@ -468,6 +734,7 @@
   }
   function render() {
     $("mask-code").textContent = maskCode();
+    renderMaskStatus();
     $("overview").hidden = !isAll();
     $("single").hidden = isAll();
     if (isAll()) { $("thumbs").replaceChildren(); renderOverview(); return; }
@@ -480,7 +747,6 @@
     document.body.dataset.layer = String(state.layer);
     document.body.dataset.head = String(state.head);
     document.body.dataset.row = String(state.row);
-    document.body.dataset.mask = state.mask;
   }
 
   initHeader();
@@ -488,5 +754,14 @@
   initTokens();
   initMatrix();
   render();
+  window.attnlabExplorer = {              // for tests: the page's mask evaluator, read only
+    maskOf(spec) {
+      try { const m = pageMask(spec); return { spec: m.spec, allowed: Array.from(m.allowed) }; } catch (err) {
+        if (!(err instanceof SpecError)) throw err;
+        return { error: err.message };
+      }
+    },
+    pyRepr,
+  };
   document.body.dataset.ready = "true";
 })();

@@ -1,8 +1,17 @@
 """The offline attention explorer: one self-contained HTML page (no network, opens from file://).
 
 ``ExplorerData`` holds what the page shows: tokens, the scaled scores of every layer and head *before* masking
-(the page recomputes the softmax under the mask the learner picks), an optional base mask the model itself applied
-(padding), and optionally the queries, keys and values for the step panel. ``explorer_html(data)`` renders the
+(the page recomputes the softmax under the mask the learner types), an optional base mask the model itself applied
+(padding), and optionally the queries, keys and values for the step panel.
+
+Masks on the page are specs of the library's one grammar (``attnlab.masks.SPEC_GRAMMAR``, e.g.
+"causal & window:3"). The page has no server, so it carries a small parser and evaluator of that grammar
+(explorer.js) whose every result (allowed cells, canonical text, error message) is tested equal to
+``page_mask`` here, which is ``masks.parse(spec).to_array(Lq, Lk)`` plus the page's own refusals: on a
+cross-attention page (``kind="cross"``) only key-only masks (``KEY_ONLY``) are allowed, since queries and keys are
+different sequences; the page shows one sequence, so padding takes one length. The one kind JavaScript cannot
+evaluate is ``random`` (NumPy's generator): its key blocks are computed here and shipped for the specs offered
+(``mask_specs``), and the page refuses other seeds with a message that says so. ``explorer_html(data)`` renders the
 page, ``write_explorer(data, path)`` writes it, ``serve(page, port)`` serves it on 127.0.0.1.
 
 How the data travels: one ``<script type="application/json">`` block, read with ``JSON.parse`` (never pasted into
@@ -26,6 +35,7 @@ import base64
 import hashlib
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import masks as masks_mod
+from ..record import KINDS
 from .._array import as_array, default_scale, to_numpy
 from ..budget import check as check_budget
 from ..checks import non_negative_int, positive_int, real
@@ -58,6 +69,13 @@ class ExplorerData:
     scale: the factor that turned q.k into the scores (1/sqrt(D) by default when queries are given).
     title, layer_names, head_names, meta: text shown in the page (always as text, never as markup).
     start: (layer, head) indices into the page's own layers and heads where it opens (default (0, 0)).
+    kind: what the layers are, as in ``attnlab.record``: "self" (an encoder), "causal" (a decoder's
+        self-attention) or "cross" (queries from one sequence, keys from another: no query sits at a key position,
+        so masks that compare positions are refused). None: toy scores, not a model's (a mask is then not a
+        what-if about a model).
+    mask_specs: the mask specs the page offers as presets (default: one per idea that fits ``kind`` and the
+        lengths, ``default_mask_specs``); each is checked with ``page_mask``, and the key blocks of the random
+        masks among them are shipped (JavaScript cannot run NumPy's generator).
     """
 
     tokens: list
@@ -73,6 +91,8 @@ class ExplorerData:
     meta: dict = field(default_factory=dict)
     k_tokens: list | None = None
     start: tuple[int, int] = (0, 0)
+    kind: str | None = None
+    mask_specs: list | None = None
 
     def __post_init__(self):
         self.scores = _as_4d(self.scores, "scores", float_=True).astype(np.float32)
@@ -106,10 +126,17 @@ class ExplorerData:
             raise ValueError(f"start must be a (layer, head) of the page's {n_layers} layers x {n_heads} heads, "
                              f"got {tuple(self.start)}")
         self.start = (layer, head)
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS} or None (toy scores), got {self.kind!r}")
+        if self.mask_specs is None:
+            self.mask_specs = default_mask_specs(Lq, Lk, self.kind)
+        if isinstance(self.mask_specs, str) or not hasattr(self.mask_specs, "__iter__"):
+            raise TypeError(f"mask_specs must be a list of mask specs, got {type(self.mask_specs).__name__}")
+        self.mask_specs = [page_mask(spec, Lq, Lk, self.kind).spec for spec in self.mask_specs]
 
     @classmethod
     def from_qkv(cls, q, k, v, tokens, *, k_tokens=None, scale=None, base_mask=None, title="attention explorer",
-                 layer_names=None, head_names=None, meta=None):
+                 layer_names=None, head_names=None, meta=None, kind=None, mask_specs=None):
         """Build the data from toy vectors: scores = q.k * scale computed with ``attnlab.scores.scaled_dot``.
 
         q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv) with optional leading (heads) or (layers, heads) axes.
@@ -122,16 +149,18 @@ class ExplorerData:
         scale = default_scale(q.shape[-1]) if scale is None else real(scale, "scale")
         return cls(tokens=tokens, scores=scaled_dot(q, k, scale), base_mask=base_mask, queries=q, keys=k,
                    values=v, scale=scale, title=title, layer_names=layer_names, head_names=head_names,
-                   meta={} if meta is None else meta, k_tokens=k_tokens)
+                   meta={} if meta is None else meta, k_tokens=k_tokens, kind=kind, mask_specs=mask_specs)
 
     @classmethod
-    def from_parts(cls, parts, *, title=None):
+    def from_parts(cls, parts, *, title=None, kind=None):
         """Build the data from an object with ``tokens, scores, base_mask, queries, keys, values, scale`` and
-        ``meta`` attributes, such as ``attnlab.models``' ``model.attention_parts(text)``."""
+        ``meta`` attributes, such as ``attnlab.models``' ``model.attention_parts(text)``. ``kind`` defaults to
+        ``kind_of_mask(parts.base_mask)``: a model's parts are a model's, never toy scores."""
         meta = dict(getattr(parts, "meta", {}) or {})
         return cls(tokens=parts.tokens, scores=parts.scores, base_mask=parts.base_mask, queries=parts.queries,
                    keys=parts.keys, values=parts.values, scale=parts.scale, meta=meta,
-                   title=title or str(meta.get("model", "attention explorer")))
+                   title=title or str(meta.get("model", "attention explorer")),
+                   kind=kind or kind_of_mask(parts.base_mask))
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -139,12 +168,15 @@ class ExplorerData:
         return self.scores.shape
 
     def allowed(self, mask=None) -> np.ndarray:
-        """Where each query may attend under ``mask`` (a Mask, a bool array or None) and the base mask;
-        shape broadcastable to (layers, heads, Lq, Lk)."""
+        """Where each query may attend under ``mask`` (a spec of the mask grammar as the page evaluates it
+        (``page_mask``), a Mask, a bool array or None) and the base mask; shape broadcastable to
+        (layers, heads, Lq, Lk)."""
         Lq, Lk = self.scores.shape[-2:]
         out = np.ones((1, 1, Lq, Lk), bool) if self.base_mask is None else self.base_mask
         if mask is None:
             return out
+        if isinstance(mask, str):
+            return out & page_mask(mask, Lq, Lk, self.kind).allowed
         extra = mask.to_array(Lq, Lk) if isinstance(mask, masks_mod.Mask) else np.asarray(mask)
         if extra.dtype != bool:
             raise TypeError(f"mask must be an attnlab.masks.Mask or a bool array, got dtype {extra.dtype}")
@@ -154,6 +186,19 @@ class ExplorerData:
         """The weights the page shows under ``mask``: ``attnlab.softmax`` of the stored scores (float64),
         blocked cells 0, fully masked rows 0. Shape (layers, heads, Lq, Lk)."""
         return softmax(self.scores.astype(np.float64), axis=-1, mask=self.allowed(mask))
+
+    def mask_note(self, spec: str, layer: int = 0, head: int = 0) -> str:
+        """What the page says beside the weights of (layer, head) under ``spec``: on a model's page a mask that
+        blocks a cell the model attended to is a what-if (``what_if_note``, the live app's sentence); one that
+        blocks nothing more leaves the model's own weights; toy scores get no note."""
+        if self.kind is None:
+            return ""
+        Lq, Lk = self.scores.shape[-2:]
+        base = np.broadcast_to(self.allowed(None), self.scores.shape)[layer, head]             # (Lq, Lk)
+        extra = page_mask(spec, Lq, Lk, self.kind).allowed
+        if (base & ~extra).any():
+            return what_if_note(self.meta.get("model", self.title), spec)
+        return SAME_AS_MODEL
 
     def to_json(self) -> str:
         """The page's data block: JSON, with every character that could end a <script> block escaped."""
@@ -176,12 +221,114 @@ class ExplorerData:
             "queries": None if self.queries is None else _per_head(self.queries, np.float32),
             "keys": None if self.keys is None else _per_head(self.keys, np.float32),
             "values": None if self.values is None else _per_head(self.values, np.float32),
+            "kind": self.kind, "masks": self._mask_payload(),
         }
+
+    def _mask_payload(self) -> dict:
+        """What the page's mask parser needs from Python: the grammar's text, the key-only kinds, the presets,
+        the key blocks of their random masks, and the what-if sentence split around the spec."""
+        Lq, Lk = self.scores.shape[-2:]
+        random = {}
+        for spec in self.mask_specs:
+            for name, ints in _atoms(spec):
+                if name == "random":
+                    block, n_random, seed = (ints + [0])[:3]
+                    grid = masks_mod.random_blocks(block, n_random, seed).to_array(Lq, Lk)
+                    random[f"random:{block},{n_random},{seed}"] = _b64(grid, np.uint8)
+        before, after = WHAT_IF.split("{mask}")
+        model = self.meta.get("model", self.title)
+        return {"grammar": masks_mod.SPEC_GRAMMAR, "key_only": list(KEY_ONLY), "presets": self.mask_specs,
+                "random": random, "what_if": None if self.kind is None else [before.format(model=model), after],
+                "same_as_model": SAME_AS_MODEL, "cross": CROSS_NOTE if self.kind == "cross" else None}
 
     def _repr_html_(self) -> str:
         """Inline display in notebooks: the same offline page in a sandboxed iframe (scripts only)."""
         return (f'<iframe srcdoc="{html.escape(explorer_html(self), quote=True)}" sandbox="allow-scripts" '
                 f'style="width:100%;height:760px;border:1px solid #ddd" title="attnlab explorer"></iframe>')
+
+
+# --- masks on the page --------------------------------------------------------------------------------------
+KEY_ONLY = ("full", "dense", "none", "keys", "padding")   # kinds that read key positions only
+WHAT_IF = ("what-if: {model} was not trained with the mask {mask}; these weights re-normalize its scores under "
+           "it, they are not what the model computed")
+SAME_AS_MODEL = ("this mask blocks nothing the model's own mask allows: these are the weights the model computed")
+CROSS_NOTE = ("cross-attention: the queries and the keys are two different sequences (e.g. decoder tokens and audio "
+              "frames), so no query sits at a key position; masks that compare positions (causal, window, prefix, "
+              "dilated, global, document, random) are not offered, key-only ones (keys:N, padding:N) are")
+
+
+def what_if_note(model: str, mask: str) -> str:
+    """The sentence beside weights re-normalized under a mask the model did not compute with (the live app and
+    the offline page say the same).
+
+    >>> what_if_note("all-MiniLM-L6-v2", "causal")[:64]
+    "what-if: all-MiniLM-L6-v2 was not trained with the mask 'causal'"
+    """
+    return WHAT_IF.format(model=model, mask=repr(mask))
+
+
+@dataclass(frozen=True)
+class PageMask:
+    """A spec as the page evaluates it: its canonical text and the (Lq, Lk) cells it allows."""
+
+    spec: str
+    allowed: np.ndarray
+
+
+def page_mask(spec, Lq: int, Lk: int, kind: str | None = None) -> PageMask:
+    """``masks.parse(spec).to_array(Lq, Lk)`` as the offline page evaluates it (explorer.js is tested equal,
+    cell for cell and error for error). The page refuses, after the grammar's own errors, a mask that compares
+    query and key positions on a cross-attention page and a padding of several batch rows (it shows one).
+
+    >>> page_mask("causal & window:1", 3, 3).allowed.astype(int).tolist()
+    [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+    >>> page_mask("causal", 2, 5, "cross")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: mask spec 'causal': causal compares query and key positions, but this is cross-attention (...
+    """
+    mask = masks_mod.parse(spec)
+    if kind == "cross":
+        for name, _ in _atoms(mask.spec):
+            if name not in KEY_ONLY:
+                raise ValueError(f"mask spec {spec!r}: {name} compares query and key positions, but this is "
+                                 f"cross-attention (queries and keys are two different sequences); use only "
+                                 f"{', '.join(KEY_ONLY)} here")
+    if mask.batch not in (None, 1):
+        raise ValueError(f"mask spec {spec!r}: this page shows one sequence, so padding takes one length here, "
+                         f"got {mask.batch}")
+    return PageMask(mask.spec, np.asarray(mask.to_array(Lq, Lk), dtype=bool).reshape(Lq, Lk))
+
+
+def _atoms(canonical: str) -> list[tuple[str, list[int]]]:
+    """(name, integer arguments) of each mask in a canonical spec (``Mask.spec``), in reading order."""
+    out = []
+    for word in re.split(r"[\s&|~()]+", canonical):
+        if word:
+            name, _, rest = word.partition(":")
+            out.append((name, [int(a) for a in rest.split(",")] if rest and name != "causal" else []))
+    return out
+
+
+def default_mask_specs(Lq: int, Lk: int, kind: str | None = None) -> list[str]:
+    """The presets a page offers: one spec per mask idea of the grammar that fits ``kind`` and the lengths."""
+    if kind == "cross":
+        return [f"keys:{max(1, Lk // 2)}", f"padding:{max(1, Lk - Lk // 4)}", "~keys:1"]
+    third, block = max(1, Lk // 3), max(1, Lk // 4)
+    specs = ["causal", "window:2,2", "causal & window:3", f"prefix:{third}", "window:1,1 | global:0",
+             "causal & ~dilated:2", f"padding:{max(1, Lk - 2)}", f"window:1,1 | global:0 | random:{block},1"]
+    if 2 <= Lk and Lq <= Lk:
+        specs.insert(5, f"document:{Lk // 2},{Lk - Lk // 2} & causal")
+    return specs
+
+
+def kind_of_mask(base_mask) -> str:
+    """"causal" when a model's own (Lq, Lk) mask is exactly the bottom-right causal mask, else "self"."""
+    if base_mask is None:
+        return "self"
+    arr = np.asarray(base_mask, bool)
+    Lq, Lk = arr.shape[-2:]
+    return "causal" if bool((arr == masks_mod.causal().to_array(Lq, Lk)).all()) else "self"
 
 
 def short_title(text: str, limit: int = 60) -> str:
@@ -221,7 +368,8 @@ def attention_view(model, text, layer: int | None = None, *, max_layers_tokens: 
     title = model.name if layer is None else f"{model.name}: layer {layer} of {n_layers}"
     return ExplorerData(tokens=parts.tokens, scores=parts.scores[chosen], base_mask=parts.base_mask,
                         queries=parts.queries[chosen], keys=parts.keys[chosen], values=parts.values[chosen],
-                        scale=parts.scale, title=title, layer_names=[f"L{i}" for i in chosen], meta=parts.meta)
+                        scale=parts.scale, title=title, layer_names=[f"L{i}" for i in chosen], meta=parts.meta,
+                        kind="causal" if getattr(model, "causal", False) else "self")
 
 
 # --- normalization --------------------------------------------------------------------------------------------
