@@ -32,7 +32,7 @@ INVALID = [
     "random:1,2,3,4", "random:0,1", "window:4611686018427387905", "keys:4611686018427387905",
     "dilated:4611686018427387905", "random:4611686018427387905,1", "global:9223372036854775808",
     "global:18446744073709551616", "padding:18446744073709551616,3", "padding:3,4", "padding:3,4 & padding:2",
-    "padding:3 | padding:2,2", "window:\u0663", "WINDOW:1 & CAUSAL", "causal\u3000&\u00a0window:1",
+    "padding:3 | padding:2,2", "window:\u0663", "window:\u00b2", "keys:1\uff10", "WINDOW:1 & CAUSAL", "causal\u3000&\u00a0window:1",
     "causal\x1c&\x1dkeys:2", "<img src=x onerror=alert(1)>", "random:2,1,7", "document:1,1 & causal",
     "causal & ~(window:1 | keys:2", "\U0001f600", "\u2028causal", "window:1 \u00a0| ~~keys:1",
 ]

@@ -677,6 +677,6 @@ def _spec_atom(spec, tok):
 
 def _spec_int(spec, name, arg):
     arg = arg.strip()
-    if not arg.isdigit():
+    if not (arg.isascii() and arg.isdigit()):                # ASCII 0-9 only ('²'.isdigit() is True)
         raise MaskSpecError(f"mask spec {spec!r}: {name} takes non-negative integers, got {arg!r}")
     return int(arg)

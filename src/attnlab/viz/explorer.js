@@ -73,12 +73,7 @@
     return out + quote;
   }
   const pyList = (ints) => `[${ints.join(", ")}]`;
-  const DECIMAL = /^\p{Nd}$/u;
-  function digitValue(ch) {               // a Unicode decimal digit's value: digits come in runs of ten from 0
-    let run = 0, cp = ch.codePointAt(0);
-    while (run < 10 && DECIMAL.test(String.fromCodePoint(cp - run - 1))) run++;
-    return run % 10;
-  }
+  const DECIMAL = /^[0-9]$/;              // masks._spec_int: ASCII digits only
   function specTokens(spec) {             // masks._spec_tokens: words, and & | ~ ( ) one character each
     const out = [], ops = "&|~()";
     let i = 0;
@@ -125,7 +120,7 @@
       if (!chars.length || !chars.every((c) => DECIMAL.test(c))) {
         throw new SpecError(`mask spec ${pyRepr(spec)}: ${name} takes non-negative integers, got ${pyRepr(a)}`);
       }
-      return BigInt(chars.map(digitValue).join(""));
+      return BigInt(chars.join(""));
     });
     const text = ints.length ? `${name}:${ints.join(",")}` : name, atom = { name, ints, text, batch: null };
     switch (name) {
