@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from ...api import additive_attention, scaled_dot_product_attention
-from ...checks import non_negative_int
+from ...checks import flag, non_negative_int
+from . import check_run
 from ...diagnostics import row_entropy
 
 MODELS = {"none": "no attention (fixed vector)", "additive": "additive (Bahdanau)",
@@ -264,6 +265,8 @@ def run(out=None, seed: int = 0, quick: bool = False, config: Config | None = No
     ``config`` overrides the default (or the ``quick``) configuration. Returns the results dict (also saved as
     JSON); ``timing`` holds the only values that change from run to run.
     """
+    out, quick = check_run(out, quick)
+    progress = flag(progress, "progress")
     cfg = config if config is not None else (QUICK if quick else Config())
     _check(cfg, seed)
     threads = torch.get_num_threads()

@@ -35,7 +35,9 @@ import torch
 from torch import nn
 
 from ... import masks
+from ...checks import non_negative_int
 from ...integrations.torch import flash_attention
+from . import check_run
 
 IMPLS = {"attnlab": "attnlab tiled kernel (autograd bridge)", "sdpa": "torch scaled_dot_product_attention",
          "math": "torch SDPA, math backend (control)"}
@@ -148,9 +150,11 @@ def train(impl: str, cfg: Config, seed: int) -> dict:
 
 def run(out=None, seed: int = 0, quick: bool = False, config: Config | None = None) -> dict:
     """Train with both attention implementations and compare; write train.json and train.png to ``out``."""
+    out, quick = check_run(out, quick)
+    seed = non_negative_int(seed, "seed")
+    if config is not None and not isinstance(config, Config):
+        raise TypeError(f"config must be a train.Config, got {type(config).__name__}")
     cfg = config if config is not None else (QUICK if quick else Config())
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
     if cfg.steps < 1 or cfg.length < 4 or cfg.length % 2 or cfg.heads % cfg.kv_heads or cfg.d_model % cfg.heads:
         raise ValueError(f"invalid configuration {cfg}: steps >= 1, an even length >= 4, heads a multiple of "
                          f"kv_heads, d_model a multiple of heads")
