@@ -31,6 +31,9 @@ from .checks import LARGEST, flag, integer_array, is_int, non_negative_int, posi
 from .masks import Mask
 
 
+WEIGHT_SLACK = 1e-3    # a weight may exceed 1 by this much (float16 rounding of a one-hot row), not more
+
+
 def _weights(weights) -> np.ndarray:
     """(..., H, Lq, Lk) float64 NumPy copy of ``weights``, checked."""
     w = np.asarray(to_numpy(as_array(weights, "weights")), dtype=np.float64)
@@ -38,6 +41,8 @@ def _weights(weights) -> np.ndarray:
         raise ValueError(f"weights must have shape (..., H, Lq, Lk) (at least 3 dims), got shape {w.shape}")
     if not np.isfinite(w).all() or (w < 0).any():
         raise ValueError("weights must be finite and non-negative (attention probabilities)")
+    if w.size and w.max() > 1 + WEIGHT_SLACK:
+        raise ValueError(f"weights must be attention probabilities in [0, 1], got a weight of {w.max():.6g}")
     return w
 
 
@@ -145,7 +150,7 @@ def top1_mass(weights, mask=None) -> np.ndarray:
     array([0.8])
     """
     w = _weights(weights)
-    return _mean_rows(w.max(axis=-1), _live(w, mask))
+    return _mean_rows(w.max(axis=-1, initial=0.0), _live(w, mask))          # Lk = 0: no key, no mass
 
 
 def sink_score(weights, indices=(0,), mask=None) -> np.ndarray:
