@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._array import as_array, to_numpy
+from ._array import as_array, is_low_precision, namespace, to_numpy, upcast
 from .budget import check as check_budget
 from .checks import LARGEST, flag, integer_array, is_int, non_negative_int, positive_int, real, text
 from .masks import Mask
@@ -36,7 +36,10 @@ WEIGHT_SLACK = 1e-3    # a weight may exceed 1 by this much (float16 rounding of
 
 def _weights(weights) -> np.ndarray:
     """(..., H, Lq, Lk) float64 NumPy copy of ``weights``, checked."""
-    w = np.asarray(to_numpy(as_array(weights, "weights")), dtype=np.float64)
+    x = as_array(weights, "weights")
+    if not isinstance(x, np.ndarray) and is_low_precision(x):          # torch.bfloat16 has no NumPy dtype
+        x = upcast(namespace(x), x)
+    w = np.asarray(to_numpy(x), dtype=np.float64)
     if w.ndim < 3:
         raise ValueError(f"weights must have shape (..., H, Lq, Lk) (at least 3 dims), got shape {w.shape}")
     if not np.isfinite(w).all() or (w < 0).any():
@@ -199,6 +202,8 @@ def offset_score(weights, offset: int, mask=None) -> np.ndarray:
     w = _weights(weights)
     offset = _integer(offset, "offset")
     Lq, Lk = w.shape[-2:]
+    if Lk == 0:                                                                    # no key at any offset
+        return np.zeros(w.shape[:-2])
     target = _query_positions(Lq, Lk) + offset                                # (Lq,)
     exists = (target >= 0) & (target < Lk)
     where = np.broadcast_to(np.clip(target, 0, Lk - 1)[:, None], w.shape[:-1] + (1,))
