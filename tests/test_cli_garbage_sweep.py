@@ -55,10 +55,14 @@ def _subparser(path):
     return p
 
 
+ONLY = {"mask:document": {"--n", "--lq", "--lk", "--docs"}}    # the other options are swept on mask causal
+
+
 def _options(path):
     return [a.option_strings[0] for a in _subparser(path)._actions
             if a.option_strings and a.nargs != 0 and not isinstance(a, argparse._HelpAction)
-            and (path.split(":")[0].split()[0], a.option_strings[0]) not in SKIP]
+            and (path.split(":")[0].split()[0], a.option_strings[0]) not in SKIP
+            and a.option_strings[0] in ONLY.get(path, {a.option_strings[0]})]
 
 
 def _cases():
