@@ -141,3 +141,12 @@ def test_sizes_that_used_to_run_for_ever_are_one_line_and_exit_2(argv, capsys):
     assert cli.main(argv) == 2                              # before: building 10^20 document ids / 10^6 steps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ("memory budget" in err or "at most 100000" in err), err
+
+
+@pytest.mark.parametrize("junk", [None, 1.5, b"x", ""], ids=repr)
+def test_a_score_file_that_is_not_a_path_is_refused_before_anything_is_asked(junk):
+    from attnlab.learn import session
+    asked = []
+    with pytest.raises(TypeError, match="score_file must be a file path"):
+        session.run_session([PR.make("softmax", 0)], seed=0, answers=["0.5"], write=asked.append, score_file=junk)
+    assert asked == []

@@ -156,6 +156,15 @@ def _select_heads(heads):
     return rec.weights
 
 
+def _session(**kwargs):
+    """run_session with its score file in a fresh folder (a junk score_file would be a file in the working
+    folder; its type is checked in test_junk_classes.py)."""
+    import tempfile
+    from attnlab.learn import session
+    with tempfile.TemporaryDirectory() as folder:
+        return session.run_session(**kwargs, score_file=Path(folder) / "score.json")
+
+
 _MINILM = {}
 
 
@@ -239,6 +248,8 @@ MORE_CALLS = {
     "learn.explain.format_array": (EX.format_array, {"a": [[1.0, 2.0]]}),
     "learn.explain.render": (EX.render, {"ex": EX.worked_example([[1, 0]], [[1, 1]], [[2, 3]])}),
     "learn.cheatsheet.to_markdown": (CS.to_markdown, {"sheet": CS.build()}),
+    "learn.session.run_session": (_session, {"exercises": [PR.make("softmax", 0)], "seed": 0, "read": None,
+                                             "answers": ["0.5, 0.5"], "write": lambda text: None}),
 }
 CALLS.update(MORE_CALLS)
 
