@@ -150,3 +150,20 @@ def test_a_score_file_that_is_not_a_path_is_refused_before_anything_is_asked(jun
     with pytest.raises(TypeError, match="score_file must be a file path"):
         session.run_session([PR.make("softmax", 0)], seed=0, answers=["0.5"], write=asked.append, score_file=junk)
     assert asked == []
+
+
+@pytest.mark.parametrize("argv", [["serve", "--host", "abc"], ["serve", "--host", "-1"], ["serve", "--port", "-1"],
+                                  ["serve", "--port", "70000"]], ids=" ".join)
+def test_serve_refuses_a_bad_address_before_loading_any_model(argv, monkeypatch, capsys):
+    import attnlab.app
+
+    def no_app(*args, **kwargs):
+        raise AssertionError("the app (and its models) was built before the address was checked")
+
+    monkeypatch.setattr(attnlab.app, "App", no_app)
+    try:
+        code = cli.main(argv)
+    except SystemExit as stop:                                 # argparse's own one-line errors
+        code = stop.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "internal error" not in err, err
