@@ -94,5 +94,5 @@ def test_bad_inputs_name_the_argument():
         flex.to_mask_mod(np.ones((2, 2), bool), 2, 2)
     with pytest.raises(TypeError, match="mod must be an attnlab.scores.ScoreMod"):
         flex.to_score_mod(lambda s, *a: s, 2, 2)
-    with pytest.raises(MemoryError, match="over attnlab.planner.MEMORY_BUDGET"):
+    with pytest.raises(MemoryError, match="over the memory budget"):
         flex.to_mask_mod(masks.causal(), 2**16, 2**16)

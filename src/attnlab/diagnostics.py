@@ -25,18 +25,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._array import as_array, to_numpy
+from ._array import as_array, is_low_precision, namespace, to_numpy, upcast
+from .budget import check as check_budget
+from .checks import LARGEST, flag, integer_array, is_int, non_negative_int, positive_int, real, text
 from .masks import Mask
+
+
+WEIGHT_SLACK = 1e-3    # a weight may exceed 1 by this much (float16 rounding of a one-hot row), not more
 
 
 def _weights(weights) -> np.ndarray:
     """(..., H, Lq, Lk) float64 NumPy copy of ``weights``, checked."""
-    w = np.asarray(to_numpy(as_array(weights, "weights")), dtype=np.float64)
+    x = as_array(weights, "weights")
+    if not isinstance(x, np.ndarray) and is_low_precision(x):          # torch.bfloat16 has no NumPy dtype
+        x = upcast(namespace(x), x)
+    w = np.asarray(to_numpy(x), dtype=np.float64)
     if w.ndim < 3:
         raise ValueError(f"weights must have shape (..., H, Lq, Lk) (at least 3 dims), got shape {w.shape}")
     if not np.isfinite(w).all() or (w < 0).any():
         raise ValueError("weights must be finite and non-negative (attention probabilities)")
+    if w.size and w.max() > 1 + WEIGHT_SLACK:
+        raise ValueError(f"weights must be attention probabilities in [0, 1], got a weight of {w.max():.6g}")
     return w
+
+
+def _integer(value, name: str) -> int:
+    """An int (Python or NumPy, not a bool), positive or negative, of at most 2**62 in size."""
+    if not is_int(value) or abs(value) > LARGEST:
+        raise (ValueError if is_int(value) else TypeError)(
+            f"{name} must be an integer in [-2**62, 2**62], got {type(value).__name__} {value!r}"[:200])
+    return int(value)
+
+
+def _share(value, name: str) -> float:
+    """A statistic or a threshold on one: a finite number (a threshold above 1 turns its flag off)."""
+    return real(value, name)
 
 
 def _allowed(mask, w: np.ndarray) -> np.ndarray:
@@ -66,6 +89,7 @@ def row_entropy(weights, mask=None, normalized: bool = True) -> np.ndarray:
     array([[1., 0.]])
     """
     w = _weights(weights)
+    normalized = flag(normalized, "normalized")
     allowed = _allowed(mask, w)
     p = np.where(allowed, w, 0.0)
     h = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1) + 0.0  # (..., H, Lq)
@@ -90,6 +114,7 @@ def entropy(weights, mask=None, normalized: bool = True) -> np.ndarray:
     array([0.5])
     """
     w = _weights(weights)
+    normalized = flag(normalized, "normalized")
     return _mean_rows(row_entropy(w, mask, normalized), _live(w, mask))
 
 
@@ -128,7 +153,7 @@ def top1_mass(weights, mask=None) -> np.ndarray:
     array([0.8])
     """
     w = _weights(weights)
-    return _mean_rows(w.max(axis=-1), _live(w, mask))
+    return _mean_rows(w.max(axis=-1, initial=0.0), _live(w, mask))          # Lk = 0: no key, no mass
 
 
 def sink_score(weights, indices=(0,), mask=None) -> np.ndarray:
@@ -140,14 +165,18 @@ def sink_score(weights, indices=(0,), mask=None) -> np.ndarray:
     """
     w = _weights(weights)
     Lk = w.shape[-1]
-    idx = sorted({int(i) % Lk for i in _indices(indices, Lk)})
+    idx = sorted({int(i) % Lk for i in _indices(indices, Lk, "indices")})
     return _mean_rows(w[..., idx].sum(axis=-1), _live(w, mask))
 
 
-def _indices(indices, Lk):
-    idx = np.atleast_1d(np.asarray(indices))
-    if idx.size == 0 or not np.issubdtype(idx.dtype, np.integer) or (idx >= Lk).any() or (idx < -Lk).any():
-        raise ValueError(f"indices must be key positions in [-{Lk}, {Lk}), got {indices!r}")
+def _indices(indices, Lk, name: str, *, allow_empty: bool = False):
+    """``indices`` (an int or a list of ints) as a 1-D int64 array of key positions in [-Lk, Lk)."""
+    if isinstance(indices, (str, bytes, float, bool, np.bool_)) or indices is None:     # a string is not positions
+        raise TypeError(f"{name} must be key positions (an int or a list of ints) in [-{Lk}, {Lk}), got "
+                        f"{type(indices).__name__} {indices!r}")
+    idx = np.atleast_1d(integer_array(indices, name))
+    if idx.ndim != 1 or (idx.size == 0 and not allow_empty) or (idx >= Lk).any() or (idx < -Lk).any():
+        raise ValueError(f"{name} must be key positions in [-{Lk}, {Lk}), got {np.asarray(indices).tolist()!r}"[:300])
     return idx
 
 
@@ -171,8 +200,11 @@ def offset_score(weights, offset: int, mask=None) -> np.ndarray:
     array([0.8])
     """
     w = _weights(weights)
+    offset = _integer(offset, "offset")
     Lq, Lk = w.shape[-2:]
-    target = _query_positions(Lq, Lk) + int(offset)                                # (Lq,)
+    if Lk == 0:                                                                    # no key at any offset
+        return np.zeros(w.shape[:-2])
+    target = _query_positions(Lq, Lk) + offset                                # (Lq,)
     exists = (target >= 0) & (target < Lk)
     where = np.broadcast_to(np.clip(target, 0, Lk - 1)[:, None], w.shape[:-1] + (1,))
     picked = np.take_along_axis(w, where, axis=-1)[..., 0]                          # (..., H, Lq)
@@ -211,7 +243,7 @@ def head_id(layer: int, head: int) -> str:
     >>> head_id(1, 11)
     'L1.H11'
     """
-    return f"L{int(layer)}.H{int(head)}"
+    return f"L{non_negative_int(layer, 'layer')}.H{non_negative_int(head, 'head')}"
 
 
 def delimiter_positions(tokens) -> list[int]:
@@ -220,6 +252,10 @@ def delimiter_positions(tokens) -> list[int]:
     >>> delimiter_positions(["[CLS]", "hi", ",", "you", ".", "[SEP]"])
     [2, 4]
     """
+    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, (list, tuple, np.ndarray)) or \
+            np.ndim(tokens) != 1:
+        raise TypeError(f"tokens must be a list of token strings, got {type(tokens).__name__}"
+                        + (f" of shape {np.shape(tokens)}" if isinstance(tokens, np.ndarray) else ""))
     out = []
     for i, t in enumerate(tokens):
         core = str(t).replace("Ġ", "").replace("▁", "").replace("##", "").strip()
@@ -263,6 +299,12 @@ def head_type(scores: dict, threshold: float = TYPE_SCORE) -> str:
 head_type({"sink": 0.83})
     ('previous-token', '-', 'sink')
     """
+    if not isinstance(scores, dict):
+        raise TypeError(f"scores must be a dict {{HeadStats column: score}}, got {type(scores).__name__}")
+    threshold = real(threshold, "threshold")
+    for column, value in scores.items():
+        if value is not None:
+            real(value, f"scores[{column!r}]")
     best, best_score = "-", threshold
     for name, column in HEAD_FUNCTIONS.items():
         s = scores.get(column)
@@ -284,6 +326,11 @@ def flags(entropy_, top1, type_: str = "-", functional: float = 0.0, *, diffuse=
     >>> flags(0.9, 0.1), flags(0.1, 0.95), flags(0.01, 1.0, "previous-token"), flags(0.1, 0.82, "-", 0.85)
     (('diffuse',), ('over_concentrated',), (), ())
     """
+    entropy_, top1 = _share(entropy_, "entropy_"), _share(top1, "top1")
+    functional = _share(functional, "functional")
+    diffuse, concentrated, typed = _share(diffuse, "diffuse"), _share(concentrated, "concentrated"), \
+        _share(typed, "typed")
+    type_ = text(type_, "type_")
     out = []
     if entropy_ >= diffuse:
         out.append("diffuse")
@@ -308,8 +355,14 @@ def head_table(weights, mask=None, sink_indices=(0,), *, delimiters=(), ids=None
     if w.ndim != 4:
         raise ValueError(f"weights must have shape (layers, H, Lq, Lk) or (H, Lq, Lk), got {w.shape}")
     Lk = w.shape[-1]
-    sinks = {int(i) % Lk for i in _indices(sink_indices, Lk)}
-    delims = sorted({int(i) % Lk for i in _indices(delimiters, Lk)} - sinks) if len(delimiters) else []
+    typed = _share(typed, "typed")
+    unknown = set(thresholds) - {"diffuse", "concentrated"}
+    if unknown:
+        raise TypeError(f"head_table's thresholds are diffuse= and concentrated=, got {sorted(unknown)}")
+    for name, value in thresholds.items():
+        _share(value, name)
+    sinks = {int(i) % Lk for i in _indices(sink_indices, Lk, "sink_indices")}
+    delims = sorted({int(i) % Lk for i in _indices(delimiters, Lk, "delimiters", allow_empty=True)} - sinks)
     cols = dict(entropy=entropy(w, mask), effective_tokens=effective_tokens(w, mask), top1=top1_mass(w, mask),
                 sink=sink_score(w, sink_indices, mask), distance=mean_distance(w, mask),
                 previous=offset_score(w, -1, mask), next=offset_score(w, 1, mask), same=offset_score(w, 0, mask),
@@ -345,6 +398,8 @@ def format_table(rows: list[HeadStats]) -> str:
     """The table as aligned plain text (one line per head, named "L0.H2"), the type beside the statistics."""
     head = f"{'head':>7} {'entropy':>7} {'eff.tok':>7} {'top1':>5} {'sink':>5} {'dist':>5} " \
            f"{'prev':>5} {'next':>5} {'same':>5} {'delim':>5} {'induc':>5} {'func':>5}  {'type':<14} flags"
+    if not isinstance(rows, (list, tuple)) or not all(isinstance(r, HeadStats) for r in rows):
+        raise TypeError(f"rows must be a list of HeadStats (from head_table), got {type(rows).__name__}")
     lines = [head]
     for r in rows:
         ind = "-" if r.induction is None else f"{r.induction:.2f}"
@@ -356,7 +411,15 @@ def format_table(rows: list[HeadStats]) -> str:
 
 # --- head types on token patterns (Olsson et al. 2022) -------------------------------------------------------
 def _ids(ids, L):
-    ids = np.asarray(ids)
+    if ids is None or isinstance(ids, (str, bytes, int, float, np.generic)):
+        raise TypeError(f"ids must be the (L,) = ({L},) token ids (or strings) of the sequence, got "
+                        f"{type(ids).__name__} {ids!r}")
+    try:
+        ids = np.asarray(ids)
+    except ValueError as err:
+        raise ValueError(f"ids must be the (L,) = ({L},) token ids of the sequence, got a ragged list: {err}") from None
+    if ids.dtype == object or ids.dtype.kind not in "iuUS":
+        raise TypeError(f"ids must be integer token ids or token strings, got dtype {ids.dtype}")
     if ids.shape != (L,):
         raise ValueError(f"ids must have shape (L,) = ({L},) matching the weights, got {ids.shape}")
     return ids
@@ -401,10 +464,18 @@ def _induction_targets(ids) -> np.ndarray:
 
 def repeated_random_tokens(vocab_size: int, n: int, seed: int = 0, prefix=()) -> np.ndarray:
     """``prefix`` + n random token ids + the same n again: the probe sequence for induction heads."""
-    if n < 2 or vocab_size < 2:
-        raise ValueError(f"need n >= 2 and vocab_size >= 2, got n={n}, vocab_size={vocab_size}")
+    vocab_size = positive_int(vocab_size, "vocab_size", minimum=2)
+    n = positive_int(n, "n", minimum=2)
+    seed = non_negative_int(seed, "seed")
+    if isinstance(prefix, (str, bytes)) or prefix is None:
+        raise TypeError(f"prefix must be a list of token ids, got {type(prefix).__name__} {prefix!r}")
+    prefix = integer_array(prefix, "prefix", minimum=0)
+    if prefix.ndim != 1:
+        raise ValueError(f"prefix must be a 1-D list of token ids, got shape {prefix.shape}")
+    check_budget(8 * (3 * n + 2 * prefix.size), f"a probe of {n} random tokens repeated twice",
+                 instead="use a smaller n")
     half = np.random.default_rng(seed).integers(0, vocab_size, size=n)
-    return np.concatenate([np.asarray(prefix, dtype=np.int64), half, half]).astype(np.int64)
+    return np.concatenate([prefix, half, half]).astype(np.int64)
 
 
 HEAD_TYPE_THRESHOLD = 0.4   # a score >= this names the head type
@@ -426,6 +497,7 @@ def head_types(weights, ids, threshold: float = HEAD_TYPE_THRESHOLD) -> list[Hea
     w = _weights(weights)
     if w.ndim != 4:
         raise ValueError(f"weights must have shape (layers, H, L, L), got {w.shape}")
+    threshold = real(threshold, "threshold")
     scores = {"previous": offset_score(w, -1), "duplicate": duplicate_token_score(w, ids),
               "induction": induction_score(w, ids)}
     out = []
@@ -439,6 +511,10 @@ def head_types(weights, ids, threshold: float = HEAD_TYPE_THRESHOLD) -> list[Hea
 def detect_head_types(model, n: int = 20, seed: int = 0, threshold: float = HEAD_TYPE_THRESHOLD,
                       prefix=()) -> list[HeadType]:
     """Run ``model`` (an attnlab.models model) on a repeated random token sequence and type its heads."""
+    if not (hasattr(model, "vocab_size") and callable(getattr(model, "attentions", None))):
+        raise TypeError(f"model must be an attnlab.models model (with vocab_size and attentions(ids)), got "
+                        f"{type(model).__name__}")
+    threshold = real(threshold, "threshold")
     ids = repeated_random_tokens(model.vocab_size, n, seed, prefix)
     _, w = model.attentions(ids)
     return head_types(w, ids, threshold)
@@ -459,8 +535,7 @@ def rollout(weights, residual: float = 0.5) -> np.ndarray:
     w = _weights(weights)
     if w.ndim < 4 or w.shape[-1] != w.shape[-2]:
         raise ValueError(f"weights must have shape (layers, ..., H, L, L) with square L x L, got {w.shape}")
-    if not 0.0 <= residual <= 1.0:
-        raise ValueError(f"residual must lie in [0, 1], got {residual}")
+    residual = real(residual, "residual", low=0, high=1)
     L = w.shape[-1]
     out = None
     for a in w.mean(axis=-3):                                                     # (..., L, L) per layer

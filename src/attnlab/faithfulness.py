@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .budget import check as check_budget
+from .checks import text as check_text
 from .diagnostics import rollout
 from .models.bert import pool
 
@@ -35,9 +37,25 @@ FD_EPS = 1e-4
 
 
 # --- rank correlations ---------------------------------------------------------------------------------------
+def _vector(x, name: str) -> np.ndarray:
+    """``x`` as a 1-D float64 array of finite numbers (a NaN would make every comparison with it false)."""
+    try:
+        arr = np.asarray(x)
+    except ValueError as err:
+        raise ValueError(f"{name} must be a 1-D list of numbers, got a ragged sequence: {err}") from None
+    if arr.dtype == object or arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a 1-D list of numbers, got {type(x).__name__} (dtype {arr.dtype})")
+    arr = arr.astype(np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must hold finite numbers, got {arr[~np.isfinite(arr)][0]}")
+    return arr
+
+
 def _pair(x, y):
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.ndim != 1 or x.shape != y.shape or x.size < 2:
+    x, y = _vector(x, "x"), _vector(y, "y")
+    if x.shape != y.shape or x.size < 2:
         raise ValueError(f"x and y must be 1-D of one length >= 2, got shapes {x.shape} and {y.shape}")
     return x, y
 
@@ -49,9 +67,12 @@ def kendall_tau(x, y) -> float:
     0.6666666666666666
     """
     x, y = _pair(x, y)
+    # the pair index arrays, the (n, n) sign differences and their upper triangles: about 6 n^2 doubles
+    check_budget(48 * x.size ** 2, f"Kendall tau over {x.size} values (all {x.size} x {x.size} pairs)",
+                 instead="use spearman_rho, which is O(n log n)")
     iu = np.triu_indices(x.size, 1)
-    dx = np.sign(x[:, None] - x[None, :])[iu]
-    dy = np.sign(y[:, None] - y[None, :])[iu]
+    sign = lambda a: (a[:, None] > a[None, :]).astype(np.int8) - (a[:, None] < a[None, :])   # no a - b: 1e308
+    dx, dy = sign(x)[iu], sign(y)[iu]                                                       # - (-1e308) is inf
     denom = np.sqrt(np.count_nonzero(dx) * np.count_nonzero(dy))
     if denom == 0:
         raise ValueError("Kendall tau is undefined when x or y is constant")
@@ -64,14 +85,10 @@ def rankdata(x) -> np.ndarray:
     >>> rankdata([10, 30, 20, 20])
     array([1. , 4. , 2.5, 2.5])
     """
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(x.size)
-    ranks[order] = np.arange(1, x.size + 1)
-    for value in np.unique(x):                                                  # average over ties
-        tie = x == value
-        ranks[tie] = ranks[tie].mean()
-    return ranks
+    x = _vector(x, "x")
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)   # distinct values, ascending
+    last = np.cumsum(counts)                                                    # rank of each value's last copy
+    return (last - (counts - 1) / 2.0)[inverse]                                 # ties: the mean of their ranks
 
 
 def spearman_rho(x, y) -> float:
@@ -130,9 +147,10 @@ def importance(model, text: str) -> SentenceImportance:
     """All six importances of the content tokens of ``text`` (see the module docstring)."""
     if not hasattr(model, "forward_from_words"):
         raise TypeError(f"faithfulness needs a BERT-family sentence encoder, got {type(model).__name__}")
+    text = check_text(text, "text")
     ids = model.tokenize(text)
     if len(ids) < 5:
-        raise ValueError(f"need at least 3 content tokens to rank, {text!r} has {len(ids) - 2}")
+        raise ValueError(f"text must have at least 3 content tokens to rank, {text!r} has {len(ids) - 2}")
     _, w, _ = model.forward(ids[None, :], return_weights=True)
     w = w[:, 0]                                                                   # (layers, H, L, L)
     last = w[-1].mean(axis=0)                                                     # (L, L)
@@ -193,6 +211,11 @@ class Agreement:
 def compare(model, texts, progress=None) -> Agreement:
     """Importance by every method for each text, and Kendall tau / Spearman rho for every method pair.
     ``progress(i, n, text)``, if given, is called before text i of n (a status line for a long run)."""
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"texts must be a non-empty list of sentences (strings), got {type(texts).__name__} "
+                        f"{texts!r}"[:300])
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function progress(i, n, text) or None, got {type(progress).__name__}")
     sentences = []
     for i, t in enumerate(texts):
         if progress is not None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checks import choice, integer_array, is_int, real
+
 KINDS = ("self", "causal", "cross")
 
 
@@ -50,8 +52,15 @@ class AttentionRecord:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        choice(self.kind, "kind", KINDS)
+        _check_layer(self.layer, "layer")
+        self.scale = real(self.scale, "scale")
+        for name in ("q", "k", "v", "scores", "mask", "weights", "lse", "out"):
+            x = getattr(self, name)
+            if x is not None and not isinstance(x, np.ndarray):
+                raise TypeError(f"{name} must be a NumPy array or None, got {type(x).__name__}")
+        if not isinstance(self.meta, dict):
+            raise TypeError(f"meta must be a dict, got {type(self.meta).__name__}")
 
     @property
     def groups(self) -> int:
@@ -64,7 +73,7 @@ class AttentionRecord:
         """Keep only query heads ``heads`` (in that order), in place: q, scores, weights, out and lse keep those
         heads, a per-head mask too; k and v keep the key/value head each chosen head reads (so ``groups`` becomes
         1); ``meta["heads"]`` lists the model's head index of each kept head."""
-        heads = list(heads)
+        heads = _head_list(heads)
         groups = self.groups
         n = next((x.shape[-3] for x in (self.q, self.scores, self.weights, self.out) if x is not None), None)
         if n is None and self.lse is not None:
@@ -87,6 +96,25 @@ class AttentionRecord:
         self.meta["heads"] = heads
 
 
+def _check_layer(layer, name: str):
+    """A layer is named by its index (an int >= 0) or a name ("decoder.3")."""
+    if not ((is_int(layer) and layer >= 0) or (isinstance(layer, str) and layer)):
+        raise TypeError(f"{name} must be a layer index (an int >= 0) or a layer name (a string), got "
+                        f"{type(layer).__name__} {layer!r}"[:200])
+    return layer
+
+
+def _head_list(heads) -> list[int]:
+    """A non-empty list of query head indices (ints >= 0)."""
+    if heads is None or isinstance(heads, (str, bytes)) or np.ndim(heads) != 1:
+        raise TypeError(f"heads must be a non-empty list of head indices >= 0, got {type(heads).__name__} "
+                        f"{heads!r}"[:200])
+    out = integer_array(heads, "heads", ndim=1, minimum=0)
+    if not out.size:
+        raise ValueError("heads must be a non-empty list of head indices >= 0, got []")
+    return out.tolist()
+
+
 class Recorder:
     """Collects ``AttentionRecord`` s for the chosen layers (None = all) and fields.
 
@@ -99,16 +127,20 @@ class Recorder:
     ALL_FIELDS = ("q", "k", "v", "scores", "mask", "weights", "lse", "out")
 
     def __init__(self, layers=None, fields=ALL_FIELDS, heads=None):
+        if isinstance(fields, str) or not isinstance(fields, (list, tuple, set, frozenset)):
+            raise TypeError(f"fields must be a list of field names among {self.ALL_FIELDS}, got "
+                            f"{type(fields).__name__} {fields!r}"[:200])
+        if layers is not None:
+            if isinstance(layers, str) or not isinstance(layers, (list, tuple, set, frozenset, range)):
+                raise TypeError(f"layers must be a list of layer indices or names (or None for all), got "
+                                f"{type(layers).__name__} {layers!r}"[:200])
+            for layer in layers:
+                _check_layer(layer, "layers")
         unknown = set(fields) - set(self.ALL_FIELDS)
         if unknown:
             raise ValueError(f"fields must be among {self.ALL_FIELDS}, got {sorted(unknown)}")
         if heads is not None:
-            heads = list(heads)
-            if not heads or not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 0
-                                    for h in heads):
-                raise ValueError(f"heads must be a non-empty list of head indices >= 0 (or None for all), "
-                                 f"got {heads!r}")
-            heads = [int(h) for h in heads]
+            heads = _head_list(heads)
         self.layers = None if layers is None else set(layers)
         self.fields = tuple(fields)
         self.heads = heads

@@ -29,6 +29,9 @@ def run(args):
     from ..progress import Status
 
     texts = _texts(args.sentences, data)[: args.limit]
+    folder = Path(args.out) if args.out else None
+    if folder is not None:                 # an unusable --out fails now, not after a minute of computing
+        folder.mkdir(parents=True, exist_ok=True)
     with Status("attnlab faithfulness") as status:
         status.step(f"loading {args.model} (float64)")
         model = models.load(args.model, dtype=np.float64)
@@ -48,8 +51,6 @@ def run(args):
     if args.out:
         from ..viz import save
 
-        folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
         print(f"wrote {save(faithfulness.figure(result), folder / 'faithfulness.png')}")
         summary = {"model": model.name, "sentences": len(texts),
                    "pairs": [dict(p.summary(), top1_same=result.top1_agreement(p.a, p.b)) for p in result.pairs],

@@ -7,6 +7,7 @@ SPEC is any mask spec of ``attnlab.masks.SPEC_GRAMMAR`` ("causal & window:2", "w
 import re
 
 from .. import masks
+from ..budget import check as check_budget
 
 KINDS = ("full", "causal", "window", "padding", "prefix", "document", "dilated", "global", "random")
 
@@ -90,6 +91,8 @@ def run(args):
     Lq, Lk = args.lq or args.n, args.lk or args.n
     if min(Lq, Lk) < 1:
         raise ValueError(f"--n, --lq and --lk must be positive, got Lq={Lq}, Lk={Lk}")
+    # before build(), whose default document ids are a list of Lk ints
+    check_budget(masks.mask_bytes(1, Lq, Lk), f"a {Lq} x {Lk} mask", instead="use a smaller --n/--lq/--lk")
     from ..viz import mask_figure, save
     from ..viz._figure import figure_path
 

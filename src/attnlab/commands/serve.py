@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from ..checks import int_arg
+
 
 def register(sub):
     p = sub.add_parser("serve", help="the live explorer: a local web app on 127.0.0.1 (Ctrl-C stops it)",
@@ -11,7 +13,7 @@ def register(sub):
                                    "attnlab's own layers, and the heatmap, head view, model view, step panel, "
                                    "neuron view, diagnostics, masks and cost update. Binds 127.0.0.1 only.")
     p.add_argument("--model", help="the model selected first (default: the first installed one)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--port", type=int_arg(0, 65535), default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need "
                                                       "--allow-remote)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (serves your "
@@ -21,7 +23,12 @@ def register(sub):
 
 def run(args):
     from ..app import App
+    from ..app.server import check_bind
     from ..cli import UsageError
+    try:
+        check_bind(args.host, args.allow_remote)        # before the models load (seconds): a typo fails at once
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     try:
         app = App(first=args.model)
         server = app.serve(args.host, args.port, allow_remote=args.allow_remote)

@@ -24,27 +24,29 @@ from __future__ import annotations
 import numpy as np
 
 from .._array import as_array, namespace
+from ..budget import check as check_budget
+from ..checks import choice, is_int, non_negative_int, positive_int
 
 LAYOUTS = ("contiguous", "zigzag")
+CHUNK_BYTES = 256           # Python bytes per chunk in the lists of bounds and lengths (ints, tuples, list slots)
 
 
 def check_layout(layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    return layout
+    return choice(layout, "layout", LAYOUTS)
 
 
 def _check_world(rank: int, world: int) -> None:
     for value, name in ((rank, "rank"), (world, "world")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+        if not is_int(value):
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}"[:200])
+    positive_int(world, "world")
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"need world >= 1 and 0 <= rank < world, got rank={rank}, world={world}")
 
 
 def n_chunks(world: int, layout: str) -> int:
     """How many chunks the sequence is cut into: P (contiguous) or 2P (zigzag)."""
-    return world * (2 if check_layout(layout) == "zigzag" else 1)
+    return positive_int(world, "world") * (2 if check_layout(layout) == "zigzag" else 1)
 
 
 def chunk_bounds(L: int, n: int) -> list[tuple[int, int]]:
@@ -53,8 +55,10 @@ def chunk_bounds(L: int, n: int) -> list[tuple[int, int]]:
     >>> chunk_bounds(7, 3)
     [(0, 3), (3, 5), (5, 7)]
     """
+    L, n = non_negative_int(L, "L"), positive_int(n, "n")
     if L < n:
         raise ValueError(f"sequence length L={L} is shorter than the {n} chunks it must be cut into")
+    check_budget(CHUNK_BYTES * n, f"the bounds of {n} chunks", instead="use fewer chunks")
     base, extra = divmod(L, n)
     sizes = [base + (i < extra) for i in range(n)]
     starts = np.cumsum([0] + sizes)
@@ -64,6 +68,7 @@ def chunk_bounds(L: int, n: int) -> list[tuple[int, int]]:
 def ranges(rank: int, world: int, L: int, layout: str = "zigzag") -> list[tuple[int, int]]:
     """The contiguous (start, stop) ranges of global positions that ``rank`` holds, in the order it stores them."""
     _check_world(rank, world)
+    L = non_negative_int(L, "L")
     n = n_chunks(world, layout)
     if L < n:
         raise ValueError(f"sequence length L={L} is too short for world={world} with the {layout} layout: "
@@ -74,11 +79,15 @@ def ranges(rank: int, world: int, L: int, layout: str = "zigzag") -> list[tuple[
 
 def positions(rank: int, world: int, L: int, layout: str = "zigzag") -> np.ndarray:
     """Global positions (int64, increasing) of the sequence elements held by ``rank``."""
+    held = sum(b - a for a, b in ranges(rank, world, L, layout))
+    check_budget(8 * held, f"the {held} positions rank {rank} holds", instead="use a shorter sequence or more ranks")
     return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges(rank, world, L, layout)])
 
 
 def local_lengths(world: int, L: int, layout: str = "zigzag") -> list[int]:
     """The shard length of every rank."""
+    check_budget(CHUNK_BYTES * n_chunks(world, layout), f"the shard lengths of {world} ranks",
+                 instead="use fewer ranks")
     return [sum(b - a for a, b in ranges(r, world, L, layout)) for r in range(world)]
 
 
@@ -108,6 +117,10 @@ def unshard(parts, layout: str = "zigzag", dim: int = -2):
     xp = namespace(*parts)
     dim = _axis(parts[0], dim)
     world, L = len(parts), sum(p.shape[dim] for p in parts)
+    others = {p.shape[:dim] + p.shape[dim + 1:] for p in parts}
+    if len(others) > 1 or any(p.ndim != parts[0].ndim for p in parts):
+        raise ValueError(f"the shards must agree on every axis but dim={dim - parts[0].ndim}, got shapes "
+                         f"{[tuple(p.shape) for p in parts]}")
     got = [p.shape[dim] for p in parts]
     if got != local_lengths(world, L, layout):
         raise ValueError(f"shard lengths {got} do not match the {layout} layout of L={L} over {world} ranks, "
@@ -122,6 +135,6 @@ def unshard(parts, layout: str = "zigzag", dim: int = -2):
 
 
 def _axis(x, dim: int) -> int:
-    if not isinstance(dim, (int, np.integer)) or not -x.ndim <= dim < x.ndim:
+    if not is_int(dim) or not -x.ndim <= dim < x.ndim:
         raise ValueError(f"dim must be an axis of x (ndim {x.ndim}), got {dim!r}")
     return int(dim) % x.ndim

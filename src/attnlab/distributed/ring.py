@@ -37,10 +37,12 @@ import torch
 from .. import masks as masks_mod
 from .. import planner
 from .._array import default_scale, to_numpy
+from ..budget import check as check_budget
+from ..checks import flag, is_int, non_negative_int, positive_int, real
 from ..api import scaled_dot_product_attention
 from ..merge import merge_attention
 from . import layout as layout_mod
-from .comm import Ring, RingError
+from .comm import Ring, RingError, timeout_seconds
 
 
 def ring_attention(q, k, v, *, mask=None, causal=False, group=None, layout="zigzag", scale=None, timeout=None,
@@ -61,9 +63,29 @@ def ring_attention(q, k, v, *, mask=None, causal=False, group=None, layout="zigz
     Returns this rank's output shard (B, H, Lq_r, Dv) in q's dtype [, its log-sum-exp (B, H, Lq_r) in the merge
     dtype]. Gradients flow to q, k and v across the ring.
     """
+    # every argument is checked here, before the ring is joined: a refusal on one rank must not leave its peers
+    # waiting for a transfer
+    causal, return_lse = flag(causal, "causal"), flag(return_lse, "return_lse")
+    scale = real(scale, "scale", allow_none=True)
+    layout_mod.check_layout(layout)
+    _check_mask(mask)
+    if stats is not None and not isinstance(stats, dict):
+        raise TypeError(f"stats must be a dict to fill (or None), got {type(stats).__name__}")
+    timeout_seconds(timeout)                                # a bad timeout is refused before the ring, too
     plan = _Plan(q, k, v, mask, causal, group, layout, scale, timeout, stats)
     out, lse = _RingAttention.apply(q, k, v, plan)
     return (out, lse) if return_lse else out
+
+
+def _check_mask(mask) -> None:
+    """None, an attnlab Mask, or a boolean array (checked against the sequence later, once its length is known)."""
+    if mask is None or isinstance(mask, masks_mod.Mask):
+        return
+    if isinstance(mask, (torch.Tensor, np.ndarray)) and (mask.dtype == torch.bool if isinstance(mask, torch.Tensor)
+                                                        else mask.dtype == bool):
+        return
+    raise TypeError(f"mask must be an attnlab.masks.Mask, a boolean (L, L) array or None, got "
+                    f"{type(mask).__name__}" + (f" of dtype {mask.dtype}" if hasattr(mask, "dtype") else ""))
 
 
 # --- the plan: who holds what, and which blocks the mask empties ---------------------------------------------
@@ -91,6 +113,11 @@ class _Plan:
         self.mask = _combined_mask(mask, causal, self.L, B, H)
         if self.mask is not None:                  # a mask that cannot be evaluated fails here, before any transfer
             self.mask.evaluate(self.L, self.L, np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64))
+            # the largest piece whose mask is evaluated (sub_blocks): the same on every rank, so all refuse together
+            longest = max(b - a for rs in self.ranges for a, b in rs)
+            check_budget(_piece_bytes(self.mask, longest, longest, B, H),
+                         f"ring attention's mask on a {longest} x {longest} piece of the sequence",
+                         instead="use more ranks or a mask with a tile classifier (masks.causal, sliding_window)")
         self.scale = default_scale(D) if scale is None else float(scale)
         self.acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         self.itemsize = q.element_size()
@@ -170,7 +197,12 @@ def sub_blocks(mask, L: int, q_ranges, k_ranges, B: int = 1, H: int = 1, device=
     """Split the block (queries at ``q_ranges``) x (keys at ``k_ranges``) of a length-L sequence (global positions,
     contiguous (start, stop) ranges as ``layout.ranges`` gives them) into one piece per pair of ranges and keep
     the pieces the mask does not empty. Under a causal mask a zigzag block has 2 x 2 pieces, of which one or two
-    are empty: skipping them halves the work of every off-diagonal block."""
+    are empty: skipping them halves the work of every off-diagonal block. A piece whose mask is evaluated cell by
+    cell is checked against the memory budget first."""
+    if mask is not None and not isinstance(mask, masks_mod.Mask):
+        raise TypeError(f"mask must be an attnlab.masks.Mask or None, got {type(mask).__name__}")
+    L, B, H = non_negative_int(L, "L"), positive_int(B, "B"), positive_int(H, "H")
+    q_ranges, k_ranges = _check_ranges(q_ranges, L, "q_ranges"), _check_ranges(k_ranges, L, "k_ranges")
     pieces, q_off = [], 0
     for qa, qb in q_ranges:
         k_off = 0
@@ -181,6 +213,8 @@ def sub_blocks(mask, L: int, q_ranges, k_ranges, B: int = 1, H: int = 1, device=
             if kind == masks_mod.FULL:
                 pieces.append(SubBlock(rows, keys, None, size, size))
             elif kind != masks_mod.EMPTY:
+                check_budget(_piece_bytes(mask, qb - qa, kb - ka, B, H),
+                             f"mask {mask.name} on a {qb - qa} x {kb - ka} piece", instead="use more ranks")
                 arr = _evaluate(mask, L, np.arange(qa, qb), np.arange(ka, kb), B, H)
                 allowed = int(arr.sum()) * size // arr.size
                 if allowed:
@@ -189,6 +223,24 @@ def sub_blocks(mask, L: int, q_ranges, k_ranges, B: int = 1, H: int = 1, device=
             k_off += kb - ka
         q_off += qb - qa
     return _coalesce(pieces, len(q_ranges) * len(k_ranges))
+
+
+def _check_ranges(ranges, L: int, name: str) -> list[tuple[int, int]]:
+    """A non-empty list of (start, stop) ints with 0 <= start <= stop <= L."""
+    ok = isinstance(ranges, (list, tuple)) and ranges and all(
+        isinstance(r, (list, tuple)) and len(r) == 2 and all(is_int(x) for x in r) and 0 <= r[0] <= r[1] <= L
+        for r in ranges)
+    if not ok:
+        raise ValueError(f"{name} must be a non-empty list of (start, stop) ranges with 0 <= start <= stop <= L={L}, "
+                         f"got {ranges!r}"[:300])
+    return [(int(a), int(b)) for a, b in ranges]
+
+
+def _piece_bytes(mask, rows: int, keys: int, B: int, H: int) -> int:
+    """Bytes to evaluate ``mask`` on a rows x keys piece: its arithmetic and the boolean result, per batch row and
+    head it depends on."""
+    per = (B if mask.batch is not None else 1) * (H if mask.heads is not None else 1)
+    return (masks_mod.MASK_TEMP_BYTES + 2) * per * rows * keys
 
 
 def _coalesce(pieces: list[SubBlock], n: int) -> list[SubBlock]:
@@ -227,6 +279,12 @@ def work_balance(L: int, world: int, layout: str = "zigzag", mask=None, causal: 
     >>> [work_balance(8, 2, layout, causal=True)["computed"] for layout in ("contiguous", "zigzag")]
     [[16, 32], [20, 20]]
     """
+    L, world = non_negative_int(L, "L"), positive_int(world, "world")
+    B, H, causal = positive_int(B, "B"), positive_int(H, "H"), flag(causal, "causal")
+    layout_mod.check_layout(layout)
+    _check_mask(mask)
+    check_budget(layout_mod.CHUNK_BYTES * world * world, f"the work table of {world} x {world} blocks",
+                 instead="use fewer ranks")
     m = _combined_mask(mask, causal, L, B, H)
     rng = [layout_mod.ranges(r, world, L, layout) for r in range(world)]
     blocks, cells, computed = [], [], []

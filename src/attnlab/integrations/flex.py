@@ -26,8 +26,12 @@ import numpy as np
 import torch
 
 from .. import masks as masks_mod
-from ..planner import MEMORY_BUDGET
+from ..budget import check as check_budget
+from ..checks import non_negative_int, positive_int
 from ..scores import ScoreMod
+
+MOD_BYTES = 32      # bytes per (head, query, key) cell to tabulate an additive modifier: the float64 zeros it is
+                    # applied to, the table, and the modifier's integer distances and float result
 
 
 class BlockCounts(NamedTuple):
@@ -39,15 +43,21 @@ class BlockCounts(NamedTuple):
     full: np.ndarray
 
 
+def _sizes(Lq, Lk, batch=None, heads=None) -> tuple[int, int, int | None, int | None]:
+    """The lengths (non-negative ints) and the optional batch size and head count (positive ints), checked at
+    call time so that a float, a string or a bool is refused naming the argument."""
+    return (non_negative_int(Lq, "Lq"), non_negative_int(Lk, "Lk"), positive_int(batch, "batch", allow_none=True),
+            positive_int(heads, "heads", allow_none=True))
+
+
 def _table(mask: masks_mod.Mask, Lq: int, Lk: int, batch, heads) -> np.ndarray:
     """The mask as a (B, H, Lq, Lk) boolean array, B / H 1 along an axis it does not depend on."""
     B = mask.batch or 1
     H = mask.heads or 1
-    need = B * H * Lq * Lk
-    if need > MEMORY_BUDGET:
-        raise MemoryError(f"converting {mask.name} to a mask_mod materializes {B}x{H}x{Lq}x{Lk} booleans "
-                          f"({need / 2**20:.1f} MiB), over attnlab.planner.MEMORY_BUDGET")
-    arr = mask.to_array(Lq, Lk, batch=batch, heads=heads)
+    check_budget(masks_mod.mask_bytes(B * H, Lq, Lk),               # read at call time: the budget may change
+                 f"converting {mask.name} to a mask_mod ({B}x{H}x{Lq}x{Lk} booleans)",
+                 instead="convert at smaller lengths, or use attnlab.flash_attention with the mask directly")
+    arr = mask.to_array(Lq, Lk, batch=batch, heads=heads, checked=False)
     return arr.reshape((1,) * (4 - arr.ndim) + arr.shape)
 
 
@@ -61,6 +71,7 @@ def to_mask_mod(mask: masks_mod.Mask, Lq: int, Lk: int, *, batch: int | None = N
     """
     if not isinstance(mask, masks_mod.Mask):
         raise TypeError(f"mask must be an attnlab.masks.Mask, got {type(mask).__name__}")
+    Lq, Lk, batch, heads = _sizes(Lq, Lk, batch, heads)
     table = torch.from_numpy(_table(mask, Lq, Lk, batch, heads))           # (B, H, Lq, Lk)
     B, H = table.shape[:2]
 
@@ -75,7 +86,11 @@ def block_counts(mask: masks_mod.Mask, Lq: int, Lk: int, block_q: int = 128, blo
                  batch: int | None = None, heads: int | None = None) -> BlockCounts:
     """``mask.blocks`` summarized per query block as FlexAttention's BlockMask does (partial and full key-block
     counts), for every batch row / head the mask depends on."""
-    block_k = block_q if block_k is None else block_k
+    if not isinstance(mask, masks_mod.Mask):
+        raise TypeError(f"mask must be an attnlab.masks.Mask, got {type(mask).__name__}")
+    Lq, Lk, batch, heads = _sizes(Lq, Lk, batch, heads)
+    block_q = positive_int(block_q, "block_q")
+    block_k = block_q if block_k is None else positive_int(block_k, "block_k")
     B, H = mask.batch or 1, mask.heads or 1
     nq = math.ceil(Lq / block_q)
     partial, full = np.zeros((B, H, nq), np.int64), np.zeros((B, H, nq), np.int64)
@@ -99,9 +114,11 @@ def from_mask_mod(fn, Lq: int, Lk: int, *, batch: int | None = None, heads: int 
     if not callable(fn):
         raise TypeError(f"fn must be a FlexAttention mask_mod (b, h, q_idx, kv_idx) -> bool, got "
                         f"{type(fn).__name__}")
+    Lq, Lk, batch, heads = _sizes(Lq, Lk, batch, heads)
     B, H = batch or 1, heads or 1
-    if B * H * Lq * Lk > MEMORY_BUDGET:
-        raise MemoryError(f"evaluating the mask_mod on {B}x{H}x{Lq}x{Lk} indices is over the memory budget")
+    # the mask_mod's own integer arithmetic on the broadcast grid, its result, the bool copy and from_array's copy
+    check_budget((masks_mod.MASK_TEMP_BYTES + 3) * B * H * Lq * Lk,
+                 f"evaluating the mask_mod on {B}x{H}x{Lq}x{Lk} indices", instead="use smaller lengths")
     grid = fn(torch.arange(B)[:, None, None, None], torch.arange(H)[None, :, None, None],
               torch.arange(Lq)[None, None, :, None], torch.arange(Lk)[None, None, None, :])
     arr = np.broadcast_to(torch.as_tensor(grid).detach().cpu().numpy().astype(bool), (B, H, Lq, Lk)).copy()
@@ -121,12 +138,14 @@ def to_score_mod(mod: ScoreMod, Lq: int, Lk: int, heads: int = 1):
     """
     if not isinstance(mod, ScoreMod):
         raise TypeError(f"mod must be an attnlab.scores.ScoreMod, got {type(mod).__name__}")
+    Lq, Lk, _, _ = _sizes(Lq, Lk)
+    heads = positive_int(heads, "heads")
     if mod.parts:
         first, second = (to_score_mod(part, Lq, Lk, heads) for part in mod.parts)
         return lambda s, b, h, q, kv: second(first(s, b, h, q, kv), b, h, q, kv)
     if mod.additive:
-        if heads * Lq * Lk > MEMORY_BUDGET:
-            raise MemoryError(f"tabulating {mod.name} for {heads}x{Lq}x{Lk} scores is over the memory budget")
+        check_budget(MOD_BYTES * heads * Lq * Lk, f"tabulating {mod.name} for {heads}x{Lq}x{Lk} scores",
+                     instead="convert at smaller lengths")
         h_idx = np.arange(heads)[:, None, None]
         table = torch.from_numpy(mod.apply(np.zeros((heads, Lq, Lk)), np.zeros((1, 1), np.int64), h_idx,
                                            np.arange(Lq)[:, None], np.arange(Lk)[None, :], Lq, Lk))

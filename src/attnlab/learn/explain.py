@@ -26,6 +26,8 @@ import numpy as np
 
 from .. import masks as masks_mod
 from ..api import additive_attention, scaled_dot_product_attention
+from ..budget import check as check_budget
+from ..checks import choice, non_negative_int, positive_int, text as check_text
 from ._format import sig, vec
 
 
@@ -60,7 +62,9 @@ def parse_matrix(text: str, name: str) -> np.ndarray:
     >>> parse_matrix("1, 0; 0 2", "q").tolist()
     [[1.0, 0.0], [0.0, 2.0]]
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be text, rows like \"1,0;0,1\" or a .json/.csv file, got {type(text).__name__}")
+    if not text.strip():
         raise ValueError(f"{name} is empty: give rows like \"1,0;0,1\" or a .json/.csv file")
     path = Path(text)
     if path.suffix.lower() in (".json", ".csv"):
@@ -89,6 +93,11 @@ def _read_csv(path: Path):
 
 def to_matrix(rows, name: str) -> np.ndarray:
     """A list of equal-length rows of numbers as a float64 (rows, cols) array, with a clear error otherwise."""
+    name = check_text(name, "name")
+    if isinstance(rows, np.ndarray):
+        rows = rows.tolist()
+    if isinstance(rows, (str, bytes)):
+        raise TypeError(f"{name} must be a non-empty list of rows of numbers, got a string {rows!r}"[:200])
     if isinstance(rows, (int, float)) or not hasattr(rows, "__len__") or len(rows) == 0:
         raise ValueError(f"{name} must be a non-empty list of rows of numbers, got {rows!r}")
     rows = [r if isinstance(r, (list, tuple)) else [r] for r in rows]
@@ -121,9 +130,10 @@ def parse_mask(spec: str | None, Lq: int, Lk: int) -> tuple[np.ndarray | None, s
     >>> parse_mask("window:1", 3, 3)[0].astype(int).tolist()
     [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
     """
+    Lq, Lk = positive_int(Lq, "Lq"), positive_int(Lk, "Lk")
     if spec is None:
         return None, "none"
-    mask = masks_mod.parse(spec)
+    mask = masks_mod.parse(check_text(spec, "spec"))
     if masks_mod.spec_of(mask) == "full":
         return None, "none"
     return np.asarray(mask.to_array(Lq, Lk)).reshape(Lq, Lk), masks_mod.spec_of(mask)
@@ -131,6 +141,10 @@ def parse_mask(spec: str | None, Lq: int, Lk: int) -> tuple[np.ndarray | None, s
 
 def random_inputs(seed: int, Lq: int = 2, Lk: int = 3, d: int = 2, dv: int = 2):
     """Small q, k, v with one decimal, easy to follow by hand."""
+    seed = non_negative_int(seed, "seed")
+    Lq, Lk, d, dv = (positive_int(x, n) for x, n in ((Lq, "Lq"), (Lk, "Lk"), (d, "d"), (dv, "dv")))
+    check_budget(8 * (Lq * d + Lk * (d + dv)), f"random q, k, v of {Lq} x {d}, {Lk} x {d}, {Lk} x {dv}",
+                 instead="a worked example is for matrices small enough to read")
     rng = np.random.default_rng(seed)
     draw = lambda *shape: np.round(rng.uniform(-2, 2, size=shape), 1)
     return draw(Lq, d), draw(Lk, d), draw(Lk, dv)
@@ -138,6 +152,10 @@ def random_inputs(seed: int, Lq: int = 2, Lk: int = 3, d: int = 2, dv: int = 2):
 
 def additive_params(d_q: int, d_k: int, attn_dim: int, seed: int):
     """Seeded W_q (A, Dq), W_k (A, Dk), w_v (A,) with one decimal."""
+    d_q, d_k, attn_dim = (positive_int(x, n) for x, n in ((d_q, "d_q"), (d_k, "d_k"), (attn_dim, "attn_dim")))
+    seed = non_negative_int(seed, "seed")
+    check_budget(8 * attn_dim * (d_q + d_k + 1), f"additive parameters of {attn_dim} x ({d_q} + {d_k} + 1)",
+                 instead="a worked example is for matrices small enough to read")
     rng = np.random.default_rng(seed + 1)
     draw = lambda *shape: np.round(rng.uniform(-1, 1, size=shape), 1)
     return draw(attn_dim, d_q), draw(attn_dim, d_k), draw(attn_dim)
@@ -152,14 +170,26 @@ def worked_example(q, k, v, mask=None, *, score: str = "dot", w_q=None, w_k=None
     ``causal & window:1``, ...) or a boolean (Lq, Lk) array.
     ``score``: "dot" (scaled dot product) or "additive" (w_q, w_k, w_v given, or seeded with ``seed``).
     """
+    score = choice(score, "score", ("dot", "additive"))
+    seed = non_negative_int(seed, "seed")
+    if not (mask is None or isinstance(mask, (str, list, tuple, np.ndarray))):
+        raise TypeError(f"mask must be None, a mask spec string or a boolean (Lq, Lk) array, got "
+                        f"{type(mask).__name__}")
     q, k, v = (to_matrix(np.asarray(x, dtype=object).tolist(), n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
     if k.shape[0] != v.shape[0]:
         raise ValueError(f"v has {v.shape[0]} rows but k has {k.shape[0]}: one value per key")
     (Lq, D), Lk = q.shape, k.shape[0]
+    A = 0 if score == "dot" else max(D, k.shape[1]) if w_v is None else int(np.size(w_v))
+    # every step keeps an (Lq, Lk) matrix (about 10 of them) and additive scoring an (Lq, Lk, A) tanh tensor
+    check_budget(8 * Lq * Lk * (10 + 2 * A), f"a worked example of {Lq} queries x {Lk} keys",
+                 instead="a worked example is for matrices small enough to read; use attnlab.attention")
     if isinstance(mask, str) or mask is None:
         allowed, mask_name = parse_mask(mask, Lq, Lk)
     else:
-        allowed, mask_name = np.asarray(mask, dtype=bool), "given"
+        given = np.asarray(mask)
+        if given.dtype != bool:
+            raise TypeError(f"mask must be boolean (True = may attend), got dtype {given.dtype}")
+        allowed, mask_name = given, "given"
         if allowed.shape != (Lq, Lk):
             raise ValueError(f"mask must have shape (Lq, Lk) = ({Lq}, {Lk}), got {allowed.shape}")
     ex = WorkedExample(score, q, k, v, allowed, params={"mask": mask_name})
@@ -267,7 +297,12 @@ def _check(ex: WorkedExample) -> None:
 # --- text rendering ----------------------------------------------------------------------------------------
 def format_array(a) -> str:
     """A matrix (or vector) with 4 significant digits, right-aligned columns."""
-    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    try:
+        a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"a must be a vector or matrix of numbers, got {type(a).__name__}: {err}") from None
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"a must be a non-empty vector or matrix, got shape {a.shape}")
     cells = [[sig(x) for x in row] for row in a]
     width = max(len(c) for row in cells for c in row)
     return "\n".join("  [" + "  ".join(c.rjust(width) for c in row) + "]" for row in cells)
@@ -275,6 +310,8 @@ def format_array(a) -> str:
 
 def render(ex: WorkedExample) -> str:
     """The whole worked example as text."""
+    if not isinstance(ex, WorkedExample):
+        raise TypeError(f"ex must be a WorkedExample (from worked_example), got {type(ex).__name__}")
     (Lq, D), (Lk, Dv) = ex.q.shape, ex.v.shape
     kind = "scaled dot-product" if ex.score == "dot" else "additive (Bahdanau)"
     lines = [f"Worked example: {kind} attention, Lq={Lq} queries, Lk={Lk} keys, d={D}, d_v={Dv}, "

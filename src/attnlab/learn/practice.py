@@ -21,6 +21,8 @@ import numpy as np
 
 from .. import cost, masks
 from ..api import scaled_dot_product_attention
+from ..budget import check as check_budget
+from ..checks import choice, non_negative_int, positive_int, text as check_text
 from ..layers import MultiHeadAttention
 from ..softmax import softmax
 from ._format import sig, vec
@@ -59,6 +61,8 @@ def parse_numbers(text: str, count: int | None = None) -> np.ndarray:
     >>> parse_numbers("[0.2, 0.8]").tolist()
     [0.2, 0.8]
     """
+    check_text(text, "text", non_empty=False)
+    count = positive_int(count, "count", allow_none=True)
     tokens = [t for t in re.split(r"[\s,;]+", text.strip().strip("[]()")) if t]
     try:
         values = np.array([float(t) for t in tokens], dtype=np.float64)
@@ -152,7 +156,8 @@ def parse_cells(text: str, n: int) -> set:
     >>> sorted(parse_cells("0,1 1,2", 3)), sorted(parse_cells("010;000;000", 3))
     ([(0, 1), (1, 2)], [(0, 1)])
     """
-    text = text.strip().lower()
+    text = check_text(text, "text", non_empty=False).strip().lower()
+    n = positive_int(n, "n")
     if text in ("none", "no", "empty", "-"):
         return set()
     if "," in text:
@@ -276,6 +281,7 @@ def _row_exercise(rng) -> Exercise:
 # --- shapes in multi-head attention ---------------------------------------------------------------------------
 def parse_shape(text: str) -> tuple:
     """"(2, 4, 5, 8)", "2,4,5,8" or "2x4x5x8" -> a tuple of ints."""
+    check_text(text, "text", non_empty=False)
     tokens = [t for t in re.split(r"[\s,x×*]+", text.strip().strip("()[]")) if t]
     if not tokens or not all(t.isdigit() for t in tokens):
         raise InvalidAnswer(f"type a shape like (2, 4, 5, 8), got {text!r}")
@@ -284,6 +290,12 @@ def parse_shape(text: str) -> tuple:
 
 def mha_shapes(B: int, L: int, d_model: int, H: int) -> dict:
     """Shapes of every step of multi-head self-attention, taken from running attnlab's layer on zeros."""
+    B, L, d_model, H = (positive_int(x, name) for x, name in ((B, "B"), (L, "L"), (d_model, "d_model"), (H, "H")))
+    if d_model % H:
+        raise ValueError(f"d_model must be a multiple of H (one head dim per head), got d_model={d_model}, H={H}")
+    # x, q, the heads and the output (float32), the weights (B, H, L, L) twice, the layer's 4 projections
+    check_budget(4 * (4 * B * L * d_model + 2 * B * H * L * L + 4 * d_model * d_model),
+                 f"multi-head attention shapes at B={B}, L={L}, d_model={d_model}, H={H}", instead="use smaller sizes")
     layer = MultiHeadAttention(d_model, H, seed=0)
     x = np.zeros((B, L, d_model), np.float32)                                      # (B, L, d_model)
     q = layer.project(x)[0]                                                        # (B, H, L, Dh)
@@ -382,6 +394,7 @@ def parse_bytes(text: str) -> float:
     >>> parse_bytes("2 KiB")
     2048.0
     """
+    check_text(text, "text", non_empty=False)
     m = re.fullmatch(r"\s*([0-9.eE+_,]+)\s*([a-zA-Z]*)\s*", text)
     unit = (m.group(2).lower() if m else "") or "b"
     if not m or unit not in UNITS or not _is_number(m.group(1).replace(",", "").replace("_", "")):
@@ -427,7 +440,8 @@ def check_written(topic: str, text: str) -> Verdict:
     Only a "correct" grade counts as right; "partial" and "incorrect" say which claims were found, which were
     contradicted or said of the wrong subject, and what was not checked.
     """
-    rubric = RUBRICS[topic]
+    rubric = RUBRICS[choice(topic, "topic", sorted(RUBRICS))]
+    check_text(text, "text", non_empty=False)
     if len(text.split()) < 5:
         raise InvalidAnswer("write at least a sentence (5 words or more)")
     g = grade(rubric, text)
@@ -440,11 +454,12 @@ def written_topics(seed: int) -> list:
     >>> sorted(written_topics(0)) == sorted(RUBRICS)
     True
     """
+    seed = non_negative_int(seed, "seed")
     return [str(t) for t in np.random.default_rng([seed, list(KINDS).index("written")]).permutation(sorted(RUBRICS))]
 
 
 def written_exercise(topic: str) -> Exercise:
-    rubric = RUBRICS[topic]
+    rubric = RUBRICS[choice(topic, "topic", sorted(RUBRICS))]
     return Exercise("written", f"in your own words ({topic})", rubric.question + " (one line; Enter to submit)",
                     [Part("answer", lambda text: check_written(topic, text), rubric.model_answer)])
 
@@ -460,8 +475,9 @@ KINDS = {"softmax": _softmax_exercise, "mask": _mask_exercise, "row": _row_exerc
 
 def make(kind: str, seed: int) -> Exercise:
     """One exercise of ``kind``, the same for the same seed."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not (isinstance(kind, str) and kind in KINDS):
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}"[:200])
+    seed = non_negative_int(seed, "seed")
     return KINDS[kind](np.random.default_rng([seed, list(KINDS).index(kind)]))
 
 
@@ -471,6 +487,11 @@ MAX_EXERCISES = 1000
 def exercises(seed: int, kinds=None, count: int | None = None) -> list:
     """``count`` exercises cycling through ``kinds`` (default: one of each kind, in the study guide's order); no
     written prompt repeats within a session (once each was asked, the cycle skips the written kind)."""
+    seed = non_negative_int(seed, "seed")
+    if kinds is not None and (not isinstance(kinds, (list, tuple)) or not kinds or
+                              not all(isinstance(k, str) and k in KINDS for k in kinds)):
+        raise ValueError(f"kinds must be a non-empty list of exercise kinds among {', '.join(KINDS)} (or None for "
+                         f"all), got {kinds!r}"[:300])
     kinds = list(kinds or KINDS)
     count = len(kinds) if count is None else count
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_EXERCISES:

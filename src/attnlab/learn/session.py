@@ -13,7 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from .practice import InvalidAnswer, Verdict
+from ..checks import non_negative_int
+from .practice import Exercise, InvalidAnswer, Verdict
 
 DEFAULT_SCORE_FILE = Path("~/.attnlab/practice.json")
 
@@ -55,11 +56,30 @@ class _Quit(Exception):
     pass
 
 
+def _check_session(exercises, seed, read, answers, write, score_file) -> None:
+    """run_session's arguments, checked before the score file is touched or anything is asked."""
+    if not isinstance(exercises, (list, tuple)) or not all(isinstance(ex, Exercise) for ex in exercises):
+        raise TypeError(f"exercises must be a list of practice Exercises (practice.exercises(...)), got "
+                        f"{type(exercises).__name__}")
+    non_negative_int(seed, "seed")
+    if answers is not None and (not isinstance(answers, (list, tuple)) or
+                                not all(isinstance(a, str) for a in answers)):
+        raise TypeError(f"answers must be a list of answer lines (strings) or None, got {type(answers).__name__}")
+    if answers is None and not callable(read):
+        raise TypeError(f"read must be a function read(prompt) -> line (e.g. input) when no answers are given, got "
+                        f"{type(read).__name__}")
+    if not callable(write):
+        raise TypeError(f"write must be a function of one text (e.g. print), got {type(write).__name__}")
+    if not isinstance(score_file, (str, os.PathLike)) or not str(score_file):
+        raise TypeError(f"score_file must be a file path, got {type(score_file).__name__} {score_file!r}"[:200])
+
+
 def run_session(exercises, *, seed: int, read=None, answers=None, write=print, score_file=DEFAULT_SCORE_FILE):
     """Ask every part of every exercise; ``read(prompt)`` at the prompt or ``answers`` (a list of lines).
 
     Returns (right, asked) for this session; the score file is updated even when the session ends early.
     """
+    _check_session(exercises, seed, read, answers, write, score_file)
     book = Scorebook(score_file)
     right = asked = 0
     lines = iter(answers) if answers is not None else None

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from ...api import additive_attention, scaled_dot_product_attention
-from ...checks import non_negative_int
+from ...checks import flag, non_negative_int
+from . import check_run
 from ...diagnostics import row_entropy
 
 MODELS = {"none": "no attention (fixed vector)", "additive": "additive (Bahdanau)",
@@ -264,6 +265,8 @@ def run(out=None, seed: int = 0, quick: bool = False, config: Config | None = No
     ``config`` overrides the default (or the ``quick``) configuration. Returns the results dict (also saved as
     JSON); ``timing`` holds the only values that change from run to run.
     """
+    out, quick = check_run(out, quick)
+    progress = flag(progress, "progress")
     cfg = config if config is not None else (QUICK if quick else Config())
     _check(cfg, seed)
     threads = torch.get_num_threads()
@@ -278,6 +281,9 @@ def run(out=None, seed: int = 0, quick: bool = False, config: Config | None = No
     return result
 
 
+MAX_STEPS = 100_000      # training batches per model: more would run for days on a CPU
+
+
 def _check(cfg: Config, seed: int) -> None:
     if not isinstance(cfg, Config):
         raise TypeError(f"config must be a bottleneck.Config, got {type(cfg).__name__}")
@@ -286,6 +292,9 @@ def _check(cfg: Config, seed: int) -> None:
         raise ValueError(f"lengths must satisfy 1 <= min_len <= max_len, got {cfg.min_len}..{cfg.max_len}")
     if min(cfg.steps, cfg.batch, cfg.test_per_length, cfg.threads) < 1:
         raise ValueError(f"steps, batch, test_per_length and threads must be >= 1, got {cfg}")
+    if cfg.steps > MAX_STEPS:
+        raise ValueError(f"steps must be at most {MAX_STEPS} training batches per model (the default is "
+                         f"{Config().steps}), got {cfg.steps}")
 
 
 def _run(cfg: Config, seed: int, progress: bool) -> dict:

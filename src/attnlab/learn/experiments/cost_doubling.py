@@ -36,12 +36,16 @@ import numpy as np
 
 from ... import cost, planner
 from ...api import scaled_dot_product_attention
-from ...checks import positive_int
+from ...budget import check as check_budget, limit as budget_limit
+from ...checks import non_negative_int, positive_int
+from . import check_run
 from ...kernel import flash_attention
 from ...measure import peak_memory, time_calls
 
 VARIANTS = ("naive", "tiled", "window", "naive-window")
 QUICK = dict(n=64, heads=2, head_dim=16, window=16, block=32)
+MAX_REPEAT = 1000                # timed runs per size: more would run for hours
+REFERENCE_LIMIT = 3 * 2**30      # bytes the measured naive path may take (bench's --reference-limit default, 3 GiB)
 
 
 def inputs(n: int, heads: int, head_dim: int, seed: int, dtype=np.float32):
@@ -138,14 +142,28 @@ def step_ratios(rows: list[dict]) -> list[dict]:
 
 def run(n: int = 512, out="attnlab-experiments", seed: int = 0, quick: bool = False, *, heads: int = 4,
         head_dim: int = 64, window: int = 128, block: int = 128, repeat: int = 5, echo=print) -> dict:
-    """Measure n, 2n, 4n for every variant, print the table and conclusion, write cost.json and cost.png."""
+    """Measure n, 2n, 4n for every variant, print the table and conclusion, write cost.json and cost.png.
+
+    The inputs are checked against the memory budget; the naive path, the thing measured, may use up to
+    ``REFERENCE_LIMIT`` (or the budget, when larger) at 4n, and is refused before anything runs beyond that."""
+    out, quick = check_run(out, quick, allow_none=False)
+    seed, repeat = non_negative_int(seed, "seed"), positive_int(repeat, "repeat")
+    if repeat > MAX_REPEAT:
+        raise ValueError(f"repeat must be at most {MAX_REPEAT} runs per size (each runs every variant), got {repeat}")
+    if not callable(echo):
+        raise TypeError(f"echo must be a function of one line of text (e.g. print), got {type(echo).__name__}")
     if quick:
         n, heads, head_dim, window, block = (QUICK[key] for key in ("n", "heads", "head_dim", "window", "block"))
     for value, name in ((n, "n"), (heads, "heads"), (head_dim, "head_dim"), (window, "window"), (block, "block")):
         positive_int(value, name)
+    sizes = [n, 2 * n, 4 * n]
+    # q, k, v and the output at every size, float32 (float64 while drawn)
+    check_budget(24 * heads * head_dim * sum(sizes), f"the inputs at n = {sizes}", instead="use a smaller n")
+    naive = 2 * predict("naive", 4 * n, heads=heads, head_dim=head_dim, window=window, block=block).reference.peak_bytes
+    check_budget(naive, f"the naive path at n = {4 * n}", instead="use a smaller n",
+                 limit=max(budget_limit(), REFERENCE_LIMIT))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sizes = [n, 2 * n, 4 * n]
     shape = dict(heads=heads, head_dim=head_dim, window=window, block=block)
     echo(f"attention at n = {sizes}: batch 1, {heads} heads x {head_dim}, float32, window {window} keys, "
          f"tiles {block}x{block}, 1 thread; median of {repeat} interleaved runs after a warm-up; peak memory by "

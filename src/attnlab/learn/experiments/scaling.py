@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ...budget import check as check_budget
 from ...checks import int_list, non_negative_int, positive_int
+from . import check_run
 from ...diagnostics import row_entropy
 from ...scores import dot, scaled_dot
 from ...softmax import softmax
@@ -65,10 +67,17 @@ def measure(d_k: int, n_queries: int, n_keys: int, rng: np.random.Generator) -> 
 
 def run(out=None, seed: int = 0, quick: bool = False, d_ks=D_KS, n_keys: int = 64) -> dict:
     """Measure every d_k in ``d_ks``; write scaling.json and scaling.png to ``out``; return the results."""
+    out, quick = check_run(out, quick)
     non_negative_int(seed, "seed")
+    if not isinstance(d_ks, (list, tuple)):
+        raise TypeError(f"d_ks must be a list of positive integers, got {type(d_ks).__name__} {d_ks!r}"[:200])
     d_ks = tuple(int_list(tuple(d_ks), "d_ks"))
     positive_int(n_keys, "n_keys", minimum=2)
     n_queries = 128 if quick else 1024
+    # per d_k: q, k (float64), the raw and scaled scores, and softmax's (Nq, Lk, Lk) Jacobian with its square
+    check_budget(8 * (n_queries + n_keys) * max(d_ks) + 8 * n_queries * n_keys * (4 + 3 * n_keys),
+                 f"the scaling experiment at d_k up to {max(d_ks)} with {n_keys} keys",
+                 instead="use fewer keys or smaller d_k")
     rng = np.random.default_rng(seed)
     rows = [measure(d, n_queries, n_keys, rng) for d in d_ks]
     result = {"experiment": "scaling", "seed": seed, "n_queries": n_queries, "n_keys": n_keys,

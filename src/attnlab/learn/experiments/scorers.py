@@ -17,13 +17,16 @@ the bottleneck task, read from the JSON that ``attnlab experiment bottleneck`` w
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ...api import additive_attention, scaled_dot_product_attention
+from ...budget import check as check_budget
 from ...checks import int_list, non_negative_int
+from . import check_run
 from ...measure import peak_memory, time_call
 
 NS, DS = (64, 128, 256, 512), (16, 64, 128)
@@ -83,11 +86,18 @@ def run(out=None, seed: int = 0, quick: bool = False, bottleneck=None, ns=None, 
     ``bottleneck``: path of a bottleneck.json; by default ``out``/bottleneck.json. When there is none the
     accuracy part is left out and ``result["accuracy_note"]`` says why.
     """
+    out, quick = check_run(out, quick)
     non_negative_int(seed, "seed")
+    for name, sizes in (("ns", ns), ("ds", ds)):
+        if sizes is not None:
+            int_list(sizes, name)
+    if bottleneck is not None and not isinstance(bottleneck, (str, os.PathLike)):
+        raise TypeError(f"bottleneck must be the path of a bottleneck.json, got {type(bottleneck).__name__}")
     ns = tuple(ns or (QUICK_NS if quick else NS))
     ds = tuple(ds or (QUICK_DS if quick else DS))
-    for name, sizes in (("ns", ns), ("ds", ds)):
-        int_list(sizes, name)
+    # the largest (n, d): q, k, v, the weights, and additive scoring's (n, n, d) tanh tensor (budgeted again there)
+    check_budget(4 * (3 * max(ns) * max(ds) + 2 * max(ds) ** 2), f"the scorers' inputs at n = {max(ns)}, "
+                 f"d = {max(ds)}", instead="use smaller ns and ds")
     if bottleneck is None and out is None:
         source = None
     else:

@@ -35,7 +35,9 @@ import torch
 from torch import nn
 
 from ... import masks
+from ...checks import non_negative_int
 from ...integrations.torch import flash_attention
+from . import check_run
 
 IMPLS = {"attnlab": "attnlab tiled kernel (autograd bridge)", "sdpa": "torch scaled_dot_product_attention",
          "math": "torch SDPA, math backend (control)"}
@@ -146,11 +148,19 @@ def train(impl: str, cfg: Config, seed: int) -> dict:
     return {"label": IMPLS[impl], "loss": losses, "accuracy": accuracy, "seconds": round(seconds, 2)}
 
 
+MAX_STEPS = 100_000      # training steps per run: more would run for days on a CPU
+
+
 def run(out=None, seed: int = 0, quick: bool = False, config: Config | None = None) -> dict:
     """Train with both attention implementations and compare; write train.json and train.png to ``out``."""
+    out, quick = check_run(out, quick)
+    seed = non_negative_int(seed, "seed")
+    if config is not None and not isinstance(config, Config):
+        raise TypeError(f"config must be a train.Config, got {type(config).__name__}")
     cfg = config if config is not None else (QUICK if quick else Config())
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if cfg.steps > MAX_STEPS:
+        raise ValueError(f"steps must be at most {MAX_STEPS} training steps per run (the default is "
+                         f"{Config().steps}), got {cfg.steps}")
     if cfg.steps < 1 or cfg.length < 4 or cfg.length % 2 or cfg.heads % cfg.kv_heads or cfg.d_model % cfg.heads:
         raise ValueError(f"invalid configuration {cfg}: steps >= 1, an even length >= 4, heads a multiple of "
                          f"kv_heads, d_model a multiple of heads")
