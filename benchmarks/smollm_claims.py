@@ -6,8 +6,8 @@ Each section runs on its own (one lock-holding run of a few minutes each on a 2-
     PYTHONPATH=src .venv/bin/python benchmarks/smollm_claims.py retrieval --facts 1 --out docs/figures
     PYTHONPATH=src .venv/bin/python benchmarks/smollm_claims.py retrieval --facts 4 --out docs/figures
 
-``retrieval`` writes its table as JSON to --out (smollm-retrieval-<facts>.json) and redraws
-smollm-retrieval.png from every such JSON there. Entropy against length is benchmarks/entropy_length.py.
+``retrieval`` writes its table as JSON to --out (smollm-retrieval-<facts>-seed<seed>-<fillers>.json), pools
+every such JSON there by number of facts and filler length (another --seed adds trials) and redraws smollm-retrieval.png from the pools. Entropy against length is benchmarks/entropy_length.py.
 """
 
 import argparse
@@ -22,7 +22,8 @@ import numpy as np
 from attnlab import models
 from attnlab.data import sentences
 from attnlab.models.decoder_probes import (FactRetrieval, RetrievalPoint, fact_retrieval, induction_survey,
-                                           next_token_agreement, retrieval_figure, sink_shares)
+                                           next_token_agreement, pool_retrievals, retrieval_figure,
+                                           sink_shares)
 
 TEXTS = ["The cat sat on the mat because it was tired.", "Attention lets every token look at every other token.",
          "In 1969 two astronauts walked on the Moon.", "She opened the door, and the dog ran out into the rain.",
@@ -59,14 +60,19 @@ def retrieval(m, args):
     print(r.table())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"smollm-retrieval-{r.facts}.json").write_text(json.dumps(asdict(r), indent=1))
-    found = []
-    for f in sorted(out.glob("smollm-retrieval-*.json")):
+    (out / f"smollm-retrieval-{r.facts}-seed{args.seed}-{'-'.join(map(str, args.filler))}.json").write_text(json.dumps(asdict(r), indent=1))
+    runs = {}
+    for f in sorted(out.glob("smollm-retrieval-*-seed*.json")):
         d = json.loads(f.read_text())
-        found.append(FactRetrieval(d["facts"], d["trials"], [RetrievalPoint(**p) for p in d["points"]]))
+        runs.setdefault(d["facts"], []).append(
+            FactRetrieval(d["facts"], d["trials"], [RetrievalPoint(**p) for p in d["points"]]))
+    pooled = [pool_retrievals(runs[k]) for k in sorted(runs)]
+    for p in pooled:
+        print(f"\npooled over the saved runs: {p.facts} fact(s)")
+        print(p.table())
     path = out / "smollm-retrieval.png"
-    retrieval_figure(found, m.name).savefig(path, dpi=120)
-    print(f"wrote {path} ({', '.join(str(r.facts) for r in found)} facts)")
+    retrieval_figure(pooled, m.name).savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 def agreement(m, args):

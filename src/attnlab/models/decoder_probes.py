@@ -133,20 +133,21 @@ class RetrievalPoint:
     accuracy: float              # every answer token right (teacher forced)
     picked_target: float         # share of trials whose first code digit was the asked fact's
     picked_distractor: float     # ... another fact's (chance with k facts: (k - 1) / k of the picks)
+    trials: int
 
 
 @dataclass
 class FactRetrieval:
     facts: int                   # facts listed (1 = no distractor)
-    trials: int
+    trials: int | None           # trials per point (None when the points differ: see each point's trials)
     points: list                 # RetrievalPoint per filler length
 
     def table(self) -> str:
-        lines = [f"{'filler tokens':>13} {'prompt':>7} {'accuracy':>9} {'first digit: asked fact':>24} "
-                 f"{'a distractor':>13}"]
+        lines = [f"{'filler tokens':>13} {'prompt':>7} {'trials':>6} {'accuracy':>9} "
+                 f"{'first digit: asked fact':>24} {'a distractor':>13}"]
         for p in self.points:
-            lines.append(f"{p.distance:>13.0f} {p.length:>7.0f} {p.accuracy:>9.2f} {p.picked_target:>24.2f} "
-                         f"{p.picked_distractor:>13.2f}")
+            lines.append(f"{p.distance:>13.0f} {p.length:>7.0f} {p.trials:>6d} {p.accuracy:>9.2f} "
+                         f"{p.picked_target:>24.2f} {p.picked_distractor:>13.2f}")
         return "\n".join(lines)
 
 
@@ -232,8 +233,40 @@ def fact_retrieval(model, filler_tokens=(0, 64, 256), facts: int = 4, trials: in
         points.append(RetrievalPoint(int(n_filler), float(np.mean(dist)), float(np.mean(length)),
                                      float(np.mean([r.correct for r, _ in reads])),
                                      float(np.mean([r.picked == a for r, a in reads])),
-                                     float(np.mean([r.picked is not None and r.picked != a for r, a in reads]))))
+                                     float(np.mean([r.picked is not None and r.picked != a for r, a in reads])),
+                                     trials))
     return FactRetrieval(facts, trials, points)
+
+
+def pool_retrievals(runs) -> FactRetrieval:
+    """One ``FactRetrieval`` from runs with the same number of facts (e.g. different seeds, or different filler
+    lengths): the points of equal filler length merged, every mean weighted by its trials, trials summed; points
+    sorted by filler length.
+
+    >>> a = FactRetrieval(1, 2, [RetrievalPoint(0, 0.0, 20.0, 1.0, 1.0, 0.0, 2)])
+    >>> b = FactRetrieval(1, 6, [RetrievalPoint(0, 0.0, 22.0, 0.5, 0.5, 0.0, 6)])
+    >>> p = pool_retrievals([a, b]).points[0]
+    >>> p.trials, p.accuracy, p.length
+    (8, 0.625, 21.5)
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("pool_retrievals needs at least one run")
+    if len({r.facts for r in runs}) != 1:
+        raise ValueError(f"pool_retrievals: the runs differ in facts: {[r.facts for r in runs]}")
+    by_filler = {}
+    for r in runs:
+        for point in r.points:
+            by_filler.setdefault(point.filler, []).append(point)
+    points = []
+    for filler in sorted(by_filler):
+        group = by_filler[filler]
+        n = sum(q.trials for q in group)
+        mean = {k: sum(getattr(q, k) * q.trials for q in group) / n
+                for k in ("distance", "length", "accuracy", "picked_target", "picked_distractor")}
+        points.append(RetrievalPoint(filler, **mean, trials=n))
+    trials = {q.trials for q in points}
+    return FactRetrieval(runs[0].facts, trials.pop() if len(trials) == 1 else None, points)
 
 
 def retrieval_figure(results, model_name: str):
@@ -252,7 +285,8 @@ def retrieval_figure(results, model_name: str):
                     label=f"{r.facts} facts: started a distractor's code")
     ax.set_xscale("log")
     ax.set_xlabel("filler tokens between the facts and the question (0 drawn at 1)")
-    ax.set_ylabel(f"share of trials ({results[0].trials} per point)")
+    ax.set_ylabel("share of trials (" + ", ".join(f"{r.facts} fact{'s' if r.facts > 1 else ''}: "
+                                                  f"{r.trials or 'varying'}" for r in results) + " per point)")
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(f"planted facts on {model_name}: \"The code of NAME is DDDD.\" ... \"Remember: the code of NAME is\"",
                  fontsize=9)
