@@ -54,25 +54,41 @@ def dot():
 
 
 def retrieval(m, args):
-    r = fact_retrieval(m, args.filler, facts=args.facts, trials=args.trials, seed=args.seed, on_trial=dot)
-    print(f"\nplanted facts: {r.facts} fact(s) 'The code of NAME is DDDD.', real prose (attnlab.data.passage), "
+    r = fact_retrieval(m, args.filler, facts=args.facts, trials=args.trials, seed=args.seed, on_trial=dot,
+                       pad_to=args.pad_to)
+    pad = f", prose before the facts up to ~{r.pad_to} tokens" if r.pad_to else ""
+    print(f"\nplanted facts{pad}: {r.facts} fact(s) 'The code of NAME is DDDD.', real prose (attnlab.data.passage), "
           f"'Remember: the code of NAME is', teacher forced, {r.trials} trials per point (seed {args.seed})")
     print(r.table())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"smollm-retrieval-{r.facts}-seed{args.seed}-{'-'.join(map(str, args.filler))}.json").write_text(json.dumps(asdict(r), indent=1))
+    (out / f"smollm-retrieval-{r.facts}-pad{r.pad_to}-seed{args.seed}-{'-'.join(map(str, args.filler))}.json").write_text(json.dumps(asdict(r), indent=1))
     runs = {}
     for f in sorted(out.glob("smollm-retrieval-*-seed*.json")):
         d = json.loads(f.read_text())
-        runs.setdefault(d["facts"], []).append(
-            FactRetrieval(d["facts"], d["trials"], [RetrievalPoint(**p) for p in d["points"]]))
+        runs.setdefault((d["facts"], d.get("pad_to", 0)), []).append(
+            FactRetrieval(d["facts"], d["trials"], [RetrievalPoint(**p) for p in d["points"]], d.get("pad_to", 0)))
     pooled = [pool_retrievals(runs[k]) for k in sorted(runs)]
     for p in pooled:
-        print(f"\npooled over the saved runs: {p.facts} fact(s)")
+        print(f"\npooled over the saved runs: {p.facts} fact(s)" + (f", padded to ~{p.pad_to}" if p.pad_to else ""))
         print(p.table())
     path = out / "smollm-retrieval.png"
     retrieval_figure(pooled, m.name).savefig(path, dpi=120)
     print(f"wrote {path}")
+
+
+def examples(m, args):
+    """What the model writes instead of the code: greedy continuations of one-fact prompts (Anna, 4821) with
+    ~256 filler tokens from a few starting sentences."""
+    from attnlab.data import passage
+    from attnlab.models.decoder_probes import fact_prompt, filler_text, split_sentences
+    from attnlab.models.generation import greedy
+
+    sentences = split_sentences(passage())
+    for start in (0, 20, 40, 60, 80, 100):
+        filler = filler_text(sentences, start, 256, lambda s: len(m.tokenize(s)))
+        g = greedy(m, m.tokenize(fact_prompt(["Anna"], ["4821"], 0, filler)), 8)
+        print(f"  filler from sentence {start:3d}: ...{filler[-40:]!r} -> {''.join(m.token_strings(g.new))!r}")
 
 
 def agreement(m, args):
@@ -83,7 +99,8 @@ def agreement(m, args):
     print(agree.table())
 
 
-SECTIONS = {"sinks": sinks, "induction": induction, "retrieval": retrieval, "agreement": agreement}
+SECTIONS = {"sinks": sinks, "induction": induction, "retrieval": retrieval, "examples": examples,
+            "agreement": agreement}
 
 
 def main():
@@ -93,6 +110,7 @@ def main():
     ap.add_argument("--trials", type=int, default=12, help="retrieval: trials per filler length")
     ap.add_argument("--filler", type=int, nargs="+", default=FILLER, help="retrieval: filler tokens")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pad-to", type=int, default=0, help="retrieval: prose before the facts up to this length")
     ap.add_argument("--out", default="docs/figures", help="retrieval: folder for the JSON and the figure")
     args = ap.parse_args()
     t0 = time.perf_counter()

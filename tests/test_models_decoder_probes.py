@@ -161,6 +161,11 @@ def test_fact_retrieval_tells_the_asked_fact_from_a_distractor():
     for p in last.points:                                       # right exactly when the asked fact is the last
         assert p.accuracy == p.picked_target and p.accuracy + p.picked_distractor == 1.0
         assert 0 < p.picked_distractor < 1
+    padded = fact_retrieval(Reader("asked"), (0, 8), facts=2, trials=4, text=text, pad_to=24)
+    assert padded.pad_to == 24 and [p.accuracy for p in padded.points] == [1.0, 1.0]
+    assert padded.points[1].distance >= 8 and abs(padded.points[0].length - padded.points[1].length) < 10
+    assert padded.points[0].length > fact_retrieval(Reader("asked"), (0,), facts=2, trials=4,
+                                                    text=text).points[0].length + 15   # prose before the facts
     one = fact_retrieval(Reader("last"), (0,), facts=1, trials=3, text=text)
     assert one.points[0].accuracy == 1.0                        # one fact: the last is the asked one
     assert "first digit: asked fact" in last.table()
@@ -205,3 +210,20 @@ def test_next_token_leave_one_out_equals_a_loop():
     assert set(agree.tau) == {"attention_last vs leave_one_out", "rollout_last vs leave_one_out",
                               "attention_last vs rollout_last"}
     assert "tau mean" in agree.table()
+
+
+def test_pool_retrievals_weights_by_trials_and_refuses_mixed_facts():
+    from attnlab.models.decoder_probes import FactRetrieval, RetrievalPoint, pool_retrievals
+
+    a = FactRetrieval(4, 2, [RetrievalPoint(0, 0.0, 50.0, 1.0, 1.0, 0.0, 2),
+                             RetrievalPoint(64, 70.0, 120.0, 0.5, 0.5, 0.5, 2)])
+    b = FactRetrieval(4, 6, [RetrievalPoint(64, 66.0, 116.0, 0.0, 0.5, 0.5, 6)])
+    pooled = pool_retrievals([b, a])
+    assert [p.filler for p in pooled.points] == [0, 64] and pooled.trials is None
+    p = pooled.points[1]
+    assert p.trials == 8 and p.accuracy == pytest.approx(0.125) and p.distance == pytest.approx(67.0)
+    assert pooled.points[0] == a.points[0]
+    with pytest.raises(ValueError, match="differ in facts"):
+        pool_retrievals([a, FactRetrieval(1, 2, a.points)])
+    with pytest.raises(ValueError, match="at least one"):
+        pool_retrievals([])

@@ -141,6 +141,7 @@ class FactRetrieval:
     facts: int                   # facts listed (1 = no distractor)
     trials: int | None           # trials per point (None when the points differ: see each point's trials)
     points: list                 # RetrievalPoint per filler length
+    pad_to: int = 0              # prose before the facts filled each prompt to about this many tokens (0: none)
 
     def table(self) -> str:
         lines = [f"{'filler tokens':>13} {'prompt':>7} {'trials':>6} {'accuracy':>9} "
@@ -193,7 +194,7 @@ def fact_prompt(names, codes, asked: int, filler: str) -> str:
 
 
 def fact_retrieval(model, filler_tokens=(0, 64, 256), facts: int = 4, trials: int = 8, seed: int = 0,
-                   text: str | None = None, on_trial=None) -> FactRetrieval:
+                   text: str | None = None, on_trial=None, pad_to: int = 0) -> FactRetrieval:
     """Key-value retrieval against distance: ``facts`` sentences "The code of NAME is DDDD." (random names from
     NAMES, random 4-digit codes whose first digits differ), then about ``filler_tokens`` tokens of real prose
     (whole sentences of ``text``, default ``attnlab.data.passage()``, from a random sentence on), then
@@ -201,7 +202,11 @@ def fact_retrieval(model, filler_tokens=(0, 64, 256), facts: int = 4, trials: in
 
     One teacher-forced pass per trial: the argmax at each answer position is read by ``read_answer``. With one
     fact this is the easy probe (the question repeats the fact's wording: an induction head can copy the code);
-    with distractors the model must match the name, and a wrong pick shows as ``picked_distractor``."""
+    with distractors the model must match the name, and a wrong pick shows as ``picked_distractor``.
+
+    ``pad_to``: put prose before the facts too (the sentences that precede the filler, ``pad_to - filler``
+    tokens of them), so that every prompt is about ``pad_to`` tokens long whatever the distance: separates the
+    distance from the facts from the length of the context and the facts' position in it."""
     from ..data import passage
 
     if not 1 <= facts <= min(len(NAMES), 10):
@@ -220,8 +225,15 @@ def fact_retrieval(model, filler_tokens=(0, 64, 256), facts: int = 4, trials: in
             firsts = rng.choice(np.arange(1, 10), facts, replace=False)
             codes = [f"{d}{''.join(str(x) for x in rng.integers(0, 10, 3))}" for d in firsts]
             asked = int(rng.integers(facts))
-            filler = filler_text(sentences, int(rng.integers(len(sentences))), n_filler, count)
-            head = model.tokenize(fact_prompt(names, codes, asked, filler))
+            lead_n = max(pad_to - n_filler, 0)
+            prose = split_sentences(filler_text(sentences, int(rng.integers(len(sentences))), lead_n + n_filler,
+                                                count))
+            cut = len(prose)                                  # the filler: the last sentences, >= n_filler tokens
+            while n_filler and cut > 0 and count(" ".join(prose[cut:])) < n_filler:
+                cut -= 1
+            cut = cut if lead_n else 0
+            lead, filler = " ".join(prose[:cut]), " ".join(prose[cut:])
+            head = model.tokenize((f"{lead}\n\n" if lead else "") + fact_prompt(names, codes, asked, filler))
             answers = [model.tokenize(f" {c}") for c in codes]
             ids = np.concatenate([head, answers[asked]])
             pred = model.logits(ids)[len(head) - 1: len(ids) - 1].argmax(-1)        # predictions of the answer
@@ -235,7 +247,7 @@ def fact_retrieval(model, filler_tokens=(0, 64, 256), facts: int = 4, trials: in
                                      float(np.mean([r.picked == a for r, a in reads])),
                                      float(np.mean([r.picked is not None and r.picked != a for r, a in reads])),
                                      trials))
-    return FactRetrieval(facts, trials, points)
+    return FactRetrieval(facts, trials, points, pad_to)
 
 
 def pool_retrievals(runs) -> FactRetrieval:
@@ -252,8 +264,9 @@ def pool_retrievals(runs) -> FactRetrieval:
     runs = list(runs)
     if not runs:
         raise ValueError("pool_retrievals needs at least one run")
-    if len({r.facts for r in runs}) != 1:
-        raise ValueError(f"pool_retrievals: the runs differ in facts: {[r.facts for r in runs]}")
+    if len({(r.facts, r.pad_to) for r in runs}) != 1:
+        raise ValueError(f"pool_retrievals: the runs differ in facts or pad_to: "
+                         f"{[(r.facts, r.pad_to) for r in runs]}")
     by_filler = {}
     for r in runs:
         for point in r.points:
@@ -266,7 +279,7 @@ def pool_retrievals(runs) -> FactRetrieval:
                 for k in ("distance", "length", "accuracy", "picked_target", "picked_distractor")}
         points.append(RetrievalPoint(filler, **mean, trials=n))
     trials = {q.trials for q in points}
-    return FactRetrieval(runs[0].facts, trials.pop() if len(trials) == 1 else None, points)
+    return FactRetrieval(runs[0].facts, trials.pop() if len(trials) == 1 else None, points, runs[0].pad_to)
 
 
 def retrieval_figure(results, model_name: str):
@@ -278,8 +291,9 @@ def retrieval_figure(results, model_name: str):
     ax = fig.add_subplot()
     for r in results:
         d = [max(p.distance, 1) for p in r.points]
-        line, = ax.plot(d, [p.accuracy for p in r.points], marker="o",
-                        label=f"{r.facts} fact{'s' if r.facts > 1 else ''}: all digits right")
+        pad = f", prompts padded to ~{r.pad_to} tokens" if r.pad_to else ""
+        line, = ax.plot(d, [p.accuracy for p in r.points], marker="o", ls="--" if r.pad_to else "-",
+                        label=f"{r.facts} fact{'s' if r.facts > 1 else ''}{pad}: all digits right")
         if r.facts > 1:
             ax.plot(d, [p.picked_distractor for p in r.points], ls=":", marker="x", color=line.get_color(),
                     label=f"{r.facts} facts: started a distractor's code")
