@@ -4,14 +4,16 @@
   without a leading BOS token. Query 0 is left out (in a causal model it can only look at itself).
 - ``induction_survey``: induction heads (Olsson et al. 2022): score per head on repeated random tokens
   (``attnlab.diagnostics.induction_score``) and the top heads.
-- ``planted_fact``: position sensitivity: a fact ("The code is 4821.") planted before a run of filler, then asked
-  back ("The code is"); the model must produce the digits (teacher forced, one pass) at growing distances.
+- ``fact_retrieval``: position sensitivity: k facts ("The code of Anna is 4821.") planted before a run of real
+  prose, then one asked back by name; the model must produce that code's digits (teacher forced, one pass) and
+  not a distractor's, at growing distances (``read_answer`` scores one trial).
 
 Each function takes any attnlab causal model with ``attentions``/``logits``/``tokenize``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,37 +74,238 @@ def induction_survey(model, n: int = 30, seeds=(0, 1, 2), prefix=(), top: int = 
     return InductionSurvey(scores, best)
 
 
-FILLER = ("The weather was mild and the streets were quiet. ", "A farmer walked his dog along the river. ",
-          "Children played in the park until the evening. ", "The market sold bread, apples and fresh fish. ",
-          "An old clock struck the hour in the square. ", "Birds sang in the trees behind the library. ")
+NAMES = ("Anna", "Boris", "David", "Hugo", "Maria", "Peter", "Laura", "Oscar", "Nina", "Victor", "Emma", "Felix")
+
+
+@dataclass
+class AnswerRead:
+    """What the model predicted for one planted-fact question (teacher forced on the true answer).
+
+    correct: every answer token was the argmax; picked: index of the fact whose code the model started with
+    (compared at the first token where the facts' answers differ), None when it started with none of them."""
+
+    correct: bool
+    picked: int | None
+
+
+def read_answer(predicted, answers, target: int) -> AnswerRead:
+    """Score the argmax predictions at the answer positions against the facts' answers.
+
+    predicted: (T,) argmax token at each answer position, teacher forced on ``answers[target]`` (T tokens);
+    answers: one token-id sequence per fact, all of length T, differing at some first position p (the codes
+    start with distinct digits). ``picked`` compares predicted[p] with each fact's token p: before p the answers
+    agree, so the teacher-forced prefix is every fact's prefix and the choice at p is the model's pick.
+
+    >>> read_answer([5, 1, 2], [[5, 1, 2], [5, 3, 4]], target=0)
+    AnswerRead(correct=True, picked=0)
+    >>> read_answer([5, 3, 9], [[5, 1, 2], [5, 3, 4]], target=0)    # started the distractor's code
+    AnswerRead(correct=False, picked=1)
+    """
+    predicted = np.asarray(predicted)
+    answers = [np.asarray(a) for a in answers]
+    if not 0 <= target < len(answers):
+        raise ValueError(f"target must index one of the {len(answers)} answers, got {target}")
+    if any(a.shape != predicted.shape for a in answers):
+        raise ValueError(f"every answer must have the {predicted.shape} shape of predicted, got "
+                         f"{[a.shape for a in answers]}")
+    correct = bool((predicted == answers[target]).all())
+    if len(answers) == 1:
+        return AnswerRead(correct, 0 if correct else None)
+    stack = np.stack(answers)                                                   # (facts, T)
+    differs = (stack != stack[0]).any(axis=0)
+    if not differs.any():
+        raise ValueError("the facts' answers are identical: the pick cannot be read")
+    p = int(np.argmax(differs))
+    firsts = stack[:, p]
+    if len(set(firsts.tolist())) != len(firsts):
+        raise ValueError(f"the facts' answers must differ at their first differing token {p}, got {firsts}")
+    hit = np.flatnonzero(firsts == predicted[p])
+    return AnswerRead(correct, int(hit[0]) if hit.size else None)
+
+
+@dataclass
+class RetrievalPoint:
+    """One filler length of ``fact_retrieval``: means over its trials."""
+
+    filler: int                  # requested filler tokens between the facts and the question
+    distance: float              # measured filler tokens (whole sentences, >= filler)
+    length: float                # whole prompt + answer, tokens
+    accuracy: float              # every answer token right (teacher forced)
+    picked_target: float         # share of trials whose first code digit was the asked fact's
+    picked_distractor: float     # ... another fact's (chance with k facts: (k - 1) / k of the picks)
+    trials: int
 
 
 @dataclass
 class FactRetrieval:
-    distances: list              # filler tokens between the fact and the question
-    accuracy: list               # share of trials whose digits were all predicted (teacher forced)
-    trials: int
+    facts: int                   # facts listed (1 = no distractor)
+    trials: int | None           # trials per point (None when the points differ: see each point's trials)
+    points: list                 # RetrievalPoint per filler length
+    pad_to: int = 0              # prose before the facts filled each prompt to about this many tokens (0: none)
+
+    def table(self) -> str:
+        lines = [f"{'filler tokens':>13} {'prompt':>7} {'trials':>6} {'accuracy':>9} "
+                 f"{'first digit: asked fact':>24} {'a distractor':>13}"]
+        for p in self.points:
+            lines.append(f"{p.distance:>13.0f} {p.length:>7.0f} {p.trials:>6d} {p.accuracy:>9.2f} "
+                         f"{p.picked_target:>24.2f} {p.picked_distractor:>13.2f}")
+        return "\n".join(lines)
 
 
-def planted_fact(model, filler_sentences=(0, 4, 16, 64), trials: int = 4, seed: int = 0) -> FactRetrieval:
-    """Plant "The secret code is DDDD." before k filler sentences, ask "The secret code is" and check, in one
-    teacher-forced pass, that the model's argmax predicts each digit token of the answer."""
+def filler_text(sentences, start: int, tokens: int, count) -> str:
+    """Whole sentences from ``sentences`` (read from index ``start``, wrapping round to the first) until
+    ``count(text)`` reaches ``tokens``; "" for 0. Never repeats a sentence: a request longer than all the
+    sentences together is a ValueError.
+
+    >>> filler_text(["a b.", "c.", "d e f."], 1, 3, lambda s: len(s.split()))
+    'c. d e f.'
+    """
+    if tokens <= 0:
+        return ""
+    parts = []
+    for i in range(len(sentences)):
+        parts.append(sentences[(start + i) % len(sentences)])
+        text = " ".join(parts)
+        if count(text) >= tokens:
+            return text
+    raise ValueError(f"filler of {tokens} tokens asked, but the text has only {count(text)}")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a prose text: split after '.', '!' or '?' followed by white space.
+
+    >>> split_sentences("One. Two!  Three?\\nFour")
+    ['One.', 'Two!', 'Three?', 'Four']
+    """
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
+def fact_prompt(names, codes, asked: int, filler: str) -> str:
+    """The facts (one sentence each), the filler, then "Remember: the code of NAME is" whose answer is " " +
+    codes[asked]. (Of the wordings tried on SmolLM2-135M, "Remember: ..." is the one it completes best at short
+    range; a "Question: what is ...? Answer: ..." wording and its chat template fail already at 64 tokens.)
+
+    >>> fact_prompt(["Anna", "Hugo"], ["4821", "1937"], 1, "It rained.")
+    'The code of Anna is 4821. The code of Hugo is 1937.\\n\\nIt rained.\\n\\nRemember: the code of Hugo is'
+    """
+    facts = " ".join(f"The code of {n} is {c}." for n, c in zip(names, codes))
+    middle = f"\n\n{filler}\n\n" if filler else "\n\n"
+    return f"{facts}{middle}Remember: the code of {names[asked]} is"
+
+
+def fact_retrieval(model, filler_tokens=(0, 64, 256), facts: int = 4, trials: int = 8, seed: int = 0,
+                   text: str | None = None, on_trial=None, pad_to: int = 0) -> FactRetrieval:
+    """Key-value retrieval against distance: ``facts`` sentences "The code of NAME is DDDD." (random names from
+    NAMES, random 4-digit codes whose first digits differ), then about ``filler_tokens`` tokens of real prose
+    (whole sentences of ``text``, default ``attnlab.data.passage()``, from a random sentence on), then
+    "Remember: the code of NAME is" for one of the facts chosen at random (``fact_prompt``).
+
+    One teacher-forced pass per trial: the argmax at each answer position is read by ``read_answer``. With one
+    fact this is the easy probe (the question repeats the fact's wording: an induction head can copy the code);
+    with distractors the model must match the name, and a wrong pick shows as ``picked_distractor``.
+
+    ``pad_to``: put prose before the facts too (the sentences that precede the filler, ``pad_to - filler``
+    tokens of them), so that every prompt is about ``pad_to`` tokens long whatever the distance: separates the
+    distance from the facts from the length of the context and the facts' position in it."""
+    from ..data import passage
+
+    if not 1 <= facts <= min(len(NAMES), 10):
+        raise ValueError(f"facts must be in 1..{min(len(NAMES), 10)} (distinct first digits), got {facts}")
+    sentences = split_sentences(passage() if text is None else text)
     rng = np.random.default_rng(seed)
-    distances, accuracy = [], []
-    for k in filler_sentences:
-        hits, dist = 0, []
-        for t in range(trials):
-            code = "".join(str(d) for d in rng.integers(0, 10, size=4))
-            filler = "".join(FILLER[(t + i) % len(FILLER)] for i in range(k))
-            head = model.tokenize(f"The secret code is {code}. {filler}Remember: the secret code is")
-            answer = model.tokenize(f" {code}")
-            ids = np.concatenate([head, answer])
-            pred = model.logits(ids)[len(head) - 1: len(ids) - 1].argmax(-1)      # predictions of the answer
-            hits += bool((pred == answer).all())
-            dist.append(len(model.tokenize(filler)) if filler else 0)
-        distances.append(int(np.mean(dist)))
-        accuracy.append(hits / trials)
-    return FactRetrieval(distances, accuracy, trials)
+
+    def count(s):
+        return len(model.tokenize(s))
+
+    points = []
+    for n_filler in filler_tokens:
+        dist, length, reads = [], [], []
+        for _ in range(trials):
+            names = [NAMES[i] for i in rng.choice(len(NAMES), facts, replace=False)]
+            firsts = rng.choice(np.arange(1, 10), facts, replace=False)
+            codes = [f"{d}{''.join(str(x) for x in rng.integers(0, 10, 3))}" for d in firsts]
+            asked = int(rng.integers(facts))
+            lead_n = max(pad_to - n_filler, 0)
+            prose = split_sentences(filler_text(sentences, int(rng.integers(len(sentences))), lead_n + n_filler,
+                                                count))
+            cut = len(prose)                                  # the filler: the last sentences, >= n_filler tokens
+            while n_filler and cut > 0 and count(" ".join(prose[cut:])) < n_filler:
+                cut -= 1
+            cut = cut if lead_n else 0
+            lead, filler = " ".join(prose[:cut]), " ".join(prose[cut:])
+            head = model.tokenize((f"{lead}\n\n" if lead else "") + fact_prompt(names, codes, asked, filler))
+            answers = [model.tokenize(f" {c}") for c in codes]
+            ids = np.concatenate([head, answers[asked]])
+            pred = model.logits(ids)[len(head) - 1: len(ids) - 1].argmax(-1)        # predictions of the answer
+            reads.append((read_answer(pred, answers, asked), asked))
+            dist.append(count(filler) if filler else 0)
+            length.append(len(ids))
+            if on_trial is not None:
+                on_trial()
+        points.append(RetrievalPoint(int(n_filler), float(np.mean(dist)), float(np.mean(length)),
+                                     float(np.mean([r.correct for r, _ in reads])),
+                                     float(np.mean([r.picked == a for r, a in reads])),
+                                     float(np.mean([r.picked is not None and r.picked != a for r, a in reads])),
+                                     trials))
+    return FactRetrieval(facts, trials, points, pad_to)
+
+
+def pool_retrievals(runs) -> FactRetrieval:
+    """One ``FactRetrieval`` from runs with the same number of facts (e.g. different seeds, or different filler
+    lengths): the points of equal filler length merged, every mean weighted by its trials, trials summed; points
+    sorted by filler length.
+
+    >>> a = FactRetrieval(1, 2, [RetrievalPoint(0, 0.0, 20.0, 1.0, 1.0, 0.0, 2)])
+    >>> b = FactRetrieval(1, 6, [RetrievalPoint(0, 0.0, 22.0, 0.5, 0.5, 0.0, 6)])
+    >>> p = pool_retrievals([a, b]).points[0]
+    >>> p.trials, p.accuracy, p.length
+    (8, 0.625, 21.5)
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("pool_retrievals needs at least one run")
+    if len({(r.facts, r.pad_to) for r in runs}) != 1:
+        raise ValueError(f"pool_retrievals: the runs differ in facts or pad_to: "
+                         f"{[(r.facts, r.pad_to) for r in runs]}")
+    by_filler = {}
+    for r in runs:
+        for point in r.points:
+            by_filler.setdefault(point.filler, []).append(point)
+    points = []
+    for filler in sorted(by_filler):
+        group = by_filler[filler]
+        n = sum(q.trials for q in group)
+        mean = {k: sum(getattr(q, k) * q.trials for q in group) / n
+                for k in ("distance", "length", "accuracy", "picked_target", "picked_distractor")}
+        points.append(RetrievalPoint(filler, **mean, trials=n))
+    trials = {q.trials for q in points}
+    return FactRetrieval(runs[0].facts, trials.pop() if len(trials) == 1 else None, points, runs[0].pad_to)
+
+
+def retrieval_figure(results, model_name: str):
+    """Accuracy (solid) and the share of trials that started a distractor's code (dotted) against the filler
+    tokens between the facts and the question, one colour per number of facts (``FactRetrieval`` list)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for r in results:
+        d = [max(p.distance, 1) for p in r.points]
+        pad = f", prompts padded to ~{r.pad_to} tokens" if r.pad_to else ""
+        line, = ax.plot(d, [p.accuracy for p in r.points], marker="o", ls="--" if r.pad_to else "-",
+                        label=f"{r.facts} fact{'s' if r.facts > 1 else ''}{pad}: all digits right")
+        if r.facts > 1:
+            ax.plot(d, [p.picked_distractor for p in r.points], ls=":", marker="x", color=line.get_color(),
+                    label=f"{r.facts} facts: started a distractor's code")
+    ax.set_xscale("log")
+    ax.set_xlabel("filler tokens between the facts and the question (0 drawn at 1)")
+    ax.set_ylabel("share of trials (" + ", ".join(f"{r.facts} fact{'s' if r.facts > 1 else ''}: "
+                                                  f"{r.trials or 'varying'}" for r in results) + " per point)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"planted facts on {model_name}: \"The code of NAME is DDDD.\" ... \"Remember: the code of NAME is\"",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
 
 
 # --- weights vs explanation on next-token prediction --------------------------------------------------------
