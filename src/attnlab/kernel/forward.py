@@ -33,6 +33,7 @@ Extra memory: per thread a few (R, block_k) tiles and (R, D) rows, plus the (...
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from collections import OrderedDict
@@ -40,8 +41,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import budget
 from .. import masks as masks_mod
-from .._array import as_array, default_scale
+from .._array import accumulation_itemsize, as_array, default_scale
 from .._inputs import Prepared, prepare, resolve_bias, resolve_mask
 from ..checks import flag
 from ..masks import EMPTY, FULL, PARTIAL
@@ -219,12 +221,13 @@ def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, score_mod=N
     pb = problem(p, mask, scale, score_mod, bias, "attention_weights_for")
     lay = pb.lay
     rows = _rows(rows, lay.Lq)
+    n = len(rows)
+    check_weights_budget(lay, n, pb.dtype)
     lse = as_array(lse, "lse")
     if not isinstance(lse, np.ndarray) or tuple(lse.shape) != lay.scores_shape[:-1]:
         raise ValueError(f"lse must be a NumPy array of shape {lay.scores_shape[:-1]} (the scores without the key "
                          f"axis), got {type(lse).__name__} of shape {tuple(getattr(lse, 'shape', ()))}")
     lse = lse.reshape(lay.lead + (lay.r, lay.Lq))                                 # (*lead, r, Lq)
-    n = len(rows)
     weights = np.zeros(lay.lead + (lay.r, n, lay.Lk), pb.dtype)                  # (*lead, r, n, Lk)
     for idx in np.ndindex(*lay.lead):
         state, allowed = pb.classify(idx, rows, rows, 0, lay.Lk, FULL if mask is None else PARTIAL)
@@ -239,6 +242,17 @@ def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, score_mod=N
             np.exp(s - np.where(finite, row_lse, 0), out=w, where=finite)
         _renormalise(w, s, finite)
     return weights.reshape(lay.scores_shape[:-2] + (n, lay.Lk))
+
+
+def check_weights_budget(lay, n: int, dtype) -> None:
+    """Refuse (``attnlab.budget``), before allocating, an ``attention_weights_for`` call whose result
+    (..., n, Lk) and per-group scores (r, n, Lk) twice (the scores and their exponentials) exceed the budget:
+    ``rows=slice(None)`` asks for the whole matrix. The kernel's entry point checks it, so ``attnlab.kernel``
+    callers are held to the budget as ``attnlab.attention_weights_for`` callers are."""
+    scores = math.prod(lay.scores_shape[:-2]) * n * lay.Lk
+    budget.check((scores + 2 * lay.r * n * lay.Lk) * accumulation_itemsize(dtype),
+                 f"attention_weights_for with {n} rows x {lay.Lk} keys of scores {tuple(lay.scores_shape)}",
+                 instead="ask for fewer rows at a time")
 
 
 def _renormalise(w, s, finite):
