@@ -73,18 +73,20 @@ def profile(mask, Lq: int, Lk: int) -> np.ndarray:
 
 def band_of(mask, Lq: int, Lk: int, block_rows: int, tile_cells: int, r: int) -> Band | None:
     """The ``Band`` the kernel runs a relative mask in at (Lq, Lk), or None when the tiled pass fits it better:
-    not a relative Mask of every batch and head, nothing allowed, a band wider than half the keys or than
-    ``BAND_KEYS``, a (regrouped) band less than ``BAND_DENSITY`` allowed, or slices that do not fit the
+    not a relative Mask of every batch and head, nothing allowed, an unregrouped band wider than half the keys,
+    slices wider than ``BAND_KEYS``, a (regrouped) band less than ``BAND_DENSITY`` allowed, or slices that do not fit the
     kernel's per-thread score tile (``tile_cells`` = r * block_q * block_k)."""
     if not (isinstance(mask, masks_mod.Mask) and mask.relative and mask.batch is None and mask.heads is None):
         return None
     if Lq < 1 or Lk < 1:
         return None
     allowed_e = np.flatnonzero(profile(mask, Lq, Lk)) - (Lk - 1)
-    if not len(allowed_e) or allowed_e[-1] - allowed_e[0] + 1 > Lk // 2:
+    if not len(allowed_e):
         return None
     s = int(np.gcd.reduce(allowed_e - allowed_e[0])) or 1
     s = min(s, Lk, Lq) if s > 1 else 1
+    if s == 1 and allowed_e[-1] - allowed_e[0] + 1 > Lk // 2:    # a wide band: tiles (regrouping pays anyway)
+        return None
     rows = min(BAND_ROWS, block_rows)
     residues = []
     for c in range(min(s, Lq)):
