@@ -33,7 +33,9 @@ import numpy as np
 from .. import masks as masks_mod
 from .ops import normalise
 
-BAND_ROWS = 64                       # query rows per slice (per head)
+BAND_ROWS = 64                       # query rows per slice (per head) at least; up to 4x that for wide bands (a
+                                     # quarter of the band: 64 for a 256-key window, 256 for 1024 keys; measured
+                                     # best of 64/128/256 at n = 4096 for both)
 BAND_KEYS = 2048                     # keys a slice sees at most (BAND_ROWS + band width - 1)
 BAND_DENSITY = 0.5                   # allowed share of a (regrouped) band at least, else the tiled pass runs
 
@@ -87,7 +89,6 @@ def band_of(mask, Lq: int, Lk: int, block_rows: int, tile_cells: int, r: int) ->
     s = min(s, Lk, Lq) if s > 1 else 1
     if s == 1 and allowed_e[-1] - allowed_e[0] + 1 > Lk // 2:    # a wide band: tiles (regrouping pays anyway)
         return None
-    rows = min(BAND_ROWS, block_rows)
     residues = []
     for c in range(min(s, Lq)):
         key_start = (c - int(allowed_e[0])) % s
@@ -100,6 +101,8 @@ def band_of(mask, Lq: int, Lk: int, block_rows: int, tile_cells: int, r: int) ->
             return None
         probe = int(sub[np.argmin(np.abs(sub))])
         residues.append(Residue(c, key_start, lo, hi, allowed, probe))
+    width = max(res.hi - res.lo + 1 for res in residues)
+    rows = min(block_rows, BAND_ROWS * 2 ** max(0, min(2, int(np.log2(max(1, width / (4 * BAND_ROWS)))))))
     band = Band(s, tuple(residues), rows)
     if band.keys() > BAND_KEYS or r * rows * band.keys() > tile_cells:
         return None
@@ -132,9 +135,13 @@ def _residue(pb, ws, h, res: Residue, q, k, v, out, lse, t0, t1) -> bool:
     first = max(t0, res.hi)                                          # first row whose window starts at key >= 0
     last_start = min(Lk - h + res.lo, t1 - h)                        # the last interior slice starts at or below
     n_int = (last_start - first) // h + 1 if last_start >= first else 0
+    r = q.shape[0]
+    tall = h
+    while r * (2 * tall) * (2 * tall + W) <= len(ws.s):               # the start in as few, taller slices as fit
+        tall *= 2
     ok = True
-    for a in range(t0, min(first, t1), h):                           # the start: keys clipped at 0
-        ok &= _edge(pb, ws, res, q, k, v, out, lse, a, min(a + h, first, t1))
+    for a in range(t0, min(first, t1), tall):                        # the start: keys clipped at 0
+        ok &= _edge(pb, ws, res, q, k, v, out, lse, a, min(a + tall, first, t1))
     if n_int:
         ok &= _interior(pb, ws, h, W, res, q, k, v, out, lse, first, n_int)
     for a in range(first + n_int * h if n_int else max(first, t0), t1, h):      # the end, and what is left
@@ -187,7 +194,10 @@ def _edge(pb, ws, res: Residue, q, k, v, out, lse, a, b) -> bool:
     e = np.arange(a, b)[:, None] - np.arange(ks, ke)[None, :] - res.lo                # (rows, cols)
     inside = (e >= 0) & (e < len(res.allowed))
     allowed = inside & res.allowed[np.clip(e, 0, len(res.allowed) - 1)]
-    S = np.matmul(q[:, a:b] * pb.q_scale, k[ks:ke].T)                # (r, rows, cols)
+    qa = ws.qa[:r * (b - a) * D].reshape(r, b - a, D)
+    np.multiply(q[:, a:b], pb.q_scale, out=qa)
+    S = ws.s[:r * (b - a) * (ke - ks)].reshape(r, b - a, ke - ks)
+    np.matmul(qa, k[ks:ke].T, out=S)                                 # (r, rows, cols)
     m = np.max(S, axis=-1, where=allowed, initial=-np.inf)           # (r, rows)
     np.subtract(S, np.where(np.isfinite(m), m, 0)[..., None], out=S)
     np.copyto(S, 0, where=~allowed)

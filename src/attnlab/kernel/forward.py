@@ -308,8 +308,10 @@ class Problem:
         self.decode = False                                      # the decode regime (``decode``)
         self.band = None                                         # the band regime (``band.Band``) or None
         self._heads = {}
-        relative = isinstance(mask, masks_mod.Mask) and mask.relative and mask.batch is None and mask.heads is None
-        self._patterns = {} if relative else None                # (rows, cols, q_start - k_start) -> pattern
+        shared = isinstance(mask, masks_mod.Mask) and mask.batch is None and mask.heads is None
+        self._relative = shared and mask.relative
+        self._patterns = {} if shared else None                  # (rows, cols, q_start - k_start) -> pattern
+        self._tiles = {} if shared and not mask.relative else None    # (q_start, rows, k_start, cols) -> pattern
 
     def heads(self, idx):
         """(b, h) of the task's r heads, shaped (r, 1, 1) for score modifiers and for masks."""
@@ -342,14 +344,26 @@ class Problem:
         some of its rows may attend to, its ``blocked`` cells (r or 1, rows, cols) set to -inf (None: none).
 
         A relative mask (``Mask.relative``) has the same pattern on every tile of a diagonal: it is evaluated once
-        per (rows, cols, q_start - k_start) and reused, up to ``layout.MASK_PATTERNS`` patterns per call."""
+        per (rows, cols, q_start - k_start) and reused, up to ``layout.MASK_PATTERNS`` patterns per call. Any other
+        Mask of every batch and head (a document mask, a prefix LM) has the same pattern on a tile in every head
+        group: a pattern without blocked cells (rows slices that see all or none of the tile's keys, as where a
+        document's tile holds one document's keys) is kept per tile position for the call and reused by the other
+        groups, since it costs no memory but its few ``Part`` s; with blocked cells it is kept under the same
+        ``MASK_PATTERNS`` bound."""
         if state != PARTIAL:
             return state, [Part(0, len(q_pos), None, ks, ke)]
-        key = None if self._patterns is None else (len(q_pos), int(ke - ks), int(q_pos[0] - ks))
-        pattern = None if key is None else self._patterns.get(key)
+        if self._patterns is None:
+            key = None
+        elif self._relative:
+            key = (len(q_pos), int(ke - ks), int(q_pos[0] - ks))
+        else:
+            key = (int(q_pos[0]), len(q_pos), int(ks), int(ke - ks))
+        pattern = None if key is None else (self._tiles if not self._relative else self._patterns).get(key)
         if pattern is None:
             pattern = self._pattern(idx, q_sel, q_pos, ks, ke)
-            if key is not None and len(self._patterns) < layout_mod.MASK_PATTERNS:
+            if key is not None and not self._relative and all(part.blocked is None for part in pattern[1]):
+                self._tiles[key] = pattern
+            elif key is not None and len(self._patterns) < layout_mod.MASK_PATTERNS:
                 self._patterns[key] = pattern
         state, parts = pattern
         return state, [part._replace(key_lo=ks + part.key_lo, key_hi=ks + part.key_hi) for part in parts]
