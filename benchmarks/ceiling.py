@@ -19,6 +19,16 @@ median of --repeat runs after a warm-up:
 For causal attention the floor is the dense floor times the fraction of score cells a causal mask allows,
 (n + 1) / 2n: a kernel that skipped exactly the blocked cells at no cost. "x torch" is time / torch's time: the
 floor's ratio is the lowest any kernel built from these NumPy calls can reach here.
+
+With --masks (issue 17) a second table times the kernel on each mask kind (MASK_KINDS), the dense kernel and the
+floors, interleaved in the same rounds:
+
+  x dense    the kernel's useful GFLOP/s (4 B H D x allowed pairs / time) over the dense kernel's (target >= 0.8)
+  floor      the dense floor times the mask's allowed fraction of cells: the same per-cell NumPy work on the
+             allowed cells only, at the dense floor's speed (a kernel that skipped every blocked cell for free)
+  x floor    the kernel's time over that floor (target <= 1.2)
+  tiles      the floor's calls on the non-empty tiles of the mask's default tile map (1024 x 256): what a kernel
+             that computed whole tiles, and nothing else, would take
 """
 
 import argparse
@@ -42,6 +52,10 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--masks", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
+                        help=f"mask kinds for the masks table, comma-separated, 'all' for every one "
+                             f"({','.join(MASK_KINDS)}); default: no masks table")
+    parser.add_argument("--no-torch-table", action="store_true", help="skip the dense/causal table with PyTorch")
     parser.add_argument("--unset-openblas-env", action="store_true",
                         help="if OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE are set, restart without them (for every "
                              "path of the run: PyTorch does not use OpenBLAS)")
@@ -55,10 +69,22 @@ def main(argv=None) -> int:
     print(openblas_env.unset_note())
     threads = planner.default_threads()
     print(f"sgemm 2048^3 per thread, {threads} threads at once: {_sgemm_gflops(threads):.1f} GFLOP/s each")
-    print(f"{'case':8s} {'n':>6s} {'path':9s} {'median ms':>10s} {'GFLOP/s':>8s} {'x torch':>8s}")
-    for n in args.sizes:
-        for line in _rows(n, args.heads, args.head_dim, args.repeat, threads, torch):
-            print(line)
+    if not args.no_torch_table:
+        print(f"{'case':8s} {'n':>6s} {'path':9s} {'median ms':>10s} {'GFLOP/s':>8s} {'x torch':>8s}")
+        for n in args.sizes:
+            for line in _rows(n, args.heads, args.head_dim, args.repeat, threads, torch):
+                print(line, flush=True)
+    kinds = MASK_KINDS if args.masks == ("all",) else args.masks
+    unknown = [kind for kind in kinds if kind not in MASK_KINDS]
+    if unknown:
+        parser.error(f"--masks: unknown kind(s) {', '.join(unknown)}; known: {', '.join(MASK_KINDS)}")
+    if kinds:
+        print(f"masks (B=1, H={args.heads}, D={args.head_dim}, float32; median of {args.repeat} interleaved rounds)")
+        print(f"{'mask':11s} {'n':>6s} {'kernel ms':>10s} {'GFLOP/s':>8s} {'x dense':>8s} {'floor ms':>9s} "
+              f"{'x floor':>8s} {'tiles ms':>9s} {'load':>5s}")
+        for n in args.sizes:
+            for line in _mask_rows(n, kinds, args.heads, args.head_dim, args.repeat, threads):
+                print(line, flush=True)
     print(f"load average after {bench.format_load(os.getloadavg())}")
     return 0
 
@@ -88,11 +114,62 @@ def _rows(n, H, D, repeat, threads, torch):
                        f"{t / times[case, 'torch']:8.3f}")
 
 
-def _floor(H, n, D, block_q, block_k, threads, *, exp):
+MASK_KINDS = ("causal", "window256", "window1024", "document", "prefix_lm", "dilated")
+
+
+def mask_of(kind, n):
+    """The masks of the issue-17 table: a causal mask, sliding windows of 256 and 1024 keys (the query's own
+    included), 8 packed documents of n / 8 tokens, a prefix LM with an n / 4 prefix, and a dilated window (1024 keys,
+    every 4th: Child et al. 2019)."""
+    return {"causal": lambda: attnlab.masks.causal(),
+            "window256": lambda: attnlab.masks.sliding_window(255),
+            "window1024": lambda: attnlab.masks.sliding_window(1023),
+            "document": lambda: attnlab.masks.document(np.repeat(np.arange(8), -(-n // 8))[:n]),
+            "prefix_lm": lambda: attnlab.masks.prefix_lm(n // 4),
+            "dilated": lambda: attnlab.masks.sliding_window(1023) & attnlab.masks.dilated(4)}[kind]()
+
+
+def allowed_pairs(mask, n) -> int:
+    """Cells (query, key) the mask allows at n x n, counted in stripes of rows."""
+    rows = max(1, 2**22 // n)
+    return sum(int(mask.evaluate(n, n, np.arange(a, min(n, a + rows))[:, None], np.arange(n)[None, :]).sum())
+               for a in range(0, n, rows))
+
+
+def _mask_rows(n, kinds, H, D, repeat, threads):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, H, n, D), dtype=np.float32) for _ in range(3))
+    block_q, block_k = planner.default_blocks(1, n, n)
+    mask_objs = {kind: mask_of(kind, n) for kind in kinds}
+    fns = {"dense": lambda: attnlab.flash_attention(q, k, v), "floor": _floor(H, n, D, block_q, block_k, threads,
+                                                                             exp=True)}
+    for kind, mask in mask_objs.items():
+        fns[kind] = lambda mask=mask: attnlab.flash_attention(q, k, v, mask)
+        tile_map = mask.blocks(n, n, block_q, block_k)
+        fns[kind + " tiles"] = _floor(H, n, D, block_q, block_k, threads, exp=True,
+                                      tiles=[(i, j) for i, j in zip(*np.nonzero(tile_map))])
+    times = dict(zip(fns, (t.median_s for t in time_calls(*fns.values(), repeat=repeat))))
+    load = os.getloadavg()[0]
+    dense_rate = 4 * H * D * n * n / times["dense"]
+    yield (f"{'dense':11s} {n:6d} {times['dense'] * 1e3:10.2f} {dense_rate / 1e9:8.1f} {1:8.2f} "
+           f"{times['floor'] * 1e3:9.2f} {times['dense'] / times['floor']:8.2f} {times['floor'] * 1e3:9.2f} "
+           f"{load:5.1f}")
+    for kind, mask in mask_objs.items():
+        pairs = allowed_pairs(mask, n)
+        t, floor = times[kind], times["floor"] * pairs / (n * n)
+        rate = 4 * H * D * pairs / t
+        yield (f"{kind:11s} {n:6d} {t * 1e3:10.2f} {rate / 1e9:8.1f} {rate / dense_rate:8.2f} {floor * 1e3:9.2f} "
+               f"{t / floor:8.2f} {times[kind + ' tiles'] * 1e3:9.2f} {load:5.1f}")
+
+
+def _floor(H, n, D, block_q, block_k, threads, *, exp, tiles=None):
     """A callable doing the kernel's unavoidable per-tile NumPy work for H heads of n x n, on ``threads``
-    threads (the kernel's pool), each with its own buffers; without ``exp`` only the two matmuls."""
+    threads (the kernel's pool), each with its own buffers; without ``exp`` only the two matmuls. ``tiles``:
+    the (query block, key block) pairs of one head to do (default: all)."""
     rng = np.random.default_rng(1)
-    tiles = [(h, i, j) for h in range(H) for i in range(-(-n // block_q)) for j in range(-(-n // block_k))]
+    if tiles is None:
+        tiles = [(i, j) for i in range(-(-n // block_q)) for j in range(-(-n // block_k))]
+    tiles = [(h, i, j) for h in range(H) for i, j in tiles]
 
     def worker(share):
         qa = rng.standard_normal((block_q, D + 1), dtype=np.float32) * 0.1         # [q * scale | -m]

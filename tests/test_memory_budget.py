@@ -103,6 +103,19 @@ def test_attention_weights_for_all_rows_checks_first(small_budget):
     np.testing.assert_allclose(w, ref[:, [0, 7]], atol=1e-12)
 
 
+def test_kernel_attention_weights_for_checks_the_budget_too(small_budget):
+    """attnlab.kernel.attention_weights_for (not only the api wrapper) refuses before allocating (issue 14)."""
+    from attnlab.kernel import attention_weights_for as kernel_weights_for
+
+    q, k, v = _qkv(1200, 1200)
+    _, lse = attnlab.flash_attention(q, k, v, return_lse=True)
+    msg = refused_before_allocating(lambda: kernel_weights_for(q, k, slice(None), lse))
+    assert "1200 rows x 1200 keys" in msg and "fewer rows" in msg
+    w = kernel_weights_for(q, k, [3, 1199], lse)
+    _, ref = attnlab.scaled_dot_product_attention(q[:, [3, 1199]], k, v, return_weights=True)   # no mask: rows
+    np.testing.assert_allclose(w, ref, atol=1e-12)
+
+
 def test_masks_materialize_and_draw_only_within_the_budget(small_budget):
     m = masks.causal() & masks.sliding_window(4)
     refused_before_allocating(lambda: m.to_array(3000, 3000))

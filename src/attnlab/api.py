@@ -152,8 +152,8 @@ def attention_backward(dout, q, k, v, mask=None, *, scale=None, bias=None, score
 
 def attention_weights_for(q, k, rows, lse, mask=None, **options):
     """``attnlab.kernel.attention_weights_for`` (the weights of chosen query rows, recomputed from the stored
-    log-sum-exp; same arguments), after checking that its result, (..., len(rows), Lk), and its per-group scores
-    fit the memory budget (``attnlab.budget``): ``rows=slice(None)`` asks for the whole matrix.
+    log-sum-exp; same arguments). The kernel checks that its result, (..., len(rows), Lk), and its per-group
+    scores fit the memory budget (``attnlab.budget``) first: ``rows=slice(None)`` asks for the whole matrix.
 
     >>> import numpy as np, attnlab
     >>> rng = np.random.default_rng(0); q, k, v = (rng.standard_normal((6, 4)) for _ in range(3))
@@ -161,19 +161,8 @@ def attention_weights_for(q, k, rows, lse, mask=None, **options):
     >>> attention_weights_for(q, k, rows=[0, 5], lse=lse).shape
     (2, 6)
     """
-    p = prepare(q, k, k, "attention_weights_for", dot=True, scale=options.get("scale"))
-    Lq, Lk = p.scores_shape[-2:]
     if not (is_int(rows) or isinstance(rows, slice)):
         rows = integer_array(rows, "rows (an int, a slice or a list of query indices)", ndim=1)
-    try:
-        n = int(np.size(np.arange(Lq)[rows]))
-    except (IndexError, TypeError, ValueError):
-        n = 0                                   # the kernel names what is wrong with rows
-    heads = p.scores_shape[-3] if len(p.scores_shape) >= 3 else 1     # the kernel's (r, n, Lk) scores, r <= H
-    itemsize = accumulation_itemsize(p.q.dtype)
-    budget.check((math.prod(p.scores_shape[:-2]) + 2 * heads) * n * Lk * itemsize,
-                 f"attention_weights_for with {n} rows x {Lk} keys of scores {tuple(p.scores_shape)}",
-                 instead="ask for fewer rows at a time")
     return kernel_forward.attention_weights_for(q, k, rows, lse, mask, **options)
 
 

@@ -33,6 +33,7 @@ Extra memory: per thread a few (R, block_k) tiles and (R, D) rows, plus the (...
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from collections import OrderedDict
@@ -40,12 +41,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import budget
 from .. import masks as masks_mod
-from .._array import as_array, default_scale
+from .._array import accumulation_itemsize, as_array, default_scale
 from .._inputs import Prepared, prepare, resolve_bias, resolve_mask
 from ..checks import flag
 from ..masks import EMPTY, FULL, PARTIAL
 from ..merge import merge_attention
+from . import band as band_mod
 from . import layout as layout_mod
 from .decode import decode_task
 from .layout import FOLD_MIN_ROWS, PARTIAL_ROWS, Part, TileCounts, TileMaps
@@ -120,6 +123,7 @@ def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, bloc
         return (empty_out, np.zeros(outer + (lay.Lq,), pb.dtype)) if return_lse else empty_out
     plan = call_plan(pb, mask, block_q, block_k, threads)
     pb.block_q, pb.block_k, pb.maps, pb.decode = plan.block_q, plan.block_k, plan.maps, plan.decode
+    pb.band = plan.band
     splits, n_threads, tasks = plan.splits, plan.threads, plan.tasks
     out = np.empty((splits,) + lay.lead + (lay.r, lay.Lq, pb.Dv), pb.dtype)     # (S, *lead, r, Lq, Dv)
     lse = np.empty((splits,) + lay.lead + (lay.r, lay.Lq), pb.dtype)            # (S, *lead, r, Lq)
@@ -153,6 +157,7 @@ class CallPlan:
     threads: int
     tasks: list
     mask: object                 # held so that the key's id(mask) is not reused by another mask while kept
+    band: band_mod.Band | None = None    # the band regime (``band``): a narrow relative mask, in row slices
 
 
 PLAN_CACHE = 8                   # call plans kept (the most recently used)
@@ -167,7 +172,8 @@ def call_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
     classified per tile while running)."""
     lay = pb.lay
     tunables = (layout_mod.WORK_PER_THREAD, layout_mod.TILE_ROWS, layout_mod.TILE_SCORES, layout_mod.DECODE_KEYS,
-                layout_mod.PARTIAL_ROWS, layout_mod.MASK_PATTERNS, FOLD_MIN_ROWS)
+                layout_mod.PARTIAL_ROWS, layout_mod.MASK_PATTERNS, FOLD_MIN_ROWS, band_mod.BAND_ROWS,
+                band_mod.BAND_KEYS, band_mod.BAND_DENSITY)
     mask_key = "array" if pb.mask_arr is not None else id(mask)
     key = (lay.q.shape, lay.k.shape, lay.v.shape, lay.lead, lay.r, lay.scores_shape, pb.dtype, mask_key,
            pb.mods is not None, block_q, block_k, threads, tunables)
@@ -194,7 +200,12 @@ def _new_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
     decode = layout_mod.decode_regime(lay, bq, mods=pb.mods is not None)
     splits, n_threads = layout_mod.schedule(lay, bq, bk, threads, decode)
     tasks = layout_mod.tasks(maps, lay, splits, decode)
-    return CallPlan(bq, bk, maps, decode, splits, n_threads, tasks, None if pb.mask_arr is not None else mask)
+    band = None
+    rows = min(bq, lay.Lq)
+    if not decode and splits == 1 and pb.mods is None and lay.r * rows >= FOLD_MIN_ROWS:
+        band = band_mod.band_of(mask, lay.Lq, lay.Lk, rows, lay.r * rows * min(bk, lay.Lk), lay.r)
+    return CallPlan(bq, bk, maps, decode, splits, n_threads, tasks, None if pb.mask_arr is not None else mask,
+                    band)
 
 
 def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, score_mod=None, bias=None, bias_fn=None):
@@ -219,12 +230,13 @@ def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, score_mod=N
     pb = problem(p, mask, scale, score_mod, bias, "attention_weights_for")
     lay = pb.lay
     rows = _rows(rows, lay.Lq)
+    n = len(rows)
+    check_weights_budget(lay, n, pb.dtype)
     lse = as_array(lse, "lse")
     if not isinstance(lse, np.ndarray) or tuple(lse.shape) != lay.scores_shape[:-1]:
         raise ValueError(f"lse must be a NumPy array of shape {lay.scores_shape[:-1]} (the scores without the key "
                          f"axis), got {type(lse).__name__} of shape {tuple(getattr(lse, 'shape', ()))}")
     lse = lse.reshape(lay.lead + (lay.r, lay.Lq))                                 # (*lead, r, Lq)
-    n = len(rows)
     weights = np.zeros(lay.lead + (lay.r, n, lay.Lk), pb.dtype)                  # (*lead, r, n, Lk)
     for idx in np.ndindex(*lay.lead):
         state, allowed = pb.classify(idx, rows, rows, 0, lay.Lk, FULL if mask is None else PARTIAL)
@@ -239,6 +251,17 @@ def attention_weights_for(q, k, rows, lse, mask=None, *, scale=None, score_mod=N
             np.exp(s - np.where(finite, row_lse, 0), out=w, where=finite)
         _renormalise(w, s, finite)
     return weights.reshape(lay.scores_shape[:-2] + (n, lay.Lk))
+
+
+def check_weights_budget(lay, n: int, dtype) -> None:
+    """Refuse (``attnlab.budget``), before allocating, an ``attention_weights_for`` call whose result
+    (..., n, Lk) and per-group scores (r, n, Lk) twice (the scores and their exponentials) exceed the budget:
+    ``rows=slice(None)`` asks for the whole matrix. The kernel's entry point checks it, so ``attnlab.kernel``
+    callers are held to the budget as ``attnlab.attention_weights_for`` callers are."""
+    scores = math.prod(lay.scores_shape[:-2]) * n * lay.Lk
+    budget.check((scores + 2 * lay.r * n * lay.Lk) * accumulation_itemsize(dtype),
+                 f"attention_weights_for with {n} rows x {lay.Lk} keys of scores {tuple(lay.scores_shape)}",
+                 instead="ask for fewer rows at a time")
 
 
 def _renormalise(w, s, finite):
@@ -283,9 +306,12 @@ class Problem:
         self.block_q = self.block_k = 0
         self.maps = None
         self.decode = False                                      # the decode regime (``decode``)
+        self.band = None                                         # the band regime (``band.Band``) or None
         self._heads = {}
-        relative = isinstance(mask, masks_mod.Mask) and mask.relative and mask.batch is None and mask.heads is None
-        self._patterns = {} if relative else None                # (rows, cols, q_start - k_start) -> pattern
+        shared = isinstance(mask, masks_mod.Mask) and mask.batch is None and mask.heads is None
+        self._relative = shared and mask.relative
+        self._patterns = {} if shared else None                  # (rows, cols, q_start - k_start) -> pattern
+        self._tiles = {} if shared and not mask.relative else None    # (q_start, rows, k_start, cols) -> pattern
 
     def heads(self, idx):
         """(b, h) of the task's r heads, shaped (r, 1, 1) for score modifiers and for masks."""
@@ -318,14 +344,26 @@ class Problem:
         some of its rows may attend to, its ``blocked`` cells (r or 1, rows, cols) set to -inf (None: none).
 
         A relative mask (``Mask.relative``) has the same pattern on every tile of a diagonal: it is evaluated once
-        per (rows, cols, q_start - k_start) and reused, up to ``layout.MASK_PATTERNS`` patterns per call."""
+        per (rows, cols, q_start - k_start) and reused, up to ``layout.MASK_PATTERNS`` patterns per call. Any other
+        Mask of every batch and head (a document mask, a prefix LM) has the same pattern on a tile in every head
+        group: a pattern without blocked cells (rows slices that see all or none of the tile's keys, as where a
+        document's tile holds one document's keys) is kept per tile position for the call and reused by the other
+        groups, since it costs no memory but its few ``Part`` s; with blocked cells it is kept under the same
+        ``MASK_PATTERNS`` bound."""
         if state != PARTIAL:
             return state, [Part(0, len(q_pos), None, ks, ke)]
-        key = None if self._patterns is None else (len(q_pos), int(ke - ks), int(q_pos[0] - ks))
-        pattern = None if key is None else self._patterns.get(key)
+        if self._patterns is None:
+            key = None
+        elif self._relative:
+            key = (len(q_pos), int(ke - ks), int(q_pos[0] - ks))
+        else:
+            key = (int(q_pos[0]), len(q_pos), int(ks), int(ke - ks))
+        pattern = None if key is None else (self._tiles if not self._relative else self._patterns).get(key)
         if pattern is None:
             pattern = self._pattern(idx, q_sel, q_pos, ks, ke)
-            if key is not None and len(self._patterns) < layout_mod.MASK_PATTERNS:
+            if key is not None and not self._relative and all(part.blocked is None for part in pattern[1]):
+                self._tiles[key] = pattern
+            elif key is not None and len(self._patterns) < layout_mod.MASK_PATTERNS:
                 self._patterns[key] = pattern
         state, parts = pattern
         return state, [part._replace(key_lo=ks + part.key_lo, key_hi=ks + part.key_hi) for part in parts]
@@ -427,6 +465,7 @@ class Workspace:
         self.acc, self.pv, self.tmp = np.empty((3, rows * (Dv + 1)), pb.dtype)   # [sum p v | sum p] (R, Dv + 1)
         self.m, self.m_new, self.alpha = np.empty((3, rows), pb.dtype)
         self.ones = np.ones(cols, pb.dtype)
+        self.band = {}                                                # the band regime's patterns and ones
 
 
 def run_task(pb, ws, task: layout_mod.Task, out, lse, counts):
@@ -450,6 +489,15 @@ def run_task(pb, ws, task: layout_mod.Task, out, lse, counts):
         return decode_task(pb, j_lo, j_hi, out[split], lse[split], counts)
     qs, qe = i * pb.block_q, min(pb.lay.Lq, (i + 1) * pb.block_q)
     row_map = pb.maps[idx][i, j_lo:j_hi]
+    if pb.band is not None:                                   # a narrow relative mask: row slices, whole bands
+        band_mod.tile_states(row_map, counts)
+        if band_mod.band_task(pb, ws, pb.band, idx, qs, qe, out[split][idx], lse[split][idx]):
+            return
+        visit = np.flatnonzero(row_map != EMPTY)
+        tiles = list(zip((visit + j_lo).tolist(), row_map[visit].tolist()))
+        st = _tiles(pb, ws, idx, qs, qe, tiles, np.zeros(3, np.int64), careful=True)
+        st.finish(out[split][idx][:, qs:qe], lse[split][idx][:, qs:qe])
+        return
     visit = np.flatnonzero(row_map != EMPTY)                  # empty tiles are skipped without a Python step
     counts[EMPTY] += len(row_map) - len(visit)
     tiles = list(zip((visit + j_lo).tolist(), row_map[visit].tolist()))
@@ -501,7 +549,7 @@ def _tile(pb, ws, st, idx, qs, part: Part):
         S *= LOG2E
     elif blocked is not None:
         np.copyto(S, -np.inf, where=blocked)
-    st.add_rescaled(S, V, a, b)
+    st.add_rescaled(S, V, a, b, blocked)
     if st.fold:
         st.fold_shift(qa, a, b)
 
@@ -561,16 +609,18 @@ class RowState:
         self.product(P, v, out=pv[..., :self.Dv])
         np.matmul(P, self.ones[:P.shape[-1]], out=pv[..., self.Dv])
 
-    def add_rescaled(self, S, v, a, b):
-        """The online-softmax step for a tile of scores S (r, b - a, cols) of rows a:b, log2 units; S is
-        overwritten with P."""
+    def add_rescaled(self, S, v, a, b, blocked=None):
+        """The online-softmax step for a tile of scores S (r, b - a, cols) of rows a:b, log2 units, -inf at the
+        cells ``blocked``; S is overwritten with P. The blocked cells enter exp2 as 0 and leave as 0
+        (``exp2_masked``): NumPy's float32 exp2 of -inf takes a path ~8x slower (78 us against 9 us for a
+        128 x 383 window slice, a third of it blocked)."""
         m, m_tile, alpha = (self._vec(x, a, b) for x in (self.m, self.m_new, self.alpha))
         acc, pv = (self.rows(x.reshape(-1), self.Dv + 1, a, b) for x in (self.acc, self.pv))
         np.max(S, axis=-1, out=m_tile)
         np.maximum(m_tile, m, out=m_tile)
         np.maximum(m_tile, self.lowest, out=m_tile)                             # fully masked so far: stay finite
         np.subtract(S, m_tile[..., None], out=S)
-        np.exp2(S, out=S)                                                       # P = 2^(S - m_new)
+        exp2_masked(S, blocked)                                                 # P = 2^(S - m_new)
         self._products(S, v, pv)
         np.subtract(m, m_tile, out=alpha)
         np.exp2(alpha, out=alpha)                                               # 2^(m_old - m_new)
