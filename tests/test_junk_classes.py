@@ -167,3 +167,23 @@ def test_serve_refuses_a_bad_address_before_loading_any_model(argv, monkeypatch,
         code = stop.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "internal error" not in err, err
+
+
+@pytest.mark.parametrize("kwargs, message", [({"world": 10**6}, "world must be at most 256"),
+                                             ({"world": 2, "timeout": math.nan}, "timeout must be a finite"),
+                                             ({"world": 2, "init_timeout": 0}, "init_timeout must be"),
+                                             ({"world": 2, "grace": -1}, "grace must be"),
+                                             ({"world": 2, "threads": 1.5}, "threads must be"),
+                                             ({"world": 2, "backend": "mpi"}, "backend must be one of"),
+                                             ({"world": 2, "ranks": "01"}, "ranks must be a list"),
+                                             ({"world": 2, "fn": None}, "fn must be a function")])
+def test_run_local_refuses_junk_before_starting_a_process(kwargs, message, monkeypatch):
+    from attnlab.distributed import launch
+
+    def no_process(*args, **kw):
+        raise AssertionError("a process was started before the arguments were checked")
+
+    monkeypatch.setattr(launch.mp, "get_context", no_process)
+    fn = kwargs.pop("fn", print)
+    with pytest.raises((TypeError, ValueError), match=message):
+        launch.run_local(fn, **kwargs)
