@@ -87,7 +87,7 @@ def test_empty_sizes_give_zero_per_head(fn, shape):
 def test_positions_where_there_are_no_keys_are_refused_naming_them():
     with pytest.raises(ValueError, match=r"indices must be key positions in \[-0, 0\)"):
         D.sink_score(np.zeros((2, 3, 0)))
-    with pytest.raises(ValueError, match="L=0 is shorter than the 1 chunks"):
+    with pytest.raises(ValueError, match="L=0 is shorter than the n=1 chunks"):
         DL.chunk_bounds(0, 1)
 
 

@@ -214,7 +214,8 @@ def sub_blocks(mask, L: int, q_ranges, k_ranges, B: int = 1, H: int = 1, device=
                 pieces.append(SubBlock(rows, keys, None, size, size))
             elif kind != masks_mod.EMPTY:
                 check_budget(_piece_bytes(mask, qb - qa, kb - ka, B, H),
-                             f"mask {mask.name} on a {qb - qa} x {kb - ka} piece", instead="use more ranks")
+                             f"mask {mask.name} on a {qb - qa} x {kb - ka} piece of L={L} (B={B}, H={H})",
+                             instead="use more ranks")
                 arr = _evaluate(mask, L, np.arange(qa, qb), np.arange(ka, kb), B, H)
                 allowed = int(arr.sum()) * size // arr.size
                 if allowed:
@@ -283,7 +284,7 @@ def work_balance(L: int, world: int, layout: str = "zigzag", mask=None, causal: 
     B, H, causal = positive_int(B, "B"), positive_int(H, "H"), flag(causal, "causal")
     layout_mod.check_layout(layout)
     _check_mask(mask)
-    check_budget(layout_mod.CHUNK_BYTES * world * world, f"the work table of {world} x {world} blocks",
+    check_budget(layout_mod.CHUNK_BYTES * world * world, f"the work table of world={world} x {world} blocks",
                  instead="use fewer ranks")
     m = _combined_mask(mask, causal, L, B, H)
     rng = [layout_mod.ranges(r, world, L, layout) for r in range(world)]
