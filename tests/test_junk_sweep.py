@@ -264,7 +264,7 @@ MORE_CALLS = {
 CALLS.update(MORE_CALLS)
 # the second sweep's functions also get a size that fits in an int64 but not in memory: it must be refused (by the
 # budget, naming the argument) or be harmless. (The first sweep's functions do not, yet: cost.estimate(seq_len=2**40)
-# runs for minutes and flash_attention_backward(scale=2**40) with the lse of another scale returns inf; both are
+# takes over 20 s and flash_attention_backward(scale=2**40) with the lse of another scale returns inf; both are
 # other helpers' files.)
 HUGE = {"2**40": 2**40}
 
