@@ -187,3 +187,18 @@ def test_run_local_refuses_junk_before_starting_a_process(kwargs, message, monke
     fn = kwargs.pop("fn", print)
     with pytest.raises((TypeError, ValueError), match=message):
         launch.run_local(fn, **kwargs)
+
+
+@pytest.mark.parametrize("heads", [None, 2])
+def test_sub_blocks_evaluates_a_large_piece_in_stripes_equal_to_the_formula(heads):
+    """A piece over masks.STRIPE_CELLS cells is evaluated stripe by stripe (bounded temporaries, as budgeted);
+    the stripes put together must equal the mask written here as a formula, per head too."""
+    n = 2100                                                    # 2100 x 2100 > STRIPE_CELLS: two stripes
+    mask = masks.from_function(lambda b, h, q, kv: (q + kv + h) % 3 == 0, heads=heads)
+    (piece,) = DR.sub_blocks(mask, 2 * n, [(0, n)], [(n, 2 * n)], H=heads or 1)
+    q, kv = np.arange(n)[:, None], np.arange(n, 2 * n)[None, :]
+    h = np.arange(heads or 1)[:, None, None]
+    expected = (q + kv + h) % 3 == 0                            # (H, rows, keys)
+    got = piece.mask.numpy()
+    np.testing.assert_array_equal(got.reshape(expected.shape) if heads else got, expected if heads else expected[0])
+    assert piece.cells == int(expected.sum())
