@@ -87,7 +87,7 @@ def test_empty_sizes_give_zero_per_head(fn, shape):
 def test_positions_where_there_are_no_keys_are_refused_naming_them():
     with pytest.raises(ValueError, match=r"indices must be key positions in \[-0, 0\)"):
         D.sink_score(np.zeros((2, 3, 0)))
-    with pytest.raises(ValueError, match="L=0 is shorter than the 1 chunks"):
+    with pytest.raises(ValueError, match="L=0 is shorter than the n=1 chunks"):
         DL.chunk_bounds(0, 1)
 
 
@@ -167,3 +167,38 @@ def test_serve_refuses_a_bad_address_before_loading_any_model(argv, monkeypatch,
         code = stop.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "internal error" not in err, err
+
+
+@pytest.mark.parametrize("kwargs, message", [({"world": 10**6}, "world must be at most 256"),
+                                             ({"world": 2, "timeout": math.nan}, "timeout must be a finite"),
+                                             ({"world": 2, "init_timeout": 0}, "init_timeout must be"),
+                                             ({"world": 2, "grace": -1}, "grace must be"),
+                                             ({"world": 2, "threads": 1.5}, "threads must be"),
+                                             ({"world": 2, "backend": "mpi"}, "backend must be one of"),
+                                             ({"world": 2, "ranks": "01"}, "ranks must be a list"),
+                                             ({"world": 2, "fn": None}, "fn must be a function")])
+def test_run_local_refuses_junk_before_starting_a_process(kwargs, message, monkeypatch):
+    from attnlab.distributed import launch
+
+    def no_process(*args, **kw):
+        raise AssertionError("a process was started before the arguments were checked")
+
+    monkeypatch.setattr(launch.mp, "get_context", no_process)
+    fn = kwargs.pop("fn", print)
+    with pytest.raises((TypeError, ValueError), match=message):
+        launch.run_local(fn, **kwargs)
+
+
+@pytest.mark.parametrize("heads", [None, 2])
+def test_sub_blocks_evaluates_a_large_piece_in_stripes_equal_to_the_formula(heads):
+    """A piece over masks.STRIPE_CELLS cells is evaluated stripe by stripe (bounded temporaries, as budgeted);
+    the stripes put together must equal the mask written here as a formula, per head too."""
+    n = 2100                                                    # 2100 x 2100 > STRIPE_CELLS: two stripes
+    mask = masks.from_function(lambda b, h, q, kv: (q + kv + h) % 3 == 0, heads=heads)
+    (piece,) = DR.sub_blocks(mask, 2 * n, [(0, n)], [(n, 2 * n)], H=heads or 1)
+    q, kv = np.arange(n)[:, None], np.arange(n, 2 * n)[None, :]
+    h = np.arange(heads or 1)[:, None, None]
+    expected = (q + kv + h) % 3 == 0                            # (H, rows, keys)
+    got = piece.mask.numpy()
+    np.testing.assert_array_equal(got.reshape(expected.shape) if heads else got, expected if heads else expected[0])
+    assert piece.cells == int(expected.sum())

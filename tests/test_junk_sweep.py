@@ -109,6 +109,7 @@ CALLS = {
 from attnlab import diagnostics as D  # noqa: E402
 from attnlab import faithfulness as FA  # noqa: E402
 from attnlab import record as R  # noqa: E402
+from attnlab.distributed import comm as DC  # noqa: E402
 from attnlab.distributed import layout as DL  # noqa: E402
 from attnlab.distributed import ring as DR  # noqa: E402
 from attnlab.learn import cheatsheet as CS  # noqa: E402
@@ -129,15 +130,21 @@ class _TinyModel:
         return None, np.full((1, 1, L, L), 1.0 / L)
 
 
-def _ring(**kwargs):
-    """ring_attention in a one-rank gloo group set up for the call (no peers: nothing can hang)."""
-    import torch.distributed as dist
+def _in_ring(fn):
+    """``fn`` called in a one-rank gloo group set up for the call (no peers: nothing can hang)."""
+    def call(**kwargs):
+        import torch.distributed as dist
 
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        return DR.ring_attention(**kwargs)
-    finally:
-        dist.destroy_process_group()
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        try:
+            out = fn(**kwargs)
+            return out.detach().numpy() if hasattr(out, "detach") else out
+        finally:
+            dist.destroy_process_group()
+    return call
+
+
+_ring = _in_ring(DR.ring_attention)
 
 
 def _torch(a):
@@ -216,6 +223,9 @@ MORE_CALLS = {
                                            "v": _torch(V[None, :, :5]), "mask": None, "causal": True,
                                            "layout": "zigzag", "scale": 0.5, "timeout": 10, "return_lse": False,
                                            "stats": None}),
+    "distributed.gather": (_in_ring(DC.gather), {"x": _torch(Q), "layout": "contiguous", "dim": -2, "timeout": 10,
+                                                 "length": 5}),
+    "distributed.scatter": (_in_ring(DC.scatter), {"x": _torch(Q), "layout": "contiguous", "dim": -2, "timeout": 10}),
     "distributed.work_balance": (DR.work_balance, {"L": 8, "world": 2, "layout": "zigzag", "mask": None,
                                                    "causal": True, "B": 1, "H": 1}),
     "distributed.sub_blocks": (DR.sub_blocks, {"mask": M.causal(), "L": 8, "q_ranges": [(0, 2), (6, 8)],
@@ -252,6 +262,11 @@ MORE_CALLS = {
                                              "answers": ["0.5, 0.5"], "write": lambda text: None}),
 }
 CALLS.update(MORE_CALLS)
+# the second sweep's functions also get a size that fits in an int64 but not in memory: it must be refused (by the
+# budget, naming the argument) or be harmless. (The first sweep's functions do not, yet: cost.estimate(seq_len=2**40)
+# takes over 20 s and flash_attention_backward(scale=2**40) with the lse of another scale returns inf; both are
+# other helpers' files.)
+HUGE = {"2**40": 2**40}
 
 # names a message may use for a parameter
 ALIASES = {"q": ("query", "q"), "k": ("key", "k"), "v": ("value", "v"), "prefix_len": ("n", "prefix_len"),
@@ -308,7 +323,7 @@ def test_junk_in_every_parameter_is_refused_clearly_or_harmless(name, param):
     problems = []
     previous = signal.signal(signal.SIGALRM, _alarm)
     try:
-        for label, junk in JUNK.items():
+        for label, junk in {**JUNK, **(HUGE if name in MORE_CALLS else {})}.items():
             signal.alarm(ALARM_S)
             try:
                 result = fn(**{**kwargs, param: junk})
@@ -316,7 +331,7 @@ def test_junk_in_every_parameter_is_refused_clearly_or_harmless(name, param):
                 names = ALIASES.get(param, (param,))
                 if label in ARRAY_JUNK:                 # a wrong shape may be reported by the argument it clashes with
                     names = tuple(n for p in kwargs for n in ALIASES.get(p, (p,))) + ("scores", "shape")
-                if isinstance(err, PR.InvalidAnswer) and param == "text":
+                if isinstance(err, PR.InvalidAnswer) and param in ("text", "count"):
                     continue                            # a learner's unreadable answer: the message is for them
                 internal = [f for f in NUMPY_MESSAGES if f in str(err)]
                 if internal:

@@ -15,6 +15,7 @@ import datetime
 import torch
 import torch.distributed as dist
 
+from ..checks import is_int, non_negative_int
 from . import layout as layout_mod
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -137,13 +138,25 @@ def gather(x: torch.Tensor, layout: str = "zigzag", dim: int = -2, group=None, t
     Differentiable: the backward of a tensor every rank holds whole takes this rank's shard of the gradient
     (the loss computed from it is assumed to be the same on every rank, as after a gather).
     """
+    _check_sequence(x, dim)
+    if length is not None:
+        non_negative_int(length, "length")
     return _Gather.apply(x, layout_mod.check_layout(layout), dim, Ring(group, timeout), length)
 
 
 def scatter(x: torch.Tensor, layout: str = "zigzag", dim: int = -2, group=None, timeout=None) -> torch.Tensor:
     """The whole sequence (the same on every rank) -> this rank's shard. Its backward gathers the gradient, so
     gradients of shards computed on different ranks add up on the whole input."""
+    _check_sequence(x, dim)
     return _Scatter.apply(x, layout_mod.check_layout(layout), dim, Ring(group, timeout))
+
+
+def _check_sequence(x, dim) -> None:
+    """``x`` a torch tensor and ``dim`` one of its axes, checked before the ring is joined."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
+    if not is_int(dim) or not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"dim must be an axis of x (ndim {x.ndim}), got {dim!r}")
 
 
 def _gather_forward(x, layout, dim, ring: Ring, length=None):

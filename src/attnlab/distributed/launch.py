@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ..checks import positive_int
+from ..checks import choice, is_int, positive_int, real
 from .comm import RingError, timeout_seconds
 
 
@@ -99,6 +99,9 @@ class RankResult:
     seconds: float = 0.0              # from the start of the process group set-up to the end of fn
 
 
+MAX_LOCAL_WORLD = 256       # processes run_local starts on one machine: a typo of 10^6 would be a fork bomb
+
+
 def run_local(fn, world: int, *args, timeout: float = 120.0, init_timeout: float = 30.0, backend: str = "gloo",
               threads: int = 1, ranks=None, grace: float | None = None) -> list[RankResult]:
     """Run ``fn(*args)`` on ``world`` spawned processes forming a process group on 127.0.0.1.
@@ -109,7 +112,17 @@ def run_local(fn, world: int, *args, timeout: float = 120.0, init_timeout: float
     does not hold the others' errors until the deadline. ``ranks``: start only these ranks (a fault drill: the
     others never join). Returns one RankResult per started rank, in rank order.
     """
+    if not callable(fn):
+        raise TypeError(f"fn must be a function to run on every rank, got {type(fn).__name__}")
     world = positive_int(world, "world")
+    if world > MAX_LOCAL_WORLD:
+        raise ValueError(f"world must be at most {MAX_LOCAL_WORLD} processes on one machine, got {world}")
+    timeout, init_timeout = real(timeout, "timeout", positive=True), real(init_timeout, "init_timeout", positive=True)
+    grace = None if grace is None else real(grace, "grace", low=0)
+    threads = positive_int(threads, "threads")
+    choice(backend, "backend", ("gloo", "nccl"))
+    if ranks is not None and (not isinstance(ranks, (list, tuple, range)) or not all(is_int(r) for r in ranks)):
+        raise TypeError(f"ranks must be a list of rank numbers or None, got {type(ranks).__name__} {ranks!r}"[:200])
     ranks = list(range(world)) if ranks is None else sorted(ranks)
     if not ranks or any(not 0 <= r < world for r in ranks):
         raise ValueError(f"ranks must be a non-empty subset of range({world}), got {ranks!r}")

@@ -57,7 +57,7 @@ def chunk_bounds(L: int, n: int) -> list[tuple[int, int]]:
     """
     L, n = non_negative_int(L, "L"), positive_int(n, "n")
     if L < n:
-        raise ValueError(f"sequence length L={L} is shorter than the {n} chunks it must be cut into")
+        raise ValueError(f"sequence length L={L} is shorter than the n={n} chunks it must be cut into")
     check_budget(CHUNK_BYTES * n, f"the bounds of {n} chunks", instead="use fewer chunks")
     base, extra = divmod(L, n)
     sizes = [base + (i < extra) for i in range(n)]
@@ -80,13 +80,13 @@ def ranges(rank: int, world: int, L: int, layout: str = "zigzag") -> list[tuple[
 def positions(rank: int, world: int, L: int, layout: str = "zigzag") -> np.ndarray:
     """Global positions (int64, increasing) of the sequence elements held by ``rank``."""
     held = sum(b - a for a, b in ranges(rank, world, L, layout))
-    check_budget(8 * held, f"the {held} positions rank {rank} holds", instead="use a shorter sequence or more ranks")
+    check_budget(8 * held, f"the {held} positions rank {rank} holds of L={L}", instead="use a shorter sequence or more ranks")
     return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges(rank, world, L, layout)])
 
 
 def local_lengths(world: int, L: int, layout: str = "zigzag") -> list[int]:
     """The shard length of every rank."""
-    check_budget(CHUNK_BYTES * n_chunks(world, layout), f"the shard lengths of {world} ranks",
+    check_budget(CHUNK_BYTES * n_chunks(world, layout), f"the shard lengths of world={world} ranks",
                  instead="use fewer ranks")
     return [sum(b - a for a, b in ranges(r, world, L, layout)) for r in range(world)]
 

@@ -214,7 +214,8 @@ def sub_blocks(mask, L: int, q_ranges, k_ranges, B: int = 1, H: int = 1, device=
                 pieces.append(SubBlock(rows, keys, None, size, size))
             elif kind != masks_mod.EMPTY:
                 check_budget(_piece_bytes(mask, qb - qa, kb - ka, B, H),
-                             f"mask {mask.name} on a {qb - qa} x {kb - ka} piece", instead="use more ranks")
+                             f"mask {mask.name} on a {qb - qa} x {kb - ka} piece of L={L} (B={B}, H={H})",
+                             instead="use more ranks")
                 arr = _evaluate(mask, L, np.arange(qa, qb), np.arange(ka, kb), B, H)
                 allowed = int(arr.sum()) * size // arr.size
                 if allowed:
@@ -237,10 +238,10 @@ def _check_ranges(ranges, L: int, name: str) -> list[tuple[int, int]]:
 
 
 def _piece_bytes(mask, rows: int, keys: int, B: int, H: int) -> int:
-    """Bytes to evaluate ``mask`` on a rows x keys piece: its arithmetic and the boolean result, per batch row and
-    head it depends on."""
+    """Bytes to evaluate ``mask`` on a rows x keys piece, per batch row and head it depends on: the stripes and
+    their concatenation (one byte a cell each) and the arithmetic of one stripe (``masks.mask_bytes``)."""
     per = (B if mask.batch is not None else 1) * (H if mask.heads is not None else 1)
-    return (masks_mod.MASK_TEMP_BYTES + 2) * per * rows * keys
+    return per * rows * keys + masks_mod.mask_bytes(per, rows, keys)
 
 
 def _coalesce(pieces: list[SubBlock], n: int) -> list[SubBlock]:
@@ -267,7 +268,13 @@ def _evaluate(mask, L, q_pos, k_pos, B, H):
     """The mask at global positions: (rows, keys), or (B|1, H|1, rows, keys) when it depends on batch or head."""
     b = np.arange(B)[:, None, None, None] if mask.batch is not None else 0
     h = np.arange(H)[None, :, None, None] if mask.heads is not None else 0
-    return mask.evaluate(L, L, q_pos[:, None], k_pos[None, :], b, h)     # Lq = Lk = L: positions are global
+    # Lq = Lk = L: positions are global. Stripes of query rows (masks.STRIPE_CELLS cells), as Mask.to_array does,
+    # so the mask's own arithmetic never spans the whole piece
+    rows = max(1, masks_mod.STRIPE_CELLS // max(len(k_pos), 1))
+    parts = [mask.evaluate(L, L, q_pos[s:s + rows, None], k_pos[None, :], b, h) for s in range(0, len(q_pos), rows)]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts, axis=-2) if parts else mask.evaluate(L, L, q_pos[:, None], k_pos[None, :], b, h)
 
 
 def work_balance(L: int, world: int, layout: str = "zigzag", mask=None, causal: bool = False, B: int = 1,
@@ -283,7 +290,7 @@ def work_balance(L: int, world: int, layout: str = "zigzag", mask=None, causal: 
     B, H, causal = positive_int(B, "B"), positive_int(H, "H"), flag(causal, "causal")
     layout_mod.check_layout(layout)
     _check_mask(mask)
-    check_budget(layout_mod.CHUNK_BYTES * world * world, f"the work table of {world} x {world} blocks",
+    check_budget(layout_mod.CHUNK_BYTES * world * world, f"the work table of world={world} x {world} blocks",
                  instead="use fewer ranks")
     m = _combined_mask(mask, causal, L, B, H)
     rng = [layout_mod.ranges(r, world, L, layout) for r in range(world)]

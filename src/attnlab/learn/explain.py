@@ -143,7 +143,7 @@ def random_inputs(seed: int, Lq: int = 2, Lk: int = 3, d: int = 2, dv: int = 2):
     """Small q, k, v with one decimal, easy to follow by hand."""
     seed = non_negative_int(seed, "seed")
     Lq, Lk, d, dv = (positive_int(x, n) for x, n in ((Lq, "Lq"), (Lk, "Lk"), (d, "d"), (dv, "dv")))
-    check_budget(8 * (Lq * d + Lk * (d + dv)), f"random q, k, v of {Lq} x {d}, {Lk} x {d}, {Lk} x {dv}",
+    check_budget(8 * (Lq * d + Lk * (d + dv)), f"random q, k, v at Lq={Lq}, Lk={Lk}, d={d}, dv={dv}",
                  instead="a worked example is for matrices small enough to read")
     rng = np.random.default_rng(seed)
     draw = lambda *shape: np.round(rng.uniform(-2, 2, size=shape), 1)
@@ -154,7 +154,7 @@ def additive_params(d_q: int, d_k: int, attn_dim: int, seed: int):
     """Seeded W_q (A, Dq), W_k (A, Dk), w_v (A,) with one decimal."""
     d_q, d_k, attn_dim = (positive_int(x, n) for x, n in ((d_q, "d_q"), (d_k, "d_k"), (attn_dim, "attn_dim")))
     seed = non_negative_int(seed, "seed")
-    check_budget(8 * attn_dim * (d_q + d_k + 1), f"additive parameters of {attn_dim} x ({d_q} + {d_k} + 1)",
+    check_budget(8 * attn_dim * (d_q + d_k + 1), f"additive parameters at d_q={d_q}, d_k={d_k}, attn_dim={attn_dim}",
                  instead="a worked example is for matrices small enough to read")
     rng = np.random.default_rng(seed + 1)
     draw = lambda *shape: np.round(rng.uniform(-1, 1, size=shape), 1)
