@@ -258,3 +258,11 @@ def test_cli_missing_seq_exits_2(capsys):
         main(["cost", "--preset", "gpt2"])
     assert exc.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_an_absurd_length_is_refused_by_the_budget_not_counted_for_hours():
+    from attnlab.budget import MemoryBudgetError
+    for n in (2**40, 2**26):                       # a partial tile of (n/1024)^2 cells would be evaluated whole
+        with pytest.raises(MemoryBudgetError, match="counting the allowed cells of mask causal"):
+            cost.estimate("gpt2", n)
+    assert cost.allowed_cells(2**20, 2**20, "causal") == 2**20 * (2**20 + 1) // 2      # long but fine: exact

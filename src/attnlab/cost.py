@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import masks
+from .budget import check as check_budget
 from ._inputs import prepare
 from .checks import positive_int
 from .kernel.layout import (FOLD_MIN_ROWS, Layout, TileMaps, blocks, decode_regime, layout,  # the kernel's own
@@ -213,7 +214,12 @@ def allowed_cells(q_len: int, kv_len: int, mask="full") -> int:
     rows = np.minimum(np.arange(tmap.shape[0]) * b + b, q_len) - np.arange(tmap.shape[0]) * b
     cols = np.minimum(np.arange(tmap.shape[1]) * b + b, kv_len) - np.arange(tmap.shape[1]) * b
     total = int(rows @ (tmap == masks.FULL) @ cols)
-    for i, j in zip(*np.nonzero(tmap == masks.PARTIAL)):
+    partial = np.nonzero(tmap == masks.PARTIAL)
+    if partial[0].size:                                                 # each partial tile is evaluated whole
+        check_budget(masks.MASK_TEMP_BYTES * b * b, f"counting the allowed cells of mask {m.name} at "
+                     f"Lq={q_len} x Lk={kv_len} (tiles of {b} x {b} evaluated cell by cell)",
+                     instead="estimate a shorter sequence")
+    for i, j in zip(*partial):
         qi = np.arange(i * b, i * b + rows[i])[:, None]
         kj = np.arange(j * b, j * b + cols[j])[None, :]
         total += int(np.count_nonzero(m.evaluate(q_len, kv_len, qi, kj)))
