@@ -88,7 +88,7 @@ def examples(m, args):
     for start in (0, 20, 40, 60, 80, 100):
         filler = filler_text(sentences, start, 256, lambda s: len(m.tokenize(s)))
         g = greedy(m, m.tokenize(fact_prompt(["Anna"], ["4821"], 0, filler)), 8)
-        print(f"  filler from sentence {start:3d}: ...{filler[-40:]!r} -> {''.join(m.token_strings(g.new))!r}")
+        print(f"  filler from sentence {start:3d}: ...{filler[-40:]!r} -> {m.tokenizer.decode(g.new)!r}")
 
 
 def agreement(m, args):
