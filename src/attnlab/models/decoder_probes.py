@@ -295,7 +295,8 @@ def retrieval_figure(results, model_name: str):
         n = r.trials if r.trials is not None else "/".join(str(p.trials) for p in r.points)
         pad = f", padded to ~{r.pad_to} tokens" if r.pad_to else ""
         what = f"{r.facts} fact{'s' if r.facts > 1 else ''}{pad}"
-        line, = ax.plot(d, [p.accuracy for p in r.points], marker="o", ls="--" if r.pad_to else "-",
+        style = dict(ls="--", marker="s", ms=4 + r.pad_to / 500, fillstyle="none") if r.pad_to else dict(marker="o")
+        line, = ax.plot(d, [p.accuracy for p in r.points], **style,
                         label=f"{what}: all digits right ({n} trials per point)")
         if r.facts > 1:
             ax.plot(d, [p.picked_distractor for p in r.points], ls=":", marker="x", color=line.get_color(),
