@@ -288,7 +288,7 @@ def retrieval_figure(results, model_name: str):
     grey: 1/k, what picking one of k listed codes at random would score."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 4), layout="constrained")
+    fig = Figure(figsize=(8, 5.2), layout="constrained")
     ax = fig.add_subplot()
     for r in results:
         d = [p.distance for p in r.points]
@@ -313,7 +313,7 @@ def retrieval_figure(results, model_name: str):
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(f"planted facts on {model_name}: \"The code of NAME is DDDD.\" + real prose + \"Remember: the "
                  f"code of NAME is\"", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    fig.legend(fontsize=7, loc="outside lower center", ncols=2)
     return fig
 
 
