@@ -6,8 +6,11 @@ Each section runs on its own (one lock-holding run of a few minutes each on a 2-
     PYTHONPATH=src .venv/bin/python benchmarks/smollm_claims.py retrieval --facts 1 --out docs/figures
     PYTHONPATH=src .venv/bin/python benchmarks/smollm_claims.py retrieval --facts 4 --out docs/figures
 
-``retrieval`` writes its table as JSON to --out (smollm-retrieval-<facts>-seed<seed>-<fillers>.json), pools
-every such JSON there by number of facts and filler length (another --seed adds trials) and redraws smollm-retrieval.png from the pools. Entropy against length is benchmarks/entropy_length.py.
+``retrieval`` writes its table as JSON to --out (smollm-retrieval-<facts>-pad<pad>-seed<seed>-<fillers>.json),
+pools every such JSON there by facts and --pad-to, merging points of equal filler length (another --seed adds
+trials), and redraws smollm-retrieval.png from the pools; ``redraw`` only pools and redraws; ``examples`` prints
+what the model writes instead of a code. Entropy against length is benchmarks/entropy_length.py; the exact runs
+behind the docs are listed in docs/failure-modes.md section 4.
 """
 
 import argparse
@@ -56,13 +59,20 @@ def dot():
 def retrieval(m, args):
     r = fact_retrieval(m, args.filler, facts=args.facts, trials=args.trials, seed=args.seed, on_trial=dot,
                        pad_to=args.pad_to)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"smollm-retrieval-{r.facts}-pad{r.pad_to}-seed{args.seed}-{'-'.join(map(str, args.filler))}.json"
+     ).write_text(json.dumps(asdict(r), indent=1))
     pad = f", prose before the facts up to ~{r.pad_to} tokens" if r.pad_to else ""
     print(f"\nplanted facts{pad}: {r.facts} fact(s) 'The code of NAME is DDDD.', real prose (attnlab.data.passage), "
           f"'Remember: the code of NAME is', teacher forced, {r.trials} trials per point (seed {args.seed})")
     print(r.table())
+    redraw(m, args)
+
+
+def redraw(m, args):
+    """Pool every saved retrieval JSON in --out by (facts, pad_to), print the pools, redraw the figure."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"smollm-retrieval-{r.facts}-pad{r.pad_to}-seed{args.seed}-{'-'.join(map(str, args.filler))}.json").write_text(json.dumps(asdict(r), indent=1))
     runs = {}
     for f in sorted(out.glob("smollm-retrieval-*-seed*.json")):
         d = json.loads(f.read_text())
@@ -88,7 +98,7 @@ def examples(m, args):
     for start in (0, 20, 40, 60, 80, 100):
         filler = filler_text(sentences, start, 256, lambda s: len(m.tokenize(s)))
         g = greedy(m, m.tokenize(fact_prompt(["Anna"], ["4821"], 0, filler)), 8)
-        print(f"  filler from sentence {start:3d}: ...{filler[-40:]!r} -> {''.join(m.token_strings(g.new))!r}")
+        print(f"  filler from sentence {start:3d}: ...{filler[-40:]!r} -> {m.tokenizer.decode(g.new)!r}")
 
 
 def agreement(m, args):
@@ -99,8 +109,8 @@ def agreement(m, args):
     print(agree.table())
 
 
-SECTIONS = {"sinks": sinks, "induction": induction, "retrieval": retrieval, "examples": examples,
-            "agreement": agreement}
+SECTIONS = {"sinks": sinks, "induction": induction, "retrieval": retrieval, "redraw": redraw,
+            "examples": examples, "agreement": agreement}
 
 
 def main():

@@ -16,7 +16,7 @@ def sentences() -> list[str]:
 
 
 def passage() -> str:
-    """A long passage of ordinary English prose (passage.txt, about 2,300 words in 20 paragraphs on unrelated
+    """A long passage of ordinary English prose (passage.txt, about 2,200 words in 20 paragraphs on unrelated
     subjects, none repeated): real text for the long-context probes. Paragraphs are separated by a blank line.
 
     >>> len(passage().split()) > 2000

@@ -283,28 +283,37 @@ def pool_retrievals(runs) -> FactRetrieval:
 
 
 def retrieval_figure(results, model_name: str):
-    """Accuracy (solid) and the share of trials that started a distractor's code (dotted) against the filler
-    tokens between the facts and the question, one colour per number of facts (``FactRetrieval`` list)."""
+    """Accuracy (solid; dashed for padded prompts) and the share of trials that started a distractor's code
+    (dotted) against the filler tokens between the facts and the question, one colour per ``FactRetrieval``;
+    grey: 1/k, what picking one of k listed codes at random would score."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 3.8), layout="constrained")
+    fig = Figure(figsize=(8, 5.2), layout="constrained")
     ax = fig.add_subplot()
     for r in results:
-        d = [max(p.distance, 1) for p in r.points]
-        pad = f", prompts padded to ~{r.pad_to} tokens" if r.pad_to else ""
-        line, = ax.plot(d, [p.accuracy for p in r.points], marker="o", ls="--" if r.pad_to else "-",
-                        label=f"{r.facts} fact{'s' if r.facts > 1 else ''}{pad}: all digits right")
+        d = [p.distance for p in r.points]
+        n = r.trials if r.trials is not None else "/".join(str(p.trials) for p in r.points)
+        pad = f", padded to ~{r.pad_to} tokens" if r.pad_to else ""
+        what = f"{r.facts} fact{'s' if r.facts > 1 else ''}{pad}"
+        style = dict(ls="--", marker="s", ms=4 + r.pad_to / 500, fillstyle="none") if r.pad_to else dict(marker="o")
+        line, = ax.plot(d, [p.accuracy for p in r.points], **style,
+                        label=f"{what}: all digits right ({n} trials per point)")
         if r.facts > 1:
             ax.plot(d, [p.picked_distractor for p in r.points], ls=":", marker="x", color=line.get_color(),
-                    label=f"{r.facts} facts: started a distractor's code")
-    ax.set_xscale("log")
-    ax.set_xlabel("filler tokens between the facts and the question (0 drawn at 1)")
-    ax.set_ylabel("share of trials (" + ", ".join(f"{r.facts} fact{'s' if r.facts > 1 else ''}: "
-                                                  f"{r.trials or 'varying'}" for r in results) + " per point)")
+                    label=f"{what}: started a distractor's code")
+            ax.axhline(1 / r.facts, color="grey", lw=0.8, ls=":")
+            ax.text(d[0], 1 / r.facts + 0.01, f"1/{r.facts}: a random pick of the {r.facts} codes", fontsize=7,
+                    color="grey")
+    ax.set_xscale("symlog", linthresh=64)
+    ax.set_xlim(0, max(p.distance for r in results for p in r.points) * 1.15)
+    ticks = [0, 64, 256, 1024, 2048, 4096, 8192]
+    ax.set_xticks([t for t in ticks if t <= ax.get_xlim()[1]], [str(t) for t in ticks if t <= ax.get_xlim()[1]])
+    ax.set_xlabel("filler tokens between the facts and the question (linear below 64, log above)")
+    ax.set_ylabel("share of trials")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_title(f"planted facts on {model_name}: \"The code of NAME is DDDD.\" ... \"Remember: the code of NAME is\"",
-                 fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"planted facts on {model_name}: \"The code of NAME is DDDD.\" + real prose + \"Remember: the "
+                 f"code of NAME is\"", fontsize=9)
+    fig.legend(fontsize=7, loc="outside lower center", ncols=2)
     return fig
 
 
