@@ -14,6 +14,8 @@ GARBAGE = [
     ["plot", "heatmap", "--weights", "/etc"],
     ["practice", "--count", "100000000"],
     ["faithfulness", "--limit", "0"],
+    ["failure-modes", "--limit", "-1"],
+    ["failure-modes", "--limit", "100000000000000000000"],
     ["explain", "--file", "/etc"],
     ["explain", "--file", "/nonexistent/x.json"],
     ["mask", "causal", "--n", "8", "--out", "/proc/attnlab/x.png"],

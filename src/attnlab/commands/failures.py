@@ -3,6 +3,8 @@ model, as tables and figures (docs/failure-modes.md shows the output)."""
 
 from pathlib import Path
 
+from ..checks import int_arg
+
 MODEL = "all-MiniLM-L6-v2"
 
 
@@ -13,7 +15,7 @@ def register(sub):
                                    "and failure-position.png to --out.")
     p.add_argument("--model", default=MODEL, help=f"BERT-family model name or directory (default {MODEL})")
     p.add_argument("--out", default=".", help="folder for the figures (default: the current folder)")
-    p.add_argument("--limit", type=int, help="use only the first N sentences")
+    p.add_argument("--limit", type=int_arg(1, 100_000), help="use only the first N sentences")
     p.add_argument("--max-phrases", type=int, default=20, help="filler phrases in the position sweep (default 20)")
     p.set_defaults(func=run)
 
