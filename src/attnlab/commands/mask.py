@@ -92,7 +92,8 @@ def run(args):
     if min(Lq, Lk) < 1:
         raise ValueError(f"--n, --lq and --lk must be positive, got Lq={Lq}, Lk={Lk}")
     # before build(), whose default document ids are a list of Lk ints
-    check_budget(masks.mask_bytes(1, Lq, Lk), f"a {Lq} x {Lk} mask", instead="use a smaller --n/--lq/--lk")
+    check_budget(masks.mask_bytes(1, Lq, Lk), f"drawing mask {args.kind} at Lq={Lq} x Lk={Lk}",
+                 instead="use a smaller --n/--lq/--lk")
     from ..viz import mask_figure, save
     from ..viz._figure import figure_path
 
