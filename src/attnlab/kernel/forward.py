@@ -27,6 +27,9 @@ lse = m + log l. Read ``simple.py`` first; this module changes how, never what, 
 - tasks (key/value head group, query block[, key split]) run on a thread pool (``threads``); when there are
   fewer tasks than threads the keys are split and the parts merged exactly by their log-sum-exp
   (``attnlab.merge_attention``); one query block of few rows runs in the decode regime (``decode``).
+- a narrow relative mask (a sliding or dilated window) runs in the band regime (``band``): row slices that see
+  their whole band at once, batched over overlapping key windows, dilated windows regrouped by residue; the same
+  tiles are counted, and a non-finite result is redone by the careful pass here.
 
 Extra memory: per thread a few (R, block_k) tiles and (R, D) rows, plus the (..., Lq) log-sum-exp; never Lq x Lk.
 """
