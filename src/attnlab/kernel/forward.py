@@ -361,13 +361,17 @@ class Problem:
             key = (len(q_pos), int(ke - ks), int(q_pos[0] - ks))
         else:
             key = (int(q_pos[0]), len(q_pos), int(ks), int(ke - ks))
-        pattern = None if key is None else (self._tiles if not self._relative else self._patterns).get(key)
+        kept = self._patterns if self._relative else self._tiles
+        pattern = None if key is None else kept.get(key)
         if pattern is None:
             pattern = self._pattern(idx, q_sel, q_pos, ks, ke)
-            if key is not None and not self._relative and all(part.blocked is None for part in pattern[1]):
-                self._tiles[key] = pattern
-            elif key is not None and len(self._patterns) < layout_mod.MASK_PATTERNS:
+            if key is None:
+                pass
+            elif not self._relative and all(part.blocked is None for part in pattern[1]):
+                kept[key] = pattern
+            elif len(self._patterns) < layout_mod.MASK_PATTERNS:     # counts the blocked ones kept, either kind
                 self._patterns[key] = pattern
+                kept[key] = pattern
         state, parts = pattern
         return state, [part._replace(key_lo=ks + part.key_lo, key_hi=ks + part.key_hi) for part in parts]
 
