@@ -29,6 +29,9 @@ floors, interleaved in the same rounds:
   x floor    the kernel's time over that floor (target <= 1.2)
   tiles      the floor's calls on the non-empty tiles of the mask's default tile map (1024 x 256): what a kernel
              that computed whole tiles, and nothing else, would take
+  slices     for a mask the kernel runs in its band regime (``attnlab.kernel.band``): the same unavoidable calls
+             on the band's row slices as the kernel cuts them (batched score matmul over key windows, exp2, P v,
+             row sums): the floor of that way of skipping blocked cells; "-" for the other masks
 """
 
 import argparse
@@ -42,6 +45,7 @@ import openblas_env
 import attnlab
 from attnlab import bench, planner
 from attnlab.commands.bench import comma_ints
+from attnlab.kernel import band
 from attnlab.measure import time_calls
 
 
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
     if kinds:
         print(f"masks (B=1, H={args.heads}, D={args.head_dim}, float32; median of {args.repeat} interleaved rounds)")
         print(f"{'mask':11s} {'n':>6s} {'kernel ms':>10s} {'GFLOP/s':>8s} {'x dense':>8s} {'floor ms':>9s} "
-              f"{'x floor':>8s} {'tiles ms':>9s} {'load':>5s}")
+              f"{'x floor':>8s} {'tiles ms':>9s} {'slices ms':>9s} {'load':>5s}")
         for n in args.sizes:
             for line in _mask_rows(n, kinds, args.heads, args.head_dim, args.repeat, threads):
                 print(line, flush=True)
@@ -148,18 +152,22 @@ def _mask_rows(n, kinds, H, D, repeat, threads):
         tile_map = mask.blocks(n, n, block_q, block_k)
         fns[kind + " tiles"] = _floor(H, n, D, block_q, block_k, threads, exp=True,
                                       tiles=[(i, j) for i, j in zip(*np.nonzero(tile_map))])
+        found = band.band_of(mask, n, n, block_q, block_q * block_k, 1)
+        if found is not None:
+            fns[kind + " slices"] = _slice_floor(H, n, D, found, block_q, block_q * block_k, threads)
     times = dict(zip(fns, (t.median_s for t in time_calls(*fns.values(), repeat=repeat))))
     load = os.getloadavg()[0]
     dense_rate = 4 * H * D * n * n / times["dense"]
     yield (f"{'dense':11s} {n:6d} {times['dense'] * 1e3:10.2f} {dense_rate / 1e9:8.1f} {1:8.2f} "
            f"{times['floor'] * 1e3:9.2f} {times['dense'] / times['floor']:8.2f} {times['floor'] * 1e3:9.2f} "
-           f"{load:5.1f}")
+           f"{'-':>9s} {load:5.1f}")
     for kind, mask in mask_objs.items():
         pairs = allowed_pairs(mask, n)
         t, floor = times[kind], times["floor"] * pairs / (n * n)
         rate = 4 * H * D * pairs / t
+        slices = f"{times[kind + ' slices'] * 1e3:.2f}" if kind + " slices" in times else "-"
         yield (f"{kind:11s} {n:6d} {t * 1e3:10.2f} {rate / 1e9:8.1f} {rate / dense_rate:8.2f} {floor * 1e3:9.2f} "
-               f"{t / floor:8.2f} {times[kind + ' tiles'] * 1e3:9.2f} {load:5.1f}")
+               f"{t / floor:8.2f} {times[kind + ' tiles'] * 1e3:9.2f} {slices:>9s} {load:5.1f}")
 
 
 def _floor(H, n, D, block_q, block_k, threads, *, exp, tiles=None):
@@ -191,6 +199,53 @@ def _floor(H, n, D, block_q, block_k, threads, *, exp, tiles=None):
         return run
 
     runs = [worker(tiles[t::threads]) for t in range(threads)]
+
+    def call():
+        from attnlab.kernel.threads import blas_threads, pool
+
+        with blas_threads(1):
+            futures = [pool(threads - 1).submit(run) for run in runs[1:]]
+            runs[0]()
+            for f in futures:
+                f.result()
+    return call
+
+
+def _slice_floor(H, n, D, found, block_q, tile_cells, threads):
+    """A callable doing the band regime's unavoidable NumPy work for H heads of n x n: per query block and residue
+    class, batches of row slices (as many as the kernel's score tile holds), each one batched score matmul against
+    overlapping key windows, exp2, the P v matmul and the row sums; no probe, mask or output. On ``threads``
+    threads like ``_floor``."""
+    rng = np.random.default_rng(1)
+    h, s = found.rows, found.stride
+    width = found.keys()
+    per_call = max(1, tile_cells // (h * width))
+    sub_rows = -(-block_q // s)                                   # rows of one residue class in a query block
+    batches = []
+    for _ in range(H):
+        for _ in range(-(-n // block_q)):
+            for _ in range(s):
+                slices = -(-sub_rows // h)
+                batches += [min(per_call, slices - b) for b in range(0, slices, per_call)]
+
+    def worker(share):
+        keys = rng.standard_normal((n + width, D), dtype=np.float32) * 0.1
+        q = rng.standard_normal((per_call, h, D), dtype=np.float32) * 0.1
+        scores = np.empty((per_call, h, width), np.float32)
+        out, ones = np.empty((per_call, h, D), np.float32), np.ones(width, np.float32)
+        sums = np.empty((per_call, h), np.float32)
+        windows = np.lib.stride_tricks.as_strided(keys, (per_call, width, D), (h * keys.strides[0],) + keys.strides)
+
+        def run():
+            for nb in share:
+                S = scores[:nb]
+                np.matmul(q[:nb], np.swapaxes(windows[:nb], -1, -2), out=S)
+                np.exp2(S, out=S)
+                np.matmul(S, windows[:nb], out=out[:nb])
+                np.matmul(S, ones, out=sums[:nb])
+        return run
+
+    runs = [worker(batches[t::threads]) for t in range(threads)]
 
     def call():
         from attnlab.kernel.threads import blas_threads, pool

@@ -65,3 +65,22 @@ def test_ceiling_script_prints_the_floor_next_to_torch():
         [("causal", p) for p in ("torch", "attnlab", "floor")]
     assert all(float(r[3]) > 0 for r in rows) and float(rows[0][5]) == 1.0
     assert "kernel ceiling" in out and "BLAS: " in out
+
+
+def test_ceiling_script_masks_table_puts_each_mask_beside_dense_and_its_floor():
+    """benchmarks/ceiling.py --masks (issue 17): every mask kind's row with its ratio to dense and to its floor."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import ceiling
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    out = run_script("ceiling.py", "--sizes", "256", "--heads", "2", "--head-dim", "16", "--repeat", "5",
+                     "--masks", "all", "--no-torch-table")
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[1:2] == ["256"]}
+    assert set(rows) == {"dense", *ceiling.MASK_KINDS}
+    assert float(rows["dense"][4]) == 1.0 and all(float(r[2]) > 0 and float(r[5]) > 0 for r in rows.values())
+    n = 256
+    assert ceiling.allowed_pairs(ceiling.mask_of("causal", n), n) == n * (n + 1) // 2
+    assert ceiling.allowed_pairs(ceiling.mask_of("window256", n), n) == n * (n + 1) // 2          # 256 keys: all
+    assert ceiling.allowed_pairs(ceiling.mask_of("document", n), n) == 8 * 32 * 32

@@ -139,3 +139,29 @@ def test_a_row_with_no_key_in_the_band_gives_zero_and_minus_inf(band_calls):
     np.testing.assert_allclose(out, ref, atol=1e-12)
     assert np.isneginf(lse[..., :140]).all() and (out[..., :140, :] == 0).all()
     assert np.isfinite(lse[..., 140:]).all() and band_calls["ok"] > 0
+
+
+@pytest.mark.parametrize("mask", [M.dilated(3), M.sliding_window(40) & M.dilated(4), ~M.dilated(2) & M.causal(),
+                                  M.dilated(5, align="top_left") | M.sliding_window(2)],
+                         ids=["dilated", "dilated_window", "not_dilated_causal", "dilated_or_window"])
+@pytest.mark.parametrize("Lq, Lk, bq, bk", [(203, 203, 32, 48), (131, 389, 64, 16), (389, 131, 17, 128)])
+def test_relative_masks_without_a_tile_fn_classify_tiles_from_their_profile(mask, Lq, Lk, bq, bk):
+    """Mask.blocks of a relative mask with no tile_fn (dilated) reads its 1-D profile: O(Lq + Lk), so the tile map
+    of a dilated window at n = 16384 fits the budget; equal to counting the cells of every tile."""
+    assert mask.tile_fn is None and mask.relative
+    cells_ = mask.to_array(Lq, Lk)
+    nqb, nkb = -(-Lq // bq), -(-Lk // bk)
+    want = np.zeros((nqb, nkb), np.int8)
+    for i in range(nqb):
+        for j in range(nkb):
+            tile = cells_[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
+            want[i, j] = 2 if tile.all() else (1 if tile.any() else 0)
+    np.testing.assert_array_equal(mask.blocks(Lq, Lk, bq, bk), want)
+
+
+def test_a_dilated_window_at_16384_has_a_tile_map_within_the_budget():
+    m = M.sliding_window(1023) & M.dilated(4)
+    tile_map = m.blocks(16384, 16384, 1024, 256)
+    # query block i (rows 1024 i ..) sees keys 1024 i - 1023 .. 1024 i + 1023: 8 key tiles, 4 for the first block;
+    # every fourth key only, so none is full
+    assert tile_map.shape == (16, 64) and (tile_map == 1).sum() == 4 + 15 * 8 and not (tile_map == 2).any()

@@ -153,7 +153,9 @@ class Mask:
         if not (is_int(block_q) and is_int(block_k)) or block_q < 1 or block_k < 1:
             raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_k={block_k}")
         tiles = math.ceil(Lq / block_q) * math.ceil(Lk / block_k)
-        evaluated = 0 if self.tile_fn is not None else MASK_TEMP_BYTES * min(Lq, block_q) * Lk  # one stripe of rows
+        by_profile = self.tile_fn is None and self.relative and self.batch is None and self.heads is None
+        evaluated = 0 if self.tile_fn is not None else \
+            MASK_TEMP_BYTES * ((Lq + Lk) if by_profile else min(Lq, block_q) * Lk)   # the profile, or one stripe
         check_budget(MASK_TEMP_BYTES * tiles + evaluated,
                      f"the tile map of mask {self.name} at Lq={Lq} x Lk={Lk} in tiles of {block_q} x {block_k}",
                      instead="use larger tiles")
@@ -163,7 +165,21 @@ class Mask:
         if self.tile_fn is not None:
             out = self.tile_fn(Lq, Lk, q_start, q_stop, k_start, k_stop, b, h)
             return np.broadcast_to(out, (q_start.shape[0], k_start.shape[1])).astype(np.int8)
+        if by_profile:
+            return self._blocks_by_profile(Lq, Lk, q_start, q_stop, k_start, k_stop)
         return self._blocks_by_evaluation(Lq, Lk, block_q, block_k, b, h)
+
+    def _blocks_by_profile(self, Lq, Lk, q_start, q_stop, k_start, k_stop) -> np.ndarray:
+        """The tile map of a relative mask (one of every batch and head) from its profile: the mask at each
+        difference e = q - kv in [-(Lk - 1), Lq - 1], evaluated once (Lq + Lk - 1 cells, at valid index pairs).
+        A tile holds every e from q_start - (k_stop - 1) to (q_stop - 1) - k_start, so it is FULL when all of them
+        are allowed and EMPTY when none is: counted with a prefix sum, exact, O(Lq + Lk + tiles)."""
+        e = np.arange(-(Lk - 1), Lq)
+        allowed = np.asarray(self.evaluate(Lq, Lk, np.maximum(e, 0), np.maximum(-e, 0)), bool).reshape(-1)
+        count = np.concatenate([[0], np.cumsum(allowed)])                   # count[i]: allowed among e < i - (Lk-1)
+        lo, hi = q_start - (k_stop - 1) + (Lk - 1), (q_stop - 1) - k_start + (Lk - 1)   # indices into allowed
+        inside = count[hi + 1] - count[lo]
+        return _classify(full=inside == hi - lo + 1, empty=inside == 0).astype(np.int8)
 
     def _blocks_by_evaluation(self, Lq, Lk, block_q, block_k, b, h) -> np.ndarray:
         nkb = math.ceil(Lk / block_k)

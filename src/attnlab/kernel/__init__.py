@@ -5,6 +5,7 @@
 - ``forward``: the fast tiled forward (log2 units, shift folded into the matmul, probe, careful redo);
 - ``backward``: the tiled backward (FlashAttention-2 Algorithm 2: P recomputed per tile from the log-sum-exp);
 - ``decode``: the decode regime (few query rows, every head at once, split-KV);
+- ``band``: the band regime (narrow relative masks: row slices that see their whole band, dilated ones regrouped);
 - ``ops``, ``threads``: the elementwise steps both share, the thread pool.
 
 Nothing here imports the planner or the public API: they build on this package.

@@ -27,6 +27,9 @@ lse = m + log l. Read ``simple.py`` first; this module changes how, never what, 
 - tasks (key/value head group, query block[, key split]) run on a thread pool (``threads``); when there are
   fewer tasks than threads the keys are split and the parts merged exactly by their log-sum-exp
   (``attnlab.merge_attention``); one query block of few rows runs in the decode regime (``decode``).
+- a narrow relative mask (a sliding or dilated window) runs in the band regime (``band``): row slices that see
+  their whole band at once, batched over overlapping key windows, dilated windows regrouped by residue; the same
+  tiles are counted, and a non-finite result is redone by the careful pass here.
 
 Extra memory: per thread a few (R, block_k) tiles and (R, D) rows, plus the (..., Lq) log-sum-exp; never Lq x Lk.
 """
@@ -358,13 +361,17 @@ class Problem:
             key = (len(q_pos), int(ke - ks), int(q_pos[0] - ks))
         else:
             key = (int(q_pos[0]), len(q_pos), int(ks), int(ke - ks))
-        pattern = None if key is None else (self._tiles if not self._relative else self._patterns).get(key)
+        kept = self._patterns if self._relative else self._tiles
+        pattern = None if key is None else kept.get(key)
         if pattern is None:
             pattern = self._pattern(idx, q_sel, q_pos, ks, ke)
-            if key is not None and not self._relative and all(part.blocked is None for part in pattern[1]):
-                self._tiles[key] = pattern
-            elif key is not None and len(self._patterns) < layout_mod.MASK_PATTERNS:
+            if key is None:
+                pass
+            elif not self._relative and all(part.blocked is None for part in pattern[1]):
+                kept[key] = pattern
+            elif len(self._patterns) < layout_mod.MASK_PATTERNS:     # counts the blocked ones kept, either kind
                 self._patterns[key] = pattern
+                kept[key] = pattern
         state, parts = pattern
         return state, [part._replace(key_lo=ks + part.key_lo, key_hi=ks + part.key_hi) for part in parts]
 
