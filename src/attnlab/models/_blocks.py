@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernel.threads import blas_threads
+from ..kernel.layout import default_threads
+from ..kernel.threads import blas_threads, pool
+
+PARALLEL_MIN = 2**17          # elements below which a second thread costs more than it saves
 
 
 def linear(x, w, b=None):
@@ -30,9 +33,12 @@ def one_row_steps():
 
 def layer_norm(x, weight, bias, eps: float):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (Ba et al. 2016); biased variance."""
-    mu = x.mean(axis=-1, keepdims=True)
-    var = np.square(x - mu).mean(axis=-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * weight + bias
+    xc = x - x.mean(axis=-1, keepdims=True)                          # the one full-size temporary, then in place
+    var = np.mean(np.square(xc), axis=-1, keepdims=True)
+    xc /= np.sqrt(var + eps)
+    xc *= weight
+    xc += bias
+    return xc
 
 
 def rms_norm(x, weight, eps: float):
@@ -48,6 +54,19 @@ def rms_norm(x, weight, eps: float):
 GELU_COEFFICIENTS = (0.7978849411010742, 0.03633284941315651, -3.224384636268951e-05, -5.547672844841145e-05,
                      3.998984539066441e-06, -1.3518355501673796e-07, 1.842660135586982e-09)
 GELU_S_MAX = 36.0
+
+
+def _rows_in_two(fn, x):
+    """fn (elementwise, returning a new array) on x (..., d), the first half of the rows on a pool thread while the
+    caller does the second: NumPy's ufuncs run on one core and release the GIL, so a large activation takes half
+    the time on two cores (torch's do the same with OpenMP). Small inputs, or one core, run inline."""
+    rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+    if rows.size < PARALLEL_MIN or rows.shape[0] < 2 or default_threads() < 2:
+        return fn(x)
+    half = rows.shape[0] // 2
+    first = pool(1).submit(fn, rows[:half])
+    second = fn(rows[half:])
+    return np.concatenate([first.result(), second]).reshape(x.shape)
 
 
 def gelu(x):
@@ -66,6 +85,10 @@ def gelu(x):
         from scipy.special import erf
 
         return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    return _rows_in_two(_gelu32, x)
+
+
+def _gelu32(x):
     x32 = np.asarray(x, dtype=np.float32)
     s = np.square(x32)
     np.minimum(s, np.float32(GELU_S_MAX), out=s)

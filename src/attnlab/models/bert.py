@@ -85,11 +85,12 @@ class BertEncoder(Transformer):
         p = self.blocks[layer]
         a = self.attn[layer](x, mask=mask, return_weights=return_weights)
         a, w = a if return_weights else (a, None)
-        h = layer_norm(x + a, p["attention.output.LayerNorm.weight"], p["attention.output.LayerNorm.bias"],
-                       self.eps)
+        a += x                                           # the residuals add into the fresh sublayer outputs
+        h = layer_norm(a, p["attention.output.LayerNorm.weight"], p["attention.output.LayerNorm.bias"], self.eps)
         f = linear(self.act(linear(h, p["intermediate.dense.weight"], p["intermediate.dense.bias"])),
                    p["output.dense.weight"], p["output.dense.bias"])
-        return layer_norm(h + f, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], self.eps), w, x
+        f += h
+        return layer_norm(f, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], self.eps), w, x
 
     def _final(self, x):
         return x
