@@ -29,6 +29,9 @@ def test_embeddings_match_sentence_transformers(minilm):
     assert np.abs(got - want).max() < 1e-5
     single = np.stack([minilm.encode(s) for s in SENTENCES])            # no padding at all
     assert np.abs(single - want).max() < 1e-5
+    texts = [SENTENCES[i] for i in (1, 0, 2, 1, 2)]                     # batched by length, returned in input order
+    assert len({len(minilm.tokenize(t)) for t in texts}) > 1
+    np.testing.assert_allclose(minilm.encode(texts, batch_size=2), want[[1, 0, 2, 1, 2]], atol=1e-5)
 
 
 def test_every_layer_attention_matches_transformers_with_padding(minilm):

@@ -85,29 +85,33 @@ class BertEncoder(Transformer):
         p = self.blocks[layer]
         a = self.attn[layer](x, mask=mask, return_weights=return_weights)
         a, w = a if return_weights else (a, None)
-        h = layer_norm(x + a, p["attention.output.LayerNorm.weight"], p["attention.output.LayerNorm.bias"],
-                       self.eps)
+        a += x                                           # the residuals add into the fresh sublayer outputs
+        h = layer_norm(a, p["attention.output.LayerNorm.weight"], p["attention.output.LayerNorm.bias"], self.eps)
         f = linear(self.act(linear(h, p["intermediate.dense.weight"], p["intermediate.dense.bias"])),
                    p["output.dense.weight"], p["output.dense.bias"])
-        return layer_norm(h + f, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], self.eps), w, x
+        f += h
+        return layer_norm(f, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], self.eps), w, x
 
     def _final(self, x):
         return x
 
     def encode(self, texts, batch_size: int = 16, truncate: bool = False) -> np.ndarray:
         """Sentence embeddings (N, d): mean over real tokens of the last hidden states, L2-normalized.
-        A single str gives (d,). Batches are padded; padding is hidden by the padding mask and left out of the
-        mean."""
+        A single str gives (d,). The texts are tokenized first and batched by length (longest first, as
+        sentence-transformers does), so a batch pads little; the embeddings come back in the input order. Padding
+        is hidden by the padding mask and left out of the mean."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = []
-        for start in range(0, len(texts), batch_size):
-            ids, lengths = self.batch(texts[start: start + batch_size], truncate)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        seqs = [self._ids(t, truncate) for t in texts]
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))            # longest first, stable
+        emb = np.zeros((len(seqs), self.attn[0].d_model), np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start: start + batch_size]
+            ids, lengths = self.batch([seqs[i] for i in rows])
             h, _, _ = self.forward(ids, lengths)
-            out.append(pool(h, lengths))
-        emb = np.concatenate(out) if out else np.zeros((0, self.attn[0].d_model), np.float32)
+            emb[rows] = pool(h, lengths)
         return emb[0] if single else emb
 
 

@@ -1,9 +1,10 @@
 """Reading a llama.cpp GGUF file of the Llama architecture: metadata, dequantized weights, tokenizer.
 
-The file is read with the ``gguf`` package (llama.cpp's own reader, pure Python + NumPy); quantized tensors
-(Q4_1, Q8_0, ...) become float32 with ``gguf.quants.dequantize``. Three format facts matter:
+The file is read by ``attnlab.models.gguf_format`` (NumPy, memory-mapped; written from the GGUF specification and
+tested equal to llama.cpp's ``gguf`` package); quantized tensors (Q4_1, Q8_0, ...) become float32 there. Three
+format facts matter:
 
-- GGUF lists a tensor's dims innermost first; the reader's arrays are already (rows, cols) = PyTorch's
+- GGUF lists a tensor's dims innermost first; the reader's arrays are (rows, cols) = PyTorch's
   Linear layout (out, in), so ``token_embd`` is (vocab, d) and ``blk.N.attn_q`` is (H*Dh, d).
 - llama.cpp's converter permutes the rows of the query and key projections of each head so that its rotary
   kernel can rotate adjacent pairs (2i, 2i+1); attnlab (like Hugging Face) rotates feature i with i + Dh/2.
@@ -24,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checkpoint import check_shapes
-
-INSTALL = "pip install 'attnlab[models]' (or pip install gguf)"
+from .gguf_format import GGUFFile
 
 # Hugging Face Llama name (after the "model." prefix) -> llama.cpp name; {i} is the block index.
 HF_TO_GGUF = {
@@ -44,19 +44,6 @@ HF_TO_GGUF = {
 }
 
 CONTROL = 3            # tokenizer.ggml.token_type of special (control) tokens such as <|im_start|>
-
-
-def _reader(path: Path):
-    try:
-        import gguf
-    except ImportError:
-        raise ImportError(f"reading a .gguf file needs the gguf package: {INSTALL}") from None
-    if not path.is_file():
-        raise FileNotFoundError(f"no GGUF file at {path}")
-    try:
-        return gguf.GGUFReader(str(path))
-    except Exception as err:                   # the reader raises ValueError/struct errors on a bad file
-        raise ValueError(f"{path} is not a readable GGUF file: {err}") from None
 
 
 def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -78,31 +65,22 @@ def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 @dataclass
 class GGUFModel:
-    """A GGUF file's metadata (scalars and strings; token lists are read by ``tokenizer``) and tensors."""
+    """A GGUF file's metadata (every key, token lists included) and tensors (``attnlab.models.gguf_format``)."""
 
     path: Path
     metadata: dict
-    reader: object
+    file: GGUFFile
 
     @classmethod
     def open(cls, path) -> "GGUFModel":
-        path = Path(path)
-        reader = _reader(path)
-        metadata = {}
-        for key, field in reader.fields.items():
-            if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
-                continue                                               # long arrays: read on demand
-            try:
-                metadata[key] = field.contents()
-            except Exception:                                          # an odd field type: leave it out
-                continue
-        return cls(path, metadata, reader)
+        file = GGUFFile(path)
+        return cls(file.path, file.metadata, file)
 
     def array(self, key: str):
-        """A long metadata array (token strings, merges, token types) as a Python list."""
-        if key not in self.reader.fields:
+        """A long metadata array (token strings, merges, token types): a list of str or a NumPy array."""
+        if key not in self.metadata:
             raise ValueError(f"{self.path} has no metadata {key!r}")
-        return self.reader.fields[key].contents()
+        return self.metadata[key]
 
     @property
     def architecture(self) -> str:
@@ -132,7 +110,7 @@ class GGUFModel:
             return kind(value)
 
         d, H = number("llama.embedding_length"), number("llama.attention.head_count")
-        names = {t.name for t in self.reader.tensors}
+        names = self.file.tensors
         vocab = number("llama.vocab_size") if "llama.vocab_size" in m else len(self.array("tokenizer.ggml.tokens"))
         return {
             "model_type": "llama",
@@ -154,8 +132,8 @@ class GGUFModel:
         }
 
     def tensors(self) -> dict:
-        """llama.cpp name -> the reader's tensor (data still quantized)."""
-        return {t.name: t for t in self.reader.tensors}
+        """llama.cpp name -> its ``gguf_format.TensorInfo`` (shape, type, where its bytes are)."""
+        return self.file.tensors
 
 
 class GGUFWeights:
@@ -164,10 +142,7 @@ class GGUFWeights:
     Same interface as ``attnlab.models._checkpoint.Weights`` (``name in w``, ``w(name)``)."""
 
     def __init__(self, model: GGUFModel, dtype):
-        import gguf.quants
-
         self.model, self.dtype = model, np.dtype(dtype)
-        self._dequantize = gguf.quants.dequantize
         self._tensors = model.tensors()
         config = model.llama_config()
         self._heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
@@ -196,7 +171,7 @@ class GGUFWeights:
     def _shape(self, gname: str) -> tuple | None:
         if gname not in self._tensors:
             return None
-        return tuple(int(n) for n in reversed(list(self._tensors[gname].shape)))
+        return self._tensors[gname].shape
 
     def check(self, expected: dict) -> None:
         """Every expected tensor (Hugging Face name -> shape) against the file, before any is dequantized; problems
@@ -207,10 +182,7 @@ class GGUFWeights:
         gname = self._gguf_name(name)
         if gname not in self._tensors:
             raise ValueError(f"{self.model.path} has no tensor {gname!r} (for {name!r})")
-        t = self._tensors[gname]
-        w = np.asarray(self._dequantize(t.data, t.tensor_type), dtype=np.float32)   # (rows, cols) = (out, in)
-        if w.ndim == 2 and w.shape[0] == 1 and len(t.shape) == 1:
-            w = w[0]
+        w = self.model.file.dequantize(gname)                                     # (rows, cols) = (out, in)
         for proj, heads in self._heads.items():
             if name.endswith(f"self_attn.{proj}.weight"):
                 w = unpermute_rows(w, heads)
