@@ -263,3 +263,20 @@ def test_concatenation_then_projection_across_a_comma_is_found():
             "pattern per query.")
     g = claims.grade(RUBRICS["multihead"], text)
     assert g.label == "correct" and "5 of 5" in g.reason, g.reason
+
+
+@pytest.mark.parametrize("rubric, text, message", [
+    (None, "Heads run in parallel.", "rubric must be a learn.claims.Rubric"),
+    ("multihead", "Heads run in parallel.", "rubric must be a learn.claims.Rubric.*got str"),
+    (RUBRICS["multihead"], None, "text must be a str.*got NoneType"),
+    (RUBRICS["multihead"], b"Heads run in parallel.", "text must be a str.*got bytes"),
+    (RUBRICS["multihead"], ["Heads run in parallel."], "text must be a str.*got list"),
+])
+def test_grade_names_a_wrong_argument(rubric, text, message):
+    with pytest.raises(TypeError, match=message):
+        claims.grade(rubric, text)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x00\x01", "." * 5000, "x" * 200_000, "é" * 1000])
+def test_junk_text_is_incorrect_never_correct(text):
+    assert claims.grade(RUBRICS["multihead"], text).label == "incorrect"

@@ -396,6 +396,11 @@ def judge(reader: Reader, claim: Claim) -> ClaimResult:
 
 def grade(rubric: Rubric, text: str) -> Grade:
     """The label of an answer: correct, partial or incorrect, with the claim-by-claim results behind it."""
+    if not isinstance(rubric, Rubric):
+        raise TypeError(f"rubric must be a learn.claims.Rubric (see learn.rubrics.RUBRICS), got "
+                        f"{type(rubric).__name__}")
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str (the answer), got {type(text).__name__}")
     shape = structure(text)
     if shape.words == 0:
         return Grade("incorrect", "the answer is empty", None, [], False)
