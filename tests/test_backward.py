@@ -437,3 +437,13 @@ def test_empty_lengths_give_empty_or_zero_gradients(Lq, Lk):
                   attnlab.attention_backward(np.ones_like(out), q, k, v)):
         assert [g.shape for g in grads] == [q.shape, k.shape, v.shape]
         assert not any(g.any() for g in grads)
+
+
+def test_out_and_lse_of_another_scale_are_refused_not_turned_into_inf(rng):
+    q, k, v = _qkv(rng, 1, 2, 2, 5, 6)
+    out, lse = attnlab.flash_attention(q, k, v, return_lse=True)            # the default scale
+    with pytest.raises(ValueError, match=r"out and lse must be what flash_attention returned.*scale=1\.09951e\+12"):
+        attnlab.flash_attention_backward(np.ones_like(out), q, k, v, out, lse, scale=2.0**40)
+    out, lse = attnlab.flash_attention(q, k, v, return_lse=True, scale=2.0**40)   # matching: finite gradients
+    grads = attnlab.flash_attention_backward(np.ones_like(out), q, k, v, out, lse, scale=2.0**40)
+    assert all(np.isfinite(g).all() for g in grads)

@@ -162,6 +162,10 @@ def flash_attention_backward(dout, q, k, v, out, lse, mask=None, *, scale=None, 
     dq_sum *= pb.scale
     if run.fold:
         dk *= LN2                  # dK accumulated against q * scale * log2(e)
+    if finite and not all(np.isfinite(g).all() for g in (dq_sum, dk, dv)):     # O(n d): cheap beside the tiles
+        raise ValueError(f"the gradients are not finite although q, k, v, dout, out and lse all are: out and lse "
+                         f"must be what flash_attention returned for these q, k, v, mask, bias and scale "
+                         f"(scale={pb.scale:g} here), or the true gradients overflow {np.dtype(dtype).name}")
     if stats is not None:
         stats.tiles = TileCounts(*map(int, counts))
         stats.block_q, stats.block_k, stats.threads = pb.block_q, pb.block_k, used
