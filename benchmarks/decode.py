@@ -5,7 +5,7 @@
 
 A decode step is query length 1 per head (B = 1, H query heads, G key/value heads, D = 64, float32) against a
 context of n cached keys and values. For each n, three calls run on the same arrays, their timed runs interleaved
-round by round (the order alternating; ``attnlab.measure.time_calls``), median of --repeat runs:
+round by round (the order alternating), median of --repeat runs after two warm-up rounds:
 
   attnlab  attnlab.flash_attention(q, k, v): the kernel's decode regime, default threads
   torch    torch.nn.functional.scaled_dot_product_attention (its fused CPU kernel, its default threads), no_grad
@@ -16,14 +16,21 @@ round by round (the order alternating; ``attnlab.measure.time_calls``), median o
 
 Two cache states:
 
-  hot   the calls repeat on the same arrays, which stay in the CPU caches as far as they fit (K and V of 8 heads
-        are 4 MiB per 1k keys: past ~8k keys they do not fit this machine's 32 MiB L3 and "hot" reads memory)
+  hot   each timed run directly follows an untimed run of the same call, as in a loop of steps: K and V stay in
+        the CPU caches as far as they fit (8 heads take 4 MiB per 1k keys: past ~8k keys they do not fit this
+        machine's 32 MiB L3 and "hot" reads memory) and the path's threads are awake
   cold  before every timed run ``attnlab.measure.evict_caches()`` reads a 256 MiB buffer (one load per 64-byte
-        line, 8x the L3), so each call finds its K and V in main memory: a model's step, where the other layers'
-        steps have pushed this layer's cache out since its last step.
+        line, 8x the L3), then the same path runs once on other arrays of n / 4 keys (its threads awake, this
+        call's K and V not cached): a model's step, where the other layers' steps (same library, same threads)
+        have pushed this layer's cache out since its last step.
+
+Why a call before each timed run: interleaving two libraries' calls on 2 busy cores otherwise times their thread
+wake-ups (PyTorch's OpenMP workers fall asleep while attnlab runs; waking them on a loaded machine took up to
+6 ms here), which no loop of steps of one library pays.
 
 Columns: the medians in microseconds, ``x torch`` = attnlab / torch (medians), ``paired`` = the median over rounds
-of attnlab / torch within one round (a load spike hits both sides of one ratio), ``floor x torch`` = the floor's
+of attnlab / torch within one round (a load spike hits both sides of one ratio), ``best`` = attnlab's fastest run
+over torch's fastest (on a loaded machine the fastest runs are the closest to a quiet one's), ``floor x torch`` = the floor's
 ratio (where it is above 1, no NumPy kernel reaches PyTorch on this machine at that size), ``x floor`` = attnlab
 over its floor, ``n->2n`` = attnlab's (and torch's) time at n over its time at n / 2 in the same run. The header
 prints the machine, the BLAS library and kernel, the threads, the load average before and after.
@@ -32,9 +39,11 @@ prints the machine, the BLAS library and kernel, the threads, the load average b
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
+import time
 
 import openblas_env
 
@@ -48,9 +57,10 @@ from attnlab import bench                                         # noqa: E402
 from attnlab.commands.bench import comma_ints                     # noqa: E402
 from attnlab.kernel import RunStats                               # noqa: E402
 from attnlab.kernel.threads import blas_threads, pool            # noqa: E402
-from attnlab.measure import evict_caches, time_calls              # noqa: E402
+from attnlab.measure import evict_caches                          # noqa: E402
 
 CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768)
+PRIMER = 4                    # a cold timed run at n follows a call of the same path at n / PRIMER keys
 
 
 def main(argv=None) -> int:
@@ -77,7 +87,7 @@ def main(argv=None) -> int:
     print(openblas_env.unset_note())
     print(f"B=1, H={H}, G={G}, D={D}, float32, query length 1; median of {args.repeat} interleaved runs")
     head = (f"{'cache':5s} {'n':>6s} {'attnlab us':>10s} {'torch us':>9s} {'floor us':>9s} {'x torch':>8s} "
-            f"{'paired':>7s} {'floor x torch':>13s} {'x floor':>8s} {'n->2n':>6s} {'torch n->2n':>11s} "
+            f"{'paired':>7s} {'best':>5s} {'floor x torch':>13s} {'x floor':>8s} {'n->2n':>6s} {'torch n->2n':>11s} "
             f"{'thr':>3s} {'load':>5s}")
     print(head)
     print("-" * len(head))
@@ -88,7 +98,7 @@ def main(argv=None) -> int:
             growth = ("-", "-") if previous is None or n != 2 * previous["n"] else (
                 f"{row['attnlab'] / previous['attnlab']:.2f}", f"{row['torch'] / previous['torch']:.2f}")
             print(f"{cache:5s} {n:6d} {row['attnlab'] * 1e6:10.1f} {row['torch'] * 1e6:9.1f} "
-                  f"{row['floor'] * 1e6:9.1f} {row['attnlab'] / row['torch']:8.2f} {row['paired']:7.2f} "
+                  f"{row['floor'] * 1e6:9.1f} {row['attnlab'] / row['torch']:8.2f} {row['paired']:7.2f} {row['best']:5.2f} "
                   f"{row['floor'] / row['torch']:13.2f} {row['attnlab'] / row['floor']:8.2f} {growth[0]:>6s} "
                   f"{growth[1]:>11s} {row['threads']:3d} {os.getloadavg()[0]:5.2f}", flush=True)
             previous = row
@@ -98,13 +108,39 @@ def main(argv=None) -> int:
 
 def measure(n, H, G, D, repeat, cache, torch) -> dict:
     """The three calls at context n, interleaved; medians in seconds, the paired ratio and the kernel's threads."""
-    rng = np.random.default_rng(n)
-    q = rng.standard_normal((1, H, 1, D), dtype=np.float32)                     # (B, H, 1, D)
-    k = rng.standard_normal((1, G, n, D), dtype=np.float32)                     # (B, G, n, D)
-    v = rng.standard_normal((1, G, n, D), dtype=np.float32)
+    calls = {}
+    primer = max(16, n // PRIMER)
+    for size in (n, primer):
+        rng = np.random.default_rng(size)
+        q = rng.standard_normal((1, H, 1, D), dtype=np.float32)                 # (B, H, 1, D)
+        k = rng.standard_normal((1, G, size, D), dtype=np.float32)              # (B, G, n, D)
+        v = rng.standard_normal((1, G, size, D), dtype=np.float32)
+        calls[size] = three_calls(q, k, v, torch)
+    threads = calls[n]["threads"]
+    runs = {name: [] for name in ("attnlab", "torch", "floor")}
+    order = list(runs)
+    for round_ in range(repeat + 2):                                            # the first two: warm-up
+        for name in (order if round_ % 2 == 0 else order[::-1]):
+            gc.collect()
+            if cache == "cold":
+                evict_caches()
+                calls[primer][name]()            # wakes the path's threads; other arrays: this K, V stay uncached
+            else:
+                calls[n][name]()                 # hot: the same call has just run, as in a loop of steps
+            start = time.perf_counter()
+            calls[n][name]()
+            if round_ >= 2:
+                runs[name].append(time.perf_counter() - start)
+    return {"n": n, "threads": threads, **{name: statistics.median(t) for name, t in runs.items()},
+            "best": min(runs["attnlab"]) / min(runs["torch"]),
+            "paired": statistics.median(a / b for a, b in zip(runs["attnlab"], runs["torch"]))}
+
+
+def three_calls(q, k, v, torch) -> dict:
+    """The attnlab, torch and floor callables on q, k, v (checked equal first), and the kernel's threads."""
     tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    gqa = {"enable_gqa": True} if G != H else {}
+    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
 
     def torch_step():
         with torch.no_grad():
@@ -114,14 +150,10 @@ def measure(n, H, G, D, repeat, cache, torch) -> dict:
     ours = attnlab.flash_attention(q, k, v, stats=stats)
     expected = torch_step().numpy()
     if not np.allclose(ours, expected, rtol=1e-4, atol=1e-5):                 # a wrong answer is not timed
-        raise SystemExit(f"attnlab and torch differ at n={n}: max |diff| {np.abs(ours - expected).max():.3g}")
-    floor = products(q, k, v, stats.threads, stats.kv_splits)
-    timings = time_calls(lambda: attnlab.flash_attention(q, k, v), torch_step, floor, repeat=repeat, warmup=2,
-                         before=evict_caches if cache == "cold" else None)
-    ours_t, torch_t, floor_t = (t.runs for t in timings)
-    return {"n": n, "attnlab": statistics.median(ours_t), "torch": statistics.median(torch_t),
-            "floor": statistics.median(floor_t), "threads": stats.threads,
-            "paired": statistics.median(a / b for a, b in zip(ours_t, torch_t))}
+        raise SystemExit(f"attnlab and torch differ at n={k.shape[2]}: max |diff| "
+                         f"{np.abs(ours - expected).max():.3g}")
+    return {"attnlab": lambda: attnlab.flash_attention(q, k, v), "torch": torch_step,
+            "floor": products(q, k, v, stats.threads, stats.kv_splits), "threads": stats.threads}
 
 
 def products(q, k, v, threads, splits):
