@@ -168,3 +168,19 @@ def test_the_short_road_inside_one_row_steps_keeps_blas_at_one_thread(rng):
         _check(q, k, v)
         assert set(blas()) == {1}
     assert blas() == before
+
+
+def test_the_decode_benchmark_prints_its_table():
+    """benchmarks/decode.py runs end to end at tiny sizes (a fresh process); timings are not asserted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "decode.py"
+    proc = subprocess.run([sys.executable, str(script), "--contexts", "64,128", "--heads", "4", "--kv-heads", "2",
+                           "--head-dim", "16", "--repeat", "5"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] in (["hot"], ["cold"])]
+    assert [(r[0], r[1]) for r in rows] == [(c, n) for c in ("hot", "cold") for n in ("64", "128")]
+    assert all(float(x) > 0 for r in rows for x in r[2:5])
+    assert "BLAS: " in proc.stdout and "decode step" in proc.stdout
