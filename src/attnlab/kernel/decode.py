@@ -9,14 +9,115 @@ The r query heads that share a key/value head (GQA, MQA) and their Lq rows are s
 per key/value head, so each key block is read once per key/value head, by one matrix product, not r
 matrix-vector products (no copy of the keys). A context of at most ``layout.DECODE_KEYS`` keys is one block: the
 plain softmax, no running rescale.
+
+``step`` is the same regime on its shortest road, for the call a KV-cache loop makes every token (no mask, no
+score modifier, no bias, default tiles): the schedule is a few lines of arithmetic on the shapes (the one
+``layout.schedule``, so ``plan()`` still says what runs), one thread runs inline (no pool, no BLAS limit to set:
+BLAS keeps the caller's thread count, one inside ``models._blocks.one_row_steps``), and the softmax is the
+plain one per key block: about 15 NumPy calls around the two matrix products, where the general route (the
+problem, its tile maps, the call plan, the task queue) cost ~45 us more per call, a third of a 1k-context step.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .._array import default_scale
 from ..masks import EMPTY, FULL, PARTIAL
-from .ops import exp2_masked, masked_pv, normalise
+from ..merge import merge_attention
+from . import layout as layout_mod
+from .ops import LOG2E, exp2_masked, masked_pv, normalise
+from .threads import run_tasks
+
+
+def step(p, mask, scale, score_mod, bias, block_q, block_k, threads, stats):
+    """The decode step of prepared inputs ``p`` (``attnlab._inputs.Prepared``) on the short road, as (out, lse)
+    shaped (..., Lq, Dv) and (..., Lq); None when the call is not one (a mask, a modifier, a bias, tile sizes
+    given, more rows than the decode regime takes, an empty axis, not NumPy float32/float64): the caller
+    (``forward.tiled``) then takes the general route, which computes the same. ``stats`` (a
+    ``forward.RunStats`` or None) is filled as the general route fills it."""
+    if mask is not None or score_mod is not None or bias is not None or block_q is not None or block_k is not None:
+        return None
+    q = p.q
+    if type(q) is not np.ndarray or type(p.k) is not np.ndarray or type(p.v) is not np.ndarray or \
+            q.dtype not in (np.float32, np.float64):
+        return None
+    lay = layout_mod.layout(p)
+    Lq, Lk = lay.Lq, lay.Lk
+    if 0 in lay.scores_shape:
+        return None
+    bq, bk = layout_mod.default_blocks(lay.r, Lq, Lk)
+    if not layout_mod.decode_regime(lay, bq):
+        return None
+    threads = layout_mod.threads_of(threads)
+    splits, n_threads = layout_mod.schedule(lay, bq, bk, threads, True)
+    dtype, D, lead, R = q.dtype, q.shape[-1], lay.lead, lay.r * Lq
+    if lay.q.shape[:-3] != lead:                                      # q broadcast over some leading axis
+        qv = np.broadcast_to(lay.q, lead + lay.q.shape[-3:])
+    else:
+        qv = lay.q
+    qs = np.multiply(qv, dtype.type((default_scale(D) if scale is None else scale) * LOG2E))   # (*lead, r, Lq, D)
+    qs = qs.reshape(lead + (1, R, D))                                   # (*lead, 1, R, D), log2 units
+    kt, v = np.swapaxes(lay.k, -1, -2), lay.v                           # (*lead', 1, D, Lk), (*lead', 1, Lk, Dv)
+    nkb = -(-Lk // bk)
+    bounds = [(s * nkb // splits * bk, min(Lk, (s + 1) * nkb // splits * bk)) for s in range(splits)]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if n_threads == 1:
+            parts = [_keys(qs, kt, v, lo, hi, bk) for lo, hi in bounds]
+        else:
+            tasks = [layout_mod.Task(None, 0, lo, hi, s) for s, (lo, hi) in enumerate(bounds)]
+            parts = [None] * splits
+
+            def run_one(ws, task, counts):
+                parts[task.split] = _keys(qs, kt, v, task.key_lo, task.key_hi, bk)
+
+            run_tasks(tasks, run_one, lambda: None, n_threads, threads)
+        out, lse = parts[0]
+        for more in parts[1:]:
+            out, lse = merge_attention(out, lse, *more)
+    if stats is not None:
+        stats.tiles = layout_mod.TileCounts(0, 0, math.prod(lead) * nkb)
+        stats.block_q, stats.block_k, stats.threads, stats.tasks, stats.kv_splits = bq, bk, n_threads, splits, \
+            splits
+    outer = lay.scores_shape[:-2]
+    return out.reshape(outer + (Lq, out.shape[-1])), lse.reshape(outer + (Lq,))
+
+
+def _keys(qs, kt, v, lo, hi, bk):
+    """(out, lse) of the rows qs (*lead, 1, R, D) (scaled, log2 units) over keys lo:hi, one batched matmul per
+    block of bk keys; out (*lead, 1, R, Dv), lse (*lead, 1, R) in natural units. Non-finite inputs reach only the
+    rows that attend to them (``masked_pv``; a row whose max is inf or NaN stays NaN, as in the reference)."""
+    lowest = np.finfo(qs.dtype).min
+    m = l = sums = pv = None
+    scores = np.empty(qs.shape[:-1] + (min(bk, hi - lo),), qs.dtype)           # (*lead, 1, R, bk)
+    for ks in range(lo, hi, bk):
+        ke = min(hi, ks + bk)
+        S = np.matmul(qs, kt[..., ks:ke], out=scores[..., :ke - ks])            # (*lead, 1, R, cols)
+        m_tile = S.max(axis=-1)                                                   # (*lead, 1, R)
+        np.maximum(m_tile, lowest, out=m_tile)
+        if m is not None:
+            np.maximum(m_tile, m, out=m_tile)
+        S -= m_tile[..., None]
+        np.exp2(S, out=S)                                                        # P = 2^(S - m)
+        if m is None:                                # the first block: nothing to rescale
+            l = S.sum(axis=-1)
+            sums = np.empty(S.shape[:-1] + (v.shape[-1],), S.dtype)
+            masked_pv(S, v[..., ks:ke, :], sums)                                 # sum p v (*lead, 1, R, Dv)
+        else:
+            alpha = np.exp2(m - m_tile)
+            l = l * alpha + S.sum(axis=-1)
+            sums *= alpha[..., None]
+            np.copyto(sums, 0, where=(alpha == 0)[..., None])                  # weights that underflow to 0
+            if pv is None:
+                pv = np.empty_like(sums)
+            masked_pv(S, v[..., ks:ke, :], pv)
+            sums += pv
+        m = m_tile
+    out, lse = np.empty_like(sums), np.empty_like(l)
+    normalise(sums, l, m, lowest, out, lse)
+    return out, lse
 
 
 def decode_task(pb, j_lo, j_hi, out, lse, counts):

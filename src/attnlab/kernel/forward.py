@@ -54,6 +54,7 @@ from ..merge import merge_attention
 from . import band as band_mod
 from . import layout as layout_mod
 from .decode import decode_task
+from .decode import step as decode_step
 from .layout import FOLD_MIN_ROWS, PARTIAL_ROWS, Part, TileCounts, TileMaps
 from .ops import LOG2E, exp2_masked, masked_pv, normalise
 from .threads import run_tasks
@@ -115,6 +116,9 @@ def tiled(p: Prepared, mask=None, *, scale=None, score_mod=None, bias=None, bloc
           return_lse=False, threads=None, stats: RunStats | None = None, fn_name="flash_attention"):
     """``flash_attention`` on inputs already checked by ``attnlab._inputs.prepare`` (with ``dot=True``)."""
     return_lse = flag(return_lse, "return_lse")
+    short = decode_step(p, mask, scale, score_mod, bias, block_q, block_k, threads, stats)   # the decode step's
+    if short is not None:                                                                     # short road
+        return short if return_lse else short[0]
     pb = problem(p, mask, scale, score_mod, bias, fn_name)
     lay = pb.lay
     threads = layout_mod.threads_of(threads)
