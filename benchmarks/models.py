@@ -1,6 +1,7 @@
 """Real models, attnlab vs the reference implementations on this CPU (same thread count): a table, not a test.
 
     PYTHONPATH=src HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/models.py [--repeats 3] [--new 16] [--only smollm,minilm,whisper]
+        [--unset-openblas-env]
 
 SmolLM2-135M greedy decoding (KV cache both sides) at prompt lengths 16 and 512: decode tokens/s of attnlab
 (``models.generation.greedy``) and of transformers' model stepping its own KV cache (what
@@ -14,16 +15,22 @@ median is reported.
 import argparse
 import os
 import statistics
+import sys
 import time
+
+import openblas_env
+
+if __name__ == "__main__":
+    openblas_env.restart_without_overrides("--unset-openblas-env" in sys.argv)   # before NumPy loads OpenBLAS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
-import torch
-import transformers
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
-from attnlab import data, models, planner
-from attnlab.bench import machine_info
+from attnlab import data, models, planner  # noqa: E402
+from attnlab.bench import format_header, machine_info  # noqa: E402
 from attnlab.models.generation import greedy
 from attnlab.models.smollm import smollm2_path
 
@@ -133,13 +140,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new", type=int, default=16)
     parser.add_argument("--only", default="smollm,minilm,whisper", help="comma-separated: smollm, minilm, whisper")
+    parser.add_argument("--unset-openblas-env", action="store_true",
+                        help="restart without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE (both sides share this process)")
     args = parser.parse_args()
     threads = planner.default_threads()
     torch.set_num_threads(threads)
     info = machine_info(torch)
-    blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)" for b in info["blas"])
-    print(f"machine: {info['cpu']}, {info['cores']} cores; numpy {info['numpy']} BLAS {blas}; torch "
-          f"{info['torch']} ({info['torch_threads']} threads); {info['date_utc']}")
+    info["load_before"] = os.getloadavg()
+    print(format_header(info, "real-model benchmark"))
+    print(openblas_env.unset_note())
     only = set(args.only.split(","))
     if "smollm" in only:
         smollm(args.repeats, args.new)
