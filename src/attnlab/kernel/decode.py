@@ -101,23 +101,33 @@ def _keys(qs, kt, v, lo, hi, bk):
             np.maximum(m_tile, m, out=m_tile)
         S -= m_tile[..., None]
         np.exp2(S, out=S)                                                        # P = 2^(S - m)
-        if m is None:                                # the first block: nothing to rescale
-            l = S.sum(axis=-1)
-            sums = np.empty(S.shape[:-1] + (v.shape[-1],), S.dtype)
-            masked_pv(S, v[..., ks:ke, :], sums)                                 # sum p v (*lead, 1, R, Dv)
-        else:
-            alpha = np.exp2(m - m_tile)
-            l = l * alpha + S.sum(axis=-1)
-            sums *= alpha[..., None]
-            np.copyto(sums, 0, where=(alpha == 0)[..., None])                  # weights that underflow to 0
-            if pv is None:
-                pv = np.empty_like(sums)
-            masked_pv(S, v[..., ks:ke, :], pv)
-            sums += pv
+        if sums is None:
+            sums = np.empty(S.shape[:-1] + (v.shape[-1],), S.dtype)              # (*lead, 1, R, Dv)
+        l, pv = fold_block(S, v[..., ks:ke, :], m, m_tile, l, sums, pv)
         m = m_tile
     out, lse = np.empty_like(sums), np.empty_like(l)
     normalise(sums, l, m, lowest, out, lse)
     return out, lse
+
+
+def fold_block(P, vb, m, m_new, l, sums, pv):
+    """One key block into the running online softmax (FlashAttention's recurrence, in log2 units): P (*lead, 1, R,
+    cols) holds 2^(S - m_new) of the block, vb (*lead', 1, cols, Dv) its values; the row sums l and the weighted
+    values ``sums`` (*lead, 1, R, Dv) of the earlier blocks (max m; None for the first block) are rescaled by
+    2^(m - m_new) and the block's added (``sums`` in place). ``pv`` is scratch the size of ``sums`` (None: made
+    here). Returns (l, pv)."""
+    if m is None:                                    # the first block: nothing to rescale
+        masked_pv(P, vb, sums)
+        return P.sum(axis=-1), pv
+    alpha = np.exp2(m - m_new)
+    l = l * alpha + P.sum(axis=-1)
+    sums *= alpha[..., None]
+    np.copyto(sums, 0, where=(alpha == 0)[..., None])                          # weights that underflow to 0
+    if pv is None:
+        pv = np.empty_like(sums)
+    masked_pv(P, vb, pv)
+    sums += pv
+    return l, pv
 
 
 def decode_task(pb, j_lo, j_hi, out, lse, counts):
@@ -144,18 +154,7 @@ def decode_task(pb, j_lo, j_hi, out, lse, counts):
         if m is not None:
             m_tile = np.maximum(m_tile, m)
         exp2_masked(np.subtract(S, m_tile[..., None], out=S), blocked)          # P = 2^(S - m_new)
-        if m is None:                                # the first block: nothing to rescale
-            l = S.sum(axis=-1)
-            masked_pv(S, pb.v[..., ks:ke, :], sums)                             # sum p v (*lead, 1, R, Dv)
-        else:
-            alpha = np.exp2(m - m_tile)
-            l = l * alpha + S.sum(axis=-1)
-            sums *= alpha[..., None]
-            np.copyto(sums, 0, where=(alpha == 0)[..., None])                  # weights that underflow to 0
-            if pv is None:
-                pv = np.empty_like(sums)
-            masked_pv(S, pb.v[..., ks:ke, :], pv)
-            sums += pv
+        l, pv = fold_block(S, pb.v[..., ks:ke, :], m, m_tile, l, sums, pv)
         m = m_tile
     if m is None:                                    # every block empty: nothing to attend to
         out[...] = 0
