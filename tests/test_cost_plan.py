@@ -14,6 +14,10 @@ from attnlab.kernel import flash_attention
 from attnlab.measure import peak_memory
 
 SLACK = 0.12                   # measured: within 8.2% on these cases (numpy 2, float32)
+SMALL = 32 * 1024             # absolute slack for small peaks: in a long test session tracemalloc also sees the
+                              # process free or make unrelated objects during the call (one decode step measured
+                              # 108,288 B against 123,104 B in the full suite, within 3% alone); a score matrix
+                              # of that step is 128 KiB, so a missed one still fails
 
 CASES = [  # (batch, heads, kv heads, Lq, Lk, head dim, mask spec, block_q, block_k)
     (1, 4, 4, 512, 512, 32, "full", None, None),
@@ -51,8 +55,8 @@ def test_plan_peak_is_the_cost_models_peak_and_tracemalloc_agrees(case):
     assert (tiled.block_q, tiled.block_k) == (est.block_q, est.block_k)
     measured_tiled = peak_memory(lambda: flash_attention(q, k, v, mask, block_q=bq, block_k=bk, threads=1))
     measured_ref = peak_memory(lambda: attnlab.scaled_dot_product_attention(q, k, v, mask, impl="reference"))
-    assert measured_tiled == pytest.approx(tiled.peak_bytes, rel=SLACK)
-    assert measured_ref == pytest.approx(ref.peak_bytes, rel=SLACK)
+    assert abs(measured_tiled - tiled.peak_bytes) <= max(SLACK * tiled.peak_bytes, SMALL), (measured_tiled, tiled)
+    assert abs(measured_ref - ref.peak_bytes) <= max(SLACK * ref.peak_bytes, SMALL), (measured_ref, ref)
 
 
 def test_the_budget_bounds_the_score_matrices_and_the_plan_says_which():
