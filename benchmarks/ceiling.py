@@ -49,6 +49,19 @@ from attnlab.kernel import band
 from attnlab.measure import time_calls
 
 
+def on_threads(runs):
+    """A call that runs runs[0] here and the others on the kernel's pool at once, BLAS held to one thread each."""
+    def call():
+        from attnlab.kernel.threads import blas_threads, pool
+
+        with blas_threads(1):
+            futures = [pool(len(runs) - 1).submit(run) for run in runs[1:]]
+            runs[0]()
+            for f in futures:
+                f.result()
+    return call
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=comma_ints, default=(4096,),
@@ -200,15 +213,7 @@ def _floor(H, n, D, block_q, block_k, threads, *, exp, tiles=None):
 
     runs = [worker(tiles[t::threads]) for t in range(threads)]
 
-    def call():
-        from attnlab.kernel.threads import blas_threads, pool
-
-        with blas_threads(1):
-            futures = [pool(threads - 1).submit(run) for run in runs[1:]]
-            runs[0]()
-            for f in futures:
-                f.result()
-    return call
+    return on_threads(runs)
 
 
 def _slice_floor(H, n, D, found, block_q, tile_cells, threads):
@@ -247,15 +252,7 @@ def _slice_floor(H, n, D, found, block_q, tile_cells, threads):
 
     runs = [worker(batches[t::threads]) for t in range(threads)]
 
-    def call():
-        from attnlab.kernel.threads import blas_threads, pool
-
-        with blas_threads(1):
-            futures = [pool(threads - 1).submit(run) for run in runs[1:]]
-            runs[0]()
-            for f in futures:
-                f.result()
-    return call
+    return on_threads(runs)
 
 
 def _sgemm_gflops(threads) -> float:

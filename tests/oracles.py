@@ -253,3 +253,11 @@ def multi_head_attention(x, context, layer, allowed=None, value_context=None, ro
     out, weights, _ = attention(q, k, v, scaled_dot(), allowed)
     concat = out[0].transpose(1, 0, 2).reshape(len(x), H * Dh)
     return linear(concat, layer.w_o, layer.b_o), weights[0]
+
+
+def qkv(rng, B, H, G, Lq, Lk, D=16, Dv=None, dtype=np.float64):
+    """Standard-normal q (B, H, Lq, D), k (B, G, Lk, D), v (B, G, Lk, Dv or D): G key/value heads for H queries."""
+    q = rng.standard_normal((B, H, Lq, D)).astype(dtype)
+    k = rng.standard_normal((B, G, Lk, D)).astype(dtype)
+    v = rng.standard_normal((B, G, Lk, Dv or D)).astype(dtype)
+    return q, k, v
