@@ -16,7 +16,8 @@ round by round (the order alternating), median of --repeat runs after two warm-u
 
 Two cache states:
 
-  hot   each timed run directly follows an untimed run of the same call, as in a loop of steps: K and V stay in
+  hot   each timed run directly follows --settle seconds (0.2) of untimed runs of the same call, as in a loop of
+        steps: K and V stay in
         the CPU caches as far as they fit (8 heads take 4 MiB per 1k keys: past ~8k keys they do not fit this
         machine's 32 MiB L3 and "hot" reads memory) and the path's threads are awake
   cold  before every timed run ``attnlab.measure.evict_caches()`` reads a 256 MiB buffer (one load per 64-byte
@@ -24,9 +25,13 @@ Two cache states:
         call's K and V not cached): a model's step, where the other layers' steps (same library, same threads)
         have pushed this layer's cache out since its last step.
 
-Why a call before each timed run: interleaving two libraries' calls on 2 busy cores otherwise times their thread
-wake-ups (PyTorch's OpenMP workers fall asleep while attnlab runs; waking them on a loaded machine took up to
-6 ms here), which no loop of steps of one library pays.
+Why untimed calls before each timed run: interleaving two libraries' calls on 2 cores otherwise times one
+library's idle threads against the other: after a parallel region PyTorch's OpenMP workers (libgomp) spin for
+milliseconds and OpenBLAS's for up to ~0.1 s, holding the core the next call's second thread needs, and a worker
+asleep for long wakes slowly (up to 6 ms on a loaded machine). No loop of steps of one library pays either. The
+Python garbage collector is frozen while timing (``gc.freeze``, as ``attnlab.measure.time_calls`` does): a full
+collection walks every object of the process (torch's included) and leaves the caches cold for the next call,
+which tripled both sides' "hot" times at 1k keys before 2026-12-03 16:30 UTC.
 
 Columns: the medians in microseconds, ``x torch`` = attnlab / torch (medians), ``paired`` = the median over rounds
 of attnlab / torch within one round (a load spike hits both sides of one ratio), ``best`` = attnlab's fastest run
@@ -57,7 +62,7 @@ from attnlab import bench                                         # noqa: E402
 from attnlab.commands.bench import comma_ints                     # noqa: E402
 from attnlab.kernel import RunStats                               # noqa: E402
 from attnlab.kernel.threads import blas_threads, pool            # noqa: E402
-from attnlab.measure import evict_caches                          # noqa: E402
+from attnlab.measure import evict_caches, run_for                 # noqa: E402
 
 CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768)
 PRIMER = 4                    # a cold timed run at n follows a call of the same path at n / PRIMER keys
@@ -71,6 +76,9 @@ def main(argv=None) -> int:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=31, help="timed runs per call and cache state (>= 5)")
     parser.add_argument("--caches", default="hot,cold", help="hot, cold or both (comma-separated)")
+    parser.add_argument("--settle", type=float, default=0.2,
+                        help="seconds each call runs untimed in a loop before each of its timed runs (default 0.2; "
+                             "0: one call, as before 2026-12-03 16:30 UTC)")
     parser.add_argument("--unset-openblas-env", action="store_true",
                         help="if OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE are set, restart without them")
     args = parser.parse_args(argv)
@@ -85,7 +93,8 @@ def main(argv=None) -> int:
     meta["load_before"] = os.getloadavg()
     print(bench.format_header(meta, title="decode step"))
     print(openblas_env.unset_note())
-    print(f"B=1, H={H}, G={G}, D={D}, float32, query length 1; median of {args.repeat} interleaved runs")
+    print(f"B=1, H={H}, G={G}, D={D}, float32, query length 1; median of {args.repeat} interleaved runs, each "
+          f"after {args.settle:g} s of untimed runs of the same call")
     head = (f"{'cache':5s} {'n':>6s} {'attnlab us':>10s} {'torch us':>9s} {'floor us':>9s} {'x torch':>8s} "
             f"{'paired':>7s} {'best':>5s} {'floor x torch':>13s} {'x floor':>8s} {'n->2n':>6s} {'torch n->2n':>11s} "
             f"{'thr':>3s} {'load':>5s}")
@@ -94,7 +103,7 @@ def main(argv=None) -> int:
     for cache in caches:
         previous = None
         for n in args.contexts:
-            row = measure(n, H, G, D, args.repeat, cache, torch)
+            row = measure(n, H, G, D, args.repeat, cache, torch, args.settle)
             growth = ("-", "-") if previous is None or n != 2 * previous["n"] else (
                 f"{row['attnlab'] / previous['attnlab']:.2f}", f"{row['torch'] / previous['torch']:.2f}")
             print(f"{cache:5s} {n:6d} {row['attnlab'] * 1e6:10.1f} {row['torch'] * 1e6:9.1f} "
@@ -106,7 +115,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def measure(n, H, G, D, repeat, cache, torch) -> dict:
+def measure(n, H, G, D, repeat, cache, torch, settle=0.2) -> dict:
     """The three calls at context n, interleaved; medians in seconds, the paired ratio and the kernel's threads."""
     calls = {}
     primer = max(16, n // PRIMER)
@@ -119,21 +128,33 @@ def measure(n, H, G, D, repeat, cache, torch) -> dict:
     threads = calls[n]["threads"]
     runs = {name: [] for name in ("attnlab", "torch", "floor")}
     order = list(runs)
-    for round_ in range(repeat + 2):                                            # the first two: warm-up
-        for name in (order if round_ % 2 == 0 else order[::-1]):
-            gc.collect()
-            if cache == "cold":
-                evict_caches()
-                calls[primer][name]()            # wakes the path's threads; other arrays: this K, V stay uncached
-            else:
-                calls[n][name]()                 # hot: the same call has just run, as in a loop of steps
-            start = time.perf_counter()
-            calls[n][name]()
-            if round_ >= 2:
-                runs[name].append(time.perf_counter() - start)
+    gc.collect()
+    gc.freeze()        # what is alive now (torch's objects) is not rescanned: a full collection walks every object,
+    try:               # evicting the caches a hot step would find warm (attnlab.measure.time_calls does the same)
+        rounds(runs, order, repeat, cache, calls[n], calls[primer], settle)
+    finally:
+        gc.unfreeze()
     return {"n": n, "threads": threads, **{name: statistics.median(t) for name, t in runs.items()},
             "best": min(runs["attnlab"]) / min(runs["torch"]),
             "paired": statistics.median(a / b for a, b in zip(runs["attnlab"], runs["torch"]))}
+
+
+def rounds(runs, order, repeat, cache, calls, primers, settle) -> None:
+    """The interleaved timed runs (two warm-up rounds first), appended to ``runs`` per call name; before each,
+    ``settle`` seconds of the same call untimed (``attnlab.measure.run_for``)."""
+    for round_ in range(repeat + 2):                                            # the first two: warm-up
+        for name in (order if round_ % 2 == 0 else order[::-1]):
+            run_for(calls[name], settle)         # the other library's idle threads stop spinning meanwhile
+            gc.collect()                         # only what the last runs left (the rest is frozen)
+            if cache == "cold":
+                evict_caches()
+                primers[name]()                  # wakes the path's threads; other arrays: this K, V stay uncached
+            else:
+                calls[name]()                    # hot: the same call has just run, as in a loop of steps
+            start = time.perf_counter()
+            calls[name]()
+            if round_ >= 2:
+                runs[name].append(time.perf_counter() - start)
 
 
 def three_calls(q, k, v, torch) -> dict:

@@ -79,7 +79,7 @@ def test_split_keys_merge_exactly_and_report_what_ran(rng, monkeypatch, taken, t
     log-sum-exp equal the reference, and RunStats says what the general route says for the same call."""
     monkeypatch.setattr(kernel_layout, "DECODE_KEYS", 64)
     monkeypatch.setattr(kernel_layout, "TILE_SCORES", 64)
-    monkeypatch.setattr(kernel_layout, "WORK_PER_THREAD", 2**10)
+    monkeypatch.setattr(kernel_layout, "DECODE_BYTES_PER_THREAD", 2**10)
     q, k, v = _qkv(rng, 1, 8, 2, 1, 1000, D=8, dtype=np.float32)
     short = RunStats()
     _check(q, k, v, threads=threads, stats=short)
@@ -92,7 +92,13 @@ def test_split_keys_merge_exactly_and_report_what_ran(rng, monkeypatch, taken, t
 
 
 def test_the_plan_says_what_the_short_road_runs_at_long_contexts(rng):
-    q, k, v = _qkv(rng, 1, 8, 8, 1, 5000, D=64, dtype=np.float32)            # 3 key blocks, 2 threads
+    q, k, v = _qkv(rng, 1, 8, 8, 1, 5000, D=64, dtype=np.float32)            # 1 key block, 1 thread: 20 MiB
+    stats = RunStats()
+    _check(q, k, v, threads=2, stats=stats)
+    plan = attnlab.plan(q.shape, k.shape, impl="tiled", threads=2)
+    assert (stats.threads, stats.kv_splits, stats.block_k) == (plan.threads, 1, plan.block_k)
+    assert plan.tiles == stats.tiles
+    q, k, v = _qkv(rng, 1, 8, 8, 1, 17000, D=64, dtype=np.float32)           # 3 key blocks, 2 threads: 66 MiB
     stats = RunStats()
     _check(q, k, v, threads=2, stats=stats)
     plan = attnlab.plan(q.shape, k.shape, impl="tiled", threads=2)
@@ -180,3 +186,12 @@ def test_the_decode_benchmark_prints_its_table():
     assert [(r[0], r[1]) for r in rows] == [(c, n) for c in ("hot", "cold") for n in ("64", "128")]
     assert all(float(x) > 0 for r in rows for x in r[2:5])
     assert "BLAS: " in proc.stdout and "decode step" in proc.stdout
+
+
+@pytest.mark.parametrize("G, n, threads", [(8, 4096, 1), (8, 8192, 1), (8, 16384, 2), (8, 32768, 2), (2, 32768, 1),
+                                           (2, 65536, 2)])
+def test_decode_threads_are_sized_by_the_key_value_bytes(G, n, threads):
+    """A decode step reads one key/value element per multiply-add: a second thread pays only past
+    DECODE_BYTES_PER_THREAD (32 MiB) of keys and values, whatever the query heads (measured, docs/performance.md)."""
+    plan = attnlab.plan((1, 8, 1, 64), (1, G, n, 64), impl="tiled", threads=2)
+    assert plan.threads == threads

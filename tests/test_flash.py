@@ -404,7 +404,7 @@ def test_merging_two_halves_equals_the_whole(dtype, rng):
 
 
 def test_split_kv_decoding_merges_partials(rng, monkeypatch):
-    monkeypatch.setattr(kernel_layout, "WORK_PER_THREAD", 1000)        # enough work for 4 threads at this size
+    monkeypatch.setattr(kernel_layout, "DECODE_BYTES_PER_THREAD", 1000)  # enough keys for 4 threads at this size
     q, k, v = _qkv(rng, 1, 1, 1, 1, 5000, dtype=np.float32)
     stats = RunStats()
     _assert_matches(q, k, v, M.causal(), threads=4, block_k=512, stats=stats)
@@ -417,7 +417,7 @@ def test_split_kv_decoding_merges_partials(rng, monkeypatch):
 @pytest.mark.parametrize("Lq, n_kv_heads", [(1, 4), (1, 2), (3, 1), (2, 2)])
 def test_decoding_all_heads_at_once_equals_the_reference(mask, Lq, n_kv_heads, rng, monkeypatch):
     """Few query rows (r * Lq < FOLD_MIN_ROWS) run every head in one batched task per key split."""
-    monkeypatch.setattr(kernel_layout, "WORK_PER_THREAD", 10_000)
+    monkeypatch.setattr(kernel_layout, "DECODE_BYTES_PER_THREAD", 10_000)
     q, k, v = _qkv(rng, 3, 4, n_kv_heads, Lq, 5000, dtype=np.float32)
     if isinstance(mask, str):
         mask = rng.random((3, 1, Lq, 5000)) < 0.3

@@ -62,6 +62,15 @@ SHAPES = {"odd_square": (1, 4, 4, 203, 203), "short_queries": (1, 4, 2, 131, 389
           "gqa": (1, 8, 2, 250, 250), "mqa": (1, 4, 1, 177, 300)}
 
 
+@pytest.fixture(autouse=True)
+def no_batched_regime(monkeypatch):
+    """These problems are small (n <= 512): the batched regime (``layout.batched_blocks``) would take them, so it
+    is switched off here and the band regime runs (the batched regime has its own tests in test_flash.py)."""
+    from attnlab.kernel import layout
+
+    monkeypatch.setattr(layout, "BATCHED_ROWS", 0)
+
+
 @pytest.fixture
 def band_calls(monkeypatch):
     """Counts the kernel's band tasks, and those whose optimistic pass was redone by the careful tiled pass."""

@@ -1,5 +1,7 @@
 """attnlab.measure: timing bookkeeping and tracemalloc peaks (no timing assertions)."""
 
+import itertools
+import time
 import tracemalloc
 
 import numpy as np
@@ -21,6 +23,25 @@ def test_time_calls_interleaves_the_runs_alternating_their_order():
     a, b = time_calls(lambda: order.append("a"), lambda: order.append("b"), repeat=5, warmup=1)
     assert "".join(order) == "ab" + "ab" + "ba" + "ab" + "ba" + "ab"
     assert len(a.runs) == len(b.runs) == 5
+
+
+def test_settle_runs_each_call_untimed_in_a_loop_before_its_timed_run():
+    """settle=S: before each timed run of a, a runs untimed until S seconds have passed; the runs of b stay b's."""
+    order = []
+    slow = lambda name: (lambda: (order.append(name), time.sleep(0.002)))
+    a, b = time_calls(slow("a"), slow("b"), repeat=5, warmup=0, settle=0.01)
+    text = "".join(order)
+    assert len(a.runs) == len(b.runs) == 5
+    assert text.count("a") >= 5 * 4 and text.count("b") >= 5 * 4        # 10 ms of 2 ms calls before each run
+    loops = "".join(name for name, _ in itertools.groupby(text))     # rounds a b | b a | a b | b a | a b
+    assert loops == "ababab"                                          # (a b b a a b b a a b, neighbours merged)
+    assert time_calls(lambda: order.append("c"), repeat=5, warmup=0, settle=0) and order[-5:] == ["c"] * 5
+
+
+@pytest.mark.parametrize("settle", [-1.0, float("nan"), "1", True])
+def test_settle_must_be_a_finite_number_of_seconds(settle):
+    with pytest.raises(ValueError, match="settle"):
+        time_calls(lambda: None, repeat=5, settle=settle)
 
 
 def test_timing_median():

@@ -65,7 +65,8 @@ MEMORY_NOTE = "\n".join([
 class Settings:
     """What to measure. ``reference_limit``: GiB of score matrices above which the reference path is skipped;
     ``torch_mask_limit``: the largest n for PyTorch's masked (window) run; ``threads``: the attnlab kernel's
-    (None: all cores); ``single_core``: one thread for every path (kernel, BLAS, torch)."""
+    (None: all cores); ``single_core``: one thread for every path (kernel, BLAS, torch); ``settle``: seconds each
+    path runs untimed in a loop before each of its timed runs (``attnlab.measure.time_calls``)."""
 
     sizes: tuple[int, ...] = QUICK_SIZES
     contexts: tuple[int, ...] = QUICK_CONTEXTS
@@ -78,6 +79,7 @@ class Settings:
     single_core: bool = False
     reference_limit: float = 3.0
     torch_mask_limit: int = 8192
+    settle: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "sizes", tuple(int_list(self.sizes, "sizes")))
@@ -95,6 +97,8 @@ class Settings:
         positive_int(self.threads, "threads", allow_none=True)
         finite_real(self.reference_limit, "reference_limit", positive=True)
         positive_int(self.torch_mask_limit, "torch_mask_limit")
+        if finite_real(self.settle, "settle") < 0:
+            raise ValueError(f"settle must be >= 0 seconds, got {self.settle!r}")
 
 
 @dataclass
@@ -143,6 +147,7 @@ def run(settings: Settings, echo=print) -> Report:
     meta["attnlab_threads"] = 1 if settings.single_core else (settings.threads or meta["attnlab_threads"])
     meta["command"] = " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
     meta["load_before"] = os.getloadavg()
+    meta["settle_s"] = settings.settle
     echo(format_header(meta))
     report = Report(meta)
     for case in settings.cases:
@@ -252,7 +257,7 @@ def measure(case, n, settings: Settings, torch=None) -> list[Result]:
     if timed:
         repeat = max(settings.repeat, DECODE_REPEAT) if case in DECODE else settings.repeat
         timings = time_calls(*(fn for _, fn in timed), repeat=repeat, warmup=0,
-                             before=evict_caches if case == "decode_cold" else None)
+                             before=evict_caches if case == "decode_cold" else None, settle=settings.settle)
         for (result, _), timing in zip(timed, timings):
             result.median_s, result.runs = timing.median_s, timing.runs
             result.gflops = 4 * settings.heads * settings.head_dim * allowed_pairs(case, n) / timing.median_s / 1e9
@@ -339,6 +344,8 @@ def format_header(meta, title: str = "attention benchmark") -> str:
              f"BLAS: {blas}; OPENBLAS_CORETYPE/L2_SIZE: {env}"]
     if "load_before" in meta:
         lines.append(f"load average before: {format_load(meta['load_before'])}")
+    if meta.get("settle_s"):
+        lines.append(f"each timed run follows {meta['settle_s']:g} s of untimed runs of the same call (--settle)")
     return "\n".join(lines)
 
 

@@ -309,13 +309,15 @@ def tiled_peak(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: 
     KERNEL_CALL_BYTES. Not counted: the few partial-tile patterns a relative mask keeps for the call."""
     D, Dv = lay.q.shape[-1], lay.v.shape[-1]
     R, cols = lay.r * min(block_q, max(lay.Lq, 1)), min(block_k, max(lay.Lk, 1))
-    decode = decode_regime(lay, block_q)
+    decode = decode_regime(lay, block_q, block_k)
     splits, used = schedule(lay, block_q, block_k, threads, decode)
     if decode:                            # every head in one task per key split
         R *= math.prod(lay.lead)
         per_thread = (R * cols + R * D + 2 * R * Dv + 6 * R) * itemsize                  # tile, scaled q, sums
         per_thread += min(R * cols, UFUNC_BUFFER[0]) * itemsize  # NumPy buffers the shift's broadcast subtraction
         per_thread += R * cols if masked else 0                                           # the tile's mask
+        if lay.Lq > block_q:              # the batched regime: a query block's result, before it is copied out
+            per_thread += (R * Dv + R) * itemsize
     else:
         per_thread = (R * cols + R * (D + 1) + 3 * R * (Dv + 1) + 3 * R + cols) * itemsize  # tile, [q | -m], acc
         per_thread += cols * (D + 1) * itemsize if R >= FOLD_MIN_ROWS else 0          # [k | 1] key tile
@@ -416,8 +418,9 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
         peak_bytes=reference_peak(lay, size, masked))
     block_q, block_k = blocks(lay, block_q, block_k)                  # the kernel's own choice where not given
     work = tile_work(lay, m, block_q, block_k)
-    splits, used = schedule(lay, block_q, block_k, threads, decode_regime(lay, block_q))
-    rows = lay.r * min(block_q, Lq) * (math.prod(lay.lead) if decode_regime(lay, block_q) else 1)
+    decode = decode_regime(lay, block_q, block_k)
+    splits, used = schedule(lay, block_q, block_k, threads, decode)
+    rows = lay.r * min(block_q, Lq) * (math.prod(lay.lead) if decode else 1)
     tiled = PathCost(
         "tiled",
         flops=2 * work.cells * lay.r * (D + Dv) * layers,

@@ -9,6 +9,8 @@ they print is taken the same way.
   other round (f, g, g, f, f, g, ...), so that a change in the machine's load hits all of them alike and no call
   always runs right after the same other one (PyTorch's OpenMP threads spin for a few milliseconds after each
   call, slowing whatever runs next by up to 13% here): the way to measure a ratio such as time(2n) / time(n).
+  ``settle=`` seconds runs each callable untimed in a loop before each of its timed runs, so that the other
+  callables' idle threads have stopped spinning and a timed run is one of a loop of the same call.
 - ``peak_memory(fn)``: the highest number of bytes allocated through Python's allocator hooks during one call,
   above what was allocated when the call started. NumPy reports its array buffers to tracemalloc, so for NumPy code
   this is the extra memory the call needed, its output included. PyTorch tensors are not seen. A warm-up call runs
@@ -30,7 +32,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 
-from .checks import is_int, non_negative_int
+from .checks import finite_real, is_int, non_negative_int
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,18 @@ def time_call(fn, *, repeat: int = 5, warmup: int = 1, before=None, clock=time.p
     return time_calls(fn, repeat=repeat, warmup=warmup, before=before, clock=clock)[0]
 
 
-def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None, clock=time.perf_counter) -> list[Timing]:
-    """Like ``time_call`` for each of ``fns``, with the runs interleaved round by round."""
+def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None, clock=time.perf_counter,
+               settle: float = 0.0) -> list[Timing]:
+    """Like ``time_call`` for each of ``fns``, with the runs interleaved round by round.
+
+    ``settle`` (seconds, default 0): before each timed run its callable runs untimed again and again until
+    ``settle`` seconds have passed, so the timed run is one of a loop of the same call. Interleaving two
+    libraries' runs otherwise times the first one's idle threads against the second: after a parallel region
+    PyTorch's OpenMP workers (libgomp) spin for milliseconds, and OpenBLAS's threads for up to ~0.1 s, holding
+    the cores the next call's threads need (docs/performance.md, "Interleaved runs and idle threads")."""
+    settle = finite_real(settle, "settle")
+    if settle < 0:
+        raise ValueError(f"settle must be >= 0 seconds, got {settle!r}")
     for fn in fns + (() if before is None else (before,)):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -81,6 +93,7 @@ def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None, clock=time.p
         for round_ in range(repeat):
             order = list(zip(fns, runs))
             for fn, times in (order if round_ % 2 == 0 else order[::-1]):
+                run_for(fn, settle)
                 gc.collect()   # garbage from the last run is not collected inside the next timed one
                 if before is not None:
                     before()
@@ -90,6 +103,13 @@ def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None, clock=time.p
     finally:
         gc.unfreeze()
     return [Timing(tuple(times)) for times in runs]
+
+
+def run_for(fn, seconds: float) -> None:
+    """Run ``fn()`` again and again until ``seconds`` have passed (not at all for 0): a loop of the same call."""
+    end = time.perf_counter() + seconds
+    while seconds and time.perf_counter() < end:
+        fn()
 
 
 _EVICT = {}

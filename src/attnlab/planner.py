@@ -200,7 +200,7 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
             check_mask_axes(mask, lay.scores_shape)
         tiles = TileMaps(mask, lay, bq, bk).counts()
     used = kernel_backward.schedule(lay, bk, threads)[1] if backward else \
-        schedule(lay, bq, bk, threads, decode_regime(lay, bq))[1]
+        schedule(lay, bq, bk, threads, decode_regime(lay, bq, bk))[1]
     return Plan(chosen, reason, lay.scores_shape, dtype, ref_bytes, tiled_bytes, budget, bq, bk, used,
                 lay.r, tiles, backward, ref_peak)
 

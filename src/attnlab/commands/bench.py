@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, full: bool) -> None:
                              "--naive-limit is its old name)")
     parser.add_argument("--torch-mask-limit", type=int, default=8192,
                         help="largest n for PyTorch's masked (window) run (default 8192)")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds each path runs untimed in a loop before each timed run (default 0): the "
+                             "other library's idle threads stop spinning first (docs/performance.md)")
     parser.add_argument("--out", default=None, help="folder for attention.json and attention.png")
 
 
@@ -60,7 +63,7 @@ def settings(args) -> bench.Settings:
     return bench.Settings(sizes=args.sizes, contexts=args.contexts, cases=args.cases, impls=args.impls,
                           heads=args.heads, head_dim=args.head_dim, repeat=args.repeat, threads=args.threads,
                           single_core=args.single_core, reference_limit=args.reference_limit,
-                          torch_mask_limit=args.torch_mask_limit)
+                          torch_mask_limit=args.torch_mask_limit, settle=args.settle)
 
 
 def register(sub):

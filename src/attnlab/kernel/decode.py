@@ -49,7 +49,7 @@ def step(p, mask, scale, score_mod, bias, block_q, block_k, threads, stats):
     if 0 in lay.scores_shape:
         return None
     bq, bk = layout_mod.default_blocks(lay.r, Lq, Lk)
-    if not layout_mod.decode_regime(lay, bq):
+    if lay.r * Lq >= layout_mod.FOLD_MIN_ROWS or not layout_mod.decode_regime(lay, bq, bk):     # not a decoding step
         return None
     threads = layout_mod.threads_of(threads)
     splits, n_threads = layout_mod.schedule(lay, bq, bk, threads, True)
@@ -130,21 +130,23 @@ def fold_block(P, vb, m, m_new, l, sums, pv):
     return l, pv
 
 
-def decode_task(pb, j_lo, j_hi, out, lse, counts):
-    """The online softmax of all query rows of every head over the key blocks j_lo:j_hi, one batched matmul per
-    key block: the decode regime (r * Lq < FOLD_MIN_ROWS rows per head group), where a task per head would spend
-    its time in Python. Checked as the careful pass of ``forward.run_task``: non-finite values reach only the rows
-    that attend to them. out (*lead, r, Lq, Dv) and lse (*lead, r, Lq) are written."""
+def decode_task(pb, i, j_lo, j_hi, out, lse, counts):
+    """The online softmax of the query rows of query block i of every head over the key blocks j_lo:j_hi, one
+    batched matmul per key block: the decode regime (few rows, or a small problem on the batched regime's tiles),
+    where a task per head would spend its time in Python. Checked as the careful pass of ``forward.run_task``:
+    non-finite values reach only the rows that attend to them. Rows qs:qe of out (*lead, r, Lq, Dv) and lse
+    (*lead, r, Lq) are written."""
     lay, bk, lowest = pb.lay, pb.block_k, np.finfo(pb.dtype).min
-    lead, R = lay.lead, lay.r * lay.Lq
-    q = np.multiply(pb.q, pb.q_scale).reshape(lead + (1, R, pb.D))              # (*lead, 1, r Lq, D), log2 units
+    qs, qe = i * pb.block_q, min(lay.Lq, (i + 1) * pb.block_q)
+    lead, R = lay.lead, lay.r * (qe - qs)
+    q = np.multiply(pb.q[..., qs:qe, :], pb.q_scale).reshape(lead + (1, R, pb.D))   # (*lead, 1, R, D), log2
     width = min(bk, lay.Lk)
     scores = np.empty(lead + (1, R, width), pb.dtype)                            # (*lead, 1, R, block_k)
     sums = np.empty(lead + (1, R, pb.Dv), pb.dtype)                              # (*lead, 1, R, Dv): sum p v
     m = l = pv = None
     for j in range(j_lo, j_hi):
         ks, ke = j * bk, min(lay.Lk, (j + 1) * bk)
-        blocked = decode_blocked(pb, j, ks, ke, counts)
+        blocked = decode_blocked(pb, i, qs, qe, j, ks, ke, counts)
         if blocked is True:
             continue
         S = np.matmul(q, np.swapaxes(pb.k[..., ks:ke, :], -1, -2), out=scores[..., :ke - ks])   # (.., R, cols)
@@ -156,36 +158,44 @@ def decode_task(pb, j_lo, j_hi, out, lse, counts):
         exp2_masked(np.subtract(S, m_tile[..., None], out=S), blocked)          # P = 2^(S - m_new)
         l, pv = fold_block(S, pb.v[..., ks:ke, :], m, m_tile, l, sums, pv)
         m = m_tile
+    rows_out, rows_lse = out[..., qs:qe, :], lse[..., qs:qe]                     # (*lead, r, rows, Dv), (.., rows)
     if m is None:                                    # every block empty: nothing to attend to
-        out[...] = 0
-        lse[...] = -np.inf
+        rows_out[...] = 0
+        rows_lse[...] = -np.inf
         return
-    normalise(sums, l, m, lowest, out.reshape(sums.shape), lse.reshape(m.shape))
+    if qe - qs == lay.Lq:                            # every row: out and lse viewed in the sums' shape
+        normalise(sums, l, m, lowest, out.reshape(sums.shape), lse.reshape(m.shape))
+        return
+    o, s = np.empty_like(sums), np.empty_like(l)      # a query block's rows are not one view of that shape
+    normalise(sums, l, m, lowest, o, s)
+    rows_out[...] = o.reshape(rows_out.shape)
+    rows_lse[...] = s.reshape(rows_lse.shape)
 
 
-def decode_blocked(pb, j, ks, ke, counts):
-    """The cells of key block j to set to -inf for every head: None (none), True (all: skip the block) or a
-    boolean array broadcastable to (*lead, 1, r * Lq, cols); counts the tiles (one per head group, as the tile
-    map has them)."""
+def decode_blocked(pb, i, qs, qe, j, ks, ke, counts):
+    """The cells of tile (i, j) (query rows qs:qe, keys ks:ke) to set to -inf for every head: None (none), True
+    (all: skip the tile) or a boolean array broadcastable to (*lead, 1, r * rows, cols); counts the tiles (one
+    per head group, as the tile map has them)."""
     lay = pb.lay
     n_groups = pb.maps.n_lead
     shared = pb.maps.shared
+    rows = qe - qs
     if shared is not None:                            # one map for every head group
-        state = int(shared[0, j])
+        state = int(shared[i, j])
         if state == FULL or state == EMPTY:
             counts[state] += n_groups
             return None if state == FULL else True
         if pb.mask_arr is None:                       # a Mask that depends on neither batch nor head
-            allowed = pb.mask.evaluate(lay.Lq, lay.Lk, np.arange(lay.Lq)[:, None], np.arange(ks, ke)[None, :])
+            allowed = pb.mask.evaluate(lay.Lq, lay.Lk, np.arange(qs, qe)[:, None], np.arange(ks, ke)[None, :])
             counts[PARTIAL] += n_groups
-            blocked = np.broadcast_to(~allowed, (lay.r, lay.Lq, ke - ks))      # (r, Lq, cols): the r heads share it
-            return blocked.reshape(lay.r * lay.Lq, ke - ks)                    # (R, cols), broadcast over *lead
-    states = {idx: int(pb.maps[idx][0, j]) for idx in np.ndindex(*lay.lead)}
+            blocked = np.broadcast_to(~allowed, (lay.r, rows, ke - ks))         # (r, rows, cols): the r heads share it
+            return blocked.reshape(lay.r * rows, ke - ks)                       # (R, cols), broadcast over *lead
+    states = {idx: int(pb.maps[idx][i, j]) for idx in np.ndindex(*lay.lead)}
     if all(state == FULL for state in states.values()):
         counts[FULL] += len(states)
         return None
-    blocked = np.zeros(lay.lead + (lay.r, lay.Lq, ke - ks), bool)
-    q_sel, q_pos, empty = slice(0, lay.Lq), np.arange(lay.Lq), 0
+    blocked = np.zeros(lay.lead + (lay.r, rows, ke - ks), bool)
+    q_sel, q_pos, empty = slice(qs, qe), np.arange(qs, qe), 0
     for idx, state in states.items():
         state, allowed = pb.classify(idx, q_sel, q_pos, ks, ke, state)
         counts[state] += 1
@@ -194,4 +204,4 @@ def decode_blocked(pb, j, ks, ke, counts):
             blocked[idx] = True if state == EMPTY else ~allowed
     if empty == len(states):
         return True
-    return blocked.reshape(lay.lead + (1, lay.r * lay.Lq, ke - ks))
+    return blocked.reshape(lay.lead + (1, lay.r * rows, ke - ks))

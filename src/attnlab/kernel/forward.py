@@ -178,8 +178,9 @@ def call_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
     one. Boolean-array masks are keyed as "an array": their plan depends on their shape only (they are
     classified per tile while running)."""
     lay = pb.lay
-    tunables = (layout_mod.WORK_PER_THREAD, layout_mod.TILE_ROWS, layout_mod.TILE_SCORES, layout_mod.DECODE_KEYS,
-                layout_mod.PARTIAL_ROWS, layout_mod.MASK_PATTERNS, FOLD_MIN_ROWS, band_mod.BAND_ROWS,
+    tunables = (layout_mod.BATCHED_ROWS, layout_mod.BATCHED_BLOCKS, layout_mod.BATCHED_SCORES,
+                layout_mod.WORK_PER_THREAD, layout_mod.TILE_ROWS, layout_mod.TILE_SCORES, layout_mod.DECODE_KEYS,
+                layout_mod.DECODE_BYTES_PER_THREAD, layout_mod.PARTIAL_ROWS, layout_mod.MASK_PATTERNS, FOLD_MIN_ROWS, band_mod.BAND_ROWS,
                 band_mod.BAND_KEYS, band_mod.BAND_DENSITY)
     mask_key = "array" if pb.mask_arr is not None else id(mask)
     key = (lay.q.shape, lay.k.shape, lay.v.shape, lay.lead, lay.r, lay.scores_shape, pb.dtype, mask_key,
@@ -204,7 +205,7 @@ def _new_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
     lay = pb.lay
     bq, bk = layout_mod.blocks(lay, block_q, block_k)
     maps = TileMaps(mask, lay, bq, bk)
-    decode = layout_mod.decode_regime(lay, bq, mods=pb.mods is not None)
+    decode = layout_mod.decode_regime(lay, bq, bk, mods=pb.mods is not None)
     splits, n_threads = layout_mod.schedule(lay, bq, bk, threads, decode)
     tasks = layout_mod.tasks(maps, lay, splits, decode)
     band = None
@@ -497,7 +498,7 @@ def run_task(pb, ws, task: layout_mod.Task, out, lse, counts):
     """
     idx, i, j_lo, j_hi, split = task.group, task.block, task.key_lo, task.key_hi, task.split
     if idx is None:                                           # the decode regime: every head at once
-        return decode_task(pb, j_lo, j_hi, out[split], lse[split], counts)
+        return decode_task(pb, i, j_lo, j_hi, out[split], lse[split], counts)
     qs, qe = i * pb.block_q, min(pb.lay.Lq, (i + 1) * pb.block_q)
     row_map = pb.maps[idx][i, j_lo:j_hi]
     if pb.band is not None:                                   # a narrow relative mask: row slices, whole bands

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import masks as masks_mod
+from .._array import accumulation_itemsize, broadcast_shapes
 from ..checks import positive_int
 from ..masks import EMPTY, FULL, PARTIAL
 
@@ -25,7 +26,11 @@ TILE_ROWS = 1024                     # rows per tile (r * block_q)
 PARTIAL_ROWS = 128                   # rows per slice of a partial tile, each slice narrowed to its own keys
 MASK_PATTERNS = 8                    # partial-tile patterns of a relative mask a kernel call keeps (per diagonal)
 TILE_SCORES = 2**17                  # scores per tile when the rows are few: 512 KiB in float32
-DECODE_KEYS = 2048                   # keys per tile at most when the rows are few (decoding): blocks to split
+DECODE_KEYS = 8192                   # keys per tile at most when the rows are few (decoding): blocks to split
+BATCHED_ROWS = 512                   # query rows per head up to which every head of a query block runs in one task
+BATCHED_BLOCKS = (128, 256)          # the batched regime's tile: query rows per head x keys
+BATCHED_SCORES = 2**19               # scores of one batched tile (every head together) at most: 2 MiB in float32
+DECODE_BYTES_PER_THREAD = 2**25      # key/value bytes a decode-regime thread must read, else fewer threads
 
 
 class Task(NamedTuple):
@@ -106,7 +111,7 @@ def layout(p) -> Layout:
     else:
         r = 1
         q, k, v = q[..., None, :, :], k[..., None, :, :], v[..., None, :, :]
-    lead = tuple(np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    lead = broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
     return Layout(q, k, v, lead, r, tuple(p.scores_shape))
 
 
@@ -151,9 +156,18 @@ def default_blocks(r: int, Lq: int, Lk: int) -> tuple[int, int]:
     return block_q, block_k
 
 
+def batched_blocks(lay: Layout) -> tuple[int, int] | None:
+    """The batched regime's tile sizes for a small problem (Lq <= BATCHED_ROWS query rows per head, at least
+    FOLD_MIN_ROWS per head group, every head's tile together at most BATCHED_SCORES scores), else None."""
+    bq, bk = min(lay.Lq, BATCHED_BLOCKS[0]), min(lay.Lk, BATCHED_BLOCKS[1])
+    small = 0 < lay.Lq <= BATCHED_ROWS and lay.r * lay.Lq >= FOLD_MIN_ROWS and lay.Lk > 0
+    return (bq, bk) if small and math.prod(lay.lead) * lay.r * bq * bk <= BATCHED_SCORES else None
+
+
 def blocks(lay: Layout, block_q=None, block_k=None) -> tuple[int, int]:
-    """The tile sizes of a call: the ones given (checked) or ``default_blocks``."""
-    bq, bk = default_blocks(lay.r, lay.Lq, lay.Lk)
+    """The tile sizes of a call: the ones given (checked), else ``batched_blocks`` for a small problem, else
+    ``default_blocks``."""
+    bq, bk = (block_q is None and block_k is None and batched_blocks(lay)) or default_blocks(lay.r, lay.Lq, lay.Lk)
     bq = positive_int(block_q, "block_q", allow_none=True) or bq
     bk = positive_int(block_k, "block_k", allow_none=True) or bk
     return bq, bk
@@ -241,11 +255,17 @@ def merge_group_maps(maps):
 
 
 # --- the schedule --------------------------------------------------------------------------------------------------
-def decode_regime(lay: Layout, block_q: int, mods: bool = False) -> bool:
-    """Whether the kernel runs in the decode regime (``attnlab.kernel.decode``): every head in one task per key
-    split. It does for one query block of fewer than FOLD_MIN_ROWS rows per head group and no score modifier,
-    where a task per head would spend its time in Python."""
-    return not mods and math.ceil(lay.Lq / block_q) <= 1 and lay.r * lay.Lq < FOLD_MIN_ROWS
+def decode_regime(lay: Layout, block_q: int, block_k: int, mods: bool = False) -> bool:
+    """Whether the kernel runs in the decode regime (``attnlab.kernel.decode``): every head together, one task per
+    key split (decoding: one query block of fewer than FOLD_MIN_ROWS rows per head group) or per query block (a
+    small problem on the batched regime's tiles, ``batched_blocks``), where a task per head would spend its time
+    in Python: n = 512 causal ran in 7.6 ms per head and 3.9 ms batched (docs/performance.md). Never with a
+    score modifier or a bias."""
+    if mods:
+        return False
+    if math.ceil(lay.Lq / block_q) <= 1 and lay.r * lay.Lq < FOLD_MIN_ROWS:
+        return True
+    return (block_q, block_k) == batched_blocks(lay)
 
 
 def kv_splits(threads: int, pairs: int, n_key_blocks: int) -> int:
@@ -258,15 +278,29 @@ def kv_splits(threads: int, pairs: int, n_key_blocks: int) -> int:
 
 def schedule(lay: Layout, block_q: int, block_k: int, threads: int, decode: bool) -> tuple[int, int]:
     """(key splits, threads used) of a kernel call. Decode regime: one task per key split, the keys split among
-    the threads the work pays for. Otherwise a task per (head group, query block, key split), the keys split
+    the threads their bytes pay for (``kv_bytes``); with several query blocks (the batched regime), one task
+    per query block and no split. Otherwise a task per (head group, query block, key split), the keys split
     when there are fewer (head group, query block) pairs than threads."""
     n_key_blocks = math.ceil(lay.Lk / block_k)
+    n_query_blocks = math.ceil(lay.Lq / block_q)
+    if decode and n_query_blocks > 1:                 # the batched regime: one task per query block
+        return 1, used_threads(threads, n_query_blocks, work(lay))
     if decode:
-        splits = max(1, min(n_key_blocks, used_threads(threads, n_key_blocks, work(lay))))
+        splits = max(1, min(threads, n_key_blocks, kv_bytes(lay) // DECODE_BYTES_PER_THREAD))
         return splits, splits
     pairs = math.prod(lay.lead) * math.ceil(lay.Lq / block_q)
     splits = kv_splits(threads, pairs, n_key_blocks)
     return splits, used_threads(threads, pairs * splits, work(lay))
+
+
+def kv_bytes(lay: Layout) -> int:
+    """Bytes of keys and values a call reads, every key/value head once: a decode step is bound by them (one
+    multiply-add per element read), so its threads are sized by them (``DECODE_BYTES_PER_THREAD``), not by
+    multiply-adds. Measured on the 2-core machine (docs/performance.md, "Decode step"): a second thread paid
+    from 64 MiB (8 heads, 16k keys) and lost up to 32 MiB (8 heads at 4k-8k, 2 key/value heads at 4k-32k)."""
+    dtype = lay.q.dtype                                                 # plan() also takes other libraries'
+    itemsize = dtype.itemsize if isinstance(dtype, np.dtype) else accumulation_itemsize(dtype)
+    return math.prod(lay.lead) * lay.Lk * (lay.k.shape[-1] + lay.v.shape[-1]) * itemsize
 
 
 def work(lay: Layout) -> int:
@@ -281,11 +315,13 @@ def used_threads(threads: int, tasks: int, work_: int) -> int:
 
 
 def tasks(maps: TileMaps, lay: Layout, splits: int, decode: bool) -> list[Task]:
-    """The tasks of a call, biggest first for load balance; in the decode regime one per key split."""
+    """The tasks of a call, biggest first for load balance; in the decode regime one per query block and key
+    split, every head together (``Task.group`` None)."""
     nkb = maps.nkb
     bounds = [(s * nkb // splits, (s + 1) * nkb // splits) for s in range(splits)]
-    if decode:
-        return [Task(None, 0, lo, hi, s) for s, (lo, hi) in enumerate(bounds)]
+    if decode:                                        # the later query blocks first: under a causal mask the
+        return [Task(None, i, lo, hi, s) for i in reversed(range(maps.nqb))   # longest
+                for s, (lo, hi) in enumerate(bounds)]
     pairs = [(idx, i) for idx in np.ndindex(*lay.lead) for i in range(maps.nqb)]
     todo = [Task(idx, i, lo, hi, s) for idx, i in pairs for s, (lo, hi) in enumerate(bounds)]
     visited = lambda t: int(np.count_nonzero(maps[t.group][t.block, t.key_lo:t.key_hi] != EMPTY))
