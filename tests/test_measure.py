@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from attnlab.measure import Timing, peak_memory, time_call, time_calls
+from attnlab.measure import Timing, peak_memory, run_for, time_call, time_calls
 
 
 def test_time_call_runs_warmup_then_repeat():
@@ -36,6 +36,15 @@ def test_settle_runs_each_call_untimed_in_a_loop_before_its_timed_run():
     loops = "".join(name for name, _ in itertools.groupby(text))     # rounds a b | b a | a b | b a | a b
     assert loops == "ababab"                                          # (a b b a a b b a a b, neighbours merged)
     assert time_calls(lambda: order.append("c"), repeat=5, warmup=0, settle=0) and order[-5:] == ["c"] * 5
+
+
+def test_run_for_loops_until_the_time_has_passed_and_not_at_all_for_zero():
+    calls = []
+    start = time.perf_counter()
+    run_for(lambda: (calls.append(1), time.sleep(0.001)), 0.02)
+    assert time.perf_counter() - start >= 0.02 and len(calls) >= 5
+    run_for(lambda: calls.append(2), 0)
+    assert 2 not in calls
 
 
 @pytest.mark.parametrize("settle", [-1.0, float("nan"), "1", True])

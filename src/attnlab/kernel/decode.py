@@ -1,4 +1,5 @@
-"""The decode regime: few query rows (one new token), every head at once, the keys split among the threads.
+"""The decode regime: few query rows (one new token), every head at once, the keys split among the threads; and
+the batched regime, the same code on the query blocks of a small problem (``layout.batched_blocks``).
 
 When a head group has fewer than FOLD_MIN_ROWS query rows in one query block (``layout.decode_regime``), a task
 per head would spend its time in Python. Instead one task per key split runs the online softmax of all query rows
