@@ -91,18 +91,13 @@ def test_split_keys_merge_exactly_and_report_what_ran(rng, monkeypatch, taken, t
     assert plan.threads == short.threads and plan.tiles == short.tiles
 
 
-def test_the_plan_says_what_the_short_road_runs_at_long_contexts(rng):
-    q, k, v = _qkv(rng, 1, 8, 8, 1, 5000, D=64, dtype=np.float32)            # 1 key block, 1 thread: 20 MiB
+@pytest.mark.parametrize("n, splits", [(5000, 1), (17000, 2)])   # 20 MiB of K, V: 1 block; 66 MiB: 3 blocks, 2 threads
+def test_the_plan_says_what_the_short_road_runs_at_long_contexts(rng, n, splits):
+    q, k, v = _qkv(rng, 1, 8, 8, 1, n, D=64, dtype=np.float32)
     stats = RunStats()
     _check(q, k, v, threads=2, stats=stats)
     plan = attnlab.plan(q.shape, k.shape, impl="tiled", threads=2)
-    assert (stats.threads, stats.kv_splits, stats.block_k) == (plan.threads, 1, plan.block_k)
-    assert plan.tiles == stats.tiles
-    q, k, v = _qkv(rng, 1, 8, 8, 1, 17000, D=64, dtype=np.float32)           # 3 key blocks, 2 threads: 66 MiB
-    stats = RunStats()
-    _check(q, k, v, threads=2, stats=stats)
-    plan = attnlab.plan(q.shape, k.shape, impl="tiled", threads=2)
-    assert (stats.threads, stats.kv_splits, stats.block_k) == (plan.threads, 2, plan.block_k)
+    assert (stats.threads, stats.kv_splits, stats.block_k) == (plan.threads, splits, plan.block_k)
     assert plan.tiles == stats.tiles
 
 
