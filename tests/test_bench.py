@@ -65,6 +65,10 @@ def test_bench_rejects_bad_arguments(capsys):
         bench.Settings(cases=("dense", "sideways"))
     with pytest.raises(ValueError, match="reference_limit must be a positive finite number"):
         bench.Settings(reference_limit=0)
+    for bad, said in (("-1", "must be >= 0, got -1.0"), ("nan", "must be a finite number, got nan")):
+        assert cli.main(["bench", "--sizes", "16", "--settle", bad]) == 2
+        err = capsys.readouterr().err
+        assert "settle (seconds) " + said in err and len(err.strip().splitlines()) == 1
     assert bench.allowed_pairs("window", 1000) == 1000 * 256 - 256 * 255 // 2
     assert bench.allowed_pairs("causal", 4) == 10 and bench.allowed_pairs("decode", 7) == 7
 

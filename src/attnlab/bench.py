@@ -38,7 +38,7 @@ import numpy as np
 
 from . import masks, planner
 from .api import scaled_dot_product_attention
-from .checks import choice, finite_real, int_list, positive_int
+from .checks import choice, finite_real, int_list, non_negative_real, positive_int
 from .kernel import flash_attention
 from .measure import evict_caches, peak_memory, time_calls
 
@@ -97,8 +97,7 @@ class Settings:
         positive_int(self.threads, "threads", allow_none=True)
         finite_real(self.reference_limit, "reference_limit", positive=True)
         positive_int(self.torch_mask_limit, "torch_mask_limit")
-        if finite_real(self.settle, "settle") < 0:
-            raise ValueError(f"settle must be >= 0 seconds, got {self.settle!r}")
+        non_negative_real(self.settle, "settle (seconds)")
 
 
 @dataclass

@@ -45,6 +45,14 @@ def non_negative_int(value, name: str) -> int:
     return int(value)
 
 
+def non_negative_real(value, name: str) -> float:
+    """``value`` as a finite real number >= 0 (seconds, say)."""
+    value = finite_real(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return value
+
+
 def int_list(values, name: str, *, minimum: int = 1) -> list[int]:
     """A non-empty sequence of ints >= ``minimum`` as a list."""
     values = list(values) if isinstance(values, (list, tuple)) else None

@@ -32,7 +32,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 
-from .checks import finite_real, is_int, non_negative_int
+from .checks import is_int, non_negative_int, non_negative_real
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,7 @@ def time_calls(*fns, repeat: int = 5, warmup: int = 1, before=None, clock=time.p
     libraries' runs otherwise times the first one's idle threads against the second: after a parallel region
     PyTorch's OpenMP workers (libgomp) spin for milliseconds, and OpenBLAS's threads for up to ~0.1 s, holding
     the cores the next call's threads need (docs/performance.md, "Interleaved runs and idle threads")."""
-    settle = finite_real(settle, "settle")
-    if settle < 0:
-        raise ValueError(f"settle must be >= 0 seconds, got {settle!r}")
+    settle = non_negative_real(settle, "settle (seconds)")
     for fn in fns + (() if before is None else (before,)):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")

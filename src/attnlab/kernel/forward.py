@@ -180,8 +180,8 @@ def call_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
     lay = pb.lay
     tunables = (layout_mod.BATCHED_ROWS, layout_mod.BATCHED_BLOCKS, layout_mod.BATCHED_SCORES,
                 layout_mod.WORK_PER_THREAD, layout_mod.TILE_ROWS, layout_mod.TILE_SCORES, layout_mod.DECODE_KEYS,
-                layout_mod.DECODE_BYTES_PER_THREAD, layout_mod.PARTIAL_ROWS, layout_mod.MASK_PATTERNS, FOLD_MIN_ROWS, band_mod.BAND_ROWS,
-                band_mod.BAND_KEYS, band_mod.BAND_DENSITY)
+                layout_mod.DECODE_BYTES_PER_THREAD, layout_mod.PARTIAL_ROWS, layout_mod.MASK_PATTERNS, FOLD_MIN_ROWS,
+                band_mod.BAND_ROWS, band_mod.BAND_KEYS, band_mod.BAND_DENSITY)
     mask_key = "array" if pb.mask_arr is not None else id(mask)
     key = (lay.q.shape, lay.k.shape, lay.v.shape, lay.lead, lay.r, lay.scores_shape, pb.dtype, mask_key,
            pb.mods is not None, block_q, block_k, threads, tunables)
