@@ -40,7 +40,7 @@ test: install system-deps
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python benchmarks/attention.py --targets
+	$(BIN)/python benchmarks/attention.py --targets --unset-openblas-env --settle 0.2
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis attnlab-tour attnlab-experiments test-artifacts

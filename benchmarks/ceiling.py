@@ -73,10 +73,15 @@ def main(argv=None) -> int:
                         help=f"mask kinds for the masks table, comma-separated, 'all' for every one "
                              f"({','.join(MASK_KINDS)}); default: no masks table")
     parser.add_argument("--no-torch-table", action="store_true", help="skip the dense/causal table with PyTorch")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds each call runs untimed before each timed run (attnlab.measure.time_calls), "
+                             "so no call is timed against the idle threads of the one before it; default 0")
     parser.add_argument("--unset-openblas-env", action="store_true",
                         help="if OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE are set, restart without them (for every "
                              "path of the run: PyTorch does not use OpenBLAS)")
     args = parser.parse_args(argv)
+    if not args.settle >= 0:                                          # NaN too
+        parser.error(f"--settle must be a non-negative number of seconds, got {args.settle}")
     openblas_env.restart_without_overrides(args.unset_openblas_env)
     import torch
 
@@ -84,12 +89,14 @@ def main(argv=None) -> int:
     meta["load_before"] = os.getloadavg()
     print(bench.format_header(meta, title="kernel ceiling"))
     print(openblas_env.unset_note())
+    if args.settle:
+        print(f"each timed run follows {args.settle:g} s of untimed runs of the same call (--settle)")
     threads = planner.default_threads()
     print(f"sgemm 2048^3 per thread, {threads} threads at once: {_sgemm_gflops(threads):.1f} GFLOP/s each")
     if not args.no_torch_table:
         print(f"{'case':8s} {'n':>6s} {'path':9s} {'median ms':>10s} {'GFLOP/s':>8s} {'x torch':>8s}")
         for n in args.sizes:
-            for line in _rows(n, args.heads, args.head_dim, args.repeat, threads, torch):
+            for line in _rows(n, args.heads, args.head_dim, args.repeat, args.settle, threads, torch):
                 print(line, flush=True)
     kinds = MASK_KINDS if args.masks == ("all",) else args.masks
     unknown = [kind for kind in kinds if kind not in MASK_KINDS]
@@ -100,13 +107,13 @@ def main(argv=None) -> int:
         print(f"{'mask':11s} {'n':>6s} {'kernel ms':>10s} {'GFLOP/s':>8s} {'x dense':>8s} {'floor ms':>9s} "
               f"{'x floor':>8s} {'tiles ms':>9s} {'slices ms':>9s} {'load':>5s}")
         for n in args.sizes:
-            for line in _mask_rows(n, kinds, args.heads, args.head_dim, args.repeat, threads):
+            for line in _mask_rows(n, kinds, args.heads, args.head_dim, args.repeat, args.settle, threads):
                 print(line, flush=True)
     print(f"load average after {bench.format_load(os.getloadavg())}")
     return 0
 
 
-def _rows(n, H, D, repeat, threads, torch):
+def _rows(n, H, D, repeat, settle, threads, torch):
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, H, n, D), dtype=np.float32) for _ in range(3))
     tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
@@ -120,7 +127,7 @@ def _rows(n, H, D, repeat, threads, torch):
         ("causal", "torch"): lambda: sdpa(tq, tk, tv, is_causal=True),
         ("causal", "attnlab"): lambda: attnlab.flash_attention(q, k, v, attnlab.masks.causal()),
     }
-    times = dict(zip(fns, (t.median_s for t in time_calls(*fns.values(), repeat=repeat))))
+    times = dict(zip(fns, (t.median_s for t in time_calls(*fns.values(), repeat=repeat, settle=settle))))
     times["causal", "floor"] = times["dense", "floor"] * (n + 1) / (2 * n)
     for case in ("dense", "causal"):
         useful = 4 * H * D * (n * n if case == "dense" else n * (n + 1) // 2)
@@ -153,7 +160,7 @@ def allowed_pairs(mask, n) -> int:
                for a in range(0, n, rows))
 
 
-def _mask_rows(n, kinds, H, D, repeat, threads):
+def _mask_rows(n, kinds, H, D, repeat, settle, threads):
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, H, n, D), dtype=np.float32) for _ in range(3))
     block_q, block_k = planner.default_blocks(1, n, n)
@@ -168,7 +175,7 @@ def _mask_rows(n, kinds, H, D, repeat, threads):
         found = band.band_of(mask, n, n, block_q, block_q * block_k, 1)
         if found is not None:
             fns[kind + " slices"] = _slice_floor(H, n, D, found, block_q, block_q * block_k, threads)
-    times = dict(zip(fns, (t.median_s for t in time_calls(*fns.values(), repeat=repeat))))
+    times = dict(zip(fns, (t.median_s for t in time_calls(*fns.values(), repeat=repeat, settle=settle))))
     load = os.getloadavg()[0]
     dense_rate = 4 * H * D * n * n / times["dense"]
     yield (f"{'dense':11s} {n:6d} {times['dense'] * 1e3:10.2f} {dense_rate / 1e9:8.1f} {1:8.2f} "

@@ -41,13 +41,13 @@ def paired(settings: bench.Settings, torch=None) -> dict:
         if all(case in settings.cases and n in settings.sizes and impl in settings.impls for case, n, impl in calls):
             fns = [bench.call(*c, settings, torch).fn for c in calls]
             if None not in fns:
-                a, b = time_calls(*fns, repeat=settings.repeat)
+                a, b = time_calls(*fns, repeat=settings.repeat, settle=settings.settle)
                 values[name] = a.median_s / b.median_s
     contexts = [n for n in settings.contexts if 2 * n in settings.contexts]
     if "decode_cold" in settings.cases and "tiled" in settings.impls and contexts:
         ns = sorted(set(contexts) | {2 * n for n in contexts})
         times = time_calls(*(bench.call("decode_cold", n, "tiled", settings, torch).fn for n in ns),
-                           repeat=bench.DECODE_REPEAT, before=evict_caches)
+                           repeat=bench.DECODE_REPEAT, before=evict_caches, settle=settings.settle)
         median = dict(zip(ns, (t.median_s for t in times)))
         values["decode_cold_worst_2n_over_n_tiled"] = max(median[2 * n] / median[n] for n in contexts)
     return values

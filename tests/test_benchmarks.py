@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -67,6 +69,14 @@ def test_ceiling_script_prints_the_floor_next_to_torch():
     assert "kernel ceiling" in out and "BLAS: " in out
 
 
+@pytest.mark.parametrize("junk", ["-1", "nan"])
+def test_ceiling_script_refuses_a_negative_settle_in_one_line(junk):
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "ceiling.py"), "--settle", junk], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "--settle must be a non-negative number of seconds" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_ceiling_script_masks_table_puts_each_mask_beside_dense_and_its_floor():
     """benchmarks/ceiling.py --masks (issue 17): every mask kind's row with its ratio to dense and to its floor."""
     sys.path.insert(0, str(BENCHMARKS))
@@ -76,7 +86,8 @@ def test_ceiling_script_masks_table_puts_each_mask_beside_dense_and_its_floor():
         sys.path.remove(str(BENCHMARKS))
 
     out = run_script("ceiling.py", "--sizes", "256", "--heads", "2", "--head-dim", "16", "--repeat", "5",
-                     "--masks", "all", "--no-torch-table")
+                     "--masks", "all", "--no-torch-table", "--settle", "0.001")
+    assert "each timed run follows 0.001 s of untimed runs" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[1:2] == ["256"]}
     assert set(rows) == {"dense", *ceiling.MASK_KINDS}
     assert float(rows["dense"][4]) == 1.0 and all(float(r[2]) > 0 and float(r[5]) > 0 for r in rows.values())

@@ -87,9 +87,10 @@ def test_every_mask_gqa_and_shape_equals_the_reference(mask, H, G, Lq, Lk, dtype
         mask = M.document(ids(Lk), ids(Lq)) if Lq > Lk else M.document(ids(Lk))
     stats = RunStats()
     _check(q, k, v, mask, stats=stats)
-    n_blocks = -(-Lq // layout.BATCHED_BLOCKS[0])
+    n_blocks = -(-Lq // 128)
     assert len(batched) == stats.tasks == n_blocks and sorted(batched) == list(range(n_blocks))
-    assert (stats.block_q, stats.block_k) == (min(Lq, 128), min(Lk, 256)) and stats.kv_splits == 1
+    keys = 128 if mask is not None else min(512, 2**19 // (2 * H * min(Lq, 128)))   # every head's tile <= 2^19
+    assert (stats.block_q, stats.block_k) == (min(Lq, 128), min(Lk, keys)) and stats.kv_splits == 1
     if not isinstance(mask, np.ndarray):
         plan = attnlab.plan(q.shape, k.shape, mask=mask, impl="tiled", dtype=q.dtype)
         assert plan.tiles == stats.tiles and plan.threads == stats.threads
@@ -130,13 +131,31 @@ def test_which_problems_run_batched(rng, batched):
     flash_attention(*big)
     flash_attention(*oracles.qkv(rng, 1, 2, 2, 300, 64, D=8, dtype=np.float32), block_q=64, block_k=64)
     flash_attention(*oracles.qkv(rng, 1, 2, 2, 300, 64, D=8, dtype=np.float32), score_mod=attnlab.scores.softcap(5.0))
-    many = oracles.qkv(rng, 8, 8, 8, 200, 300, D=8, dtype=np.float32)   # 64 heads x 128 x 256 > 2^19 scores
+    many = oracles.qkv(rng, 8, 8, 8, 200, 300, D=8, dtype=np.float32)   # 64 heads x 128 x 128 > 2^19 scores
     flash_attention(*many)
     flash_attention(*oracles.qkv(rng, 1, 8, 8, 1, 300, D=8, dtype=np.float32))   # the decode step's own road
     assert batched == []
     q, k, v = oracles.qkv(rng, 1, 2, 2, 300, 64, D=8, dtype=np.float32)
     flash_attention(q, k, v, block_q=128, block_k=64)                     # the batched tiles, given: batched
     assert batched == [2, 1, 0]                                           # the last query block first
+
+
+@pytest.mark.parametrize("B, H, n, mask, want", [(1, 8, 512, None, (128, 512)), (1, 8, 512, M.causal(), (128, 128)),
+                                                 (2, 8, 512, None, (128, 256)), (4, 8, 384, None, (128, 128)),
+                                                 (2, 16, 384, M.causal(), (128, 128)), (4, 16, 256, M.causal(), None),
+                                                 (8, 8, 256, None, None)])
+def test_the_tiles_follow_the_mask_and_the_heads(B, H, n, mask, want, rng, batched):
+    """Without a mask one 512-key block (no online rescale at n = 512); with one 128-key tiles (a partial tile
+    computes all its cells); fewer keys when every head's tile passes 2^19 scores, per head below 128 keys."""
+    q, k, v = (x.astype(np.float32) for x in oracles.qkv(rng, B, H, H, n, n, D=8))
+    stats = RunStats()
+    _check(q, k, v, mask, stats=stats)
+    plan = attnlab.plan(q.shape, k.shape, mask=mask, impl="tiled", dtype=q.dtype)
+    assert (plan.block_q, plan.block_k) == (stats.block_q, stats.block_k) and plan.threads == stats.threads
+    if want is None:
+        assert batched == [] and stats.block_q == n             # the per-head path's default tiles
+    else:
+        assert (stats.block_q, stats.block_k) == want and sorted(batched) == list(range(n // 128))
 
 
 def test_threads_take_the_query_blocks(rng, batched):

@@ -302,14 +302,14 @@ def reference_peak(lay: Layout, itemsize: int, masked: bool) -> int:
     return mask + max(reference_scores_bytes(lay, itemsize, masked), scores + finite_v + out)
 
 
-def tiled_peak(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool = True) -> int:
+def tiled_peak(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool) -> int:
     """Peak extra memory of ``attnlab.flash_attention`` (same definition as ``reference_peak``: above the inputs,
     output included), from the kernel's own schedule (``kernel.layout.schedule``, ``decode_regime``): the output
     and the per-row log-sum-exp (once per key split), plus per used thread the buffers of one task, plus
     KERNEL_CALL_BYTES. Not counted: the few partial-tile patterns a relative mask keeps for the call."""
     D, Dv = lay.q.shape[-1], lay.v.shape[-1]
     R, cols = lay.r * min(block_q, max(lay.Lq, 1)), min(block_k, max(lay.Lk, 1))
-    decode = decode_regime(lay, block_q, block_k)
+    decode = decode_regime(lay, block_q, block_k, masked=masked)
     splits, used = schedule(lay, block_q, block_k, threads, decode)
     if decode:                            # every head in one task per key split
         R *= math.prod(lay.lead)
@@ -416,9 +416,9 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
         score_bytes=2 * heads * Lq * Lk * size,                       # scores and weights, one layer
         bytes_moved=(Lq * D + Lk * D + Lk * Dv + Lq * Dv + 4 * Lq * Lk) * size * heads * layers,
         peak_bytes=reference_peak(lay, size, masked))
-    block_q, block_k = blocks(lay, block_q, block_k)                  # the kernel's own choice where not given
+    block_q, block_k = blocks(lay, block_q, block_k, masked=masked)   # the kernel's own choice where not given
     work = tile_work(lay, m, block_q, block_k)
-    decode = decode_regime(lay, block_q, block_k)
+    decode = decode_regime(lay, block_q, block_k, masked=masked)
     splits, used = schedule(lay, block_q, block_k, threads, decode)
     rows = lay.r * min(block_q, Lq) * (math.prod(lay.lead) if decode else 1)
     tiled = PathCost(

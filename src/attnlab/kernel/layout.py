@@ -28,7 +28,9 @@ MASK_PATTERNS = 8                    # partial-tile patterns of a relative mask 
 TILE_SCORES = 2**17                  # scores per tile when the rows are few: 512 KiB in float32
 DECODE_KEYS = 8192                   # keys per tile at most when the rows are few (decoding): blocks to split
 BATCHED_ROWS = 512                   # query rows per head up to which every head of a query block runs in one task
-BATCHED_BLOCKS = (128, 256)          # the batched regime's tile: query rows per head x keys
+BATCHED_BLOCK_Q = 128                # the batched regime's query rows per head of a tile
+BATCHED_KEYS = 512                   # its keys per tile without a mask (n <= 512: one block, no online rescale)
+BATCHED_MASKED_KEYS = 128            # its keys per tile with a mask (partial tiles small), and its fewest keys
 BATCHED_SCORES = 2**19               # scores of one batched tile (every head together) at most: 2 MiB in float32
 DECODE_BYTES_PER_THREAD = 2**25      # key/value bytes a decode-regime thread must read, else fewer threads
 
@@ -156,18 +158,31 @@ def default_blocks(r: int, Lq: int, Lk: int) -> tuple[int, int]:
     return block_q, block_k
 
 
-def batched_blocks(lay: Layout) -> tuple[int, int] | None:
+def batched_blocks(lay: Layout, *, masked: bool) -> tuple[int, int] | None:
     """The batched regime's tile sizes for a small problem (Lq <= BATCHED_ROWS query rows per head, at least
-    FOLD_MIN_ROWS per head group, every head's tile together at most BATCHED_SCORES scores), else None."""
-    bq, bk = min(lay.Lq, BATCHED_BLOCKS[0]), min(lay.Lk, BATCHED_BLOCKS[1])
+    FOLD_MIN_ROWS per head group), else None: BATCHED_BLOCK_Q rows per head by BATCHED_KEYS keys, or
+    BATCHED_MASKED_KEYS with a mask (a Mask or a boolean array), fewer keys when every head's tile together would
+    pass BATCHED_SCORES scores, and None below BATCHED_MASKED_KEYS keys (so many heads run per head).
+
+    Measured (docs/performance.md, "Small problems"), H = 8, n = 512, 2 threads: without a mask one 512-key
+    block ran in 2.5-3.0 ms, 128 x 256 tiles in 2.9-3.4 and 128 x 128 in 3.4-4.2; with a mask 128 x 128 tiles
+    beat 128 x 256 for every mask kind (causal 2.5 against 2.9 ms), since a partial tile computes all of its
+    cells."""
+    bq = min(lay.Lq, BATCHED_BLOCK_Q)
+    heads = math.prod(lay.lead) * lay.r
     small = 0 < lay.Lq <= BATCHED_ROWS and lay.r * lay.Lq >= FOLD_MIN_ROWS and lay.Lk > 0
-    return (bq, bk) if small and math.prod(lay.lead) * lay.r * bq * bk <= BATCHED_SCORES else None
+    if not small:
+        return None
+    fits = BATCHED_SCORES // max(1, heads * bq)                       # keys of every head's tile (no head: any)
+    bk = min(lay.Lk, BATCHED_MASKED_KEYS if masked else BATCHED_KEYS, fits)
+    return (bq, bk) if bk >= min(lay.Lk, BATCHED_MASKED_KEYS) else None
 
 
-def blocks(lay: Layout, block_q=None, block_k=None) -> tuple[int, int]:
-    """The tile sizes of a call: the ones given (checked), else ``batched_blocks`` for a small problem, else
-    ``default_blocks``."""
-    bq, bk = (block_q is None and block_k is None and batched_blocks(lay)) or default_blocks(lay.r, lay.Lq, lay.Lk)
+def blocks(lay: Layout, block_q=None, block_k=None, *, masked: bool) -> tuple[int, int]:
+    """The tile sizes of a call: the ones given (checked), else ``batched_blocks`` for a small problem (``masked``:
+    the call has a mask), else ``default_blocks``."""
+    given = block_q is not None or block_k is not None
+    bq, bk = (not given and batched_blocks(lay, masked=masked)) or default_blocks(lay.r, lay.Lq, lay.Lk)
     bq = positive_int(block_q, "block_q", allow_none=True) or bq
     bk = positive_int(block_k, "block_k", allow_none=True) or bk
     return bq, bk
@@ -255,17 +270,17 @@ def merge_group_maps(maps):
 
 
 # --- the schedule --------------------------------------------------------------------------------------------------
-def decode_regime(lay: Layout, block_q: int, block_k: int, mods: bool = False) -> bool:
+def decode_regime(lay: Layout, block_q: int, block_k: int, *, masked: bool, mods: bool = False) -> bool:
     """Whether the kernel runs in the decode regime (``attnlab.kernel.decode``): every head together, one task per
     key split (decoding: one query block of fewer than FOLD_MIN_ROWS rows per head group) or per query block (a
     small problem on the batched regime's tiles, ``batched_blocks``), where a task per head would spend its time
     in Python: n = 512 causal ran in 7.6 ms per head and 3.9 ms batched (docs/performance.md). Never with a
-    score modifier or a bias."""
+    score modifier or a bias. ``masked``: the call has a mask (``batched_blocks``' tiles depend on it)."""
     if mods:
         return False
     if math.ceil(lay.Lq / block_q) <= 1 and lay.r * lay.Lq < FOLD_MIN_ROWS:
         return True
-    return (block_q, block_k) == batched_blocks(lay)
+    return (block_q, block_k) == batched_blocks(lay, masked=masked)
 
 
 def kv_splits(threads: int, pairs: int, n_key_blocks: int) -> int:
