@@ -139,9 +139,14 @@ def test_doubling_dense_and_causal_quadruple():
 
 
 def test_doubling_says_why_the_tiled_flops_do_not_quadruple():
-    d = cost.doubling("gpt2", 1024)                           # causal, 1024 x 256 tiles: one query block at n
+    d = cost.doubling("gpt2", 1024, block_q=1024, block_k=256)   # causal: one query block at n, two at 2n
     assert d.ratios["tiled FLOPs"] == pytest.approx(3.0, rel=1e-3)
     assert "its FLOPs grow 3.00x, not 4.00x: at n = 1024 a single query block of 1024 rows" in d.explanation
+    own = cost.doubling("gpt2", 1024)                         # the kernel's tiles: batched at n, per head at 2n
+    assert (own.before.block_q, own.before.block_k, own.after.block_q, own.after.block_k) == (128, 128, 1024, 256)
+    assert own.ratios["tiled FLOPs"] == pytest.approx(0.75 * 4 / (36 / 64), rel=1e-3)   # 12 of 16 tiles, 36 of 64
+    assert "128 x 128 at n = 1024 (the batched regime of a small problem), 1024 x 256 at 2n; so its FLOPs grow " \
+        "5.33x, not 4.00x" in own.explanation
     dense = cost.doubling("gpt2", 1024, mask="full")          # every tile computed at both sizes: nothing to explain
     assert dense.ratios["tiled FLOPs"] == pytest.approx(4.0, rel=1e-3) and "its FLOPs grow" not in dense.explanation
 

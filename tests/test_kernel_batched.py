@@ -158,6 +158,32 @@ def test_the_tiles_follow_the_mask_and_the_heads(B, H, n, mask, want, rng, batch
         assert (stats.block_q, stats.block_k) == want and sorted(batched) == list(range(n // 128))
 
 
+@pytest.mark.parametrize("mask, Lq, Lk, G, batched_run", [
+    (M.causal(), 1024, 1024, 4, True), (M.causal(), 700, 900, 4, True), (M.causal(), 900, 600, 4, True),
+    (M.document([0] * 300 + [1] * 400 + [2] * 324), 1024, 1024, 2, True),      # r = 2: 512-row blocks per head
+    (M.causal(), 1024, 1024, 2, False),                              # r = 2: full tiles in the second block
+    (M.causal() & M.padding([800]), 1000, 1000, 4, True),
+    (M.prefix_lm(300), 1024, 1024, 4, False),                        # full per-head tiles: per head
+    (M.sliding_window(63), 1024, 1024, 4, False),                    # the band regime takes it
+    (None, 700, 700, 4, False), ("array", 700, 700, 4, False), (M.causal(), 1025, 1025, 4, False)])
+def test_masks_cut_everywhere_per_head_run_batched_up_to_1024_rows(mask, Lq, Lk, G, batched_run, rng, batched):
+    """Above BATCHED_ROWS, up to BATCHED_MASKED_ROWS query rows per head: a Mask whose per-head tiles would all be
+    partial (every tile cut into row slices, per head) and that the band regime does not take runs batched; the
+    others, dense calls and boolean arrays run per head. Exact either way, and plan() says what ran."""
+    q, k, v = oracles.qkv(rng, 1, 4, G, Lq, Lk, D=8)
+    if isinstance(mask, str):
+        mask = rng.random((1, 1, Lq, Lk)) < 0.3
+    stats = RunStats()
+    _check(q, k, v, mask, stats=stats)
+    assert bool(batched) == batched_run
+    if batched_run:
+        assert (stats.block_q, stats.block_k) == (128, 128) and sorted(batched) == list(range(-(-Lq // 128)))
+    if not isinstance(mask, np.ndarray):
+        plan = attnlab.plan(q.shape, k.shape, mask=mask, impl="tiled", dtype=q.dtype)
+        assert (plan.block_q, plan.block_k, plan.tiles) == (stats.block_q, stats.block_k, stats.tiles)
+        assert plan.threads == stats.threads
+
+
 def test_threads_take_the_query_blocks(rng, batched):
     q, k, v = (x.astype(np.float32) for x in oracles.qkv(rng, 1, 8, 8, 512, 512, D=64))
     stats = RunStats()

@@ -302,14 +302,16 @@ def reference_peak(lay: Layout, itemsize: int, masked: bool) -> int:
     return mask + max(reference_scores_bytes(lay, itemsize, masked), scores + finite_v + out)
 
 
-def tiled_peak(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: int, masked: bool) -> int:
+def tiled_peak(lay: Layout, block_q: int, block_k: int, threads: int, itemsize: int, mask) -> int:
     """Peak extra memory of ``attnlab.flash_attention`` (same definition as ``reference_peak``: above the inputs,
     output included), from the kernel's own schedule (``kernel.layout.schedule``, ``decode_regime``): the output
     and the per-row log-sum-exp (once per key split), plus per used thread the buffers of one task, plus
-    KERNEL_CALL_BYTES. Not counted: the few partial-tile patterns a relative mask keeps for the call."""
+    KERNEL_CALL_BYTES; ``mask`` is the call's (None, a Mask or a boolean array). Not counted: the few partial-tile
+    patterns a relative mask keeps for the call."""
     D, Dv = lay.q.shape[-1], lay.v.shape[-1]
     R, cols = lay.r * min(block_q, max(lay.Lq, 1)), min(block_k, max(lay.Lk, 1))
-    decode = decode_regime(lay, block_q, block_k, masked=masked)
+    masked = mask is not None
+    decode = decode_regime(lay, block_q, block_k, mask=mask)
     splits, used = schedule(lay, block_q, block_k, threads, decode)
     if decode:                            # every head in one task per key split
         R *= math.prod(lay.lead)
@@ -416,9 +418,9 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
         score_bytes=2 * heads * Lq * Lk * size,                       # scores and weights, one layer
         bytes_moved=(Lq * D + Lk * D + Lk * Dv + Lq * Dv + 4 * Lq * Lk) * size * heads * layers,
         peak_bytes=reference_peak(lay, size, masked))
-    block_q, block_k = blocks(lay, block_q, block_k, masked=masked)   # the kernel's own choice where not given
+    block_q, block_k = blocks(lay, block_q, block_k, mask=m)         # the kernel's own choice where not given
     work = tile_work(lay, m, block_q, block_k)
-    decode = decode_regime(lay, block_q, block_k, masked=masked)
+    decode = decode_regime(lay, block_q, block_k, mask=m)
     splits, used = schedule(lay, block_q, block_k, threads, decode)
     rows = lay.r * min(block_q, Lq) * (math.prod(lay.lead) if decode else 1)
     tiled = PathCost(
@@ -427,7 +429,7 @@ def estimate(model, seq_len: int, *, batch: int = 1, q_len: int | None = None, d
         exp_count=(work.cells + work.rescales) * lay.r * layers,
         score_bytes=used * rows * min(block_k, Lk) * size,
         bytes_moved=(heads * Lq * (D + Dv) + work.keys_read * (D + Dv)) * size * layers,
-        peak_bytes=tiled_peak(lay, block_q, block_k, threads, size, masked))
+        peak_bytes=tiled_peak(lay, block_q, block_k, threads, size, m))
     per_token = 2 * layers * cfg.n_kv_heads * D * size
     cached = cached_tokens(Lk, spec)
     notes = []
@@ -486,11 +488,11 @@ def doubling(model, seq_len: int, **kwargs) -> Doubling:
     before = estimate(model, seq_len, **kwargs)
     after = estimate(model, 2 * before.kv_len, **kwargs)
     ratios = {name: (get(after) / get(before) if get(before) else float("nan")) for name, get in QUANTITIES.items()}
-    return Doubling(before, after, ratios, explain(before, ratios))
+    return Doubling(before, after, ratios, explain(before, ratios, after))
 
 
-def explain(before: Cost, ratios: dict) -> str:
-    """A short explanation of the n -> 2n ratios in words."""
+def explain(before: Cost, ratios: dict, after: Cost | None = None) -> str:
+    """A short explanation of the n -> 2n ratios in words (``after``: the cost at 2n, for its tile sizes)."""
     n, w = before.kv_len, before.kv_cached_tokens          # w < n: the mask keeps only the last w keys
     windowed = w < n
     r = {k: f"{v:.2f}x" for k, v in ratios.items()}
@@ -507,7 +509,13 @@ def explain(before: Cost, ratios: dict) -> str:
         work = (f"Twice the queries, each seeing twice the keys: the score matrix has 4x the cells, so doubling "
                 f"roughly quadruples the work (useful FLOPs {r['useful FLOPs']}) and the reference path's "
                 f"memory ({r['reference peak memory']}): n^2.")
-    if before.q_len == n and abs(ratios["tiled FLOPs"] - ratios["useful FLOPs"]) > 0.05:
+    retiled = after is not None and (after.block_q, after.block_k) != (before.block_q, before.block_k)
+    if before.q_len == n and abs(ratios["tiled FLOPs"] - ratios["useful FLOPs"]) > 0.05 and retiled:
+        work += (f" The tiled path computes whole tiles and skips only the ones the mask blocks entirely, and its "
+                 f"tiles change with n: {before.block_q} x {before.block_k} at n = {n} (the batched regime of a "
+                 f"small problem), {after.block_q} x {after.block_k} at 2n; so its FLOPs grow {r['tiled FLOPs']}, "
+                 f"not {r['useful FLOPs']}.")
+    elif before.q_len == n and abs(ratios["tiled FLOPs"] - ratios["useful FLOPs"]) > 0.05:
         first = (f"at n = {n} a single query block of {before.block_q} rows holds every query, so no tile is wholly "
                  f"blocked and none is skipped, while at 2n some are" if before.block_q >= n else
                  "the share of wholly blocked tiles changes with n")

@@ -188,10 +188,10 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
         ref_peak = None
         tiled_bytes = kernel_backward.backward_memory(lay, bq, bk, threads, itemsize, masked=mask is not None)
     else:                                 # the cost model's peaks: one formula for plan() and attnlab cost
-        bq, bk = blocks(lay, block_q, block_k, masked=mask is not None)
+        bq, bk = blocks(lay, block_q, block_k, mask=mask)
         ref_bytes = cost.reference_scores_bytes(lay, itemsize, mask is not None)
         ref_peak = cost.reference_peak(lay, itemsize, mask is not None)
-        tiled_bytes = cost.tiled_peak(lay, bq, bk, threads, itemsize, mask is not None)
+        tiled_bytes = cost.tiled_peak(lay, bq, bk, threads, itemsize, mask)
     blocker = _tiled_blocker(numpy, dtype)
     chosen, reason = _choose(impl, return_weights, blocker, ref_bytes, n_scores, budget)
     tiles = None
@@ -200,7 +200,7 @@ def decide(p: Prepared, mask, *, impl="auto", return_weights=False, numpy=True, 
             check_mask_axes(mask, lay.scores_shape)
         tiles = TileMaps(mask, lay, bq, bk).counts()
     used = kernel_backward.schedule(lay, bk, threads)[1] if backward else \
-        schedule(lay, bq, bk, threads, decode_regime(lay, bq, bk, masked=mask is not None))[1]
+        schedule(lay, bq, bk, threads, decode_regime(lay, bq, bk, mask=mask))[1]
     return Plan(chosen, reason, lay.scores_shape, dtype, ref_bytes, tiled_bytes, budget, bq, bk, used,
                 lay.r, tiles, backward, ref_peak)
 

@@ -173,18 +173,28 @@ def cost_caption(n, tiled) -> str:
     text = ("FLOPs: reference, dense and tiled, dense coincide (both compute every one of the n\u00b2 cells); "
             "they part in memory, where the reference path holds n x n score matrices and the tiled path one "
             "tile per thread. ")
-    ends = {}                                                # last n where a masked curve equals the dense one
+    ends = {}                                                # the n where a masked curve equals the dense one
     for name, costs in masked:
-        same = [x for x, d, c in zip(n, dense, costs) if c.tiled.flops == d.tiled.flops]
+        same = tuple(x for x, d, c in zip(n, dense, costs) if c.tiled.flops == d.tiled.flops)
         if same and same[-1] != n[-1]:
-            ends.setdefault(max(same), []).append((name, costs))
-    for last, curves in ends.items():
+            ends.setdefault(same, []).append((name, costs))
+    for same, curves in ends.items():
+        last = same[-1]
         at = curves[0][1][n.index(last)]
-        why = ("one query block holds every query, and the last query may see every key" if at.block_q >= last else
+        why = ("one query block holds every query (and every key tile has a query that may see one of its keys)"
+               if at.block_q >= last else
                "one key block holds every key, and the first key is seen by every query" if at.block_k >= last else
                "every tile still has a query that may see one of its keys")
         names = " and ".join(f"\"{name}\"" for name, _ in curves)
-        text += (f"Up to n = {last} {names} {'lie' if len(curves) > 1 else 'lies'} on the dense curve: the tiles "
+        where = f"Up to n = {last}" if same == tuple(n[:len(same)]) else \
+            f"At n = {', '.join(map(str, same))}"
+        text += (f"{where} {names} {'lie' if len(curves) > 1 else 'lies'} on the dense curve: the tiles "
                  f"are {at.block_q} queries x {at.block_k} keys there, {why}, so no tile is wholly blocked and none "
-                 f"is skipped; beyond, blocked tiles are skipped. ")
+                 f"is skipped; elsewhere blocked tiles are skipped. ")
+    small = sorted({x for _, costs in masked for x, c in zip(n, costs) if c.block_q < min(x, 1024) and
+                    (c.block_q, c.block_k) == (128, 128)})
+    if small:
+        text += (f"At n = {', '.join(map(str, small))} a masked call runs in the batched regime (every head of a "
+                 f"128-query block at once, 128 x 128 tiles), which skips its wholly blocked tiles from the "
+                 f"smallest n. ")
     return text + "Tiled causal heads toward the useful FLOPs (the allowed cells, about half) as n grows."

@@ -50,7 +50,7 @@ def step(p, mask, scale, score_mod, bias, block_q, block_k, threads, stats):
     if 0 in lay.scores_shape:
         return None
     bq, bk = layout_mod.default_blocks(lay.r, Lq, Lk)
-    if lay.r * Lq >= layout_mod.FOLD_MIN_ROWS or not layout_mod.decode_regime(lay, bq, bk, masked=False):
+    if lay.r * Lq >= layout_mod.FOLD_MIN_ROWS or not layout_mod.decode_regime(lay, bq, bk, mask=None):
         return None                                                   # not a decoding step
     threads = layout_mod.threads_of(threads)
     splits, n_threads = layout_mod.schedule(lay, bq, bk, threads, True)

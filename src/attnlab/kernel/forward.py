@@ -178,7 +178,7 @@ def call_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
     one. Boolean-array masks are keyed as "an array": their plan depends on their shape only (they are
     classified per tile while running)."""
     lay = pb.lay
-    tunables = (layout_mod.BATCHED_ROWS, layout_mod.BATCHED_BLOCK_Q, layout_mod.BATCHED_KEYS,
+    tunables = (layout_mod.BATCHED_ROWS, layout_mod.BATCHED_MASKED_ROWS, layout_mod.BATCHED_BLOCK_Q, layout_mod.BATCHED_KEYS,
                 layout_mod.BATCHED_MASKED_KEYS, layout_mod.BATCHED_SCORES,
                 layout_mod.WORK_PER_THREAD, layout_mod.TILE_ROWS, layout_mod.TILE_SCORES, layout_mod.DECODE_KEYS,
                 layout_mod.DECODE_BYTES_PER_THREAD, layout_mod.PARTIAL_ROWS, layout_mod.MASK_PATTERNS, FOLD_MIN_ROWS,
@@ -204,9 +204,9 @@ def call_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
 
 def _new_plan(pb, mask, block_q, block_k, threads: int) -> CallPlan:
     lay = pb.lay
-    bq, bk = layout_mod.blocks(lay, block_q, block_k, masked=mask is not None)
+    bq, bk = layout_mod.blocks(lay, block_q, block_k, mask=mask)
     maps = TileMaps(mask, lay, bq, bk)
-    decode = layout_mod.decode_regime(lay, bq, bk, masked=mask is not None, mods=pb.mods is not None)
+    decode = layout_mod.decode_regime(lay, bq, bk, mask=mask, mods=pb.mods is not None)
     splits, n_threads = layout_mod.schedule(lay, bq, bk, threads, decode)
     tasks = layout_mod.tasks(maps, lay, splits, decode)
     band = None

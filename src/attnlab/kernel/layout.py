@@ -19,6 +19,7 @@ from .. import masks as masks_mod
 from .._array import accumulation_itemsize, broadcast_shapes
 from ..checks import positive_int
 from ..masks import EMPTY, FULL, PARTIAL
+from . import band as band_mod
 
 FOLD_MIN_ROWS = 16                   # tiles of this many rows fold the running max into the score matmul
 WORK_PER_THREAD = 2**21              # multiply-adds (scores x (D + Dv)) a thread must get, else fewer threads
@@ -28,6 +29,7 @@ MASK_PATTERNS = 8                    # partial-tile patterns of a relative mask 
 TILE_SCORES = 2**17                  # scores per tile when the rows are few: 512 KiB in float32
 DECODE_KEYS = 8192                   # keys per tile at most when the rows are few (decoding): blocks to split
 BATCHED_ROWS = 512                   # query rows per head up to which every head of a query block runs in one task
+BATCHED_MASKED_ROWS = 1024           # the same for a Mask whose per-head tiles would all be partial (``fragmented``)
 BATCHED_BLOCK_Q = 128                # the batched regime's query rows per head of a tile
 BATCHED_KEYS = 512                   # its keys per tile without a mask (n <= 512: one block, no online rescale)
 BATCHED_MASKED_KEYS = 128            # its keys per tile with a mask (partial tiles small), and its fewest keys
@@ -158,31 +160,49 @@ def default_blocks(r: int, Lq: int, Lk: int) -> tuple[int, int]:
     return block_q, block_k
 
 
-def batched_blocks(lay: Layout, *, masked: bool) -> tuple[int, int] | None:
-    """The batched regime's tile sizes for a small problem (Lq <= BATCHED_ROWS query rows per head, at least
-    FOLD_MIN_ROWS per head group), else None: BATCHED_BLOCK_Q rows per head by BATCHED_KEYS keys, or
-    BATCHED_MASKED_KEYS with a mask (a Mask or a boolean array), fewer keys when every head's tile together would
-    pass BATCHED_SCORES scores, and None below BATCHED_MASKED_KEYS keys (so many heads run per head).
+def batched_blocks(lay: Layout, mask) -> tuple[int, int] | None:
+    """The batched regime's tile sizes for a small problem, else None. Small: Lq <= BATCHED_ROWS query rows per
+    head, or Lq <= BATCHED_MASKED_ROWS under a Mask that the per-head path would cut into slices everywhere
+    (``fragmented``); at least FOLD_MIN_ROWS rows per head group. Tiles: BATCHED_BLOCK_Q rows per head by
+    BATCHED_KEYS keys, or BATCHED_MASKED_KEYS with a mask (a Mask or a boolean array), fewer keys when every
+    head's tile together would pass BATCHED_SCORES scores, and None below BATCHED_MASKED_KEYS keys (so many heads
+    run per head).
 
-    Measured (docs/performance.md, "Small problems"), H = 8, n = 512, 2 threads: without a mask one 512-key
+    Measured (docs/performance.md, "Small problems"), H = 8, 2 threads: at n = 512 without a mask one 512-key
     block ran in 2.5-3.0 ms, 128 x 256 tiles in 2.9-3.4 and 128 x 128 in 3.4-4.2; with a mask 128 x 128 tiles
     beat 128 x 256 for every mask kind (causal 2.5 against 2.9 ms), since a partial tile computes all of its
     cells."""
-    bq = min(lay.Lq, BATCHED_BLOCK_Q)
-    heads = math.prod(lay.lead) * lay.r
-    small = 0 < lay.Lq <= BATCHED_ROWS and lay.r * lay.Lq >= FOLD_MIN_ROWS and lay.Lk > 0
-    if not small:
+    masked = mask is not None
+    rows = BATCHED_MASKED_ROWS if isinstance(mask, masks_mod.Mask) else BATCHED_ROWS
+    if not (0 < lay.Lq <= rows and lay.r * lay.Lq >= FOLD_MIN_ROWS and lay.Lk > 0):
         return None
-    fits = BATCHED_SCORES // max(1, heads * bq)                       # keys of every head's tile (no head: any)
+    bq = min(lay.Lq, BATCHED_BLOCK_Q)
+    fits = BATCHED_SCORES // max(1, math.prod(lay.lead) * lay.r * bq)   # keys of every head's tile (no head: any)
     bk = min(lay.Lk, BATCHED_MASKED_KEYS if masked else BATCHED_KEYS, fits)
-    return (bq, bk) if bk >= min(lay.Lk, BATCHED_MASKED_KEYS) else None
+    if bk < min(lay.Lk, BATCHED_MASKED_KEYS) or (lay.Lq > BATCHED_ROWS and not fragmented(lay, mask)):
+        return None
+    return bq, bk
 
 
-def blocks(lay: Layout, block_q=None, block_k=None, *, masked: bool) -> tuple[int, int]:
-    """The tile sizes of a call: the ones given (checked), else ``batched_blocks`` for a small problem (``masked``:
-    the call has a mask), else ``default_blocks``."""
+def fragmented(lay: Layout, mask) -> bool:
+    """Whether the per-head path would cut every tile of ``mask`` (a Mask) into row slices: every non-empty tile
+    of its default tile map is partial, and the band regime does not take the mask. There a task per head runs a
+    dozen NumPy calls per 128-row slice of one head; the batched regime runs them once per tile of every head.
+    Measured at n = 1024 (H = 8, 2 threads, docs/performance.md): document (8 documents) 5.8 ms per head, 1.8
+    batched; causal 8.6 and 7.8; prefix LM (full tiles per head) 7.1 per head, 8.1 batched, so it stays."""
+    bq, bk = default_blocks(lay.r, lay.Lq, lay.Lk)
+    rows = min(bq, lay.Lq)
+    if band_mod.band_of(mask, lay.Lq, lay.Lk, rows, lay.r * rows * min(bk, lay.Lk), lay.r) is not None:
+        return False
+    counts = TileMaps(mask, lay, bq, bk).counts()
+    return counts.full == 0 and counts.partial > 0
+
+
+def blocks(lay: Layout, block_q=None, block_k=None, *, mask) -> tuple[int, int]:
+    """The tile sizes of a call under ``mask`` (None, a Mask or a boolean array): the ones given (checked), else
+    ``batched_blocks`` for a small problem, else ``default_blocks``."""
     given = block_q is not None or block_k is not None
-    bq, bk = (not given and batched_blocks(lay, masked=masked)) or default_blocks(lay.r, lay.Lq, lay.Lk)
+    bq, bk = (not given and batched_blocks(lay, mask)) or default_blocks(lay.r, lay.Lq, lay.Lk)
     bq = positive_int(block_q, "block_q", allow_none=True) or bq
     bk = positive_int(block_k, "block_k", allow_none=True) or bk
     return bq, bk
@@ -270,17 +290,17 @@ def merge_group_maps(maps):
 
 
 # --- the schedule --------------------------------------------------------------------------------------------------
-def decode_regime(lay: Layout, block_q: int, block_k: int, *, masked: bool, mods: bool = False) -> bool:
+def decode_regime(lay: Layout, block_q: int, block_k: int, *, mask, mods: bool = False) -> bool:
     """Whether the kernel runs in the decode regime (``attnlab.kernel.decode``): every head together, one task per
     key split (decoding: one query block of fewer than FOLD_MIN_ROWS rows per head group) or per query block (a
     small problem on the batched regime's tiles, ``batched_blocks``), where a task per head would spend its time
     in Python: n = 512 causal ran in 7.6 ms per head and 3.9 ms batched (docs/performance.md). Never with a
-    score modifier or a bias. ``masked``: the call has a mask (``batched_blocks``' tiles depend on it)."""
+    score modifier or a bias. ``mask``: the call's (``batched_blocks``' tiles depend on it)."""
     if mods:
         return False
     if math.ceil(lay.Lq / block_q) <= 1 and lay.r * lay.Lq < FOLD_MIN_ROWS:
         return True
-    return (block_q, block_k) == batched_blocks(lay, masked=masked)
+    return (block_q, block_k) == batched_blocks(lay, mask)
 
 
 def kv_splits(threads: int, pairs: int, n_key_blocks: int) -> int:
