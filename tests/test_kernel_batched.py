@@ -191,3 +191,17 @@ def test_threads_take_the_query_blocks(rng, batched):
     assert stats.threads == 2 and stats.tasks == 4 and stats.kv_splits == 1
     assert sorted(batched) == [0, 1, 2, 3]
     assert attnlab.plan(q.shape, k.shape, mask=M.causal(), impl="tiled", threads=2).threads == 2
+
+
+@pytest.mark.parametrize("mask", [None, M.causal(), M.document([0] * 100 + [1] * 201)], ids=["dense", "causal", "doc"])
+def test_scores_stored_by_key_or_by_row_give_the_same_result(mask, rng, batched, monkeypatch):
+    """The batched regime stores a tile's scores keys first (``decode.KEYS_FIRST_ROWS``); stored by row (the
+    decode rows' layout) the same call must agree with it and with the float64 reference."""
+    from attnlab.kernel import decode
+
+    q, k, v = (x.astype(np.float32) for x in oracles.qkv(rng, 1, 4, 2, 301, 301, D=16))
+    by_key, _ = _check(q, k, v, mask)
+    monkeypatch.setattr(decode, "KEYS_FIRST_ROWS", 10**9)
+    by_row, _ = _check(q, k, v, mask)
+    assert len(batched) == 2 * 3                                      # both ran batched: 3 query blocks each
+    assert np.abs(by_key - by_row).max() <= 2e-6
